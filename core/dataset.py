@@ -1,0 +1,279 @@
+"""Datasets: an ImageFolder tree or a CSV manifest, validated, with stable sample ids and a specimen-safe split."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import math
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import Literal
+
+import pandas as pd
+
+from core.images import IMAGE_SUFFIXES, ImageError, load_image_rgb
+
+SPLIT_ALIASES = {"train": "train", "training": "train", "val": "val", "valid": "val", "validation": "val",
+                 "dev": "val", "test": "test"}
+RESERVED_COLUMNS = ("sample_id", "path", "label", "split", "specimen_id")
+Verify = Literal["none", "header", "full"]
+
+
+class DatasetError(ValueError):
+    """A dataset that cannot be used as given; the message names the rows or files and the fix."""
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """A validated dataset. `samples` has one row per usable image."""
+
+    root: Path  # folder every sample path is relative to
+    samples: pd.DataFrame  # sample_id, path (absolute), label, split, specimen_id, taxonomy and extra columns
+    class_names: tuple[str, ...]  # sorted labels with at least one usable sample
+    taxonomy_columns: tuple[str, ...] = ()  # higher-taxon columns, broadest first (e.g. phylum, order)
+    extra_columns: tuple[str, ...] = ()  # other manifest columns, carried through exports untouched
+    skipped: pd.DataFrame = field(default_factory=lambda: _skip_frame([]))  # sample_id, reason, detail
+    warnings: tuple[str, ...] = ()  # human-readable notes (empty classes, filled specimen ids, ...)
+    source: str = "imagefolder"  # "imagefolder" or the manifest's path
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def split(self, name: str) -> pd.DataFrame:
+        """Rows of one split (`train`, `val`, `test`)."""
+        return self.samples[self.samples["split"] == name]
+
+    def fingerprint(self) -> str:
+        """sha256 over what the images are (ids, sizes, modification times); labels may change without it."""
+        digest = hashlib.sha256()
+        for sample_id, path in zip(self.samples["sample_id"], self.samples["path"], strict=True):
+            stat = Path(path).stat()
+            digest.update(f"{sample_id}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+        return digest.hexdigest()
+
+
+def load_dataset(
+    source: str | Path,
+    *,
+    root: str | Path | None = None,
+    taxonomy: tuple[str, ...] | list[str] | None = None,
+    val_fraction: float = 0.2,
+    seed: int = 0,
+    verify: Verify = "header",
+) -> Dataset:
+    """Load an ImageFolder tree (`source` a folder) or a CSV manifest (`source` a `.csv` file).
+
+    A manifest has `path,label` and optionally `split`, `specimen_id` and taxonomy columns; its paths are
+    relative to `root` (default: the manifest's folder) and may not escape it. Without a split, a deterministic
+    stratified split keeps all images of one specimen on one side. `verify`: `none` checks that files exist,
+    `header` also opens each image's header, `full` decodes every image (catches truncation).
+    Raises `DatasetError` for a manifest that cannot be read; unusable rows go to `Dataset.skipped`.
+    """
+    source = Path(source)
+    if not source.exists():
+        raise FileNotFoundError(f"dataset not found: {source}")
+    if source.is_dir():
+        frame, skipped, warnings = _scan_image_folder(source)
+        dataset_root, origin = source.resolve(), "imagefolder"
+        taxonomy = tuple(taxonomy or ())
+        if taxonomy:
+            raise DatasetError("an ImageFolder tree has no taxonomy columns; give a CSV manifest with them")
+    else:
+        dataset_root = Path(root).resolve() if root else source.resolve().parent
+        frame, skipped, warnings = _read_manifest(source, dataset_root, tuple(taxonomy or ()))
+        origin = str(source)
+    frame, more_skipped, more_warnings = _validate_rows(frame, dataset_root, verify)
+    skipped += more_skipped
+    warnings += more_warnings
+    frame = _fill_specimen_ids(frame, warnings)
+    frame = _assign_split(frame, val_fraction=val_fraction, seed=seed)
+    class_names = tuple(sorted(frame["label"].unique()))
+    extra = tuple(c for c in frame.columns if c not in RESERVED_COLUMNS and c not in (taxonomy or ()))
+    return Dataset(
+        root=dataset_root,
+        samples=frame.reset_index(drop=True),
+        class_names=class_names,
+        taxonomy_columns=tuple(taxonomy or ()),
+        extra_columns=extra,
+        skipped=_skip_frame(skipped),
+        warnings=tuple(warnings),
+        source=origin,
+    )
+
+
+def resolve_sample_path(root: Path, relative: str) -> Path:
+    """Join `relative` to `root`, refusing absolute paths and any path that escapes the root."""
+    text = str(relative).strip().replace("\\", "/")
+    pure = PurePosixPath(text)
+    if not text or pure.is_absolute() or (len(text) > 1 and text[1] == ":"):
+        raise DatasetError(f"path {relative!r} is absolute; manifest paths must be relative to {root}")
+    if ".." in pure.parts:
+        raise DatasetError(f"path {relative!r} escapes the dataset root {root}")
+    joined = (root / pure).resolve()
+    if not joined.is_relative_to(root):  # a symlink pointing outside
+        raise DatasetError(f"path {relative!r} resolves to {joined}, outside the dataset root {root}")
+    return joined
+
+
+def _skip_frame(rows: list[tuple[str, str, str]]) -> pd.DataFrame:
+    return pd.DataFrame(rows, columns=["sample_id", "reason", "detail"])
+
+
+def _scan_image_folder(root: Path) -> tuple[pd.DataFrame, list, list[str]]:
+    subdirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if not subdirs:
+        raise DatasetError(f"{root} has no class folders; expected ROOT/<class>/<image> or a CSV manifest")
+    split_dirs = [d for d in subdirs if d.name.lower() in SPLIT_ALIASES]
+    layout = [(SPLIT_ALIASES[d.name.lower()], d) for d in split_dirs] if len(split_dirs) == len(subdirs) else [("", root)]
+    rows, skipped, warnings = [], [], []
+    for split, base in layout:
+        for class_dir in sorted(p for p in base.iterdir() if p.is_dir() and not p.name.startswith(".")):
+            files = sorted(p for p in class_dir.rglob("*") if p.is_file() and not p.name.startswith("."))
+            n_images = 0
+            for path in files:
+                sample_id = path.relative_to(root).as_posix()
+                if path.suffix.lower() not in IMAGE_SUFFIXES:
+                    skipped.append((sample_id, "not_image", f"suffix {path.suffix or '(none)'} is not an image type"))
+                    continue
+                rows.append({"path": sample_id, "label": class_dir.name, "split": split})
+                n_images += 1
+            if n_images == 0:
+                warnings.append(f"class folder {class_dir.relative_to(root).as_posix()!r} has no images")
+    return pd.DataFrame(rows, columns=["path", "label", "split"]), skipped, warnings
+
+
+def _read_manifest(path: Path, root: Path, taxonomy: tuple[str, ...]) -> tuple[pd.DataFrame, list, list[str]]:
+    try:
+        frame = pd.read_csv(path, dtype=str, keep_default_na=False, skipinitialspace=True, on_bad_lines="error")
+    except (pd.errors.ParserError, UnicodeDecodeError, csv.Error) as exc:
+        raise DatasetError(f"manifest {path} is not a readable CSV: {exc}") from exc
+    except pd.errors.EmptyDataError as exc:
+        raise DatasetError(f"manifest {path} is empty; expected a header `path,label`") from exc
+    frame.columns = [str(c).strip() for c in frame.columns]
+    missing = [c for c in ("path", "label") if c not in frame.columns]
+    if missing:
+        raise DatasetError(
+            f"manifest {path} lacks column(s) {missing}; found {list(frame.columns)}. "
+            "A manifest needs `path,label` and may add `split`, `specimen_id` and taxonomy columns"
+        )
+    absent = [c for c in taxonomy if c not in frame.columns]
+    if absent:
+        raise DatasetError(f"taxonomy column(s) {absent} are not in manifest {path}; found {list(frame.columns)}")
+    frame = frame.map(lambda v: v.strip() if isinstance(v, str) else v)
+    warnings: list[str] = []
+    skipped = []
+    blank = frame["label"] == ""
+    for row_number, rel in zip(frame.index[blank], frame.loc[blank, "path"], strict=True):
+        skipped.append((rel, "missing_label", f"manifest row {row_number + 2} has an empty label"))
+    frame = frame[~blank]
+    escapes = []
+    for row_number, rel in zip(frame.index, frame["path"], strict=True):
+        try:
+            resolve_sample_path(root, rel)
+        except DatasetError as exc:
+            escapes.append(f"row {row_number + 2}: {exc}")
+    if escapes:
+        shown = "; ".join(escapes[:5]) + (f"; and {len(escapes) - 5} more" if len(escapes) > 5 else "")
+        raise DatasetError(f"manifest {path} has {len(escapes)} path(s) outside the dataset root, refused: {shown}")
+    frame = frame.assign(path=[PurePosixPath(p.replace("\\", "/")).as_posix() for p in frame["path"]])
+    if "split" in frame.columns:
+        unknown = sorted(set(frame["split"]) - set(SPLIT_ALIASES) - {""})
+        if unknown:
+            raise DatasetError(f"manifest {path} has unknown split value(s) {unknown}; use train, val or test")
+        frame = frame.assign(split=[SPLIT_ALIASES.get(s.lower(), "") for s in frame["split"]])
+    else:
+        frame = frame.assign(split="")
+    return frame.reset_index(drop=True), skipped, warnings
+
+
+def _validate_rows(frame: pd.DataFrame, root: Path, verify: Verify) -> tuple[pd.DataFrame, list, list[str]]:
+    skipped, warnings = [], []
+    frame = frame.assign(sample_id=frame["path"])
+    duplicated = frame.duplicated("sample_id", keep=False)
+    if duplicated.any():
+        keep = []
+        for sample_id, group in frame[duplicated].groupby("sample_id", sort=False):
+            if group["label"].nunique() > 1:
+                labels = sorted(group["label"].unique())
+                skipped.append((sample_id, "conflicting_labels", f"listed {len(group)} times with labels {labels}"))
+            else:
+                keep.append(group.index[0])
+                skipped.append((sample_id, "duplicate", f"listed {len(group)} times; kept the first row"))
+        frame = frame[~duplicated | frame.index.isin(keep)]
+    usable, paths = [], []
+    for index, sample_id in zip(frame.index, frame["sample_id"], strict=True):
+        path = resolve_sample_path(root, sample_id)
+        problem = _check_image(path, verify)
+        if problem:
+            skipped.append((sample_id, *problem))
+            continue
+        usable.append(index)
+        paths.append(str(path))
+    frame = frame.loc[usable].assign(path=paths)
+    if frame.empty:
+        raise DatasetError(f"no usable images under {root} ({len(skipped)} skipped)")
+    return frame, skipped, warnings
+
+
+def _check_image(path: Path, verify: Verify) -> tuple[str, str] | None:
+    if not path.is_file():
+        return ("missing", "file not found")
+    if verify == "none":
+        return None
+    if verify == "full":
+        try:
+            load_image_rgb(path)
+        except ImageError as exc:
+            return (exc.reason, exc.detail)
+        return None
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as image:
+            image.verify()
+    except Image.DecompressionBombError as exc:
+        return ("decompression_bomb", f"refused as a possible decompression bomb ({exc})")
+    except UnidentifiedImageError:
+        return ("not_image", "not an image file PIL can identify")
+    except (OSError, SyntaxError, ValueError) as exc:
+        return ("corrupt", f"corrupt image data ({exc})")
+    return None
+
+
+def _fill_specimen_ids(frame: pd.DataFrame, warnings: list[str]) -> pd.DataFrame:
+    if "specimen_id" not in frame.columns:
+        return frame.assign(specimen_id=frame["sample_id"])
+    gaps = frame["specimen_id"] == ""
+    if gaps.any():
+        warnings.append(
+            f"{int(gaps.sum())} row(s) have no specimen_id; each is treated as its own specimen "
+            "(fill the column so images of one individual stay on one side of the split)"
+        )
+        frame = frame.assign(specimen_id=frame["specimen_id"].where(~gaps, frame["sample_id"]))
+    mixed = frame.groupby("specimen_id")["label"].nunique()
+    if (mixed > 1).any():
+        warnings.append(f"{int((mixed > 1).sum())} specimen(s) carry more than one label, e.g. {mixed[mixed > 1].index[0]!r}")
+    return frame
+
+
+def _assign_split(frame: pd.DataFrame, *, val_fraction: float, seed: int) -> pd.DataFrame:
+    """Fill empty `split` cells: per class, a hash-ordered share of its specimens goes to `val`.
+
+    Hashing the specimen id (not shuffling) keeps the assignment stable when samples are added.
+    """
+    todo = frame["split"] == ""
+    if not todo.any():
+        return frame
+    pending = frame[todo]
+    # A specimen's class for stratification is its most common label.
+    specimen_label = pending.groupby("specimen_id")["label"].agg(lambda s: s.value_counts().index[0])
+    val_specimens: set[str] = set()
+    for _, specimens in specimen_label.groupby(specimen_label):
+        ordered = sorted(specimens.index, key=lambda s: hashlib.sha256(f"{seed}:{s}".encode()).hexdigest())
+        n_val = math.floor(len(ordered) * val_fraction + 0.5) if len(ordered) > 1 else 0
+        n_val = max(n_val, 1) if len(ordered) >= 2 else n_val
+        val_specimens.update(ordered[:n_val])
+    assigned = ["val" if s in val_specimens else "train" for s in pending["specimen_id"]]
+    split = frame["split"].copy()
+    split.loc[todo] = assigned
+    return frame.assign(split=split)

@@ -1,0 +1,167 @@
+"""The predictions table: one row per sample for one checkpoint, stored as Parquet under a content cache key."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+SCALAR_COLUMNS = ("sample_id", "split", "label", "label_idx", "pred", "pred_idx", "confidence", "loss", "specimen_id")
+_META_KEY = b"taxalens"
+
+
+@dataclass(frozen=True)
+class PredictionTable:
+    """Predictions of one checkpoint on one dataset.
+
+    `frame` holds the scalar columns (`sample_id`, `split`, `label`, `label_idx` (-1 when the dataset's label is not
+    one of the model's classes), `pred`, `pred_idx`, `confidence`, `loss` (cross-entropy of the given label, NaN when
+    `label_idx` is -1), `specimen_id`); `pred_probs` has shape `(N, K)` in `class_names` order; `embeddings` has
+    shape `(N, D)` (penultimate features; D may be 0).
+    """
+
+    frame: pd.DataFrame
+    pred_probs: np.ndarray  # (N, K) float32, rows sum to 1
+    embeddings: np.ndarray  # (N, D) float32
+    class_names: tuple[str, ...]  # the checkpoint's classes, in output order
+    meta: dict  # checkpoint name/sha256, dataset fingerprint, preprocessing, created time
+
+    def __len__(self) -> int:
+        return len(self.frame)
+
+    def subset(self, mask: np.ndarray | pd.Series) -> PredictionTable:
+        """Rows where boolean `mask` (length N) is true, arrays sliced alike."""
+        mask = np.asarray(mask, dtype=bool)
+        return PredictionTable(
+            frame=self.frame[mask].reset_index(drop=True),
+            pred_probs=self.pred_probs[mask],
+            embeddings=self.embeddings[mask],
+            class_names=self.class_names,
+            meta=self.meta,
+        )
+
+    def for_split(self, split: str | None) -> PredictionTable:
+        """Rows of one split; `None` or `"all"` keeps every row."""
+        if split in (None, "all"):
+            return self
+        return self.subset(self.frame["split"].to_numpy() == split)
+
+
+def build_prediction_table(
+    sample_ids: list[str],
+    pred_probs: np.ndarray,
+    embeddings: np.ndarray,
+    *,
+    labels: list[str],
+    splits: list[str],
+    specimen_ids: list[str],
+    class_names: tuple[str, ...] | list[str],
+    meta: dict | None = None,
+) -> PredictionTable:
+    """Assemble a table from model outputs; derives `pred`, `confidence`, `label_idx` and `loss`."""
+    pred_probs = np.asarray(pred_probs, dtype=np.float32)
+    n, k = pred_probs.shape
+    if len(class_names) != k:
+        raise ValueError(f"pred_probs has {k} columns but {len(class_names)} class names were given")
+    index = {name: i for i, name in enumerate(class_names)}
+    label_idx = np.array([index.get(label, -1) for label in labels], dtype=np.int64)
+    pred_idx = pred_probs.argmax(axis=1) if n else np.zeros(0, dtype=np.int64)
+    safe = np.clip(label_idx, 0, None)
+    given = pred_probs[np.arange(n), safe] if n else np.zeros(0, dtype=np.float32)
+    loss = np.where(label_idx >= 0, -np.log(np.clip(given, 1e-12, 1.0)), np.nan)
+    frame = pd.DataFrame(
+        {
+            "sample_id": list(sample_ids),
+            "split": list(splits),
+            "label": list(labels),
+            "label_idx": label_idx,
+            "pred": [class_names[i] for i in pred_idx],
+            "pred_idx": pred_idx.astype(np.int64),
+            "confidence": pred_probs.max(axis=1) if n else np.zeros(0, dtype=np.float32),
+            "loss": loss.astype(np.float32),
+            "specimen_id": list(specimen_ids),
+        }
+    )
+    embeddings = np.asarray(embeddings, dtype=np.float32).reshape(n, -1)
+    return PredictionTable(frame, pred_probs, embeddings, tuple(class_names), dict(meta or {}))
+
+
+def relabel_table(table: PredictionTable, samples: pd.DataFrame) -> PredictionTable:
+    """Refresh `label`, `split` and `specimen_id` from the dataset's current `samples` (labels change, images don't).
+
+    Rows whose sample is no longer in the dataset are dropped.
+    """
+    current = samples.set_index("sample_id")
+    keep = table.frame["sample_id"].isin(current.index).to_numpy()
+    table = table.subset(keep) if not keep.all() else table
+    rows = current.loc[table.frame["sample_id"]]
+    return build_prediction_table(
+        table.frame["sample_id"].tolist(),
+        table.pred_probs,
+        table.embeddings,
+        labels=rows["label"].tolist(),
+        splits=rows["split"].tolist(),
+        specimen_ids=rows["specimen_id"].tolist(),
+        class_names=table.class_names,
+        meta=table.meta,
+    )
+
+
+def prediction_cache_key(checkpoint_sha256: str, dataset_fingerprint: str, preprocessing: dict) -> str:
+    """Key of a cached table: checkpoint content + dataset content + preprocessing, as one sha256 (first 24 hex)."""
+    blob = json.dumps(
+        {"checkpoint": checkpoint_sha256, "dataset": dataset_fingerprint, "preprocessing": preprocessing},
+        sort_keys=True,
+        default=str,
+    )
+    return hashlib.sha256(blob.encode()).hexdigest()[:24]
+
+
+def save_predictions(table: PredictionTable, path: str | Path) -> Path:
+    """Write `table` to Parquet atomically (a temp file renamed into place); returns the path."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    n, k = table.pred_probs.shape
+    d = table.embeddings.shape[1]
+    columns = {name: pa.array(table.frame[name].to_numpy()) for name in SCALAR_COLUMNS}
+    columns["probs"] = pa.FixedSizeListArray.from_arrays(pa.array(table.pred_probs.reshape(-1)), k)
+    columns["embedding"] = pa.FixedSizeListArray.from_arrays(pa.array(table.embeddings.reshape(-1)), max(d, 1)) \
+        if d else pa.array([None] * n, type=pa.null())
+    meta = {"class_names": list(table.class_names), "embedding_dim": d, **table.meta}
+    schema = pa.schema([(name, col.type) for name, col in columns.items()], metadata={_META_KEY: json.dumps(meta)})
+    arrow = pa.Table.from_arrays(list(columns.values()), schema=schema)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".parquet.tmp")
+    os.close(fd)
+    try:
+        pq.write_table(arrow, tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+def load_predictions(path: str | Path) -> PredictionTable:
+    """Read a table written by `save_predictions`."""
+    arrow = pq.read_table(path)
+    meta = json.loads(arrow.schema.metadata[_META_KEY])
+    class_names = tuple(meta.pop("class_names"))
+    d = int(meta.pop("embedding_dim"))
+    n = arrow.num_rows
+    probs = arrow.column("probs").combine_chunks().flatten().to_numpy(zero_copy_only=False)
+    pred_probs = probs.reshape(n, len(class_names)).astype(np.float32, copy=False)
+    if d:
+        flat = arrow.column("embedding").combine_chunks().flatten().to_numpy(zero_copy_only=False)
+        embeddings = flat.reshape(n, d).astype(np.float32, copy=False)
+    else:
+        embeddings = np.zeros((n, 0), dtype=np.float32)
+    frame = arrow.select(list(SCALAR_COLUMNS)).to_pandas()
+    return PredictionTable(frame, pred_probs, embeddings, class_names, meta)
