@@ -1,0 +1,69 @@
+"""`python -m core predict`: predictions of one checkpoint on a dataset (also under torchrun)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "predict",
+        help="predict a dataset with a checkpoint into a Parquet table",
+        description="Predict every image of a dataset. Under `torchrun --nproc_per_node=N` the data is sharded "
+        "across processes and rank 0 merges the shards into one table.",
+    )
+    parser.add_argument("--data", help="ImageFolder root or CSV manifest (path,label[,split,specimen_id,...])")
+    parser.add_argument("--root", help="root that manifest paths are relative to (default: the manifest's folder)")
+    parser.add_argument("--workspace", help="a workspace folder: predict its dataset with its checkpoint NAME")
+    parser.add_argument("--checkpoint", required=True, help="checkpoint file (or a checkpoint name with --workspace)")
+    parser.add_argument("--arch", help="timm architecture, for files that do not carry it")
+    parser.add_argument("--classes", help="class names file (one per line), for files that do not carry them")
+    parser.add_argument("--out", help="output folder for predictions.parquet, skipped.csv, summary.json")
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--workers", type=int, default=None, help="DataLoader worker processes (default: by cores)")
+    parser.add_argument("--device", help="cuda, cuda:1, mps or cpu (default: the best available)")
+    parser.add_argument("--trust-checkpoint", action="store_true",
+                        help="allow unpickling a full Python object; only for files you trust (it can run code)")
+    parser.set_defaults(func=_run)
+
+
+def _run(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from core.dataset import load_dataset
+    from core.workspace import load_workspace
+    from models.checkpoints import read_class_names
+    from models.inference import predict_to_dir, predict_workspace
+
+    bar = tqdm(unit="img", file=sys.stderr, disable=None)
+
+    def progress(done: int, total: int) -> None:
+        bar.total = total
+        bar.n = done
+        bar.refresh()
+
+    if args.workspace:
+        workspace = load_workspace(args.workspace)
+        table = predict_workspace(workspace, args.checkpoint, progress=progress, batch_size=args.batch_size,
+                                  num_workers=args.workers, device=args.device)
+        bar.close()
+        print(f"{len(table)} predictions cached in {workspace.cache_dir / 'predictions'}")
+        return 0
+    if not args.data or not args.out:
+        raise ValueError("give --data PATH and --out DIR (or --workspace DIR --checkpoint NAME)")
+    dataset = load_dataset(args.data, root=args.root)
+    for line in dataset.warnings:
+        print(f"warning: {line}", file=sys.stderr)
+    if len(dataset.skipped):
+        print(f"warning: {len(dataset.skipped)} file(s) skipped: "
+              f"{dataset.skipped['reason'].value_counts().to_dict()}", file=sys.stderr)
+    class_names = read_class_names(args.classes) if args.classes else None
+    path = predict_to_dir(dataset, Path(args.checkpoint), Path(args.out), arch=args.arch, class_names=class_names,
+                          trust_checkpoint=args.trust_checkpoint, batch_size=args.batch_size,
+                          num_workers=args.workers, device=args.device, progress=progress)
+    bar.close()
+    if path is not None:
+        print(f"wrote {path}")
+    return 0
