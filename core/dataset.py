@@ -124,7 +124,8 @@ def _scan_image_folder(root: Path) -> tuple[pd.DataFrame, list, list[str]]:
     if not subdirs:
         raise DatasetError(f"{root} has no class folders; expected ROOT/<class>/<image> or a CSV manifest")
     split_dirs = [d for d in subdirs if d.name.lower() in SPLIT_ALIASES]
-    layout = [(SPLIT_ALIASES[d.name.lower()], d) for d in split_dirs] if len(split_dirs) == len(subdirs) else [("", root)]
+    by_split = len(split_dirs) == len(subdirs)  # ROOT/train/<class>/..., ROOT/val/<class>/...
+    layout = [(SPLIT_ALIASES[d.name.lower()], d) for d in split_dirs] if by_split else [("", root)]
     rows, skipped, warnings = [], [], []
     for split, base in layout:
         for class_dir in sorted(p for p in base.iterdir() if p.is_dir() and not p.name.startswith(".")):
@@ -252,7 +253,8 @@ def _fill_specimen_ids(frame: pd.DataFrame, warnings: list[str]) -> pd.DataFrame
         frame = frame.assign(specimen_id=frame["specimen_id"].where(~gaps, frame["sample_id"]))
     mixed = frame.groupby("specimen_id")["label"].nunique()
     if (mixed > 1).any():
-        warnings.append(f"{int((mixed > 1).sum())} specimen(s) carry more than one label, e.g. {mixed[mixed > 1].index[0]!r}")
+        example = mixed[mixed > 1].index[0]
+        warnings.append(f"{int((mixed > 1).sum())} specimen(s) carry more than one label, e.g. {example!r}")
     return frame
 
 

@@ -1,4 +1,4 @@
-"""Checkpoint loading and saving: every supported format to an eval-mode model plus a `ModelCard`, never unsafe by default."""
+"""Checkpoint loading and saving: any supported format to an eval model plus a `ModelCard`; never unsafe by default."""
 
 from __future__ import annotations
 
@@ -334,7 +334,7 @@ def _load_state_dict_strict(model: nn.Module, state_dict: dict, path: Path, clas
     result = model.load_state_dict(state_dict, strict=False)
     if result.missing_keys or result.unexpected_keys:
         raise CheckpointError(
-            f"{path.name} does not fit {model.__class__.__name__} ({getattr(model, 'default_cfg', {}).get('architecture', '')}): "
+            f"{path.name} does not fit the {model.__class__.__name__} architecture: "
             f"{len(result.missing_keys)} missing keys (e.g. {result.missing_keys[:3]}), "
             f"{len(result.unexpected_keys)} unexpected keys (e.g. {result.unexpected_keys[:3]}); check --arch"
         )

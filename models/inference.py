@@ -163,7 +163,7 @@ def spec_class_names(spec: CheckpointSpec, dataset: SampleSet) -> tuple[tuple[st
         return None, None
     if spec.classes is not None:
         return read_class_names(spec.classes), None
-    return dataset.class_names, "class names assumed to be the dataset's sorted class folders (set `classes` to be sure)"
+    return dataset.class_names, "class names assumed to be the dataset's sorted classes (set `classes` to be sure)"
 
 
 def load_workspace_model(
