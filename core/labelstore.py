@@ -1,0 +1,577 @@
+"""The label store: an append-only table of review events on SQLite or PostgreSQL; current labels derive from it.
+
+Semantics (one sample, events in id order):
+
+- Every write appends one row to `label_events`; nothing is ever updated or deleted (the database refuses it with
+  triggers, and this module has no UPDATE or DELETE statement).
+- `undo` by reviewer R reverts R's latest not-yet-undone, non-undo event on that sample (its id is stored in
+  `reverts_id`; an event can be undone once). There is no redo: decide again instead.
+- The *effective* events are the non-undo events that were not undone. If any effective event is an adjudication
+  (a lead resolving a conflict), only the adjudications count ("the lead wins"); otherwise all effective events do.
+  Within that layer the latest event sets the status (confirm -> confirmed, relabel -> relabeled, unsure -> unsure,
+  exclude -> excluded; none -> unreviewed), and the label is the `new_label` of the latest confirm/relabel in that
+  layer, else of any effective confirm/relabel, else None (the dataset's own label stands).
+- A reviewer's *vote* is their latest effective non-adjudication event: the label they confirmed or chose, or
+  `(unsure)` / `(excluded)`. `n_reviews` counts the reviewers with a vote and `agreement` is the share of votes that
+  equal the outcome (the label, or `(unsure)` / `(excluded)` when that is the status).
+- `previous_label` of an event is the sample's label just before it (the derived label, else the dataset label the
+  caller passed as `given_label`); `new_label` is the label after it. Writes to one sample are serialised (SQLite
+  `BEGIN IMMEDIATE`; PostgreSQL a per-sample advisory lock), so these chains are consistent under concurrency.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+import time
+from collections import defaultdict
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import sqlalchemy as sa
+from sqlalchemy import event as sa_event
+from sqlalchemy.engine import Connection, Engine, make_url
+
+ACTIONS = ("confirm", "relabel", "unsure", "exclude", "undo")
+STATUSES = ("unreviewed", "confirmed", "relabeled", "unsure", "excluded")
+UNSURE_VOTE = "(unsure)"
+EXCLUDED_VOTE = "(excluded)"
+MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
+MAX_REVIEWER_LENGTH = 200
+MAX_NOTE_LENGTH = 10_000
+EVENT_COLUMNS = ("id", "sample_id", "previous_label", "new_label", "action", "reviewer", "created_at", "note",
+                 "checkpoint", "adjudication", "reverts_id")
+STATE_COLUMNS = ("sample_id", "label", "status", "n_reviews", "agreement", "last_reviewer", "updated_at",
+                 "adjudicated", "decided_by")
+
+_STATUS_OF_ACTION = {"confirm": "confirmed", "relabel": "relabeled", "unsure": "unsure", "exclude": "excluded"}
+_LABEL_ACTIONS = frozenset({"confirm", "relabel"})
+_MIGRATION_LOCK_KEY = 7_263_519_804  # PostgreSQL advisory lock held while migrating
+_IN_CHUNK = 500  # sample ids per IN (...) clause
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+_METADATA = sa.MetaData()
+_ID = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
+# Mirrors migrations 0001-0002 (migrations own the schema; this is for building queries).
+label_events = sa.Table(
+    "label_events",
+    _METADATA,
+    sa.Column("id", _ID, primary_key=True, autoincrement=True),
+    sa.Column("sample_id", sa.Text(), nullable=False),
+    sa.Column("previous_label", sa.Text()),
+    sa.Column("new_label", sa.Text()),
+    sa.Column("action", sa.String(16), nullable=False),
+    sa.Column("reviewer", sa.Text(), nullable=False),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("note", sa.Text(), nullable=False),
+    sa.Column("checkpoint", sa.Text()),
+    sa.Column("adjudication", sa.Boolean(), nullable=False),
+    sa.Column("reverts_id", _ID),
+)
+
+
+class LabelStoreError(RuntimeError):
+    """The label store cannot be opened or used as asked (unknown schema, unsupported database, ...)."""
+
+
+@dataclass(frozen=True)
+class LabelEvent:
+    """One row of the audit trail."""
+
+    id: int  # increasing in commit order per sample
+    sample_id: str  # the dataset's sample id (its path relative to the dataset root)
+    previous_label: str | None  # the sample's label just before this event
+    new_label: str | None  # the sample's label just after this event
+    action: str  # one of ACTIONS
+    reviewer: str  # who did it (required, free text)
+    created_at: datetime  # UTC, timezone-aware
+    note: str  # free text, shown as text only
+    checkpoint: str | None  # the checkpoint whose suggestion was on screen
+    adjudication: bool  # a lead's resolution; adjudications override ordinary reviews
+    reverts_id: int | None  # for `undo`: the id of the event it reverts
+
+
+@dataclass(frozen=True)
+class NewEvent:
+    """An event to write (`LabelStore.record_many`)."""
+
+    sample_id: str  # the dataset's sample id
+    action: str  # one of ACTIONS
+    reviewer: str  # who does it; required
+    label: str | None = None  # relabel: the new class (required); confirm: the label confirmed (default: current)
+    given_label: str | None = None  # the dataset's label, the sample's label until a reviewer decides one
+    note: str = ""  # optional free text
+    checkpoint: str | None = None  # checkpoint whose suggestion was shown
+    adjudication: bool = False  # a lead resolving a conflict
+
+
+@dataclass(frozen=True)
+class SampleState:
+    """What the events say about one sample now."""
+
+    sample_id: str
+    label: str | None  # None: no label decided by a reviewer, the dataset's label stands
+    status: str  # one of STATUSES
+    n_reviews: int  # reviewers with an effective (not undone) non-adjudication decision
+    agreement: float | None  # share of those reviewers whose vote equals the outcome; None without votes
+    last_reviewer: str | None  # reviewer of the latest event of any kind (undo included)
+    updated_at: datetime | None  # time of that event
+    adjudicated: bool = False  # an effective adjudication decides this sample
+    decided_by: str | None = None  # reviewer of the event that set the status
+    votes: Mapping[str, str] = field(default_factory=dict)  # reviewer -> label or (unsure)/(excluded)
+
+
+def validate_reviewer(reviewer: object) -> str:
+    """Return the cleaned reviewer identity, or raise ValueError saying what is wrong with it."""
+    if not isinstance(reviewer, str) or not reviewer.strip():
+        raise ValueError(
+            f"a reviewer identity is required to write label events, got {reviewer!r}; "
+            "enter your name or initials (e.g. reviewer='jdoe')"
+        )
+    cleaned = reviewer.strip()
+    if len(cleaned) > MAX_REVIEWER_LENGTH or _CONTROL.search(cleaned):
+        raise ValueError(
+            f"reviewer identity {cleaned[:40]!r}... must be at most {MAX_REVIEWER_LENGTH} printable characters"
+        )
+    return cleaned
+
+
+class LabelStore:
+    """Review events in a SQLAlchemy database; `url` is `sqlite:///FILE` (default) or `postgresql://...`.
+
+    Opening runs the schema migrations (Alembic, `core/migrations`) when the database is behind. Use one store per
+    process (after `fork`, open a new one) and close it (`close()` or `with`).
+    """
+
+    def __init__(self, url: str, *, busy_timeout_ms: int = 30_000, synchronous: str = "NORMAL",
+                 migrate: bool = True) -> None:
+        self.url = _normalise_url(url)
+        parsed = make_url(self.url)
+        self.dialect = parsed.get_backend_name()
+        if self.dialect == "sqlite":
+            database = parsed.database or ""
+            if database in ("", ":memory:") or database.startswith("file::memory:"):
+                raise ValueError(f"label store URL {url!r} is an in-memory database; give a file "
+                                 "(sqlite:///path/labels.db) so every process and restart sees the same events")
+            if synchronous.upper() not in ("OFF", "NORMAL", "FULL", "EXTRA"):
+                raise ValueError(f"synchronous={synchronous!r}; use NORMAL (WAL default), FULL or EXTRA")
+            Path(database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+            self._engine = sa.create_engine(self.url, connect_args={"timeout": busy_timeout_ms / 1000})
+            _install_sqlite_hooks(self._engine, busy_timeout_ms=busy_timeout_ms, synchronous=synchronous.upper())
+        elif self.dialect == "postgresql":
+            self._engine = sa.create_engine(self.url, pool_pre_ping=True)
+        else:
+            raise LabelStoreError(f"label store URL {url!r} uses {self.dialect!r}; use sqlite:///FILE or "
+                                  "postgresql://USER@HOST:PORT/DB")
+        if migrate:
+            self.migrate()
+
+    # ----------------------------------------------------------------------------------------------- lifecycle
+
+    @property
+    def engine(self) -> Engine:
+        """The SQLAlchemy engine (for tests and tooling; write through `record`)."""
+        return self._engine
+
+    def close(self) -> None:
+        """Release pooled connections."""
+        self._engine.dispose()
+
+    def __enter__(self) -> LabelStore:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def schema_revision(self) -> str | None:
+        """The Alembic revision the database is at (None before the first migration)."""
+        from alembic.runtime.migration import MigrationContext
+
+        with self._engine.connect() as conn:
+            return MigrationContext.configure(conn).get_current_revision()
+
+    def migrate(self) -> str:
+        """Bring the schema to the newest revision (no-op when current); returns the revision."""
+        from alembic import command
+        from alembic.runtime.migration import MigrationContext
+
+        config, known, head = _alembic_scripts()
+        current = self.schema_revision()
+        if current == head:
+            return head
+        if current is not None and current not in known:
+            raise LabelStoreError(f"label store {self._safe_url()} is at schema revision {current!r}, unknown to this "
+                                  f"TaxaLens (newest known: {head!r}); upgrade TaxaLens to open it")
+        with self._engine.connect() as conn:
+            conn.execution_options(taxalens_write=True)  # SQLite: BEGIN IMMEDIATE, one migrator at a time
+            with conn.begin():
+                if self.dialect == "postgresql":
+                    conn.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": _MIGRATION_LOCK_KEY})
+                if MigrationContext.configure(conn).get_current_revision() != head:  # another process may have won
+                    with _MIGRATION_THREAD_LOCK:
+                        config.attributes["connection"] = conn
+                        try:
+                            command.upgrade(config, "head")
+                        finally:
+                            config.attributes.pop("connection", None)
+        return head
+
+    def _safe_url(self) -> str:
+        return make_url(self.url).render_as_string(hide_password=True)
+
+    # -------------------------------------------------------------------------------------------------- writes
+
+    def record(
+        self,
+        sample_id: str,
+        action: str,
+        *,
+        reviewer: str,
+        label: str | None = None,
+        given_label: str | None = None,
+        note: str = "",
+        checkpoint: str | None = None,
+        adjudication: bool = False,
+    ) -> LabelEvent:
+        """Append one event and return it as stored.
+
+        `action`: confirm (the current label, or `label`), relabel (`label` required), unsure, exclude, undo (reverts
+        this reviewer's latest effective event on the sample; ValueError when there is none). `given_label`: the
+        dataset's label, recorded as `previous_label` while no reviewer has decided one. `adjudication=True` marks a
+        lead's resolution, which overrides ordinary reviews. Raises ValueError for a missing reviewer or bad input.
+        """
+        return self.record_many([NewEvent(sample_id, action, reviewer, label, given_label, note, checkpoint,
+                                          adjudication)])[0]
+
+    def record_many(self, events: Iterable[NewEvent]) -> list[LabelEvent]:
+        """Append several events in one transaction (all or none), applied in the given order."""
+        todo = [_validate_new_event(e) for e in events]
+        if not todo:
+            return []
+        sample_ids = sorted({e.sample_id for e in todo})
+        for attempt in range(4):
+            try:
+                return self._record(todo, sample_ids)
+            except sa.exc.OperationalError as exc:  # SQLite busy beyond busy_timeout (rare with BEGIN IMMEDIATE)
+                if self.dialect != "sqlite" or "locked" not in str(exc).lower() or attempt == 3:
+                    raise
+                time.sleep(0.05 * 2**attempt)
+        raise AssertionError("unreachable")
+
+    def _record(self, todo: list[NewEvent], sample_ids: list[str]) -> list[LabelEvent]:
+        written: list[LabelEvent] = []
+        with self._write_transaction(sample_ids) as conn:
+            history = self._history_rows(conn, sample_ids)
+            for new in todo:
+                rows = history[new.sample_id]
+                row = _plan_event(new, rows, now=datetime.now(UTC))
+                result = conn.execute(sa.insert(label_events).values(**{k: v for k, v in row.items() if k != "id"}))
+                row["id"] = int(result.inserted_primary_key[0])
+                rows.append(row)
+                written.append(_event_from_row(row))
+        return written
+
+    @contextmanager
+    def _write_transaction(self, sample_ids: Sequence[str]) -> Iterator[Connection]:
+        with self._engine.connect() as conn:
+            conn.execution_options(taxalens_write=True)
+            with conn.begin():
+                if self.dialect == "postgresql":
+                    # Serialise writers per sample (sorted: no deadlocks); released at commit.
+                    for sample_id in sample_ids:
+                        conn.execute(sa.text("SELECT pg_advisory_xact_lock(hashtextextended(:s, 0))"),
+                                     {"s": sample_id})
+                yield conn
+
+    # --------------------------------------------------------------------------------------------------- reads
+
+    def _history_rows(self, conn: Connection, sample_ids: Sequence[str] | None,
+                      reviewer: str | None = None) -> defaultdict[str, list[dict]]:
+        by_sample: defaultdict[str, list[dict]] = defaultdict(list)
+        for query in _event_queries(sample_ids, reviewer):
+            for row in conn.execute(query).mappings():
+                by_sample[row["sample_id"]].append(dict(row))
+        for rows in by_sample.values():
+            rows.sort(key=lambda r: r["id"])
+        return by_sample
+
+    def events(self, *, sample_ids: Iterable[str] | None = None, reviewer: str | None = None) -> list[LabelEvent]:
+        """Events in id order, optionally of some samples and/or one reviewer."""
+        ids = None if sample_ids is None else sorted(set(sample_ids))
+        with self._engine.connect() as conn:
+            history = self._history_rows(conn, ids, reviewer)
+        rows = sorted((r for rows in history.values() for r in rows), key=lambda r: r["id"])
+        return [_event_from_row(r) for r in rows]
+
+    def history(self, sample_id: str) -> list[LabelEvent]:
+        """All events of one sample, oldest first."""
+        return self.events(sample_ids=[sample_id])
+
+    def events_frame(self, *, sample_ids: Iterable[str] | None = None) -> pd.DataFrame:
+        """The audit log as a DataFrame with EVENT_COLUMNS, in id order (`created_at` as UTC timestamps)."""
+        events = self.events(sample_ids=sample_ids)
+        frame = pd.DataFrame([e.__dict__ for e in events], columns=list(EVENT_COLUMNS))
+        frame["created_at"] = pd.to_datetime(frame["created_at"], utc=True)
+        return frame
+
+    def count_events(self) -> int:
+        """Number of rows in the audit log."""
+        with self._engine.connect() as conn:
+            return int(conn.execute(sa.select(sa.func.count()).select_from(label_events)).scalar_one())
+
+    def state(self, sample_id: str) -> SampleState:
+        """The derived state of one sample (uses the per-sample index)."""
+        with self._engine.connect() as conn:
+            rows = self._history_rows(conn, [sample_id])[sample_id]
+        return derive_state(sample_id, rows)
+
+    def states(self, sample_ids: Iterable[str] | None = None) -> dict[str, SampleState]:
+        """Derived states of the samples that have events (all of them when `sample_ids` is None)."""
+        ids = None if sample_ids is None else sorted(set(sample_ids))
+        with self._engine.connect() as conn:
+            history = self._history_rows(conn, ids)
+        return {sample_id: derive_state(sample_id, rows) for sample_id, rows in history.items()}
+
+    def state_frame(self, sample_ids: Iterable[str] | None = None) -> pd.DataFrame:
+        """`states()` as a DataFrame with STATE_COLUMNS, one row per sample that has events."""
+        states = self.states(sample_ids)
+        frame = pd.DataFrame([{c: getattr(s, c) for c in STATE_COLUMNS} for s in states.values()],
+                             columns=list(STATE_COLUMNS))
+        frame["updated_at"] = pd.to_datetime(frame["updated_at"], utc=True)
+        return frame
+
+    def votes_frame(self, sample_ids: Iterable[str] | None = None) -> pd.DataFrame:
+        """One row per (sample, reviewer) vote: sample_id, reviewer, vote (label, `(unsure)` or `(excluded)`)."""
+        rows = [(s.sample_id, reviewer, vote) for s in self.states(sample_ids).values()
+                for reviewer, vote in sorted(s.votes.items())]
+        return pd.DataFrame(rows, columns=["sample_id", "reviewer", "vote"])
+
+    def reviewed_by(self, reviewer: str) -> set[str]:
+        """Sample ids on which `reviewer` has an effective (not undone) decision."""
+        reviewer = validate_reviewer(reviewer)
+        with self._engine.connect() as conn:
+            sample_ids = sorted(conn.execute(
+                sa.select(label_events.c.sample_id).where(label_events.c.reviewer == reviewer).distinct()
+            ).scalars())
+            history = self._history_rows(conn, sample_ids)
+        return {sample_id for sample_id, rows in history.items() if _effective_of(rows, reviewer)}
+
+
+def open_label_store(workspace_or_url: Any, **options: Any) -> LabelStore:
+    """Open the store of a `Workspace` (its `label_store_url`) or of a URL string."""
+    url = getattr(workspace_or_url, "label_store_url", workspace_or_url)
+    if not isinstance(url, str) or not url:
+        raise ValueError(f"expected a Workspace or a label store URL, got {workspace_or_url!r}")
+    return LabelStore(url, **options)
+
+
+# ------------------------------------------------------------------------------------------------- derivation
+
+
+def derive_state(sample_id: str, rows: Sequence[Mapping[str, Any]]) -> SampleState:
+    """Derive a sample's state from its event rows (mappings with EVENT_COLUMNS keys), sorted by id.
+
+    Pure function; the rules are in the module docstring.
+    """
+    if not rows:
+        return SampleState(sample_id, None, "unreviewed", 0, None, None, None)
+    undone = {r["reverts_id"] for r in rows if r["action"] == "undo"}
+    effective = [r for r in rows if r["action"] != "undo" and r["id"] not in undone]
+    adjudications = [r for r in effective if r["adjudication"]]
+    layer = adjudications or effective
+    label = _latest_label(layer)
+    if label is None:
+        label = _latest_label(effective)
+    votes: dict[str, str] = {}
+    for r in effective:
+        if not r["adjudication"]:
+            votes[r["reviewer"]] = _vote_of(r)
+    last = rows[-1]
+    if not layer:
+        status, decided_by = "unreviewed", None
+    else:
+        status, decided_by = _STATUS_OF_ACTION[layer[-1]["action"]], layer[-1]["reviewer"]
+    outcome = EXCLUDED_VOTE if status == "excluded" else UNSURE_VOTE if status == "unsure" else label
+    agreement = sum(v == outcome for v in votes.values()) / len(votes) if votes else None
+    return SampleState(
+        sample_id=sample_id,
+        label=label,
+        status=status,
+        n_reviews=len(votes),
+        agreement=agreement,
+        last_reviewer=last["reviewer"],
+        updated_at=_as_utc(last["created_at"]),
+        adjudicated=bool(adjudications),
+        decided_by=decided_by,
+        votes=votes,
+    )
+
+
+def _latest_label(rows: Sequence[Mapping[str, Any]]) -> str | None:
+    for r in reversed(rows):
+        if r["action"] in _LABEL_ACTIONS:
+            return r["new_label"]
+    return None
+
+
+def _vote_of(row: Mapping[str, Any]) -> str:
+    if row["action"] == "exclude":
+        return EXCLUDED_VOTE
+    if row["action"] == "unsure":
+        return UNSURE_VOTE
+    return row["new_label"]
+
+
+def _effective_of(rows: Sequence[Mapping[str, Any]], reviewer: str) -> list[Mapping[str, Any]]:
+    undone = {r["reverts_id"] for r in rows if r["action"] == "undo"}
+    return [r for r in rows if r["reviewer"] == reviewer and r["action"] != "undo" and r["id"] not in undone]
+
+
+def _plan_event(new: NewEvent, rows: list[dict], *, now: datetime) -> dict:
+    """The row to insert for `new`, given the sample's existing rows (validated input)."""
+    before = derive_state(new.sample_id, rows)
+    # The dataset's label: as the caller gives it, else as the sample's first event recorded it.
+    given = new.given_label if new.given_label is not None else (rows[0]["previous_label"] if rows else None)
+    current = before.label if before.label is not None else given
+    reverts_id = None
+    adjudication = new.adjudication
+    if new.action == "undo":
+        mine = _effective_of(rows, new.reviewer)
+        if not mine:
+            raise ValueError(f"nothing to undo: reviewer {new.reviewer!r} has no effective event on sample "
+                             f"{new.sample_id!r}")
+        reverts_id = mine[-1]["id"]
+        adjudication = False
+        after = derive_state(new.sample_id, [*rows, {**mine[-1], "id": -1, "action": "undo", "reverts_id": reverts_id,
+                                                   "reviewer": new.reviewer, "created_at": now}])
+        new_label = after.label if after.label is not None else given
+    elif new.action == "relabel":
+        new_label = new.label
+    elif new.action == "confirm":
+        new_label = new.label if new.label is not None else current
+        if new_label is None:
+            raise ValueError(f"confirm on sample {new.sample_id!r} needs the label being confirmed: pass label= or "
+                             "given_label= (the dataset's label)")
+    else:  # unsure, exclude: the label stays
+        new_label = current
+    return {
+        "sample_id": new.sample_id,
+        "previous_label": current,
+        "new_label": new_label,
+        "action": new.action,
+        "reviewer": new.reviewer,
+        "created_at": now,
+        "note": new.note,
+        "checkpoint": new.checkpoint,
+        "adjudication": adjudication,
+        "reverts_id": reverts_id,
+    }
+
+
+def _validate_new_event(new: NewEvent) -> NewEvent:
+    if not isinstance(new, NewEvent):
+        raise TypeError(f"expected NewEvent, got {type(new).__name__}")
+    reviewer = validate_reviewer(new.reviewer)
+    if not isinstance(new.sample_id, str) or not new.sample_id:
+        raise ValueError(f"sample_id must be a non-empty string, got {new.sample_id!r}")
+    if new.action not in ACTIONS:
+        raise ValueError(f"action {new.action!r} is not one of {list(ACTIONS)}")
+    label = new.label
+    if label is not None and (not isinstance(label, str) or not label.strip()):
+        raise ValueError(f"label must be a non-empty class name, got {label!r}")
+    if new.action == "relabel" and label is None:
+        raise ValueError(f"relabel of sample {new.sample_id!r} needs the new class: pass label=")
+    if new.action in ("unsure", "exclude", "undo") and label is not None:
+        raise ValueError(f"{new.action} takes no label (got {label!r}); use relabel or confirm to set one")
+    note = new.note or ""
+    if not isinstance(note, str) or len(note) > MAX_NOTE_LENGTH:
+        raise ValueError(f"note must be text of at most {MAX_NOTE_LENGTH} characters")
+    return NewEvent(new.sample_id, new.action, reviewer, label, new.given_label, note, new.checkpoint,
+                    bool(new.adjudication))
+
+
+def _event_queries(sample_ids: Sequence[str] | None, reviewer: str | None) -> Iterator[sa.Select]:
+    base = sa.select(label_events)
+    if reviewer is not None:
+        base = base.where(label_events.c.reviewer == reviewer)
+    if sample_ids is None:
+        yield base.order_by(label_events.c.id)
+        return
+    for start in range(0, len(sample_ids), _IN_CHUNK):
+        chunk = list(sample_ids[start:start + _IN_CHUNK])
+        yield base.where(label_events.c.sample_id.in_(chunk)).order_by(label_events.c.id)
+
+
+def _event_from_row(row: Mapping[str, Any]) -> LabelEvent:
+    return LabelEvent(
+        id=int(row["id"]),
+        sample_id=row["sample_id"],
+        previous_label=row["previous_label"],
+        new_label=row["new_label"],
+        action=row["action"],
+        reviewer=row["reviewer"],
+        created_at=_as_utc(row["created_at"]),
+        note=row["note"] or "",
+        checkpoint=row["checkpoint"],
+        adjudication=bool(row["adjudication"]),
+        reverts_id=None if row["reverts_id"] is None else int(row["reverts_id"]),
+    )
+
+
+def _as_utc(value: datetime) -> datetime:
+    # SQLite returns naive datetimes (we only ever store UTC); PostgreSQL returns aware ones.
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+# ------------------------------------------------------------------------------------------ engine plumbing
+
+
+def _normalise_url(url: str) -> str:
+    if not isinstance(url, str) or not url.strip():
+        raise ValueError(f"label store URL must be a non-empty string, got {url!r}")
+    url = url.strip()
+    if url.startswith("postgres://"):  # the Heroku-style spelling
+        url = "postgresql://" + url[len("postgres://"):]
+    return url
+
+
+def _install_sqlite_hooks(engine: Engine, *, busy_timeout_ms: int, synchronous: str) -> None:
+    @sa_event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        # Take transaction control away from sqlite3 (see SQLAlchemy's SQLite "transactions" docs), so that
+        # BEGIN is ours: DEFERRED for reads, IMMEDIATE for writes (no lock-upgrade deadlocks between writers).
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        cursor.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
+        cursor.execute("PRAGMA journal_mode = WAL")  # readers never block the writer, and vice versa
+        cursor.execute(f"PRAGMA synchronous = {synchronous}")  # NORMAL in WAL: a process crash loses no commit
+        cursor.execute("PRAGMA foreign_keys = ON")
+        cursor.close()
+
+    @sa_event.listens_for(engine, "begin")
+    def _on_begin(conn: Connection) -> None:
+        conn.exec_driver_sql("BEGIN IMMEDIATE" if conn.get_execution_options().get("taxalens_write") else "BEGIN")
+
+
+_ALEMBIC: tuple | None = None
+_MIGRATION_THREAD_LOCK = threading.Lock()  # the alembic Config is shared per process
+
+
+def _alembic_scripts() -> tuple[Any, frozenset[str], str]:
+    """(alembic Config, known revision ids, head revision), read once per process."""
+    global _ALEMBIC
+    if _ALEMBIC is None:
+        from alembic.config import Config
+        from alembic.script import ScriptDirectory
+
+        config = Config()
+        config.set_main_option("script_location", str(MIGRATIONS_DIR))
+        script = ScriptDirectory.from_config(config)
+        known = frozenset(rev.revision for rev in script.walk_revisions())
+        _ALEMBIC = (config, known, script.get_current_head())
+    return _ALEMBIC
