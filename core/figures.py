@@ -1,0 +1,270 @@
+"""Plotly figure builders for the evaluation pages: pure functions from metric tables and arrays to `go.Figure`.
+
+The confusion matrix is drawn as a scatter of square markers (one point per non-empty cell, `customdata` =
+(true index, predicted index, count)) rather than a `go.Heatmap`, because Streamlit's plotly selection reports
+clicked scatter points but returns nothing for heatmap cells.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
+
+from core.metrics import Normalise, normalise_confusion
+
+CONFUSION_COLORSCALE = "Blues"
+_WEBGL_MIN_POINTS = 4000  # above this many cells the matrix uses WebGL (SVG slows down with one element per point)
+_SPLIT_COLORS = {"train": "#4C78A8", "val": "#F58518", "test": "#54A24B"}
+
+
+def build_class_distribution_figure(
+    distribution: pd.DataFrame,
+    *,
+    log_y: bool = False,
+    sort_by_total: bool = True,
+) -> go.Figure:
+    """Grouped bars of samples per class, one bar group per split.
+
+    `distribution`: the frame of `core.metrics.class_distribution` (index = class, one column per split, `total`).
+    `log_y` draws the count axis on a log scale (zero counts are then not drawn).
+    """
+    frame = distribution.sort_values("total", ascending=False, kind="stable") if sort_by_total else distribution
+    splits = [c for c in frame.columns if c != "total"]
+    fig = go.Figure()
+    for split in splits:
+        fig.add_trace(
+            go.Bar(
+                x=frame.index.astype(str).tolist(),
+                y=frame[split].to_numpy(),
+                name=str(split) or "(no split)",
+                marker_color=_SPLIT_COLORS.get(str(split)),
+                hovertemplate="%{x}<br>" + f"{split}: " + "%{y}<extra></extra>",
+            )
+        )
+    fig.update_layout(
+        barmode="group",
+        xaxis_title="class",
+        yaxis_title="samples" + (" (log scale)" if log_y else ""),
+        yaxis_type="log" if log_y else "linear",
+        legend_title_text="split",
+        margin=dict(l=60, r=20, t=30, b=80),
+        height=420,
+    )
+    if len(frame) > 40:
+        fig.update_xaxes(showticklabels=False, title="class (hover for names)")
+    return fig
+
+
+def confusion_figure_height(n_classes: int) -> int:
+    """Figure height in px: about 30 px per class for small matrices, at most 1000 px (zoom in for more)."""
+    return int(min(1000, max(360, 30 * n_classes + 160)))
+
+
+def build_confusion_figure(
+    counts: np.ndarray,
+    class_names: Sequence[str],
+    *,
+    normalise: Normalise = "none",
+    order: Sequence[int] | np.ndarray | None = None,
+    hide_diagonal: bool = False,
+    highlight: Sequence[str] = (),
+    selected: tuple[int, int] | None = None,
+) -> go.Figure:
+    """The confusion matrix as square scatter markers, one per cell with at least one sample.
+
+    `counts`: `(K, K)` int array, rows = true class, columns = predicted class (`core.metrics.confusion_counts`).
+    Colour is the count or the rate (`normalise` "true": share of the true class, "pred": share of the prediction).
+    `order`: permutation of class indices (`core.metrics.order_classes`), drawn top-to-bottom and left-to-right.
+    `hide_diagonal` drops correct predictions so the colour scale spans the errors. `highlight` outlines the row and
+    column of the named classes (class search); `selected` (true_idx, pred_idx) outlines one cell.
+    Each point's `customdata` is `[true_idx, pred_idx, count]` in model class indices, whatever the order.
+    """
+    counts = np.asarray(counts)
+    k = len(class_names)
+    if counts.shape != (k, k):
+        raise ValueError(f"counts has shape {counts.shape} but there are {k} class names; expected ({k}, {k})")
+    order = np.arange(k) if order is None else np.asarray(order, dtype=np.int64)
+    if sorted(order.tolist()) != list(range(k)):
+        raise ValueError(f"order must be a permutation of range({k}), got {order.tolist()[:10]}...")
+    position = np.empty(k, dtype=np.int64)
+    position[order] = np.arange(k)
+    values = normalise_confusion(counts, by=normalise)
+    keep = counts > 0
+    if hide_diagonal:
+        np.fill_diagonal(keep, False)
+    true_idx, pred_idx = np.nonzero(keep)
+    cell_counts = counts[true_idx, pred_idx]
+    cell_values = values[true_idx, pred_idx]
+    names = np.asarray(class_names, dtype=object)
+    support = counts.sum(axis=1)
+
+    height = confusion_figure_height(k)
+    plot_px = height - 160  # the square plotting area left after margins
+    marker_px = max(2.0, 0.92 * plot_px / max(k, 1))
+    value_text = {"none": "count", "true": "share of true class", "pred": "share of predicted class"}[normalise]
+    hover = [
+        f"true: {names[t]}<br>predicted: {names[p]}<br>{c} of {support[t]} samples ({c / max(support[t], 1):.1%})"
+        for t, p, c in zip(true_idx.tolist(), pred_idx.tolist(), cell_counts.tolist(), strict=True)
+    ]
+    trace_type = go.Scattergl if len(true_idx) > _WEBGL_MIN_POINTS else go.Scatter
+    colour_max = float(cell_values.max()) if len(cell_values) else 1.0
+    trace = trace_type(
+        x=position[pred_idx],
+        y=position[true_idx],
+        mode="markers",
+        marker=dict(
+            symbol="square",
+            size=marker_px,
+            color=cell_values,
+            colorscale=CONFUSION_COLORSCALE,
+            cmin=0.0,
+            cmax=colour_max if colour_max > 0 else 1.0,
+            colorbar=dict(title=dict(text=value_text, side="right"), thickness=12),
+            line=dict(width=0.5 if k <= 60 else 0, color="#9ab"),
+        ),
+        customdata=np.column_stack([true_idx, pred_idx, cell_counts]).astype(np.int64),
+        hovertext=hover,
+        hovertemplate="%{hovertext}<extra></extra>",
+        name="cells",
+        showlegend=False,
+    )
+    fig = go.Figure(trace)
+    if k <= 30 and len(true_idx):
+        fig.add_trace(
+            go.Scatter(
+                x=position[pred_idx],
+                y=position[true_idx],
+                mode="text",
+                text=[str(c) for c in cell_counts] if normalise == "none" else [f"{v:.2f}" for v in cell_values],
+                textfont=dict(size=10, color=["white" if v > 0.6 * colour_max else "#222" for v in cell_values]),
+                hoverinfo="skip",
+                showlegend=False,
+                name="labels",
+            )
+        )
+    ticks = list(range(k))
+    tick_text = names[order].tolist()
+    show_ticks = k <= 80
+    axis = dict(
+        tickmode="array",
+        tickvals=ticks,
+        ticktext=tick_text,
+        showticklabels=show_ticks,
+        showgrid=False,
+        zeroline=False,
+        range=[-0.5, k - 0.5],
+        constrain="domain",
+    )
+    fig.update_layout(
+        height=height,
+        margin=dict(l=140 if show_ticks else 40, r=20, t=40, b=120 if show_ticks else 40),
+        xaxis=dict(axis, title="predicted class", tickangle=-45, side="bottom"),
+        yaxis=dict(axis, title="true class", autorange=None, range=[k - 0.5, -0.5], scaleanchor="x"),
+        plot_bgcolor="white",
+        clickmode="event+select",
+        dragmode="zoom",
+        hoverlabel=dict(align="left"),
+    )
+    shapes = []
+    name_index = {name: i for i, name in enumerate(class_names)}
+    for name in highlight:
+        if name in name_index:
+            pos = int(position[name_index[name]])
+            line = dict(color="#d62728", width=1.5)
+            shapes.append(dict(type="rect", x0=-0.5, x1=k - 0.5, y0=pos - 0.5, y1=pos + 0.5, line=line))
+            shapes.append(dict(type="rect", x0=pos - 0.5, x1=pos + 0.5, y0=-0.5, y1=k - 0.5, line=line))
+    if selected is not None:
+        y, x = int(position[selected[0]]), int(position[selected[1]])
+        shapes.append(
+            dict(type="rect", x0=x - 0.5, x1=x + 0.5, y0=y - 0.5, y1=y + 0.5, line=dict(color="#ff7f0e", width=2.5))
+        )
+    fig.update_layout(shapes=shapes)
+    return fig
+
+
+def build_bottom_f1_figure(bottom: pd.DataFrame) -> go.Figure:
+    """Horizontal bars of the weakest classes' F1, worst at the top.
+
+    `bottom`: rows of `core.metrics.bottom_classes` (class, f1, precision, recall, support). Each bar's
+    `customdata` is `[class name]`, so a click names the class.
+    """
+    frame = bottom.iloc[::-1]  # plotly draws the first bar at the bottom
+    fig = go.Figure(
+        go.Bar(
+            x=frame["f1"].to_numpy(),
+            y=frame["class"].astype(str).tolist(),
+            orientation="h",
+            marker_color="#E45756",
+            customdata=frame[["class"]].to_numpy(),
+            text=[f"{f:.2f}" for f in frame["f1"]],
+            textposition="auto",
+            hovertext=[
+                f"{c}<br>F1 {f:.3f} · precision {p:.3f} · recall {r:.3f}<br>support {s}"
+                for c, f, p, r, s in zip(
+                    frame["class"], frame["f1"], frame["precision"], frame["recall"], frame["support"], strict=True
+                )
+            ],
+            hovertemplate="%{hovertext}<extra></extra>",
+        )
+    )
+    fig.update_layout(
+        xaxis=dict(title="F1", range=[0, 1]),
+        yaxis=dict(title=None, type="category"),
+        height=max(260, 32 * len(frame) + 90),
+        margin=dict(l=160, r=20, t=30, b=50),
+        clickmode="event+select",
+    )
+    return fig
+
+
+def build_per_class_f1_figure(per_class: pd.DataFrame) -> go.Figure:
+    """F1 of every class with samples, sorted high to low; bar colour = support (log-scaled hue)."""
+    frame = per_class[per_class["support"] > 0].sort_values("f1", ascending=False, kind="stable")
+    support = frame["support"].to_numpy()
+    fig = go.Figure(
+        go.Bar(
+            x=frame["class"].astype(str).tolist(),
+            y=frame["f1"].to_numpy(),
+            marker=dict(
+                color=np.log10(np.maximum(support, 1)),
+                colorscale="Viridis",
+                colorbar=dict(title="log10 support", thickness=12),
+            ),
+            customdata=np.column_stack([support]),
+            hovertemplate="%{x}<br>F1 %{y:.3f}<br>support %{customdata[0]}<extra></extra>",
+        )
+    )
+    fig.update_layout(
+        yaxis=dict(title="F1", range=[0, 1]),
+        xaxis=dict(title="class", showticklabels=len(frame) <= 60),
+        height=380,
+        margin=dict(l=60, r=20, t=30, b=80),
+    )
+    return fig
+
+
+def build_top_predictions_figure(top: pd.DataFrame, *, true_label: str | None = None) -> go.Figure:
+    """Horizontal bars of a sample's top-k classes (`core.metrics.top_predictions`); the true class in green."""
+    frame = top.iloc[::-1]
+    colours = ["#54A24B" if c == true_label else "#4C78A8" for c in frame["class"]]
+    fig = go.Figure(
+        go.Bar(
+            x=frame["probability"].to_numpy(),
+            y=frame["class"].astype(str).tolist(),
+            orientation="h",
+            marker_color=colours,
+            text=[f"{p:.1%}" for p in frame["probability"]],
+            textposition="auto",
+            hovertemplate="%{y}: %{x:.3f}<extra></extra>",
+        )
+    )
+    fig.update_layout(
+        xaxis=dict(title="probability", range=[0, 1]),
+        yaxis=dict(type="category"),
+        height=60 + 34 * len(frame),
+        margin=dict(l=140, r=20, t=20, b=40),
+    )
+    return fig
