@@ -15,8 +15,10 @@ Semantics (one sample, events in id order):
   `(unsure)` / `(excluded)`. `n_reviews` counts the reviewers with a vote and `agreement` is the share of votes that
   equal the outcome (the label, or `(unsure)` / `(excluded)` when that is the status).
 - `previous_label` of an event is the sample's label just before it (the derived label, else the dataset label the
-  caller passed as `given_label`); `new_label` is the label after it. Writes to one sample are serialised (SQLite
-  `BEGIN IMMEDIATE`; PostgreSQL a per-sample advisory lock), so these chains are consistent under concurrency.
+  caller passed as `given_label`); `new_label` is the label the reviewer decided (confirm, relabel) or the sample's
+  label after the event (unsure, exclude, undo); the two coincide unless an adjudication overrides the review.
+  Writes to one sample are serialised (SQLite `BEGIN IMMEDIATE`; PostgreSQL a per-sample advisory lock), so these
+  chains are consistent under concurrency.
 """
 
 from __future__ import annotations
