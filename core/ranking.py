@@ -1,0 +1,246 @@
+"""Review queues: likely label errors first (cleanlab on out-of-sample probabilities), plus cell, class and confidence.
+
+Only out-of-sample probabilities are ranked: validation/test predictions as they are, and training rows only from
+cross-validated probabilities (`cv_table`, e.g. computed over `grouped_folds`). In-sample training probabilities
+are memorised labels and would hide exactly the errors we look for.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Collection
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from core.predictions import PredictionTable
+
+QUEUE_KINDS = ("likely_errors", "confusion_cell", "class", "low_confidence", "not_reviewed_by_me")
+OUT_OF_SAMPLE_SPLITS = ("val", "test")
+MIN_CLASS_SAMPLES = 5
+RANKING_COLUMNS = ("rank", "sample_id", "split", "specimen_id", "label", "suggested", "label_quality",
+                   "is_label_issue", "given_prob", "suggested_prob", "rare_class", "source")
+
+
+@dataclass(frozen=True)
+class LabelIssueRanking:
+    """Samples ordered by how likely their label is wrong (flagged issues first, then by label quality)."""
+
+    frame: pd.DataFrame  # RANKING_COLUMNS; rank 1 = most suspicious; unscorable rows (label not a model class) last
+    class_names: tuple[str, ...]  # the model's classes
+    rare_classes: dict[str, int]  # class -> ranked samples, for classes below `min_class_samples`
+    messages: tuple[str, ...]  # what was left out and why, unreliable classes, cleanlab's warnings
+
+    def __len__(self) -> int:
+        return len(self.frame)
+
+
+@dataclass(frozen=True)
+class QueueSpec:
+    """Which review queue to build."""
+
+    kind: str = "likely_errors"  # one of QUEUE_KINDS
+    true_label: str | None = None  # confusion_cell: the given label (row of the confusion matrix)
+    pred_label: str | None = None  # confusion_cell: the predicted class (column)
+    class_name: str | None = None  # class: samples whose given label is this class
+    hide_reviewed: bool = False  # drop samples the reviewer already decided (any kind)
+    only_flagged: bool = False  # likely_errors: only samples cleanlab flags, not the whole ranking
+
+
+def grouped_folds(frame: pd.DataFrame, *, n_splits: int = 5, seed: int = 0, label_column: str = "label",
+                  group_column: str = "specimen_id") -> np.ndarray:
+    """Fold index (0..n_splits-1) per row for cross-validated probabilities, keeping each specimen in one fold.
+
+    `frame`: one row per image with `label_column` and `group_column` (a specimen's images share its id).
+    Folds are stratified by label as far as whole specimens allow (sklearn `StratifiedGroupKFold`).
+    """
+    from sklearn.model_selection import StratifiedGroupKFold
+
+    for column in (label_column, group_column):
+        if column not in frame.columns:
+            raise ValueError(f"grouped_folds needs column {column!r}; found {list(frame.columns)}")
+    n_groups = frame[group_column].nunique()
+    if n_splits < 2 or n_splits > n_groups:
+        raise ValueError(f"n_splits={n_splits} must be between 2 and the number of specimens ({n_groups})")
+    splitter = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
+    folds = np.full(len(frame), -1, dtype=np.int64)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="The least populated class", category=UserWarning)
+        for fold, (_, held_out) in enumerate(splitter.split(np.zeros(len(frame)), frame[label_column].to_numpy(),
+                                                            frame[group_column].to_numpy())):
+            folds[held_out] = fold
+    return folds
+
+
+def out_of_sample_table(table: PredictionTable, *, cv_table: PredictionTable | None = None,
+                        ) -> tuple[PredictionTable, tuple[str, ...]]:
+    """The rows of `table` whose probabilities are out-of-sample, with training rows taken from `cv_table`.
+
+    Returns the table (a `source` column says `holdout` or `cv`) and messages about what was left out.
+    """
+    messages: list[str] = []
+    is_holdout = table.frame["split"].isin(OUT_OF_SAMPLE_SPLITS).to_numpy()
+    n_train = int((~is_holdout).sum())
+    holdout = table.subset(is_holdout)
+    parts = [(holdout, "holdout")]
+    if cv_table is not None:
+        if tuple(cv_table.class_names) != tuple(table.class_names):
+            raise ValueError(f"cv_table has classes {list(cv_table.class_names)[:5]}... but the predictions have "
+                             f"{list(table.class_names)[:5]}...; compute both with the same class list")
+        wanted = set(table.frame.loc[~is_holdout, "sample_id"])
+        cv_rows = cv_table.subset(cv_table.frame["sample_id"].isin(wanted).to_numpy())
+        parts.append((cv_rows, "cv"))
+        if len(cv_rows) < n_train:
+            messages.append(f"{n_train - len(cv_rows)} training sample(s) have no cross-validated probabilities "
+                            "and are not ranked")
+    elif n_train:
+        messages.append(f"{n_train} training-split sample(s) are not ranked: their probabilities are in-sample "
+                        "(the model memorised their labels). Compute cross-validated probabilities over "
+                        "`core.ranking.grouped_folds` to rank them.")
+    frames = [part.frame.assign(source=source) for part, source in parts]
+    widths = {part.embeddings.shape[1] for part, _ in parts}
+    n_rows = sum(len(part) for part, _ in parts)
+    combined = PredictionTable(
+        frame=pd.concat(frames, ignore_index=True),
+        pred_probs=np.concatenate([part.pred_probs for part, _ in parts]).astype(np.float32, copy=False),
+        # embeddings of the two sources may differ in width; ranking does not need them then
+        embeddings=np.concatenate([part.embeddings for part, _ in parts]) if len(widths) == 1
+        else np.zeros((n_rows, 0), dtype=np.float32),
+        class_names=table.class_names,
+        meta=table.meta,
+    )
+    return combined, tuple(messages)
+
+
+def rank_label_issues(
+    table: PredictionTable,
+    *,
+    cv_table: PredictionTable | None = None,
+    method: str = "self_confidence",
+    filter_by: str = "prune_by_noise_rate",
+    min_class_samples: int = MIN_CLASS_SAMPLES,
+) -> LabelIssueRanking:
+    """Rank the out-of-sample rows of `table` by how likely their given label is wrong.
+
+    Uses `cleanlab.filter.find_label_issues` (which samples are likely mislabelled, `filter_by`) and
+    `cleanlab.rank.get_label_quality_scores` (`method`: self_confidence, normalized_margin or confidence_weighted_
+    entropy; lower = more suspicious). Flagged samples come first, each group by ascending quality.
+    Classes with fewer than `min_class_samples` ranked samples are reported in `rare_classes`: cleanlab's per-class
+    noise estimates are unreliable there, so review them in full (class queue).
+    """
+    if method not in ("self_confidence", "normalized_margin", "confidence_weighted_entropy"):
+        raise ValueError(f"method={method!r}; use self_confidence, normalized_margin or confidence_weighted_entropy")
+    ranked, messages = out_of_sample_table(table, cv_table=cv_table)
+    return _rank(ranked, list(messages), method=method, filter_by=filter_by, min_class_samples=min_class_samples)
+
+
+def _rank(table: PredictionTable, messages: list[str], *, method: str, filter_by: str,
+          min_class_samples: int) -> LabelIssueRanking:
+    from cleanlab.filter import find_label_issues
+    from cleanlab.rank import get_label_quality_scores
+
+    frame = table.frame
+    n, k = table.pred_probs.shape
+    labels = frame["label_idx"].to_numpy(dtype=np.int64)
+    scorable = labels >= 0
+    if (~scorable).any():
+        unknown = sorted(frame.loc[~scorable, "label"].unique())
+        messages.append(f"{int((~scorable).sum())} sample(s) carry labels the model does not know ({unknown[:5]}); "
+                        "they cannot be scored and are listed last")
+    probs = table.pred_probs[scorable]
+    y = labels[scorable]
+    quality = np.full(n, np.nan)
+    flagged = np.zeros(n, dtype=bool)
+    if len(y):
+        quality[scorable] = get_label_quality_scores(y, probs, method=method)
+        if len(np.unique(y)) >= 2 and len(y) >= k:
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                flagged[scorable] = find_label_issues(y, probs, filter_by=filter_by, n_jobs=1)
+            for warning in caught:
+                if issubclass(warning.category, UserWarning) and "too few examples" not in str(warning.message):
+                    messages.append(f"cleanlab: {warning.message}")
+        else:
+            messages.append(f"only {len(y)} scorable sample(s) in {len(np.unique(y))} class(es): too few for "
+                            "cleanlab's issue filter; ordered by label quality alone")
+    counts = pd.Series(frame.loc[scorable, "label"]).value_counts()
+    rare = {str(c): int(counts.get(c, 0)) for c in table.class_names if 0 < counts.get(c, 0) < min_class_samples}
+    if rare:
+        listed = ", ".join(f"{c} ({m})" for c, m in sorted(rare.items(), key=lambda kv: kv[1]))
+        messages.append(f"ranking is unreliable for classes with fewer than {min_class_samples} ranked samples: "
+                        f"{listed}; review these classes in full (class queue)")
+    rows = np.arange(n)
+    suggested_idx = table.pred_probs.argmax(axis=1) if n else np.zeros(0, dtype=np.int64)
+    given_prob = np.where(scorable, table.pred_probs[rows, np.clip(labels, 0, None)] if n else 0.0, np.nan)
+    out = pd.DataFrame({
+        "sample_id": frame["sample_id"].to_numpy(),
+        "split": frame["split"].to_numpy(),
+        "specimen_id": frame["specimen_id"].to_numpy(),
+        "label": frame["label"].to_numpy(),
+        "suggested": [table.class_names[i] for i in suggested_idx],
+        "label_quality": quality,
+        "is_label_issue": flagged,
+        "given_prob": given_prob,
+        "suggested_prob": table.pred_probs[rows, suggested_idx] if n else np.zeros(0),
+        "rare_class": frame["label"].isin(list(rare)).to_numpy(),
+        "source": frame["source"].to_numpy() if "source" in frame.columns else "holdout",
+    })
+    # flagged first, then by quality (NaN = unscorable last); sample_id breaks ties deterministically
+    order = np.lexsort((out["sample_id"].to_numpy(), np.nan_to_num(quality, nan=np.inf), ~flagged, ~scorable))
+    out = out.iloc[order].reset_index(drop=True)
+    out.insert(0, "rank", np.arange(1, n + 1))
+    return LabelIssueRanking(out, tuple(table.class_names), rare, tuple(messages))
+
+
+def build_queue(ranking: LabelIssueRanking, spec: QueueSpec, *, reviewed_by_me: Collection[str] = ()
+                ) -> pd.DataFrame:
+    """The samples of one review queue, in review order (a slice of `ranking.frame`, `rank` kept).
+
+    `reviewed_by_me`: sample ids the current reviewer already decided (`LabelStore.reviewed_by`); used by the
+    `not_reviewed_by_me` queue and by `hide_reviewed`.
+    """
+    if spec.kind not in QUEUE_KINDS:
+        raise ValueError(f"queue kind {spec.kind!r} is not one of {list(QUEUE_KINDS)}")
+    frame = ranking.frame
+    if spec.kind == "likely_errors":
+        queue = frame[frame["is_label_issue"]] if spec.only_flagged else frame
+    elif spec.kind == "confusion_cell":
+        if spec.true_label is None or spec.pred_label is None:
+            raise ValueError("a confusion_cell queue needs true_label (given) and pred_label (predicted); pick a cell "
+                             "on the confusion page")
+        queue = frame[(frame["label"] == spec.true_label) & (frame["suggested"] == spec.pred_label)]
+        queue = queue.sort_values(["label_quality", "rank"], na_position="last")
+    elif spec.kind == "class":
+        if spec.class_name is None:
+            raise ValueError("a class queue needs class_name")
+        queue = frame[frame["label"] == spec.class_name]
+    elif spec.kind == "low_confidence":
+        queue = frame.sort_values(["suggested_prob", "rank"], kind="stable")
+    else:
+        queue = frame
+    reviewed = set(reviewed_by_me)
+    if reviewed and (spec.hide_reviewed or spec.kind == "not_reviewed_by_me"):
+        queue = queue[~queue["sample_id"].isin(reviewed)]
+    return queue.reset_index(drop=True)
+
+
+def build_review_queue(table: PredictionTable, store: Any, spec: QueueSpec, *, reviewer: str | None = None,
+                       cv_table: PredictionTable | None = None) -> tuple[pd.DataFrame, LabelIssueRanking]:
+    """Rank `table` and build the queue; `store` (a `LabelStore`) supplies what `reviewer` already decided."""
+    ranking = rank_label_issues(table, cv_table=cv_table)
+    reviewed = store.reviewed_by(reviewer) if reviewer and store is not None else set()
+    if spec.kind == "not_reviewed_by_me" and not reviewer:
+        raise ValueError("the not_reviewed_by_me queue needs a reviewer identity")
+    return build_queue(ranking, spec, reviewed_by_me=reviewed), ranking
+
+
+def precision_at_k(ranking: LabelIssueRanking, true_issues: Collection[str], *, k: int | None = None) -> float:
+    """Share of the top-k ranked samples that are in `true_issues` (k defaults to the number of true issues)."""
+    truth = set(true_issues) & set(ranking.frame["sample_id"])
+    k = len(truth) if k is None else k
+    if k <= 0:
+        raise ValueError("precision@k needs k >= 1 (no known issues among the ranked samples?)")
+    top = ranking.frame["sample_id"].iloc[:k]
+    return float(top.isin(truth).sum()) / k

@@ -1,0 +1,192 @@
+"""Label-issue ranking and review queues on synthetic out-of-sample predictions with known flipped labels."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from core.labelstore import LabelStore
+from core.predictions import PredictionTable, build_prediction_table
+from core.ranking import (
+    QueueSpec,
+    build_queue,
+    build_review_queue,
+    grouped_folds,
+    out_of_sample_table,
+    precision_at_k,
+    rank_label_issues,
+)
+
+CLASSES = ("Baetidae", "Calanus", "Ceratium", "Daphnia", "Navicula", "Volvox")
+SIZES = {"Baetidae": 60, "Calanus": 120, "Ceratium": 4, "Daphnia": 300, "Navicula": 180, "Volvox": 90}
+
+
+def _synthetic(seed: int = 0, *, split: str = "val", flip_fraction: float = 0.05, prefix: str = "img"
+               ) -> tuple[PredictionTable, set[str]]:
+    """A ~85%-accurate model's probabilities; ~5% of specimens carry a wrong given label (returned as a set)."""
+    rng = np.random.default_rng(seed)
+    true, specimens = [], []
+    for c, name in enumerate(CLASSES):
+        n_specimens = max(1, SIZES[name] // 2)
+        for s in range(n_specimens):
+            for _ in range(int(rng.integers(1, 4))):
+                true.append(c)
+                specimens.append(f"{prefix}-{name}-{s}")
+    true = np.array(true)
+    n, k = len(true), len(CLASSES)
+    logits = rng.normal(0.0, 1.0, (n, k))
+    logits[np.arange(n), true] += 3.0
+    probs = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+    given = true.copy()
+    flip_to = {s: int(rng.integers(1, k)) for s in sorted(set(specimens)) if rng.random() < flip_fraction}
+    for i, s in enumerate(specimens):
+        if s in flip_to:
+            given[i] = (true[i] + flip_to[s]) % k
+    sample_ids = [f"{prefix}_{i:05d}.png" for i in range(n)]
+    table = build_prediction_table(sample_ids, probs, np.zeros((n, 4)), labels=[CLASSES[g] for g in given],
+                                   splits=[split] * n, specimen_ids=specimens, class_names=CLASSES)
+    flipped = {sid for sid, g, t in zip(sample_ids, given, true, strict=True) if g != t}
+    return table, flipped
+
+
+def _concat(*tables: PredictionTable) -> PredictionTable:
+    return PredictionTable(pd.concat([t.frame for t in tables], ignore_index=True),
+                           np.concatenate([t.pred_probs for t in tables]),
+                           np.concatenate([t.embeddings for t in tables]), tables[0].class_names, {})
+
+
+def test_top_k_of_the_ranking_holds_most_flipped_labels() -> None:
+    table, flipped = _synthetic()
+    assert 15 <= len(flipped) <= 120
+    ranking = rank_label_issues(table)
+    assert len(ranking) == len(table)
+    assert ranking.frame["rank"].tolist() == list(range(1, len(table) + 1))
+    assert precision_at_k(ranking, flipped) >= 0.7
+    # the order matters: the same samples read bottom-up hold almost none of them
+    reversed_ranking = type(ranking)(ranking.frame.iloc[::-1].reset_index(drop=True), CLASSES, {}, ())
+    assert precision_at_k(reversed_ranking, flipped) < 0.2
+    flagged = ranking.frame[ranking.frame["is_label_issue"]]
+    assert len(flagged) and flagged["rank"].max() == len(flagged)  # flagged samples come first
+    top = ranking.frame.iloc[0]
+    assert top["suggested"] != top["label"] and top["label_quality"] == ranking.frame["label_quality"].min()
+
+
+def test_training_rows_are_ranked_only_from_cross_validated_probabilities() -> None:
+    val, _ = _synthetic(1, split="val", prefix="v")
+    honest, train_flips = _synthetic(2, split="train", prefix="t")
+    # in-sample probabilities of a model that memorised its training labels: they reveal no flip
+    memorised = np.eye(len(CLASSES), dtype=np.float32)[honest.frame["label_idx"].to_numpy()] * 0.99 + 0.01 / 6
+    train = PredictionTable(honest.frame, memorised, honest.embeddings, CLASSES, {})
+    table = _concat(val, train)
+    ranking = rank_label_issues(table)
+    assert set(ranking.frame["split"]) == {"val"}
+    assert any("in-sample" in m and "grouped_folds" in m for m in ranking.messages)
+
+    cv_table = PredictionTable(honest.frame, honest.pred_probs, honest.embeddings, CLASSES, {"cross_validated": True})
+    ranking = rank_label_issues(table, cv_table=cv_table.subset(np.arange(len(honest)) >= 10))
+    assert set(ranking.frame["source"]) == {"holdout", "cv"}
+    assert len(ranking) == len(table) - 10
+    assert any("10 training sample(s) have no cross-validated" in m for m in ranking.messages)
+    cv_only = rank_label_issues(train, cv_table=cv_table)
+    assert set(cv_only.frame["source"]) == {"cv"}
+    assert precision_at_k(cv_only, train_flips) >= 0.7  # found from the out-of-fold probabilities
+    by_id = cv_only.frame.set_index("sample_id")["suggested"]
+    assert (by_id[honest.frame["sample_id"]].to_numpy() == honest.frame["pred"].to_numpy()).all()
+
+    wrong = PredictionTable(train.frame, train.pred_probs, train.embeddings, tuple(reversed(CLASSES)), {})
+    with pytest.raises(ValueError, match="same class list"):
+        out_of_sample_table(table, cv_table=wrong)
+
+
+def test_rare_classes_are_reported_with_their_counts() -> None:
+    table, _ = _synthetic()
+    is_ceratium = (table.frame["label"] == "Ceratium").to_numpy()
+    table = table.subset(~is_ceratium | (np.cumsum(is_ceratium) <= 3))  # keep 3 Ceratium samples
+    n_ceratium = int((table.frame["label"] == "Ceratium").sum())
+    ranking = rank_label_issues(table)  # default: fewer than 5 samples is rare
+    assert "Ceratium" in ranking.rare_classes and ranking.rare_classes["Ceratium"] == n_ceratium < 5
+    assert "Daphnia" not in ranking.rare_classes
+    assert any("unreliable" in m and f"Ceratium ({n_ceratium})" in m for m in ranking.messages)
+    rows = ranking.frame[ranking.frame["label"] == "Ceratium"]
+    assert rows["rare_class"].all() and not ranking.frame.loc[ranking.frame["label"] == "Daphnia", "rare_class"].any()
+
+
+def test_labels_unknown_to_the_model_are_listed_last() -> None:
+    table, _ = _synthetic()
+    labels = table.frame["label"].tolist()
+    labels[0] = "Hydra"
+    relabelled = build_prediction_table(table.frame["sample_id"].tolist(), table.pred_probs, table.embeddings,
+                                        labels=labels, splits=table.frame["split"].tolist(),
+                                        specimen_ids=table.frame["specimen_id"].tolist(), class_names=CLASSES)
+    ranking = rank_label_issues(relabelled)
+    last = ranking.frame.iloc[-1]
+    assert last["label"] == "Hydra" and np.isnan(last["label_quality"]) and not last["is_label_issue"]
+    assert any("Hydra" in m for m in ranking.messages)
+
+
+def test_grouped_folds_keep_a_specimen_together_and_stratify() -> None:
+    table, _ = _synthetic()
+    frame = table.frame
+    folds = grouped_folds(frame, n_splits=5, seed=0)
+    assert folds.min() == 0 and folds.max() == 4
+    assert frame.assign(fold=folds).groupby("specimen_id")["fold"].nunique().max() == 1
+    daphnia_per_fold = np.bincount(folds[frame["label"].to_numpy() == "Daphnia"], minlength=5)
+    assert daphnia_per_fold.min() > 0.5 * daphnia_per_fold.mean()
+    assert np.array_equal(folds, grouped_folds(frame, n_splits=5, seed=0))
+    with pytest.raises(ValueError, match="number of specimens"):
+        grouped_folds(frame.iloc[:3], n_splits=5)
+    with pytest.raises(ValueError, match="specimen_id"):
+        grouped_folds(frame.drop(columns="specimen_id"))
+
+
+def test_queues_select_and_order_what_they_say() -> None:
+    table, _ = _synthetic()
+    ranking = rank_label_issues(table)
+    frame = ranking.frame
+
+    cell = build_queue(ranking, QueueSpec("confusion_cell", true_label="Daphnia", pred_label="Calanus"))
+    expected = frame[(frame["label"] == "Daphnia") & (frame["suggested"] == "Calanus")]
+    assert len(cell) and set(cell["sample_id"]) == set(expected["sample_id"])
+    assert cell["label_quality"].is_monotonic_increasing
+
+    by_class = build_queue(ranking, QueueSpec("class", class_name="Volvox"))
+    assert set(by_class["label"]) == {"Volvox"} and by_class["rank"].is_monotonic_increasing
+    assert len(by_class) == int((table.frame["label"] == "Volvox").sum())
+
+    low = build_queue(ranking, QueueSpec("low_confidence"))
+    assert low["suggested_prob"].is_monotonic_increasing and len(low) == len(frame)
+
+    flagged = build_queue(ranking, QueueSpec("likely_errors", only_flagged=True))
+    assert flagged["is_label_issue"].all() and len(flagged) == int(frame["is_label_issue"].sum())
+
+    mine = set(frame["sample_id"].iloc[:5])
+    todo = build_queue(ranking, QueueSpec("not_reviewed_by_me"), reviewed_by_me=mine)
+    assert len(todo) == len(frame) - 5 and not set(todo["sample_id"]) & mine
+    hidden = build_queue(ranking, QueueSpec("class", class_name="Daphnia", hide_reviewed=True),
+                         reviewed_by_me=set(by_class["sample_id"]) | set(frame.loc[frame["label"] == "Daphnia",
+                                                                                   "sample_id"].iloc[:3]))
+    assert len(hidden) == int((frame["label"] == "Daphnia").sum()) - 3
+
+    with pytest.raises(ValueError, match="confusion page"):
+        build_queue(ranking, QueueSpec("confusion_cell", true_label="Daphnia"))
+    with pytest.raises(ValueError, match="not one of"):
+        build_queue(ranking, QueueSpec("random"))
+
+
+def test_review_queue_reads_what_the_reviewer_decided_from_the_store(tmp_path: Path) -> None:
+    table, _ = _synthetic()
+    with LabelStore(f"sqlite:///{tmp_path / 'labels.db'}") as store:
+        ranking = rank_label_issues(table)
+        first, second = ranking.frame["sample_id"].iloc[:2]
+        store.record(first, "confirm", reviewer="ann", given_label="Daphnia")
+        store.record(second, "exclude", reviewer="ann", given_label="Daphnia")
+        store.record(second, "undo", reviewer="ann")
+        queue, _ = build_review_queue(table, store, QueueSpec("not_reviewed_by_me"), reviewer="ann")
+        assert queue["sample_id"].iloc[0] == second and first not in set(queue["sample_id"])
+        queue, _ = build_review_queue(table, store, QueueSpec("not_reviewed_by_me"), reviewer="bob")
+        assert queue["sample_id"].iloc[0] == first
+        with pytest.raises(ValueError, match="reviewer identity"):
+            build_review_queue(table, store, QueueSpec("not_reviewed_by_me"))
