@@ -9,6 +9,7 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
+import numpy as np
 import pytest
 import sqlalchemy as sa
 
@@ -347,3 +348,51 @@ def test_sigkilled_writers_lose_nothing_committed_and_corrupt_nothing(store_url:
         store.record("s000", "confirm", reviewer="after", given_label="Daphnia")
         assert store.state("s000").decided_by == "after"
         _check_history_consistent(store)
+
+
+# -------------------------------------------------------------------------------------------- agreement
+
+
+def test_disagreements_pair_and_class_agreement_and_adjudication(tmp_path: Path) -> None:
+    from core.agreement import adjudicate, class_agreement, list_disagreements, reviewer_pair_agreement
+
+    given = {"a": "Volvox", "b": "Daphnia", "c": "Daphnia", "d": "Daphnia", "e": "Volvox"}
+    ann = {"a": "Volvox", "b": "Daphnia", "c": "Daphnia", "d": EXCLUDED_VOTE, "e": "Volvox"}
+    bob = {"a": "Volvox", "b": "Daphnia", "c": "Volvox", "d": EXCLUDED_VOTE}
+    with LabelStore(f"sqlite:///{tmp_path / 'labels.db'}") as store:
+        for reviewer, votes in (("ann", ann), ("bob", bob)):
+            for sample_id, vote in votes.items():
+                if vote == EXCLUDED_VOTE:
+                    store.record(sample_id, "exclude", reviewer=reviewer, given_label=given[sample_id])
+                elif vote == given[sample_id]:
+                    store.record(sample_id, "confirm", reviewer=reviewer, given_label=given[sample_id])
+                else:
+                    store.record(sample_id, "relabel", reviewer=reviewer, label=vote, given_label=given[sample_id])
+        store.record("e", "relabel", reviewer="cy", label="Daphnia", given_label="Volvox")
+        store.record("e", "undo", reviewer="cy")  # an undone decision is no vote
+
+        disagreements = list_disagreements(store.states())
+        assert disagreements["sample_id"].tolist() == ["c"]
+        assert disagreements.loc[0, "votes"] == "ann: Daphnia; bob: Volvox"
+
+        pairs = reviewer_pair_agreement(store.votes_frame())
+        assert pairs[["reviewer_a", "reviewer_b", "n_samples"]].values.tolist() == [["ann", "bob", 4]]
+        assert pairs.loc[0, "percent_agreement"] == pytest.approx(0.75)
+        # by hand: p_o = 3/4; ann (V1 D2 E1), bob (V2 D1 E1): p_e = (2 + 2 + 1) / 16
+        assert pairs.loc[0, "cohen_kappa"] == pytest.approx((0.75 - 5 / 16) / (1 - 5 / 16))
+
+        per_class = class_agreement(store.votes_frame(), given).set_index("class_name")
+        assert per_class.loc["Daphnia", ["n_samples", "n_pairs"]].tolist() == [3, 3]
+        assert per_class.loc["Daphnia", "percent_agreement"] == pytest.approx(2 / 3)
+        assert per_class.loc["Volvox", "percent_agreement"] == 1.0
+        assert np.isnan(per_class.loc["Volvox", "cohen_kappa"])  # one shared answer: kappa undefined
+
+        ruling = adjudicate(store, "c", "Volvox", reviewer="lead", given_label="Daphnia", note="ocelli")
+        assert (ruling.action, ruling.adjudication) == ("relabel", True)
+        assert list_disagreements(store.states(), unresolved_only=True).empty
+        resolved = list_disagreements(store.states())
+        assert resolved.loc[0, ["adjudicated", "label", "decided_by"]].tolist() == [True, "Volvox", "lead"]
+        assert reviewer_pair_agreement(store.votes_frame()).loc[0, "n_samples"] == 4  # rulings are not votes
+        with pytest.raises(ValueError, match="adjudication decides"):
+            adjudicate(store, "c", UNSURE_VOTE, reviewer="lead")
+        assert adjudicate(store, "d", EXCLUDED_VOTE, reviewer="lead").action == "exclude"
