@@ -326,6 +326,11 @@ class LabelStore:
         with self._engine.connect() as conn:
             return int(conn.execute(sa.select(sa.func.count()).select_from(label_events)).scalar_one())
 
+    def sample_ids(self) -> set[str]:
+        """Ids of all samples that have at least one event."""
+        with self._engine.connect() as conn:
+            return set(conn.execute(sa.select(label_events.c.sample_id).distinct()).scalars())
+
     def state(self, sample_id: str) -> SampleState:
         """The derived state of one sample (uses the per-sample index)."""
         with self._engine.connect() as conn:

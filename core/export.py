@@ -1,0 +1,211 @@
+"""Curated label export: the dataset as the review events say it is now, as a manifest CSV, plus the audit log.
+
+The curated manifest has `path,label,original_label,status,n_reviews,agreement,last_reviewer,updated_at` and then the
+dataset's own columns (`split`, `specimen_id`, taxonomy, extras). It is a manifest like any other: load it with
+`load_dataset(out, root=<dataset root>)` (paths stay relative to the dataset root, which they may not escape).
+Excluded samples stay in the file with `status=excluded`; nothing is silently dropped.
+
+Spreadsheet formula injection: a text cell starting with `=`, `+`, `-`, `@`, tab or carriage return is written with a
+leading `'` (OWASP's advice), which spreadsheets show but do not run. Paths are the exception: they get a leading
+`./` instead, which `load_dataset` normalises away, so a path like `-x.png` round-trips exactly. Labels, taxonomy
+and other cells that start with those characters come back with the `'` unless the reader strips it
+(`unneutralise_cell`); real class names practically never do.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections import Counter
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+import pandas as pd
+
+from core.dataset import Dataset
+from core.labelstore import EVENT_COLUMNS, LabelStore
+
+CURATED_COLUMNS = ("path", "label", "original_label", "status", "n_reviews", "agreement", "last_reviewer",
+                   "updated_at")
+FORMULA_TRIGGERS = ("=", "+", "-", "@", "\t", "\r")
+
+
+@dataclass(frozen=True)
+class ExportSummary:
+    """What an export wrote."""
+
+    manifest_path: Path  # the curated manifest CSV
+    audit_path: Path | None  # the audit log CSV, when asked for
+    dataset_root: Path  # the folder the manifest's paths are relative to (pass as `root=` when loading)
+    n_rows: int  # samples in the manifest (excluded ones included)
+    status_counts: dict[str, int]  # status -> samples
+    n_events: int  # rows in the audit log
+    warnings: tuple[str, ...]  # events on samples not in the dataset, classes without taxonomy, ...
+
+
+def neutralise_cell(value: object) -> object:
+    """Prefix `'` to text that a spreadsheet would run as a formula; other values pass through."""
+    if isinstance(value, str) and value.startswith(FORMULA_TRIGGERS):
+        return "'" + value
+    return value
+
+
+def unneutralise_cell(value: object) -> object:
+    """Invert `neutralise_cell` (what a manifest reader applies to label and taxonomy cells)."""
+    if isinstance(value, str) and value.startswith("'") and value[1:].startswith(FORMULA_TRIGGERS):
+        return value[1:]
+    return value
+
+
+def neutralise_path(path: str) -> str:
+    """A relative POSIX path that no spreadsheet runs: `./` before a risky first character (same file)."""
+    return "./" + path if path.startswith(FORMULA_TRIGGERS) else path
+
+
+def build_curated_manifest(dataset: Dataset, store: LabelStore) -> tuple[pd.DataFrame, tuple[str, ...]]:
+    """The curated manifest of `dataset` under the events in `store` (unneutralised), and warnings.
+
+    Labels come from the derived sample states (`LabelStore.states`); unreviewed samples keep the dataset label.
+    Taxonomy columns of a relabelled sample are those of its new class (the most common taxonomy of that class in
+    the dataset). A dataset that is itself a curated export keeps its `original_label`.
+    """
+    samples = dataset.samples
+    states = store.states(samples["sample_id"])
+    warnings: list[str] = []
+    orphan = store.sample_ids() - set(samples["sample_id"])
+    if orphan:
+        warnings.append(f"{len(orphan)} sample(s) with review events are not in the dataset (renamed or removed, "
+                        f"e.g. {sorted(orphan)[0]!r}); they are only in the audit log")
+    original = samples["label"]
+    if "original_label" in samples.columns:  # a curated export being curated again
+        earlier = samples["original_label"].astype(str)
+        original = earlier.where(earlier != "", samples["label"])
+    labels, status, n_reviews, agreement, last_reviewer, updated_at = [], [], [], [], [], []
+    for sample_id, given in zip(samples["sample_id"], samples["label"], strict=True):
+        state = states.get(sample_id)
+        if state is None:
+            labels.append(given)
+            status.append("unreviewed")
+            n_reviews.append(0)
+            agreement.append(None)
+            last_reviewer.append("")
+            updated_at.append("")
+            continue
+        labels.append(state.label if state.label is not None else given)
+        status.append(state.status)
+        n_reviews.append(state.n_reviews)
+        agreement.append(None if state.agreement is None else round(state.agreement, 4))
+        last_reviewer.append(state.last_reviewer or "")
+        updated_at.append(_iso(state.updated_at))
+    curated = pd.DataFrame({
+        "path": samples["sample_id"].to_numpy(),
+        "label": labels,
+        "original_label": original.to_numpy(),
+        "status": status,
+        "n_reviews": pd.array(n_reviews, dtype="Int64"),
+        "agreement": pd.array(agreement, dtype="Float64"),
+        "last_reviewer": last_reviewer,
+        "updated_at": updated_at,
+    })
+    own = ["split", "specimen_id", *dataset.taxonomy_columns,
+           *[c for c in dataset.extra_columns if c not in CURATED_COLUMNS]]
+    for column in own:
+        curated[column] = samples[column].to_numpy()
+    if dataset.taxonomy_columns:
+        warnings.extend(_retaxonomise(curated, samples, dataset.taxonomy_columns))
+    return curated, tuple(warnings)
+
+
+def build_audit_log(store: LabelStore) -> pd.DataFrame:
+    """Every event (EVENT_COLUMNS), oldest first; `created_at` in ISO 8601 UTC."""
+    log = store.events_frame()
+    log["created_at"] = [_iso(t.to_pydatetime()) for t in log["created_at"]]
+    log["reverts_id"] = log["reverts_id"].astype("Int64")
+    return log[list(EVENT_COLUMNS)]
+
+
+def curated_manifest_csv(dataset: Dataset, store: LabelStore) -> bytes:
+    """The curated manifest as CSV bytes (neutralised), e.g. for a download button."""
+    curated, _ = build_curated_manifest(dataset, store)
+    return _to_csv(curated).encode("utf-8")
+
+
+def audit_log_csv(store: LabelStore) -> bytes:
+    """The audit log as CSV bytes (neutralised)."""
+    return _to_csv(build_audit_log(store)).encode("utf-8")
+
+
+def export_curated_labels(dataset: Dataset, store: LabelStore, out: str | Path, *,
+                          audit_out: str | Path | None = None) -> ExportSummary:
+    """Write the curated manifest to `out` (and the audit log to `audit_out`) atomically; returns a summary."""
+    out = Path(out)
+    curated, warnings = build_curated_manifest(dataset, store)
+    _write_atomic(out, _to_csv(curated))
+    n_events = 0
+    audit_path = None
+    if audit_out is not None:
+        audit_path = Path(audit_out)
+        log = build_audit_log(store)
+        _write_atomic(audit_path, _to_csv(log))
+        n_events = len(log)
+    return ExportSummary(
+        manifest_path=out.resolve(),
+        audit_path=audit_path.resolve() if audit_path else None,
+        dataset_root=dataset.root,
+        n_rows=len(curated),
+        status_counts=dict(Counter(curated["status"])),
+        n_events=n_events,
+        warnings=warnings,
+    )
+
+
+def _retaxonomise(curated: pd.DataFrame, samples: pd.DataFrame, taxonomy: tuple[str, ...]) -> list[str]:
+    """Give relabelled rows the taxonomy of their new class; returns warnings."""
+    warnings = []
+    by_class: dict[str, tuple] = {}
+    for label, group in samples.groupby("label"):
+        tuples = Counter(zip(*(group[c] for c in taxonomy), strict=True))
+        by_class[label] = tuples.most_common(1)[0][0]
+        if len(tuples) > 1:
+            warnings.append(f"class {label!r} has {len(tuples)} different taxonomies in the dataset; relabelled "
+                            f"samples get the most common one {by_class[label]}")
+    changed = curated["label"] != samples["label"].to_numpy()
+    unknown = sorted(set(curated.loc[changed, "label"]) - set(by_class))
+    if unknown:
+        warnings.append(f"samples relabelled to class(es) {unknown} not otherwise in the dataset have empty "
+                        f"taxonomy columns {list(taxonomy)}")
+    for row in curated.index[changed]:
+        values = by_class.get(curated.at[row, "label"], ("",) * len(taxonomy))
+        for column, value in zip(taxonomy, values, strict=True):
+            curated.at[row, column] = value
+    return warnings
+
+
+def _to_csv(frame: pd.DataFrame) -> str:
+    safe = frame.copy()
+    for column in safe.columns:
+        if column == "path":
+            safe[column] = [neutralise_path(p) for p in safe[column]]
+        elif safe[column].dtype == object or pd.api.types.is_string_dtype(safe[column]):
+            safe[column] = [neutralise_cell(v) for v in safe[column]]
+    return safe.to_csv(index=False, lineterminator="\n")
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="") as handle:
+            handle.write(text)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def _iso(moment: datetime | None) -> str:
+    if moment is None:
+        return ""
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
