@@ -139,6 +139,7 @@ def build_confusion_figure(
                 y=position[true_idx],
                 mode="text",
                 text=[str(c) for c in cell_counts] if normalise == "none" else [f"{v:.2f}" for v in cell_values],
+                customdata=trace.customdata,  # a click on a cell's number selects the same cell
                 textfont=dict(size=10, color=["white" if v > 0.6 * colour_max else "#222" for v in cell_values]),
                 hoverinfo="skip",
                 showlegend=False,

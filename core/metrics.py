@@ -637,3 +637,13 @@ def imbalance_ratios(distribution: pd.DataFrame) -> pd.Series:
 
 def _split_rank(name: str) -> tuple[int, str]:
     return ({"train": 0, "val": 1, "test": 2}.get(name, 3), str(name))
+
+
+def class_taxa(samples: pd.DataFrame, column: str) -> dict[str, str]:
+    """label -> its most common value in taxonomy `column` of the dataset's `samples` (for ordering and filters)."""
+    if column not in samples.columns:
+        raise ValueError(f"no taxonomy column {column!r}; the samples have {list(samples.columns)}")
+    rows = samples[["label", column]].astype(str)
+    counts = rows.groupby(["label", column], sort=True).size().reset_index(name="n")
+    best = counts.sort_values(["label", "n"], ascending=[True, False], kind="stable").drop_duplicates("label")
+    return dict(zip(best["label"], best[column], strict=True))

@@ -324,3 +324,10 @@ def test_compare_class_lists_finds_extra_missing_renamed():
     assert set(mismatch.renamed) == {("Eosinophil", "eosinophil"), ("Monocytes", "Monocyte")}
     assert mismatch.any
     assert not M.compare_class_lists(["a", "b"], ["b", "a"]).any
+
+
+def test_class_taxa_majority_value():
+    samples = pd.DataFrame({"label": ["a", "a", "a", "b"], "order": ["X", "Y", "X", "Z"]})
+    assert M.class_taxa(samples, "order") == {"a": "X", "b": "Z"}
+    with pytest.raises(ValueError, match="no taxonomy column 'family'"):
+        M.class_taxa(samples, "family")

@@ -1,0 +1,228 @@
+"""Cached evaluation data for the overview, confusion, weakest-classes and misclassification pages.
+
+Each wrapper takes a cheap content token (a hash of the table's labels and predictions) plus the table itself as an
+unhashed `_table` argument, so Streamlit never hashes a 100,000 x 300 probability matrix on a rerun. Small results
+go through `st.cache_data`; plotly figures with thousands of points are held with `st.cache_resource` (never
+mutated: `st.plotly_chart` copies the figure to a dict), because unpickling a copy per rerun costs more than
+building the page.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
+import streamlit as st
+
+from core import figures, metrics
+from core.predictions import PredictionTable
+from pages._cached import PageContext, require_table
+
+
+@dataclass(frozen=True)
+class EvalData:
+    """The primary checkpoint's predictions on the selected split, with content tokens for cache keys."""
+
+    table: PredictionTable  # rows of the selected split
+    token: str  # content hash of `table` (labels, predictions, confidences, split)
+    full: PredictionTable  # every split (class distribution)
+    full_token: str
+    checkpoint: str
+
+
+def _token(table: PredictionTable, *parts: str) -> str:
+    digest = hashlib.blake2b(digest_size=16)
+    frame = table.frame
+    for column in ("label_idx", "pred_idx", "confidence"):
+        digest.update(np.ascontiguousarray(frame[column].to_numpy()).tobytes())
+    digest.update("\0".join((*parts, *table.class_names, str(len(table)))).encode())
+    return digest.hexdigest()
+
+
+@st.cache_resource(show_spinner=False, max_entries=32)
+def _split_table(full_token: str, split: str, _full: PredictionTable) -> tuple[PredictionTable, str]:
+    table = _full.for_split(split)
+    return table, _token(table, split)
+
+
+def require_eval_data(ctx: PageContext) -> EvalData:
+    """The selected split's predictions; shows the compute button or the empty-split note and stops otherwise."""
+    full = ctx.table(split="all") if ctx.checkpoint else None
+    if full is None:
+        require_table(ctx)  # shows "add a checkpoint" or the compute button, then stops
+        st.stop()
+    full_token = _token(full, "all", ctx.checkpoint or "")
+    table, token = _split_table(full_token, ctx.split, full)
+    if len(table) == 0:
+        splits = sorted(full.frame["split"].unique().tolist())
+        st.warning(f"The **{ctx.split}** split has no samples (this dataset has: {', '.join(splits) or 'none'}). "
+                   "Pick another split in the sidebar.")
+        st.stop()
+    return EvalData(table=table, token=token, full=full, full_token=full_token, checkpoint=ctx.checkpoint or "")
+
+
+def show_data_notes(ctx: PageContext, data: EvalData) -> None:
+    """Warn about checkpoint classes that differ from the dataset's and about samples excluded from metrics."""
+    mismatch = class_mismatch(data.full_token, tuple(data.full.class_names), tuple(ctx.dataset.class_names))
+    if mismatch.any:
+        lines = [f"The classes of checkpoint **{data.checkpoint}** differ from the dataset's labels."]
+        if mismatch.renamed:
+            pairs = ", ".join(f"`{d}` → `{m}`" for d, m in mismatch.renamed)
+            lines.append(f"Probably renamed (dataset → model): {pairs}.")
+        if mismatch.missing:
+            lines.append(f"Dataset labels the model cannot predict ({len(mismatch.missing)}): "
+                         + ", ".join(f"`{c}`" for c in mismatch.missing) + " — their samples are left out of metrics.")
+        if mismatch.extra:
+            lines.append(f"Model classes with no dataset samples ({len(mismatch.extra)}): "
+                         + ", ".join(f"`{c}`" for c in mismatch.extra) + ".")
+        st.warning("  \n".join(lines))
+    excluded = excluded_counts(data.token, data.table)
+    if len(excluded):
+        total = int(excluded.sum())
+        st.info(f"{total:,} of {len(data.table):,} samples in this split carry a label that is not one of the model's "
+                f"classes ({', '.join(f'{k}: {v}' for k, v in excluded.items())}); they are excluded from metrics.")
+
+
+@st.cache_data(show_spinner=False, max_entries=64)
+def class_mismatch(full_token: str, model_classes: tuple[str, ...], dataset_classes: tuple[str, ...]):
+    return metrics.compare_class_lists(model_classes, dataset_classes)
+
+
+@st.cache_data(show_spinner=False, max_entries=64)
+def excluded_counts(token: str, _table: PredictionTable) -> pd.Series:
+    return metrics.excluded_labels(_table)
+
+
+@st.cache_data(show_spinner="Bootstrapping confidence intervals…", max_entries=64)
+def headline(token: str, _table: PredictionTable, *, n_boot: int = 1000, seed: int = 0) -> metrics.HeadlineMetrics:
+    return metrics.compute_headline_metrics(_table, n_boot=n_boot, seed=seed)
+
+
+@st.cache_resource(show_spinner=False, max_entries=16)
+def specimen_level(token: str, _table: PredictionTable) -> PredictionTable | None:
+    """The specimen-level table (mean probability per specimen), or None when no specimen has two images."""
+    return metrics.specimen_table(_table) if metrics.has_specimens(_table) else None
+
+
+@st.cache_data(show_spinner="Specimen-level metrics…", max_entries=64)
+def specimen_headline(token: str, _table: PredictionTable, *, n_boot: int = 1000) -> metrics.HeadlineMetrics | None:
+    table = specimen_level(token, _table)
+    return None if table is None else metrics.compute_headline_metrics(table, n_boot=n_boot)
+
+
+@st.cache_data(show_spinner=False, max_entries=64)
+def confusion(token: str, _table: PredictionTable) -> np.ndarray:
+    return metrics.confusion_counts(_table)
+
+
+@st.cache_data(show_spinner=False, max_entries=64)
+def per_class(token: str, _table: PredictionTable) -> pd.DataFrame:
+    return metrics.per_class_table(_table, counts=confusion(token, _table))
+
+
+@st.cache_data(show_spinner=False, max_entries=64)
+def confused_pairs(token: str, _table: PredictionTable, *, top: int | None = None) -> pd.DataFrame:
+    return metrics.rank_confused_pairs(confusion(token, _table), _table.class_names, top=top)
+
+
+@st.cache_data(show_spinner=False, max_entries=64)
+def distribution(full_token: str, _full: PredictionTable) -> tuple[pd.DataFrame, pd.Series]:
+    dist = metrics.class_distribution(_full)
+    return dist, metrics.imbalance_ratios(dist)
+
+
+@st.cache_data(show_spinner=False, max_entries=256)
+def cell_rows(token: str, _table: PredictionTable, true_idx: int, pred_idx: int) -> pd.DataFrame:
+    return metrics.cell_samples(_table, true_idx, pred_idx)
+
+
+@st.cache_data(show_spinner=False, max_entries=64)
+def class_order(token: str, _table: PredictionTable, order: str, taxa: tuple[tuple[str, str], ...] | None
+                ) -> np.ndarray:
+    return metrics.order_classes(confusion(token, _table), _table.class_names, order=order,
+                                 taxa=dict(taxa) if taxa is not None else None)
+
+
+@st.cache_data(show_spinner=False, max_entries=64)
+def taxa_of_classes(dataset_key: str, _samples: pd.DataFrame, column: str) -> tuple[tuple[str, str], ...]:
+    return tuple(sorted(metrics.class_taxa(_samples, column).items()))
+
+
+def dataset_key(ctx: PageContext) -> str:
+    """A cache key for the dataset: workspace folder plus the number of samples and their label counts."""
+    labels = ctx.dataset.samples["label"]
+    return f"{ctx.workspace.root}|{len(labels)}|{hash(tuple(labels.value_counts().sort_index().items()))}"
+
+
+@st.cache_resource(show_spinner=False, max_entries=32)
+def confusion_figure(
+    token: str,
+    _table: PredictionTable,
+    normalise: str,
+    order: str,
+    taxa: tuple[tuple[str, str], ...] | None,
+    hide_diagonal: bool,
+    highlight: tuple[str, ...],
+    selected: tuple[int, int] | None,
+) -> go.Figure:
+    return figures.build_confusion_figure(
+        confusion(token, _table), _table.class_names, normalise=normalise,
+        order=class_order(token, _table, order, taxa), hide_diagonal=hide_diagonal, highlight=highlight,
+        selected=selected,
+    )
+
+
+@st.cache_resource(show_spinner=False, max_entries=32)
+def distribution_figure(full_token: str, _full: PredictionTable, log_y: bool) -> go.Figure:
+    return figures.build_class_distribution_figure(distribution(full_token, _full)[0], log_y=log_y)
+
+
+@st.cache_resource(show_spinner=False, max_entries=32)
+def per_class_figure(token: str, _table: PredictionTable) -> go.Figure:
+    return figures.build_per_class_f1_figure(per_class(token, _table))
+
+
+@st.cache_resource(show_spinner=False, max_entries=32)
+def bottom_figure(token: str, _table: PredictionTable, n: int) -> go.Figure:
+    return figures.build_bottom_f1_figure(metrics.bottom_classes(per_class(token, _table), n=n))
+
+
+@st.cache_data(show_spinner=False, max_entries=128)
+def filtered_rows(
+    token: str,
+    _table: PredictionTable,
+    *,
+    true_classes: tuple[str, ...],
+    pred_classes: tuple[str, ...],
+    confidence_range: tuple[float, float],
+    specimen_ids: tuple[str, ...],
+    taxa: tuple[tuple[str, str], ...] | None,
+    taxon_values: tuple[str, ...],
+    errors_only: bool,
+    sort_by: str,
+    descending: bool,
+) -> pd.DataFrame:
+    return metrics.filter_predictions(
+        _table, true_classes=true_classes, pred_classes=pred_classes, confidence_range=confidence_range,
+        specimen_ids=specimen_ids, taxa=dict(taxa) if taxa is not None else None, taxon_values=taxon_values,
+        errors_only=errors_only, sort_by=sort_by, descending=descending,
+    )
+
+
+def selected_customdata(point: dict) -> list:
+    """A plotly selection point's customdata as a list (the browser may send an array as an index-keyed object)."""
+    data = point.get("customdata")
+    if isinstance(data, dict):
+        data = [data[key] for key in sorted(data, key=int)]
+    return list(data) if isinstance(data, list | tuple) else ([] if data is None else [data])
+
+
+def format_estimate(estimate: metrics.MetricEstimate) -> tuple[str, str]:
+    """(value text, interval text) for a headline metric; "—" and the reason when it is undefined."""
+    if estimate.value is None:
+        return "—", estimate.note
+    interval = "" if estimate.low is None else f"95% CI {estimate.low:.3f} – {estimate.high:.3f}"
+    return f"{estimate.value:.3f}", interval

@@ -1,0 +1,101 @@
+"""Confusion matrix: counts or rates in a chosen class order; clicking a cell (or a ranked pair) opens its images."""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from pages import _evaluation as ev
+from pages._cached import page_context
+from pages._gallery import render_gallery, render_sample_view
+
+CELL_KEY = "cm-cell"  # (true_idx, pred_idx) of the open cell, in model class indices
+NORMALISE = {"counts": "none", "share of true class (recall)": "true", "share of predicted class (precision)": "pred"}
+PAIRS_SHOWN = 200
+OUTLINE_MAX_CLASSES = 60  # above this, the open cell is not outlined (re-drawing a large matrix per click is slow)
+
+
+def _open_cell_from_chart() -> None:
+    points = st.session_state["cm-chart"].selection.points
+    cells = [data for data in map(ev.selected_customdata, points) if len(data) >= 2]
+    if cells:
+        st.session_state[CELL_KEY] = (int(cells[0][0]), int(cells[0][1]))
+
+
+def _open_cell_from_pairs(pairs) -> None:
+    rows = st.session_state["cm-pairs"].selection.rows
+    if rows:
+        pair = pairs.iloc[rows[0]]
+        st.session_state[CELL_KEY] = (int(pair["true_idx"]), int(pair["pred_idx"]))
+
+
+def _open_cell_by_name(index: dict[str, int]) -> None:
+    st.session_state[CELL_KEY] = (index[st.session_state["cm-true"]], index[st.session_state["cm-pred"]])
+
+
+st.title("Confusion matrix")
+ctx = page_context()
+if ctx is None:
+    st.stop()
+data = ev.require_eval_data(ctx)
+table = data.table
+names = list(table.class_names)
+index = {name: i for i, name in enumerate(names)}
+st.caption(f"Checkpoint **{data.checkpoint}** · split **{ctx.split}** · {len(table):,} images · {len(names)} classes")
+ev.show_data_notes(ctx, data)
+
+options = st.columns([2, 2, 1, 3])
+normalise = NORMALISE[options[0].selectbox("Values", list(NORMALISE), key="cm-normalise")]
+orders = ["frequency", "name", "similarity"] + [f"taxonomy: {c}" for c in ctx.dataset.taxonomy_columns]
+order_choice = options[1].selectbox("Order", orders, key="cm-order",
+                                    help="similarity: hierarchical clustering of the symmetrised confusion")
+hide_diagonal = options[2].checkbox("Hide diagonal", key="cm-hide-diag", help="show only the errors")
+search = options[3].multiselect("Find classes", names, key="cm-search", placeholder="type a class name")
+taxa = None
+order = order_choice
+if order_choice.startswith("taxonomy: "):
+    order = "taxonomy"
+    taxa = ev.taxa_of_classes(ev.dataset_key(ctx), ctx.dataset.samples, order_choice.removeprefix("taxonomy: "))
+
+cell = st.session_state.get(CELL_KEY)
+if cell is not None and not (0 <= cell[0] < len(names) and 0 <= cell[1] < len(names)):
+    cell = None
+outline = cell if len(names) <= OUTLINE_MAX_CLASSES else None
+left, right = st.columns([3, 1])
+with left:
+    figure = ev.confusion_figure(data.token, table, normalise, order, taxa, hide_diagonal, tuple(search), outline)
+    st.plotly_chart(figure, key="cm-chart", on_select=_open_cell_from_chart, selection_mode="points",
+                    config={"scrollZoom": True})
+    st.caption("Click a cell to open its images; drag to zoom, double-click to reset.")
+with right:
+    st.markdown("**Most confused pairs**")
+    pairs = ev.confused_pairs(data.token, table)
+    if search:
+        pairs = pairs[pairs["true"].isin(search) | pairs["pred"].isin(search)]
+    shown = pairs.head(PAIRS_SHOWN).reset_index(drop=True)
+    if shown.empty:
+        st.caption("No errors in this split.")
+    else:
+        st.dataframe(
+            shown[["true", "pred", "count", "share_of_true"]],
+            hide_index=True,
+            key="cm-pairs",
+            on_select=lambda: _open_cell_from_pairs(shown),
+            selection_mode="single-row",
+            height=min(35 * len(shown) + 40, 620),
+            column_config={"share_of_true": st.column_config.NumberColumn("share", format="percent")},
+        )
+        st.caption(f"{len(pairs):,} confused pairs; select a row to open its images.")
+    with st.expander("Open a cell by name"):
+        st.selectbox("True class", names, key="cm-true")
+        st.selectbox("Predicted class", names, key="cm-pred")
+        st.button("Open cell", key="cm-open", on_click=_open_cell_by_name, args=(index,))
+
+if cell is None:
+    st.info("Click a cell of the matrix, or a pair in the list, to see its images.")
+else:
+    true_idx, pred_idx = cell
+    rows = ev.cell_rows(data.token, table, true_idx, pred_idx)
+    st.subheader(f"{len(rows)} samples: true {names[true_idx]} → predicted {names[pred_idx]}")
+    inspected = render_gallery(ctx, rows, key="cm-gallery")
+    if inspected is not None:
+        render_sample_view(ctx, table, inspected)

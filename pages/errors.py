@@ -1,0 +1,60 @@
+"""Misclassification browser: filter by class, confidence, specimen and taxon; sort by confidence or loss; inspect one
+image with the model's top-5; a specimen's images beside its specimen-level (mean probability) prediction."""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from pages import _evaluation as ev
+from pages._cached import page_context
+from pages._gallery import render_gallery, render_sample_view
+
+st.title("Misclassifications")
+ctx = page_context()
+if ctx is None:
+    st.stop()
+data = ev.require_eval_data(ctx)
+table = data.table
+names = list(table.class_names)
+st.caption(f"Checkpoint **{data.checkpoint}** · split **{ctx.split}** · {len(table):,} images")
+ev.show_data_notes(ctx, data)
+
+with st.container(border=True):
+    row1 = st.columns(3)
+    true_classes = row1[0].multiselect("True class", sorted(set(table.frame["label"])), key="mb-true")
+    pred_classes = row1[1].multiselect("Predicted class", names, key="mb-pred")
+    confidence = row1[2].slider("Confidence", 0.0, 1.0, (0.0, 1.0), step=0.01, key="mb-conf")
+    row2 = st.columns(3)
+    specimen_text = row2[0].text_input("Specimen ids", key="mb-specimen", placeholder="comma-separated")
+    taxonomy = list(ctx.dataset.taxonomy_columns)
+    taxa, taxon_values = None, ()
+    if taxonomy:
+        column = row2[1].selectbox("Taxon rank", taxonomy, key="mb-rank")
+        taxa = ev.taxa_of_classes(ev.dataset_key(ctx), ctx.dataset.samples, column)
+        taxon_values = tuple(row2[1].multiselect("Taxon", sorted({t for _, t in taxa}), key="mb-taxon"))
+    else:
+        row2[1].caption("No taxonomy columns in this dataset.")
+    errors_only = row2[2].toggle("Errors only", value=True, key="mb-errors")
+
+specimens = tuple(s.strip() for s in specimen_text.split(",") if s.strip())
+rows = ev.filtered_rows(
+    data.token, table, true_classes=tuple(true_classes), pred_classes=tuple(pred_classes),
+    confidence_range=(float(confidence[0]), float(confidence[1])), specimen_ids=specimens, taxa=taxa,
+    taxon_values=taxon_values, errors_only=errors_only, sort_by="confidence", descending=True,
+)
+kind = "misclassified samples" if errors_only else "samples"
+st.subheader(f"{len(rows):,} {kind}")
+st.caption("Sort the gallery by confidence or loss; press Inspect under an image for a larger view and the top-5.")
+inspected = render_gallery(ctx, rows, key="mb-gallery")
+if inspected is not None:
+    st.subheader("Inspect")
+    render_sample_view(ctx, table, inspected)
+
+if len(specimens) == 1:
+    specimen_table = ev.specimen_level(data.token, table)
+    if specimen_table is not None:
+        match = specimen_table.frame[specimen_table.frame["sample_id"] == specimens[0]]
+        if len(match):
+            spec = match.iloc[0]
+            st.info(f"Specimen **{specimens[0]}** (mean probability over its images): label {spec['label']}, "
+                    f"predicted {spec['pred']} ({spec['confidence']:.1%}).")

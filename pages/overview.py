@@ -1,0 +1,84 @@
+"""Overview: class distribution per split, headline metrics with bootstrap intervals (image and specimen level),
+and the per-class table."""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from core.metrics import METRIC_LABELS
+from pages import _evaluation as ev
+from pages._cached import page_context
+
+st.title("Overview")
+ctx = page_context()
+if ctx is None:
+    st.stop()
+data = ev.require_eval_data(ctx)
+table = data.table
+st.caption(f"Checkpoint **{data.checkpoint}** · split **{ctx.split}** · {len(table):,} images")
+ev.show_data_notes(ctx, data)
+
+# Headline metrics -------------------------------------------------------------------------------------------------
+st.subheader("Headline metrics")
+image_level = ev.headline(data.token, table)
+specimen_level = ev.specimen_headline(data.token, table)
+if image_level.n_evaluated == 0:
+    st.warning("No sample in this split has a label the model knows; there is nothing to score.")
+else:
+    columns = st.columns(len(METRIC_LABELS))
+    for column, estimate in zip(columns, image_level.estimates, strict=True):
+        value, interval = ev.format_estimate(estimate)
+        column.metric(estimate.label, value, help=interval or None)
+        column.caption(interval)
+    st.caption(
+        f"Image level: {image_level.n_evaluated:,} images, {image_level.n_classes_present} classes present; intervals "
+        f"from {image_level.n_boot} bootstrap resamples. Macro averages run over the classes present in this split."
+    )
+    if specimen_level is not None and specimen_level.n_evaluated:
+        st.markdown("**Image level vs specimen level** (specimen = mean probability over its images)")
+        frame = image_level.as_frame()[["label", "value", "low", "high"]].rename(
+            columns={"label": "metric", "value": "image", "low": "image low", "high": "image high"})
+        spec = specimen_level.as_frame()
+        frame["specimen"] = spec["value"].to_numpy()
+        frame["specimen low"] = spec["low"].to_numpy()
+        frame["specimen high"] = spec["high"].to_numpy()
+        st.dataframe(frame, hide_index=True, key="specimen-vs-image",
+                     column_config={c: st.column_config.NumberColumn(format="%.3f") for c in frame.columns[1:]})
+        st.caption(f"{specimen_level.n_evaluated:,} specimens with a known label.")
+
+# Class distribution -----------------------------------------------------------------------------------------------
+st.subheader("Class distribution")
+dist, ratios = ev.distribution(data.full_token, data.full)
+log_y = st.toggle("Log scale", value=False, key="dist-log")
+st.plotly_chart(ev.distribution_figure(data.full_token, data.full, log_y), key="dist-chart")
+ratio_text = " · ".join(f"{split}: {ratio:,.1f} : 1" for split, ratio in ratios.items() if ratio == ratio)
+st.caption(f"Imbalance ratio (largest class / smallest non-empty class): {ratio_text or 'no samples'}")
+empty = dist.index[dist["total"] == 0].tolist()
+if empty:
+    st.caption(f"Classes with no samples in any split: {', '.join(map(str, empty))}")
+
+# Per-class table --------------------------------------------------------------------------------------------------
+st.subheader("Per-class metrics")
+per_class = ev.per_class(data.token, table)
+st.plotly_chart(ev.per_class_figure(data.token, table), key="per-class-chart")
+st.dataframe(
+    per_class,
+    hide_index=True,
+    key="per-class-table",
+    column_config={
+        "precision": st.column_config.NumberColumn(format="%.3f"),
+        "recall": st.column_config.NumberColumn(format="%.3f"),
+        "f1": st.column_config.NumberColumn("F1", format="%.3f"),
+        "confused_as": st.column_config.TextColumn("most confused with", help="its samples are mostly predicted as"),
+        "confused_as_count": st.column_config.NumberColumn("n"),
+        "confused_from": st.column_config.TextColumn("most mistaken from", help="most often predicted as this class"),
+        "confused_from_count": st.column_config.NumberColumn("n "),
+    },
+)
+st.download_button(
+    "Download per-class CSV",
+    per_class.to_csv(index=False).encode(),
+    file_name=f"per_class_{data.checkpoint}_{ctx.split}.csv",
+    mime="text/csv",
+    key="per-class-csv",
+)

@@ -1,0 +1,124 @@
+"""Real browser: clicking an off-diagonal confusion-matrix cell opens the gallery of exactly that cell's images."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.pages.eval_workspaces import build_demo_workspace, load_table
+
+REPO = Path(__file__).resolve().parents[2]
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-background-networking", "--disable-gpu", "--disable-component-update",
+                 "--disable-sync", "--no-first-run"]
+
+pytestmark = pytest.mark.e2e
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _wait_for_server(url: str, process: subprocess.Popen, timeout: float = 90.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"streamlit exited with code {process.returncode}")
+        try:
+            with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.5)
+    raise TimeoutError(f"streamlit did not answer at {url} within {timeout:.0f}s")
+
+
+@pytest.fixture(scope="module")
+def served_workspace(tmp_path_factory):
+    """`streamlit run app.py` on a small demo workspace with predictions; yields (url, workspace root)."""
+    root = build_demo_workspace(tmp_path_factory.mktemp("e2e") / "demo")
+    port = _free_port()
+    log = (root / "streamlit.log").open("w")
+    env = {**os.environ, "TAXALENS_WORKSPACE": str(root), "STREAMLIT_BROWSER_GATHER_USAGE_STATS": "false"}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless", "true", "--server.port", str(port),
+         "--server.address", "127.0.0.1", "--server.fileWatcherType", "none"],
+        cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        _wait_for_server(url, process)
+        yield url, root
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+        log.close()
+
+
+def test_click_off_diagonal_cell_opens_its_gallery(served_workspace, tmp_path):
+    sync_api = pytest.importorskip("playwright.sync_api")
+    if not Path(CHROMIUM).exists():
+        pytest.skip(f"chromium not installed at {CHROMIUM}")
+    url, root = served_workspace
+
+    # The cell to click: the largest off-diagonal cell of the val split, and its position among the trace's points
+    # (the figure lists non-empty cells in row-major order of (true, pred)).
+    table = load_table(root).for_split("val")
+    names = table.class_names
+    k = len(names)
+    y, p = table.frame["label_idx"].to_numpy(), table.frame["pred_idx"].to_numpy()
+    keep = y >= 0
+    counts = np.bincount(y[keep] * k + p[keep], minlength=k * k).reshape(k, k)
+    off = counts.copy()
+    np.fill_diagonal(off, 0)
+    true_idx, pred_idx = np.unravel_index(int(off.argmax()), off.shape)
+    expected_n = int(counts[true_idx, pred_idx])
+    assert expected_n > 0
+    cells = list(zip(*np.nonzero(counts), strict=True))
+    point_index = cells.index((true_idx, pred_idx))
+
+    with sync_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1600, "height": 1400})
+        # Open the app at its entry page, then navigate: a first visit straight to /confusion on a fresh server runs
+        # in Streamlit's legacy pages/-folder mode until some session has run st.navigation once.
+        page.goto(url, wait_until="domcontentloaded")
+        page.get_by_role("link", name="Confusion matrix").click(timeout=90_000)
+        page.get_by_text("Most confused pairs").wait_for(timeout=90_000)
+        chart = page.locator(".stPlotlyChart").first
+        chart.locator(".scatterlayer .trace").first.locator("path.point").nth(point_index).wait_for(timeout=60_000)
+        point = chart.locator(".scatterlayer .trace").first.locator("path.point").nth(point_index)
+        box = point.bounding_box()
+        assert box is not None
+        page.mouse.move(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
+        page.mouse.click(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
+
+        heading = f"{expected_n} samples: true {names[true_idx]} → predicted {names[pred_idx]}"
+        page.get_by_text(heading).wait_for(timeout=60_000)
+        grid = page.locator(".st-key-cm-gallery-grid")
+        grid.locator("img").nth(min(expected_n, 24) - 1).wait_for(timeout=60_000)
+        time.sleep(1.0)  # let the last thumbnails paint before the screenshot
+        page.screenshot(path=str(tmp_path / "confusion_click.png"), full_page=True)
+        images = grid.locator("img")
+        assert images.count() == min(expected_n, 24)
+        captions = grid.locator('[data-testid="stImageCaption"]').all_inner_texts()
+        shown = [c for c in captions if "→" in c]
+        assert len(shown) == min(expected_n, 24)
+        # N thumbnails, each captioned with the cell's classes: exactly the N samples of that cell.
+        assert all(c.startswith(f"{names[true_idx]} → {names[pred_idx]}") for c in shown), shown
+        buttons = grid.get_by_role("button", name="Inspect")
+        assert buttons.count() == min(expected_n, 24)
+        browser.close()

@@ -1,0 +1,102 @@
+"""Workspaces for the evaluation-page tests: a small drawn demo dataset or bccd, a tiny timm checkpoint, and
+(optionally) precomputed predictions with a known, structured confusion written where the app's cache looks."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+CHECKPOINT = "tiny"
+
+
+def write_workspace(
+    root: Path,
+    *,
+    dataset: str,
+    taxonomy: tuple[str, ...] = (),
+    class_names: tuple[str, ...] | None = None,
+) -> Path:
+    """`root/taxalens.toml` pointing at `dataset` (a manifest CSV or an ImageFolder) and a tiny random-weight
+    resnet10t checkpoint (32 px) over `class_names` (default: the dataset's classes)."""
+    import timm
+    import torch
+
+    from core.workspace import load_workspace
+    from models.checkpoints import ModelCard, save_taxalens_checkpoint
+
+    root.mkdir(parents=True, exist_ok=True)
+    key = "manifest" if dataset.endswith(".csv") else "root"
+    toml = f'[dataset]\n{key} = "{dataset}"\n'
+    if taxonomy:
+        toml += "taxonomy = [" + ", ".join(f'"{t}"' for t in taxonomy) + "]\n"
+    toml += f'\n[[checkpoints]]\nname = "{CHECKPOINT}"\npath = "checkpoints/{CHECKPOINT}.safetensors"\n'
+    (root / "taxalens.toml").write_text(toml, encoding="utf-8")
+    workspace = load_workspace(root)
+    classes = tuple(class_names or workspace.load_dataset().class_names)
+    torch.manual_seed(0)
+    model = timm.create_model("resnet10t", pretrained=False, num_classes=len(classes))
+    card = ModelCard(arch="resnet10t", class_names=classes, input_size=(3, 32, 32), crop_pct=1.0)
+    save_taxalens_checkpoint(model, card, root / "checkpoints" / f"{CHECKPOINT}.safetensors")
+    return root
+
+
+def write_synthetic_predictions(root: Path, *, seed: int = 0, strength: float = 2.5) -> Path:
+    """Predictions with a structured confusion: each class leans towards the next one (in model order), plus noise.
+
+    Returns the Parquet path; the app finds it because it is the cache path `predictions_path` gives.
+    """
+    from core.predictions import build_prediction_table, save_predictions
+    from core.workspace import load_workspace
+    from models.checkpoints import read_model_card
+    from models.inference import predictions_path
+
+    workspace = load_workspace(root)
+    dataset = workspace.load_dataset()
+    card = read_model_card(workspace.checkpoint(CHECKPOINT).path)
+    classes = card.class_names
+    k = len(classes)
+    samples = dataset.samples
+    rng = np.random.default_rng(seed)
+    index = {c: i for i, c in enumerate(classes)}
+    truth = np.array([index.get(label, int(rng.integers(k))) for label in samples["label"]])
+    logits = rng.normal(size=(len(samples), k))
+    logits[np.arange(len(samples)), truth] += strength
+    logits[np.arange(len(samples)), (truth + 1) % k] += strength * 0.6
+    probs = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+    table = build_prediction_table(
+        samples["sample_id"].tolist(), probs.astype(np.float32), rng.normal(size=(len(samples), 8)),
+        labels=samples["label"].tolist(), splits=samples["split"].tolist(),
+        specimen_ids=samples["specimen_id"].tolist(), class_names=classes,
+        meta={"checkpoint": CHECKPOINT, "synthetic": True},
+    )
+    return save_predictions(table, predictions_path(workspace, CHECKPOINT, dataset=dataset))
+
+
+def build_demo_workspace(root: Path, *, scale: float = 0.15, predictions: bool = True) -> Path:
+    """The drawn demo dataset (9 classes, specimens, phylum/order taxonomy) at a small scale."""
+    from core.demo import generate_demo_dataset
+
+    generate_demo_dataset(root / "data", seed=0, scale=scale)
+    write_workspace(root, dataset="data/manifest.csv", taxonomy=("phylum", "order"))
+    if predictions:
+        write_synthetic_predictions(root)
+    return root
+
+
+def build_bccd_workspace(root: Path, bccd_root: Path, *, class_names: tuple[str, ...] | None = None,
+                         predictions: bool = True) -> Path:
+    """The real bccd crops (ImageFolder); `class_names` gives the checkpoint other classes than the dataset's."""
+    write_workspace(root, dataset=str(bccd_root), class_names=class_names)
+    if predictions:
+        write_synthetic_predictions(root)
+    return root
+
+
+def load_table(root: Path):
+    """The predictions table exactly as the app reads it (all splits)."""
+    from core.workspace import load_workspace
+    from models.inference import cached_predictions
+
+    workspace = load_workspace(root)
+    return cached_predictions(workspace, CHECKPOINT, dataset=workspace.load_dataset())
