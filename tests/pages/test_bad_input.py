@@ -1,0 +1,52 @@
+"""Pages on awkward workspaces: checkpoint classes that differ from the dataset's, and no predictions yet."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from sklearn.metrics import accuracy_score
+
+from tests.pages.eval_workspaces import build_bccd_workspace, load_table
+
+PAGES = ("pages/overview.py", "pages/confusion.py", "pages/classes.py", "pages/errors.py")
+# bccd's classes are Basophil, Eosinophil, Lymphocyte, Monocyte, Neutrophil.
+RENAMED_CLASSES = ("Neutrophil", "eosinophil", "Lymphocyte", "Monocytes", "Platelet")
+
+
+@pytest.fixture(scope="module")
+def mismatched_workspace(tmp_path_factory, bccd_root):
+    return build_bccd_workspace(tmp_path_factory.mktemp("pages") / "mismatch", bccd_root,
+                                class_names=RENAMED_CLASSES)
+
+
+@pytest.mark.parametrize("page", PAGES)
+def test_class_mismatch_is_listed_not_crashed(mismatched_workspace, open_page, page):
+    app = open_page(mismatched_workspace, page)
+    warning = next(w.value for w in app.warning if "differ from the dataset" in w.value)
+    assert "`Eosinophil` → `eosinophil`" in warning and "`Monocyte` → `Monocytes`" in warning
+    assert "`Basophil`" in warning and "`Platelet`" in warning
+    table = load_table(mismatched_workspace).for_split("val")
+    excluded = int((table.frame["label_idx"] < 0).sum())
+    assert excluded > 0
+    assert any(f"{excluded:,} of {len(table):,} samples" in i.value for i in app.info)
+    if page == "pages/overview.py":
+        kept = table.frame[table.frame["label_idx"] >= 0]
+        shown = {m.label: m.value for m in app.metric}
+        assert float(shown["Accuracy"]) == pytest.approx(accuracy_score(kept["label_idx"], kept["pred_idx"]), abs=5e-4)
+
+
+def test_no_predictions_offers_compute_button(tmp_path, bccd_root, open_page):
+    torch.set_num_threads(1)
+    workspace = build_bccd_workspace(tmp_path / "fresh", bccd_root, predictions=False)
+    app = open_page(workspace, "pages/overview.py")
+    assert load_table(workspace) is None
+    assert not app.metric
+    button = next(b for b in app.button if b.label.startswith("Compute predictions"))
+    button.click().run(timeout=600)
+    assert not app.exception, [e.value for e in app.exception]
+    table = load_table(workspace)
+    assert table is not None and len(table) == 351  # computed by the tiny model and cached
+    val = table.for_split("val")
+    shown = {m.label: m.value for m in app.metric}
+    assert float(shown["Accuracy"]) == pytest.approx(accuracy_score(val.frame["label_idx"], val.frame["pred_idx"]),
+                                                     abs=5e-4)

@@ -1,0 +1,80 @@
+"""AppTest of the confusion page: the open cell's gallery holds exactly that cell's samples; pairs match sklearn."""
+
+from __future__ import annotations
+
+import numpy as np
+from sklearn.metrics import confusion_matrix
+
+from tests.pages.eval_workspaces import load_table
+
+PAGE = "pages/confusion.py"
+
+
+def _confusion(table) -> np.ndarray:
+    frame = table.frame[table.frame["label_idx"] >= 0]
+    return confusion_matrix(frame["label_idx"], frame["pred_idx"], labels=range(len(table.class_names)))
+
+
+def _largest_error(counts: np.ndarray) -> tuple[int, int]:
+    off = counts.copy()
+    np.fill_diagonal(off, 0)
+    return tuple(int(v) for v in np.unravel_index(off.argmax(), off.shape))
+
+
+def test_open_cell_shows_exactly_its_samples(demo_workspace, open_page):
+    table = load_table(demo_workspace).for_split("val")
+    counts = _confusion(table)
+    true_idx, pred_idx = _largest_error(counts)
+    names = table.class_names
+    app = open_page(demo_workspace, PAGE, state={"cm-cell": (true_idx, pred_idx)})
+    heading = f"{counts[true_idx, pred_idx]} samples: true {names[true_idx]} → predicted {names[pred_idx]}"
+    assert heading in [h.value for h in app.subheader]
+    n = int(counts[true_idx, pred_idx])
+    inspect = [b for b in app.button if b.label == "Inspect"]
+    assert len(inspect) == min(n, 24)
+    frame = table.frame
+    expected = set(frame.loc[(frame["label_idx"] == true_idx) & (frame["pred_idx"] == pred_idx), "sample_id"])
+    shown = {b.help for b in inspect}  # each Inspect button carries its sample id as help text
+    assert shown == expected
+
+
+def test_pairs_list_matches_sklearn_and_open_by_name(demo_workspace, open_page):
+    table = load_table(demo_workspace).for_split("val")
+    counts = _confusion(table)
+    names = table.class_names
+    app = open_page(demo_workspace, PAGE)
+    pairs = next(d.value for d in app.dataframe if "share_of_true" in d.value.columns)
+    assert pairs["count"].sum() == counts.sum() - np.trace(counts)  # every error is in exactly one pair
+    for row in pairs.itertuples():
+        t, p = names.index(row.true), names.index(row.pred)
+        assert row.count == counts[t, p]
+        assert row.share_of_true == counts[t, p] / counts[t].sum()
+    assert list(pairs["count"]) == sorted(pairs["count"], reverse=True)
+    # Open a diagonal cell by name: the correct predictions of that class.
+    cls = int(np.argmax(np.diag(counts)))
+    app.selectbox(key="cm-true").set_value(names[cls])
+    app.selectbox(key="cm-pred").set_value(names[cls])
+    app.button(key="cm-open").click().run()
+    assert f"{counts[cls, cls]} samples: true {names[cls]} → predicted {names[cls]}" in [h.value for h in app.subheader]
+
+
+def test_options_and_class_search_on_bccd(bccd_workspace, open_page):
+    app = open_page(bccd_workspace, PAGE)
+    table = load_table(bccd_workspace).for_split("val")
+    app.selectbox(key="cm-normalise").set_value("share of true class (recall)")
+    app.selectbox(key="cm-order").set_value("similarity")
+    app.checkbox(key="cm-hide-diag").check()
+    app.multiselect(key="cm-search").set_value(["Basophil"])
+    app.run()
+    assert not app.exception
+    pairs = next(d.value for d in app.dataframe if "share_of_true" in d.value.columns) if app.dataframe else None
+    counts = _confusion(table)
+    basophil = list(table.class_names).index("Basophil")
+    errors_with_basophil = counts[basophil].sum() - counts[basophil, basophil] + counts[:, basophil].sum() \
+        - counts[basophil, basophil]
+    if errors_with_basophil:
+        assert set(pairs["true"]) | set(pairs["pred"]) >= {"Basophil"}
+        assert ((pairs["true"] == "Basophil") | (pairs["pred"] == "Basophil")).all()
+        assert pairs["count"].sum() == errors_with_basophil
+    else:
+        assert pairs is None

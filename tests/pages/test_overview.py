@@ -1,0 +1,87 @@
+"""AppTest of the overview page: the numbers shown equal scikit-learn's on the same predictions."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from sklearn.metrics import (
+    accuracy_score,
+    balanced_accuracy_score,
+    f1_score,
+    precision_recall_fscore_support,
+    top_k_accuracy_score,
+)
+
+from tests.pages.eval_workspaces import load_table
+
+PAGE = "pages/overview.py"
+
+
+def _expected_headline(table) -> dict[str, float | None]:
+    frame = table.frame[table.frame["label_idx"] >= 0]
+    y, p = frame["label_idx"].to_numpy(), frame["pred_idx"].to_numpy()
+    probs = table.pred_probs[(table.frame["label_idx"] >= 0).to_numpy()]
+    k = len(table.class_names)
+    present = np.unique(y)
+    return {
+        "Accuracy": accuracy_score(y, p),
+        "Balanced accuracy": balanced_accuracy_score(y, p),
+        "Macro-F1": f1_score(y, p, labels=present, average="macro", zero_division=0),
+        "Weighted-F1": f1_score(y, p, average="weighted", zero_division=0),
+        "Top-3 accuracy": top_k_accuracy_score(y, probs, k=3, labels=range(k)) if k > 3 else None,
+        "Top-5 accuracy": top_k_accuracy_score(y, probs, k=5, labels=range(k)) if k > 5 else None,
+    }
+
+
+def _check_page(app, table) -> None:
+    shown = {m.label: m.value for m in app.metric}
+    for label, expected in _expected_headline(table).items():
+        if expected is None:
+            assert shown[label] == "—"
+        else:
+            assert float(shown[label]) == pytest.approx(expected, abs=5e-4), label
+    per_class = next(d.value for d in app.dataframe if "precision" in d.value.columns)
+    frame = table.frame[table.frame["label_idx"] >= 0]
+    k = len(table.class_names)
+    p, r, f1, s = precision_recall_fscore_support(frame["label_idx"], frame["pred_idx"], labels=range(k),
+                                                  zero_division=0)
+    assert per_class["class"].tolist() == list(table.class_names)
+    np.testing.assert_allclose(per_class["precision"], p)
+    np.testing.assert_allclose(per_class["recall"], r)
+    np.testing.assert_allclose(per_class["f1"], f1)
+    np.testing.assert_array_equal(per_class["support"], s)
+    assert len(app.get("download_button")) == 1  # the per-class CSV
+
+
+def test_overview_demo_matches_sklearn(demo_workspace, open_page):
+    app = open_page(demo_workspace, PAGE)
+    table = load_table(demo_workspace).for_split("val")
+    _check_page(app, table)
+    # The demo has several images per specimen: image- and specimen-level metrics side by side.
+    versus = next(d.value for d in app.dataframe if "specimen" in d.value.columns)
+    specimens = table.frame.groupby("specimen_id")
+    mean_probs = np.stack([table.pred_probs[idx].mean(axis=0) for idx in specimens.indices.values()])
+    labels = [table.frame["label_idx"].to_numpy()[idx][0] for idx in specimens.indices.values()]
+    expected = accuracy_score(labels, mean_probs.argmax(axis=1))
+    assert versus.set_index("metric").loc["Accuracy", "specimen"] == pytest.approx(expected)
+    # Imbalance ratio over all splits of the demo, as stated under the distribution chart.
+    full = load_table(demo_workspace)
+    counts = full.frame["label"].value_counts()
+    caption = " ".join(c.value for c in app.caption)
+    assert f"total: {counts.max() / counts.min():,.1f} : 1" in caption
+
+
+def test_overview_bccd_matches_sklearn(bccd_workspace, open_page):
+    app = open_page(bccd_workspace, PAGE)
+    table = load_table(bccd_workspace).for_split("val")
+    _check_page(app, table)
+    # 5 classes: top-5 is undefined (trivially 1), shown as a dash with the reason.
+    assert "only 5 classes" in " ".join(c.value for c in app.caption)
+
+
+def test_overview_all_splits_and_empty_split(demo_workspace, open_page):
+    app = open_page(demo_workspace, PAGE, split="all")
+    _check_page(app, load_table(demo_workspace))
+    app = open_page(demo_workspace, PAGE, split="test")  # the demo has no test split
+    assert any("has no samples" in w.value for w in app.warning)
+    assert not app.metric
