@@ -40,7 +40,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    import numpy as np
     from PIL import Image
 
     from core.images import load_image_rgb
@@ -74,10 +73,8 @@ def _run(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     records = []
     for j, i in enumerate(rows):
-        view = explanation.views[j]
-        if args.size:
-            view = np.asarray(Image.fromarray(view).resize((args.size, args.size), Image.Resampling.BICUBIC))
-        overlay = render_overlay(view, result.cams[j], opacity=args.opacity)
+        overlay = render_overlay(explanation.views[j], result.cams[j], opacity=args.opacity,
+                                 display_size=args.size or None)
         sample_id = samples["sample_id"].iloc[i]
         class_name = card.class_names[result.class_indices[j]]
         name = f"{_safe(sample_id)}__{method.name}__{_safe(class_name)}.png"

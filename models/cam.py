@@ -291,15 +291,25 @@ _COLORMAPS = {"jet": cv2.COLORMAP_JET, "turbo": cv2.COLORMAP_TURBO, "inferno": c
               "viridis": cv2.COLORMAP_VIRIDIS, "magma": cv2.COLORMAP_MAGMA}
 
 
-def render_overlay(image: np.ndarray, cam: np.ndarray, *, opacity: float = 0.5, colormap: str = "jet") -> np.ndarray:
+def render_overlay(
+    image: np.ndarray,
+    cam: np.ndarray,
+    *,
+    opacity: float = 0.5,
+    colormap: str = "jet",
+    display_size: int | None = None,
+) -> np.ndarray:
     """Blend a heat map of `cam` over `image`; a pure function.
 
-    `image`: uint8 array `(H, W, 3)` RGB. `cam`: float array `(h, w)` in [0, 1] (resized bilinearly to H x W when it
-    differs). `opacity` in [0, 1]: 0 returns the image unchanged, 1 the heat map alone. `colormap`: one of
-    jet, turbo, inferno, viridis, magma. Returns uint8 `(H, W, 3)` RGB.
+    `image`: uint8 array `(H, W, 3)` RGB. `cam`: float array `(h, w)` in [0, 1] (uint8 maps are read as /255),
+    resized bilinearly to the image. `opacity` in [0, 1]: 0 returns the image unchanged, 1 the heat map alone.
+    `colormap`: one of jet, turbo, inferno, viridis, magma. `display_size`: when given, the image is first resized
+    (bicubic) so its longer side has this many pixels (small model inputs are hard to read at 64 px).
+    Returns uint8 `(H', W', 3)` RGB.
     """
     image = np.asarray(image)
-    cam = np.asarray(cam, dtype=np.float32)
+    cam = np.asarray(cam)
+    cam = cam.astype(np.float32) / 255.0 if cam.dtype == np.uint8 else cam.astype(np.float32)
     if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
         raise ValueError(f"image must be a uint8 (H, W, 3) RGB array; got {image.dtype} {image.shape}")
     if cam.ndim != 2:
@@ -308,6 +318,12 @@ def render_overlay(image: np.ndarray, cam: np.ndarray, *, opacity: float = 0.5, 
         raise ValueError(f"opacity must be in [0, 1]; got {opacity}")
     if colormap not in _COLORMAPS:
         raise ValueError(f"unknown colormap {colormap!r}; choose one of {list(_COLORMAPS)}")
+    if display_size is not None:
+        if display_size < 1:
+            raise ValueError(f"display_size must be a positive number of pixels; got {display_size}")
+        scale = display_size / max(image.shape[:2])
+        size = (max(1, round(image.shape[1] * scale)), max(1, round(image.shape[0] * scale)))
+        image = cv2.resize(image, size, interpolation=cv2.INTER_CUBIC)
     height, width = image.shape[:2]
     if cam.shape != (height, width):
         cam = cv2.resize(cam, (width, height), interpolation=cv2.INTER_LINEAR)

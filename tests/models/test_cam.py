@@ -279,6 +279,9 @@ def test_render_overlay_blends_with_opacity():
         render_overlay(image.astype(np.float32), cam)
     with pytest.raises(ValueError, match="colormap"):
         render_overlay(image, cam, colormap="rainbow-ish")
+    big = render_overlay(image, (cam * 255).astype(np.uint8), opacity=1.0, display_size=16)
+    assert big.shape == (12, 16, 3)  # longer side 16, aspect kept
+    assert tuple(big[-1, -1]) == (0, 0, 128) and big[0, 0, 0] > 100  # uint8 maps read as /255
 
 
 def test_resolve_class_index():

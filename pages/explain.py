@@ -1,0 +1,107 @@
+"""Grad-CAM: for any sample, the image beside heat maps for the predicted class, the true class and a chosen class."""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from core.images import ImageError, load_image_rgb
+from core.metrics import top_predictions
+from models.cam import CAM_METHODS, CamError, render_overlay
+from pages._cached import page_context, require_table
+from pages._cam import CamMaps, auto_layer, cam_maps
+from pages._gallery import sample_paths
+
+MAX_OPTIONS = 500  # sample ids listed at once; type in the filter to narrow a larger split
+DISPLAY_PX = 320
+KEY_SAMPLE = "cam-sample"
+
+st.title("Grad-CAM")
+ctx = page_context()
+if ctx is None:
+    st.stop()
+table = require_table(ctx)
+names = list(table.class_names)
+frame = table.frame
+st.caption(f"Checkpoint **{ctx.checkpoint}** · split **{ctx.split}** · {len(table):,} images. The maps show where "
+           "the model's evidence for a class lies, on the image as the model saw it (resized and cropped).")
+
+linked = st.query_params.get("sample")
+if linked and linked in set(frame["sample_id"]):
+    st.session_state.setdefault(KEY_SAMPLE, linked)
+with st.container(border=True):
+    pick = st.columns([2, 3, 1])
+    needle = pick[0].text_input("Filter sample ids", key="cam-filter", placeholder="part of an id or path")
+    errors_only = pick[2].toggle("Errors only", key="cam-errors")
+    options = frame
+    if errors_only:
+        options = options[options["label_idx"] != options["pred_idx"]]
+    if needle:
+        options = options[options["sample_id"].str.contains(needle, case=False, regex=False)]
+    ids = options["sample_id"].head(MAX_OPTIONS).tolist()
+    current = st.session_state.get(KEY_SAMPLE)
+    if current is not None and current not in ids:
+        if current in set(options["sample_id"]):
+            ids = [current, *ids]  # a linked or earlier choice that matches but lies past the first MAX_OPTIONS
+        else:
+            del st.session_state[KEY_SAMPLE]  # filtered out: show the first match instead
+    if not ids:
+        st.warning("No sample matches the filter.")
+        st.stop()
+    sample_id = pick[1].selectbox(f"Sample ({len(options):,} match)", ids, key=KEY_SAMPLE)
+    row_index = int((frame["sample_id"] == sample_id).to_numpy().nonzero()[0][0])
+    row = frame.iloc[row_index]
+
+    controls = st.columns([2, 2, 2, 2])
+    method = controls[0].selectbox("Method", list(CAM_METHODS), key="cam-method",
+                                   format_func=lambda m: f"{CAM_METHODS[m].label}{' (slow)' * CAM_METHODS[m].slow}")
+    opacity = controls[1].slider("Opacity", 0.0, 1.0, 0.5, step=0.05, key="cam-opacity")
+    runners_up = [c for c in top_predictions(table, row_index, k=3)["class"] if c not in (row["pred"], row["label"])]
+    other = controls[2].selectbox("Other class", names, key=f"cam-other-{sample_id}",
+                                  index=names.index(runners_up[0]) if runners_up else 0)
+    model, card = ctx.model()
+    auto, why = auto_layer(card.sha256, model, tuple(card.input_size))
+    layer = controls[3].text_input("Layer", key="cam-layer", placeholder=auto or "module name",
+                                   help="Module to explain (dotted name); empty = automatic"
+                                   + (f" ({auto})" if auto else ""))
+    st.caption(CAM_METHODS[method].note)
+    if CAM_METHODS[method].slow:
+        st.warning(f"{CAM_METHODS[method].label} is slow: one forward pass per channel of the layer.")
+    if why and not layer:
+        st.error(why)
+        st.stop()
+
+targets = [("Predicted", int(row["pred_idx"]))]
+if int(row["label_idx"]) >= 0:
+    targets.append(("True", int(row["label_idx"])))
+targets.append(("Other", names.index(other)))
+path = sample_paths(ctx, [sample_id])[0]
+try:
+    with st.spinner(f"Computing {CAM_METHODS[method].label}…"):
+        maps = cam_maps(ctx, [sample_id] * len(targets), [path] * len(targets), [c for _, c in targets],
+                        method=method, layer=layer.strip() or None)
+except CamError as exc:
+    st.error(str(exc))
+    st.stop()
+
+columns = st.columns(1 + len(targets))
+with columns[0]:
+    try:
+        st.image(load_image_rgb(path) if path else None, width="stretch",
+                 caption=f"{sample_id} · true {row['label']}")
+    except ImageError as exc:
+        st.error(str(exc))
+for column, (role, class_index), entry in zip(columns[1:], targets, maps, strict=True):
+    with column:
+        if not isinstance(entry, CamMaps):
+            st.warning(entry)
+            continue
+        probability = float(table.pred_probs[row_index, class_index])
+        st.image(render_overlay(entry.view, entry.cam, opacity=opacity, display_size=DISPLAY_PX), width="stretch",
+                 caption=f"{role}: {names[class_index]} ({probability:.1%})")
+if int(row["label_idx"]) < 0:
+    st.info(f"The label {row['label']!r} is not one of the checkpoint's classes, so there is no true-class map.")
+if not CAM_METHODS[method].class_specific:
+    st.info(f"{CAM_METHODS[method].label} does not depend on the class: the maps are the same.")
+first = next((m for m in maps if isinstance(m, CamMaps)), None)
+if first is not None:
+    st.caption(f"Layer `{first.layer}` · predicted {row['pred']} with {row['confidence']:.1%} confidence.")

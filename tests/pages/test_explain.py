@@ -1,0 +1,95 @@
+"""AppTest of the Grad-CAM page: overlays for predicted, true and another class, computed once per batch and cached."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import streamlit as st
+
+import models.cam
+from tests.pages.eval_workspaces import load_table
+
+PAGE = str(Path(__file__).resolve().parents[2] / "pages" / "explain.py")
+
+
+@pytest.fixture
+def counted(monkeypatch):
+    """Clears the CAM cache and counts (calls, images) of `explain_images`."""
+    st.cache_data.clear()
+    calls: list[int] = []
+    original = models.cam.explain_images
+
+    def spy(model, card, images, *args, **kwargs):
+        calls.append(len(images))
+        return original(model, card, images, *args, **kwargs)
+
+    monkeypatch.setattr(models.cam, "explain_images", spy)
+    return calls
+
+
+def _open(workspace, **state):
+    from streamlit.testing.v1 import AppTest
+
+    app = AppTest.from_file(PAGE, default_timeout=180)
+    app.session_state["tl_workspace"] = str(workspace)
+    app.session_state["tl_split"] = "val"
+    for key, value in state.items():
+        app.session_state[key] = value
+    app.run()
+    assert not app.exception, [e.value for e in app.exception]
+    return app
+
+
+def _captions(app) -> list[str]:
+    return [caption for image in app.image for caption in image.captions]
+
+
+def test_sample_shows_predicted_true_and_other_class(demo_workspace, counted):
+    table = load_table(demo_workspace).for_split("val")
+    frame = table.frame
+    wrong = frame[(frame["label_idx"] >= 0) & (frame["label_idx"] != frame["pred_idx"])].iloc[0]
+    app = _open(demo_workspace, **{"cam-sample": wrong["sample_id"]})
+    captions = _captions(app)
+    assert len(captions) == 4  # the image, then three overlays
+    assert captions[0].startswith(wrong["sample_id"])
+    assert captions[1].startswith(f"Predicted: {wrong['pred']} (")
+    assert captions[2].startswith(f"True: {wrong['label']} (")
+    assert captions[3].startswith("Other: ")
+    assert counted == [3]  # the three maps in one batch
+    assert any("Layer `layer4`" in c.value for c in app.caption)
+
+    app.slider(key="cam-opacity").set_value(0.8).run()  # re-rendering only: no new maps
+    assert not app.exception and counted == [3]
+    other = app.selectbox(key=f"cam-other-{wrong['sample_id']}")
+    fresh = next(c for c in table.class_names if c not in (wrong["pred"], wrong["label"], other.value))
+    other.set_value(fresh).run()
+    assert counted == [3, 1]  # only the new (sample, class) pair is computed; the others come from the cache
+    assert _captions(app)[3].startswith(f"Other: {fresh} (")
+
+
+def test_method_picker_and_class_agnostic_note(demo_workspace, counted):
+    app = _open(demo_workspace)
+    app.selectbox(key="cam-method").set_value("eigencam").run()
+    assert not app.exception
+    assert any("does not depend on the class" in i.value for i in app.info)
+    app.selectbox(key="cam-method").set_value("scorecam")
+    app.run()
+    assert any("slow" in w.value for w in app.warning)
+
+
+def test_layer_override_and_bad_layer(demo_workspace, counted):
+    app = _open(demo_workspace, **{"cam-layer": "layer3"})
+    assert any("Layer `layer3`" in c.value for c in app.caption)
+    app.text_input(key="cam-layer").set_value("layer9").run()
+    errors = [e.value for e in app.error]
+    assert any("no module named 'layer9'" in e and "layer4" in e for e in errors)
+
+
+def test_filter_narrows_the_sample_list(demo_workspace, counted):
+    table = load_table(demo_workspace).for_split("val")
+    target = table.frame["sample_id"].iloc[-1]
+    app = _open(demo_workspace)
+    app.text_input(key="cam-filter").set_value(target).run()
+    assert app.selectbox(key="cam-sample").options == [target]
+    assert _captions(app)[0].startswith(target)
