@@ -111,3 +111,53 @@ def _mtime(path: str | None) -> int:
         return Path(path).stat().st_mtime_ns if path else -1
     except OSError:
         return -1
+
+
+@dataclass(frozen=True)
+class GalleryCam:
+    """The gallery's overlay settings."""
+
+    method: str  # CAM_METHODS key
+    target: str  # "pred" or "true"
+    opacity: float  # heat-map opacity
+
+
+def gallery_cam_controls(key: str) -> GalleryCam | None:
+    """The gallery's "Grad-CAM overlay" toggle and, when on, its method/class/opacity pickers."""
+    from models.cam import CAM_METHODS
+
+    if not st.toggle("Grad-CAM overlay", key=f"{key}-cam",
+                     help="Overlay every thumbnail of the page with a class-activation map (one batch per page, "
+                     "cached per checkpoint, sample, method and class)"):
+        return None
+    fast = [name for name, method in CAM_METHODS.items() if not method.slow]  # ScoreCAM: minutes per page
+    row = st.columns(3)
+    method = row[0].selectbox("CAM method", fast, key=f"{key}-cam-method", format_func=lambda m: CAM_METHODS[m].label)
+    target = row[1].radio("Explain", ["pred", "true"], key=f"{key}-cam-target", horizontal=True,
+                          format_func={"pred": "predicted class", "true": "true class"}.get)
+    opacity = row[2].slider("Overlay opacity", 0.0, 1.0, 0.5, step=0.05, key=f"{key}-cam-opacity")
+    return GalleryCam(method=method, target=target, opacity=opacity)
+
+
+def gallery_overlays(ctx: PageContext, rows, paths: Sequence[str | None], settings: GalleryCam,
+                     *, size: int) -> list[np.ndarray | None]:
+    """Overlay thumbnails (uint8, longer side `size`) for gallery `rows` (sample_id, label, pred); None where there
+    is no map (image unreadable, or the label is not a model class when explaining the true class)."""
+    from models.cam import CamError, render_overlay
+
+    _, card = ctx.model()
+    index = {name: i for i, name in enumerate(card.class_names)}
+    column = "pred" if settings.target == "pred" else "label"
+    classes = [index.get(str(name), -1) for name in rows[column]]
+    wanted = [i for i, c in enumerate(classes) if c >= 0]
+    try:
+        maps = cam_maps(ctx, [str(rows["sample_id"].iloc[i]) for i in wanted], [paths[i] for i in wanted],
+                        [classes[i] for i in wanted], method=settings.method)
+    except CamError as exc:
+        st.error(str(exc))
+        return [None] * len(rows)
+    overlays: list[np.ndarray | None] = [None] * len(rows)
+    for i, entry in zip(wanted, maps, strict=True):
+        if isinstance(entry, CamMaps):
+            overlays[i] = render_overlay(entry.view, entry.cam, opacity=settings.opacity, display_size=size)
+    return overlays

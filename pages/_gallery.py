@@ -14,6 +14,7 @@ from core.images import ImageError, load_image_rgb
 from core.metrics import top_predictions
 from core.predictions import PredictionTable
 from pages._cached import PageContext
+from pages._cam import gallery_cam_controls, gallery_overlays
 
 THUMB_PX = 160
 PAGE_SIZES = (12, 24, 48)
@@ -72,21 +73,24 @@ def render_gallery(ctx: PageContext, table_rows: pd.DataFrame, *, key: str) -> s
     page_size = controls[1].selectbox("Per page", PAGE_SIZES, index=1, key=f"{key}-size")
     n_pages = max(1, math.ceil(n / page_size))
     page = controls[2].number_input("Page", 1, n_pages, 1, key=f"{key}-page", help=f"{n_pages} pages")
+    cam_settings = gallery_cam_controls(key)  # optional Grad-CAM overlay (off by default)
     column, ascending = SORTS[sort]
     rows = table_rows.sort_values(column, ascending=ascending, kind="stable", na_position="last")
     start = (int(page) - 1) * page_size
     rows = rows.iloc[start : start + page_size]
     st.caption(f"Showing {start + 1}–{start + len(rows)} of {n}")
     paths = sample_paths(ctx, rows["sample_id"].tolist())
+    overlays = gallery_overlays(ctx, rows, paths, cam_settings, size=THUMB_PX) if cam_settings else [None] * len(rows)
     inspect_key = f"{key}-inspect"
     grid = st.container(key=f"{key}-grid")
     with grid:
         for offset in range(0, len(rows), COLUMNS):
             cells = st.columns(COLUMNS)
-            for cell, (_, row), path in zip(cells, rows.iloc[offset : offset + COLUMNS].iterrows(),
-                                            paths[offset : offset + COLUMNS], strict=False):
+            for cell, (_, row), path, overlay in zip(cells, rows.iloc[offset : offset + COLUMNS].iterrows(),
+                                                     paths[offset : offset + COLUMNS],
+                                                     overlays[offset : offset + COLUMNS], strict=False):
                 with cell:
-                    data = thumbnail_bytes(path, _mtime(path)) if path else None
+                    data = overlay if overlay is not None else thumbnail_bytes(path, _mtime(path)) if path else None
                     caption = f"{row['label']} → {row['pred']} · {row['confidence']:.0%}"
                     if data is None:
                         st.caption(f"(image unavailable) {caption}")

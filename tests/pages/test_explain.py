@@ -93,3 +93,20 @@ def test_filter_narrows_the_sample_list(demo_workspace, counted):
     app.text_input(key="cam-filter").set_value(target).run()
     assert app.selectbox(key="cam-sample").options == [target]
     assert _captions(app)[0].startswith(target)
+
+
+def test_gallery_overlay_toggle_computes_a_page_in_one_batch_and_caches_it(demo_workspace, open_page, counted):
+    app = open_page(demo_workspace, "pages/errors.py")
+    shown = [b.help for b in app.button if b.label == "Inspect"]
+    assert shown and counted == []  # off by default: no CAM work
+    plain = [image.value for image in app.image]
+    app.toggle(key="mb-gallery-cam").set_value(True).run()
+    assert not app.exception, [e.value for e in app.exception]
+    assert counted == [len(shown)]  # the whole page in one call
+    overlaid = [image.value for image in app.image]
+    assert len(overlaid) == len(plain) and overlaid != plain
+    app.radio(key="mb-gallery-cam-target").set_value("true").run()
+    assert counted == [len(shown), len(shown)]  # another class: one more batch
+    app.radio(key="mb-gallery-cam-target").set_value("pred").run()
+    app.slider(key="mb-gallery-cam-opacity").set_value(0.3).run()
+    assert counted == [len(shown), len(shown)]  # back to the first class, new opacity: all from the cache
