@@ -48,9 +48,41 @@ def _split_table(full_token: str, split: str, _full: PredictionTable) -> tuple[P
     return table, _token(table, split)
 
 
+class _NoPredictions(LookupError):
+    """Raised inside the cached lookup so that "not computed yet" is never cached (Streamlit caches no exception)."""
+
+
+# Finding the cached table means hashing the dataset's file list (one stat per image: about 1 s at 100,000 images),
+# so the lookup is held for a short time per (workspace, checkpoint file, dataset object). A new manifest or new
+# weights change the key at once; images edited in place are noticed within FULL_TABLE_TTL_S.
+FULL_TABLE_TTL_S = 30
+
+
+@st.cache_resource(show_spinner=False, ttl=FULL_TABLE_TTL_S, max_entries=16)
+def _full_table(workspace_root: str, name: str, dataset_id: int, weights_stamp: tuple, _ctx: PageContext
+                ) -> PredictionTable:
+    table = _ctx.table(name, split="all")
+    if table is None:
+        raise _NoPredictions(name)
+    return table
+
+
+def _weights_stamp(ctx: PageContext) -> tuple:
+    try:
+        stat = ctx.workspace.checkpoint(ctx.checkpoint).path.stat()
+    except (OSError, ValueError):
+        return (None,)
+    return (stat.st_size, stat.st_mtime_ns)
+
+
 def require_eval_data(ctx: PageContext) -> EvalData:
     """The selected split's predictions; shows the compute button or the empty-split note and stops otherwise."""
-    full = ctx.table(split="all") if ctx.checkpoint else None
+    full = None
+    if ctx.checkpoint:
+        try:
+            full = _full_table(str(ctx.workspace.root), ctx.checkpoint, id(ctx.dataset), _weights_stamp(ctx), ctx)
+        except _NoPredictions:
+            full = None
     if full is None:
         require_table(ctx)  # shows "add a checkpoint" or the compute button, then stops
         st.stop()

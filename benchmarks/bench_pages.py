@@ -1,0 +1,193 @@
+"""Evaluation pages at scale: each page's script time with warm caches, and cell click -> gallery, via AppTest.
+
+Usage: python benchmarks/bench_pages.py [--workdir DIR] [--samples 100000] [--classes 300] [--repeats 5]
+
+Builds (once; reused when DIR already holds it) a workspace of `--samples` images over `--classes` classes: a few
+hundred small JPEGs hard-linked under distinct paths, a manifest with specimens and two taxonomy ranks, a tiny
+resnet10t checkpoint for the model card, and a synthetic predictions table (each class confused mostly with a
+few "similar" classes, 12% pushed to a random class) stored where the app's prediction cache looks. Then AppTest
+runs the app on split "all" (every sample): the first run of each page fills the caches, the next `--repeats` runs
+are timed (median and max). Cell click -> gallery: a rerun of the confusion page after a new cell is put in the page's
+session state (what the chart's on_select callback does), each time a cell not opened before (cold thumbnails).
+Targets: every page <= 1.5 s, cell -> gallery <= 0.5 s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+PAGES = {
+    "Overview": "pages/overview.py",
+    "Confusion matrix": "pages/confusion.py",
+    "Weakest classes": "pages/classes.py",
+    "Misclassifications": "pages/errors.py",
+}
+TARGET_PAGE_S, TARGET_CELL_S = 1.5, 0.5
+CHECKPOINT = "synthetic"
+BASE_IMAGES = 600
+
+
+def build_workspace(root: Path, *, n: int, k: int, seed: int = 0) -> Path:
+    """The synthetic workspace described in the module docstring (skipped when `root` already has predictions)."""
+    if (root / "taxalens.toml").is_file() and list((root / ".taxalens" / "predictions").glob("*.parquet")):
+        return root
+    import timm
+    import torch
+    from PIL import Image
+
+    from core.predictions import build_prediction_table, save_predictions
+    from core.workspace import load_workspace
+    from models.checkpoints import ModelCard, save_taxalens_checkpoint
+    from models.inference import predictions_path
+
+    rng = np.random.default_rng(seed)
+    names = [f"taxon_{i:03d}" for i in range(k)]
+    # Zipf-like class sizes (imbalanced, like real collections), every class at least 5 images.
+    weights = 1.0 / np.arange(1, k + 1) ** 0.8
+    sizes = np.maximum(5, np.floor(weights / weights.sum() * n)).astype(int)
+    sizes[0] += n - sizes.sum()
+    labels = np.repeat(np.arange(k), sizes)
+    rng.shuffle(labels)
+    base = root / "base"
+    base.mkdir(parents=True, exist_ok=True)
+    for b in range(BASE_IMAGES):
+        colour = rng.integers(0, 256, 3)
+        pixels = np.clip(colour + rng.normal(0, 40, (96, 96, 3)), 0, 255).astype(np.uint8)
+        Image.fromarray(pixels).save(base / f"b{b}.jpg", quality=85)
+    images = root / "data" / "images"
+    rows = []
+    specimen = 0
+    for i, label in enumerate(labels):
+        if i % 3 == 0:
+            specimen += 1
+        folder = images / names[label]
+        if i < k or not folder.exists():
+            folder.mkdir(parents=True, exist_ok=True)
+        rel = f"images/{names[label]}/s{i:06d}.jpg"
+        target = root / "data" / rel
+        if not target.exists():
+            os.link(base / f"b{i % BASE_IMAGES}.jpg", target)
+        split = "train" if i % 10 < 7 else ("val" if i % 10 < 9 else "test")
+        rows.append((rel, names[label], split, f"spec{specimen:06d}", f"phylum_{label % 7}", f"order_{label % 31}"))
+    manifest = pd.DataFrame(rows, columns=["path", "label", "split", "specimen_id", "phylum", "order"])
+    manifest.to_csv(root / "data" / "manifest.csv", index=False)
+    (root / "taxalens.toml").write_text(
+        '[dataset]\nmanifest = "data/manifest.csv"\ntaxonomy = ["phylum", "order"]\n\n'
+        f'[[checkpoints]]\nname = "{CHECKPOINT}"\npath = "checkpoints/{CHECKPOINT}.safetensors"\n',
+        encoding="utf-8",
+    )
+    model = timm.create_model("resnet10t", pretrained=False, num_classes=k)
+    card = ModelCard(arch="resnet10t", class_names=tuple(names), input_size=(3, 32, 32))
+    save_taxalens_checkpoint(model, card, root / "checkpoints" / f"{CHECKPOINT}.safetensors")
+    del model, torch
+
+    workspace = load_workspace(root)
+    dataset = workspace.load_dataset(verify="none")
+    samples = dataset.samples
+    truth = samples["label"].map({c: i for i, c in enumerate(names)}).to_numpy()
+    similar = (truth[:, None] + np.array([1, 2, 5])[None, :]) % k  # each class's "look-alikes"
+    logits = rng.normal(0.0, 1.0, size=(len(samples), k)).astype(np.float32)
+    rows_idx = np.arange(len(samples))
+    logits[rows_idx, truth] += 5.5
+    for j, boost in enumerate((4.3, 3.6, 3.0)):
+        logits[rows_idx, similar[:, j]] += boost * rng.random(len(samples)).astype(np.float32)
+    noisy = rng.random(len(samples)) < 0.12  # errors spread over all classes: thousands of small cells
+    logits[rows_idx[noisy], rng.integers(0, k, int(noisy.sum()))] += 7.0
+    logits -= logits.max(axis=1, keepdims=True)
+    probs = np.exp(logits)
+    probs /= probs.sum(axis=1, keepdims=True)
+    table = build_prediction_table(
+        samples["sample_id"].tolist(), probs, np.zeros((len(samples), 8), dtype=np.float32),
+        labels=samples["label"].tolist(), splits=samples["split"].tolist(),
+        specimen_ids=samples["specimen_id"].tolist(), class_names=tuple(names),
+        meta={"checkpoint": CHECKPOINT, "synthetic": True},
+    )
+    save_predictions(table, predictions_path(workspace, CHECKPOINT, dataset=workspace.load_dataset()))
+    return root
+
+
+def _timed_run(app, timeout: float) -> float:
+    start = time.perf_counter()
+    app.run(timeout=timeout)
+    elapsed = time.perf_counter() - start
+    if app.exception:
+        raise RuntimeError(f"page raised: {[e.value for e in app.exception]}")
+    return elapsed
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--workdir", default="/tmp/taxalens_bench_pages")
+    parser.add_argument("--samples", type=int, default=100_000)
+    parser.add_argument("--classes", type=int, default=300)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--split", default="all")
+    args = parser.parse_args(argv)
+
+    from streamlit.testing.v1 import AppTest
+
+    started = time.perf_counter()
+    root = build_workspace(Path(args.workdir), n=args.samples, k=args.classes)
+    print(f"workspace {root} ready in {time.perf_counter() - started:.1f}s")
+
+    app = AppTest.from_file(str(REPO / "app.py"), default_timeout=900)
+    app.session_state["tl_workspace"] = str(root)
+    app.session_state["tl_split"] = args.split
+    cold = time.perf_counter()
+    app.run(timeout=900)
+    print(f"home page (dataset load) {time.perf_counter() - cold:.1f}s")
+
+    results = []
+    for title, page in PAGES.items():
+        app.switch_page(page)
+        first = _timed_run(app, 900)  # fills the caches
+        times = [_timed_run(app, 300) for _ in range(args.repeats)]
+        results.append((title, first, statistics.median(times), max(times), TARGET_PAGE_S))
+
+    # Cell click -> gallery: new off-diagonal cells, largest first (24 thumbnails each, never opened before).
+    from core.metrics import confusion_counts
+    from core.workspace import load_workspace
+    from models.inference import cached_predictions
+
+    workspace = load_workspace(root)
+    table = cached_predictions(workspace, CHECKPOINT, dataset=workspace.load_dataset(verify="none"))
+    table = table.for_split(args.split)
+    counts = confusion_counts(table)
+    np.fill_diagonal(counts, 0)
+    order = np.argsort(-counts, axis=None)[: args.repeats + 1]
+    cells = [tuple(int(v) for v in np.unravel_index(flat, counts.shape)) for flat in order]
+    app.switch_page(PAGES["Confusion matrix"])
+    _timed_run(app, 300)
+    cell_times = []
+    for cell in cells:
+        app.session_state["cm-cell"] = cell
+        cell_times.append(_timed_run(app, 300))
+        heading = [h.value for h in app.subheader if "samples: true" in h.value]
+        if not heading or not heading[0].startswith(f"{counts[cell]} samples"):
+            raise RuntimeError(f"cell {cell}: gallery heading {heading} does not match count {counts[cell]}")
+    results.append(("Cell click → gallery", cell_times[0], statistics.median(cell_times[1:]), max(cell_times[1:]),
+                    TARGET_CELL_S))
+
+    print()
+    print(f"{len(table):,} samples x {len(table.class_names)} classes, split '{args.split}', "
+          f"{int((counts > 0).sum()):,} non-empty off-diagonal cells; {args.repeats} timed runs after a warm-up")
+    print(f"{'page':<24} {'first (s)':>10} {'median (s)':>11} {'max (s)':>8} {'target':>7}  ok")
+    for title, first, median, worst, target in results:
+        verdict = "yes" if median <= target else "NO"
+        print(f"{title:<24} {first:>10.2f} {median:>11.2f} {worst:>8.2f} {target:>7.1f}  {verdict}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
