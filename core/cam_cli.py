@@ -85,11 +85,16 @@ def _run(args: argparse.Namespace) -> int:
                         "explained_class": class_name,
                         "explained_prob": f"{result.pred_probs[j, result.class_indices[j]]:.4f}",
                         "method": method.name, "layer": result.layer})
-    with open(out / "cam_index.csv", "w", newline="", encoding="utf-8") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(records[0]))
+    index_path = out / "cam_index.csv"
+    written = {r["file"] for r in records}
+    if index_path.is_file():  # an --out reused across runs keeps one row per PNG in it, newest last
+        with open(index_path, newline="", encoding="utf-8") as handle:
+            records = [r for r in csv.DictReader(handle) if r.get("file") not in written] + records
+    with open(index_path, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(records[-1]), extrasaction="ignore")
         writer.writeheader()
         writer.writerows(records)
-    print(f"wrote {len(records)} overlay(s) ({method.label}, layer {result.layer}) to {out}")
+    print(f"wrote {len(written)} overlay(s) ({method.label}, layer {result.layer}) to {out}")
     return 0
 
 

@@ -131,6 +131,7 @@ class CamResult:
     pred_probs: np.ndarray  # (B, K) float32: softmax of the model's output for the same inputs
     method: str  # CAM_METHODS key
     layer: str  # dotted name of the module explained
+    grid: tuple[int, int] = (0, 0)  # height, width of the layer's map: how coarse the maps really are
 
     @property
     def pred_indices(self) -> np.ndarray:
@@ -164,10 +165,10 @@ def compute_cams(
     if batch_size < 1:
         raise CamError(f"batch_size must be >= 1, got {batch_size}")
     cam_layer = find_cam_layer(model, layer=layer, input_size=tuple(images.shape[1:]))
-    cams, classes, probs = [], [], []
+    cams, classes, probs, grid = [], [], [], (0, 0)
     with _CAM_LOCK, torch.inference_mode(False), torch.enable_grad(), _frozen_parameters(model):
         for start in range(0, n, batch_size):
-            batch_cams, batch_classes, batch_probs = _compute_batch(
+            batch_cams, batch_classes, batch_probs, grid = _compute_batch(
                 model, images[start:start + batch_size], wanted[start:start + batch_size], spec, cam_layer)
             cams.append(batch_cams)
             classes.append(batch_classes)
@@ -176,12 +177,12 @@ def compute_cams(
         return CamResult(np.zeros((0, *images.shape[2:]), np.float32), np.zeros(0, np.int64),
                          np.zeros((0, 0), np.float32), spec.name, cam_layer.name)
     return CamResult(cams=np.concatenate(cams), class_indices=np.concatenate(classes),
-                     pred_probs=np.concatenate(probs), method=spec.name, layer=cam_layer.name)
+                     pred_probs=np.concatenate(probs), method=spec.name, layer=cam_layer.name, grid=grid)
 
 
 def _compute_batch(
     model: nn.Module, images: torch.Tensor, wanted: list[int | None], spec: CamMethod, cam_layer: CamLayer
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, tuple[int, int]]:
     device = _model_device(model)
     # A clone made outside inference mode is an ordinary tensor autograd can use, even if `images` was not.
     batch = images.detach().clone().to(device=device, dtype=torch.float32)
@@ -201,6 +202,8 @@ def _compute_batch(
         with spec.cam_class(model=model, target_layers=[cam_layer.module], reshape_transform=reshape) as cam:
             try:
                 maps = cam(input_tensor=batch, targets=targets)
+                recorded = getattr(cam, "base_cam", cam).activations_and_grads.activations  # FinerCAM wraps one
+                grid = tuple(int(v) for v in recorded[0].shape[-2:]) if recorded else (0, 0)
             except IndexError as exc:
                 # grad-cam's __exit__ swallows IndexError (and prints); re-raise as ours so it reaches the caller.
                 raise CamError(f"{spec.label} failed on layer {cam_layer.name!r}: {exc}") from exc
@@ -208,7 +211,7 @@ def _compute_batch(
         model.zero_grad(set_to_none=True)
     maps = np.nan_to_num(np.asarray(maps, dtype=np.float32), nan=0.0, posinf=0.0, neginf=0.0)
     probs = torch.softmax(logits, dim=1).cpu().numpy().astype(np.float32)
-    return np.clip(maps, 0.0, 1.0), np.asarray(classes, dtype=np.int64), probs
+    return np.clip(maps, 0.0, 1.0), np.asarray(classes, dtype=np.int64), probs, grid
 
 
 def _targets(spec: CamMethod, classes: list[int], logits: torch.Tensor) -> list:

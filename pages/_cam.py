@@ -25,6 +25,7 @@ class CamMaps:
     class_index: int  # the class explained
     pred_probs: np.ndarray  # (K,) float32: the model's probabilities for the image
     layer: str  # module explained
+    grid: tuple[int, int]  # height, width of that module's map
 
 
 @st.cache_data(show_spinner=False, max_entries=MAX_ENTRIES)
@@ -81,7 +82,7 @@ def cam_maps(
         for i, j in enumerate(rows):
             filled[j] = CamMaps(view=explanation.views[i], cam=np.round(result.cams[i] * 255).astype(np.uint8),
                                 class_index=int(result.class_indices[i]), pred_probs=result.pred_probs[i],
-                                layer=result.layer)
+                                layer=result.layer, grid=result.grid)
 
     def compute(position: int) -> CamMaps | str:
         if position not in filled:

@@ -96,12 +96,17 @@ for column, (role, class_index), entry in zip(columns[1:], targets, maps, strict
             st.warning(entry)
             continue
         probability = float(table.pred_probs[row_index, class_index])
+        empty = " · no positive evidence" if int(entry.cam.max()) == 0 else ""
         st.image(render_overlay(entry.view, entry.cam, opacity=opacity, display_size=DISPLAY_PX), width="stretch",
-                 caption=f"{role}: {names[class_index]} ({probability:.1%})")
+                 caption=f"{role}: {names[class_index]} ({probability:.1%}){empty}")
 if int(row["label_idx"]) < 0:
     st.info(f"The label {row['label']!r} is not one of the checkpoint's classes, so there is no true-class map.")
 if not CAM_METHODS[method].class_specific:
     st.info(f"{CAM_METHODS[method].label} does not depend on the class: the maps are the same.")
 first = next((m for m in maps if isinstance(m, CamMaps)), None)
 if first is not None:
-    st.caption(f"Layer `{first.layer}` · predicted {row['pred']} with {row['confidence']:.1%} confidence.")
+    st.caption(f"Layer `{first.layer}` ({first.grid[0]}×{first.grid[1]} map) · predicted {row['pred']} with "
+               f"{row['confidence']:.1%} confidence.")
+    if min(first.grid) <= 2:
+        st.info(f"The layer's map is only {first.grid[0]}×{first.grid[1]} at this input size, so the heat map is "
+                "coarse; an earlier layer (type its name under Layer) trades class-specificity for detail.")

@@ -60,6 +60,13 @@ def test_sample_with_several_targets(workspace, tmp_path):
     # Different classes give different overlays.
     first, third = (np.asarray(Image.open(out / rows[i]["file"])) for i in (0, 2))
     assert rows[0]["explained_class"] == "Monocyte" or not np.array_equal(first, third)
+    # A second run into the same folder keeps the first run's rows; a rewritten PNG keeps one row.
+    assert main(["cam", "--workspace", str(workspace), "--checkpoint", "tiny", "--sample", sample, "--target",
+                 "Monocyte", "--target", "Lymphocyte", "--method", "gradcam++", "--device", "cpu",
+                 "--out", str(out)]) == 0
+    files = [r["file"] for r in _index(out)]
+    assert len(files) == len(set(files)) == 4 and files[-1].endswith("__Lymphocyte.png")
+    assert sorted(files) == sorted(p.name for p in out.glob("*.png"))
 
 
 def test_cell_writes_one_overlay_per_sample_in_the_cell(workspace, tmp_path):

@@ -91,6 +91,8 @@ def test_every_method_on_every_family_gives_finite_maps_of_input_size(family, me
     result = compute_cams(model, _images(n, side), [None, 3][:n], method=method)
     assert result.cams.shape == (n, side, side)
     assert result.cams.dtype == np.float32
+    expected_grid = {"regnet": (2, 2), "deit": (2, 2), "eva": (2, 2), "mobilenet": (2, 2)}.get(family)
+    assert result.grid == (expected_grid or result.grid) and min(result.grid) >= 1
     assert np.isfinite(result.cams).all()
     assert result.cams.min() >= 0.0 and result.cams.max() <= 1.0
     assert result.pred_probs.shape == (n, 5)
