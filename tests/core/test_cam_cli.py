@@ -10,6 +10,7 @@ import timm
 import torch
 from PIL import Image
 
+from core.cam_cli import _safe
 from core.cli import main
 from core.workspace import load_workspace
 from models.checkpoints import ModelCard, save_taxalens_checkpoint
@@ -65,7 +66,8 @@ def test_sample_with_several_targets(workspace, tmp_path):
                  "Monocyte", "--target", "Lymphocyte", "--method", "gradcam++", "--device", "cpu",
                  "--out", str(out)]) == 0
     files = [r["file"] for r in _index(out)]
-    assert len(files) == len(set(files)) == 4 and files[-1].endswith("__Lymphocyte.png")
+    expected = {r["file"] for r in rows} | {f"{_safe(sample)}__gradcam++__{c}.png" for c in ("Monocyte", "Lymphocyte")}
+    assert len(files) == len(set(files)) and set(files) == expected and files[-1].endswith("__Lymphocyte.png")
     assert sorted(files) == sorted(p.name for p in out.glob("*.png"))
 
 
