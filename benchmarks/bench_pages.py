@@ -173,8 +173,8 @@ def main(argv: list[str] | None = None) -> int:
     for cell in cells:
         app.session_state["cm-cell"] = cell
         cell_times.append(_timed_run(app, 300))
-        heading = [h.value for h in app.subheader if "samples: true" in h.value]
-        if not heading or not heading[0].startswith(f"{counts[cell]} samples"):
+        heading = [h.value for h in app.subheader if ": true " in h.value]
+        if not heading or not heading[0].startswith(f"{counts[cell]} sample"):
             raise RuntimeError(f"cell {cell}: gallery heading {heading} does not match count {counts[cell]}")
     results.append(("Cell click → gallery", cell_times[0], statistics.median(cell_times[1:]), max(cell_times[1:]),
                     TARGET_CELL_S))

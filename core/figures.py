@@ -15,7 +15,8 @@ import plotly.graph_objects as go
 
 from core.metrics import Normalise, normalise_confusion
 
-CONFUSION_COLORSCALE = "Blues"
+# Blues that starts at a visible tint: only non-empty cells are drawn, so even a single error must show.
+CONFUSION_COLORSCALE = [[0.0, "#d4e4f7"], [0.35, "#7fb0dc"], [0.7, "#2f75b5"], [1.0, "#08306b"]]
 _WEBGL_MIN_POINTS = 4000  # above this many cells the matrix uses WebGL (SVG slows down with one element per point)
 _SPLIT_COLORS = {"train": "#4C78A8", "val": "#F58518", "test": "#54A24B"}
 
@@ -110,7 +111,17 @@ def build_confusion_figure(
         for t, p, c in zip(true_idx.tolist(), pred_idx.tolist(), cell_counts.tolist(), strict=True)
     ]
     trace_type = go.Scattergl if len(true_idx) > _WEBGL_MIN_POINTS else go.Scatter
-    colour_max = float(cell_values.max()) if len(cell_values) else 1.0
+    # Counts are coloured on a log scale (a diagonal of thousands would otherwise wash out the errors); rates
+    # linearly. The colour bar is labelled in the original units.
+    if normalise == "none":
+        colour = np.log10(np.maximum(cell_counts, 1)).astype(np.float64)
+        decades = np.arange(0, int(np.ceil(colour.max())) + 1 if len(colour) else 1)
+        colorbar = dict(title=dict(text="count (log)", side="right"), thickness=12, len=0.8, tickvals=decades.tolist(),
+                        ticktext=[f"{10 ** int(d):,}" for d in decades])
+    else:
+        colour = cell_values.astype(np.float64)
+        colorbar = dict(title=dict(text=value_text, side="right"), thickness=12, len=0.8)
+    colour_max = float(colour.max()) if len(colour) else 1.0
     trace = trace_type(
         x=position[pred_idx],
         y=position[true_idx],
@@ -118,14 +129,17 @@ def build_confusion_figure(
         marker=dict(
             symbol="square",
             size=marker_px,
-            color=cell_values,
+            color=colour,
             colorscale=CONFUSION_COLORSCALE,
             cmin=0.0,
             cmax=colour_max if colour_max > 0 else 1.0,
-            colorbar=dict(title=dict(text=value_text, side="right"), thickness=12),
+            colorbar=colorbar,
             line=dict(width=0.5 if k <= 60 else 0, color="#9ab"),
         ),
         customdata=np.column_stack([true_idx, pred_idx, cell_counts]).astype(np.int64),
+        # After a click plotly fades unselected points; keep the matrix readable and mark the clicked cell instead.
+        selected=dict(marker=dict(color="#ff7f0e", opacity=1.0)),
+        unselected=dict(marker=dict(opacity=1.0)),
         hovertext=hover,
         hovertemplate="%{hovertext}<extra></extra>",
         name="cells",
@@ -140,7 +154,7 @@ def build_confusion_figure(
                 mode="text",
                 text=[str(c) for c in cell_counts] if normalise == "none" else [f"{v:.2f}" for v in cell_values],
                 customdata=trace.customdata,  # a click on a cell's number selects the same cell
-                textfont=dict(size=10, color=["white" if v > 0.6 * colour_max else "#222" for v in cell_values]),
+                textfont=dict(size=10, color=["white" if v > 0.6 * colour_max else "#222" for v in colour]),
                 hoverinfo="skip",
                 showlegend=False,
                 name="labels",
@@ -187,35 +201,38 @@ def build_confusion_figure(
 
 
 def build_bottom_f1_figure(bottom: pd.DataFrame) -> go.Figure:
-    """Horizontal bars of the weakest classes' F1, worst at the top.
+    """Horizontal bars of the weakest classes' F1, worst at the top, each over a full-width grey track.
 
-    `bottom`: rows of `core.metrics.bottom_classes` (class, f1, precision, recall, support). Each bar's
-    `customdata` is `[class name]`, so a click names the class.
+    `bottom`: rows of `core.metrics.bottom_classes` (class, f1, precision, recall, support). The track (trace 0)
+    and the F1 bar (trace 1) both carry `customdata` `[class name]`, so a click anywhere on a row names the class,
+    including classes whose F1 is 0 and whose bar has no width.
     """
     frame = bottom.iloc[::-1]  # plotly draws the first bar at the bottom
-    fig = go.Figure(
-        go.Bar(
-            x=frame["f1"].to_numpy(),
-            y=frame["class"].astype(str).tolist(),
-            orientation="h",
-            marker_color="#E45756",
-            customdata=frame[["class"]].to_numpy(),
-            text=[f"{f:.2f}" for f in frame["f1"]],
-            textposition="auto",
-            hovertext=[
-                f"{c}<br>F1 {f:.3f} · precision {p:.3f} · recall {r:.3f}<br>support {s}"
-                for c, f, p, r, s in zip(
-                    frame["class"], frame["f1"], frame["precision"], frame["recall"], frame["support"], strict=True
-                )
-            ],
-            hovertemplate="%{hovertext}<extra></extra>",
+    names = frame["class"].astype(str).tolist()
+    customdata = frame[["class"]].astype(str).to_numpy()
+    hover = [
+        f"{c}<br>F1 {f:.3f} · precision {p:.3f} · recall {r:.3f}<br>support {s}"
+        for c, f, p, r, s in zip(
+            frame["class"], frame["f1"], frame["precision"], frame["recall"], frame["support"], strict=True
         )
+    ]
+    track = go.Bar(
+        x=[1.0] * len(frame), y=names, orientation="h", marker_color="rgba(128, 128, 128, 0.12)",
+        customdata=customdata, hovertext=hover, hovertemplate="%{hovertext}<extra></extra>", name="track",
+        showlegend=False,
     )
+    bars = go.Bar(
+        x=frame["f1"].to_numpy(), y=names, orientation="h", marker_color="#E45756", customdata=customdata,
+        text=[f"{f:.2f}" for f in frame["f1"]], textposition="outside", cliponaxis=False, hovertext=hover,
+        hovertemplate="%{hovertext}<extra></extra>", name="F1", showlegend=False,
+    )
+    fig = go.Figure([track, bars])
     fig.update_layout(
-        xaxis=dict(title="F1", range=[0, 1]),
+        barmode="overlay",
+        xaxis=dict(title="F1", range=[0, 1.05]),
         yaxis=dict(title=None, type="category"),
         height=max(260, 32 * len(frame) + 90),
-        margin=dict(l=160, r=20, t=30, b=50),
+        margin=dict(l=160, r=30, t=30, b=50),
         clickmode="event+select",
     )
     return fig
@@ -230,7 +247,7 @@ def build_per_class_f1_figure(per_class: pd.DataFrame) -> go.Figure:
             x=frame["class"].astype(str).tolist(),
             y=frame["f1"].to_numpy(),
             marker=dict(
-                color=np.log10(np.maximum(support, 1)),
+                color=np.log10(np.maximum(support, 1)).tolist(),  # a list: plotly.js reads typed arrays as colours
                 colorscale="Viridis",
                 colorbar=dict(title="log10 support", thickness=12),
             ),

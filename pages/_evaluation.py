@@ -244,6 +244,11 @@ def filtered_rows(
     )
 
 
+def cell_heading(n: int, true_class: str, pred_class: str) -> str:
+    """The gallery heading of one confusion cell: "3 samples: true Daphnia → predicted Navicula"."""
+    return f"{n} sample{'' if n == 1 else 's'}: true {true_class} → predicted {pred_class}"
+
+
 def selected_customdata(point: dict) -> list:
     """A plotly selection point's customdata as a list (the browser may send an array as an index-keyed object)."""
     data = point.get("customdata")

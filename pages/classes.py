@@ -37,8 +37,9 @@ n = st.slider("Classes shown", 1, min(50, with_support), min(10, with_support), 
 bottom = bottom_classes(per_class, n=n)
 st.plotly_chart(ev.bottom_figure(data.token, table, n), key="wc-chart", on_select=_pick_from_chart,
                 selection_mode="points")
-st.caption(f"The {len(bottom)} lowest-F1 classes among {with_support} with samples in this split; "
-           f"{int((per_class['support'] == 0).sum())} classes have no samples here and are left out. Click a bar.")
+n_empty = int((per_class["support"] == 0).sum())
+st.caption(f"The {len(bottom)} lowest-F1 classes among {with_support} with samples in this split"
+           + (f"; {n_empty} without samples here are left out" if n_empty else "") + ". Click a bar.")
 
 choices = bottom["class"].tolist()
 if st.session_state.get(CLASS_KEY) not in choices:
@@ -74,7 +75,7 @@ pick = st.selectbox("Examples of", range(len(labels)), format_func=lambda i: lab
 true_idx, pred_idx = (int(v) for v in cells[pick])
 rows = ev.cell_rows(data.token, table, true_idx, pred_idx)
 names = table.class_names
-st.subheader(f"{len(rows)} samples: true {names[true_idx]} → predicted {names[pred_idx]}")
+st.subheader(ev.cell_heading(len(rows), names[true_idx], names[pred_idx]))
 inspected = render_gallery(ctx, rows, key="wc-gallery")
 if inspected is not None:
     render_sample_view(ctx, table, inspected)

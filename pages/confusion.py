@@ -95,7 +95,7 @@ if cell is None:
 else:
     true_idx, pred_idx = cell
     rows = ev.cell_rows(data.token, table, true_idx, pred_idx)
-    st.subheader(f"{len(rows)} samples: true {names[true_idx]} → predicted {names[pred_idx]}")
+    st.subheader(ev.cell_heading(len(rows), names[true_idx], names[pred_idx]))
     inspected = render_gallery(ctx, rows, key="cm-gallery")
     if inspected is not None:
         render_sample_view(ctx, table, inspected)

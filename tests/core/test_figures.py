@@ -30,7 +30,8 @@ def test_confusion_figure_is_scatter_one_point_per_nonzero_cell():
     cells = _cells(fig)
     assert set(cells) == {(0, 0), (0, 1), (1, 0), (1, 1), (2, 1)}
     assert cells[(2, 1)] == (1.0, 2.0, 3)  # x = predicted position, y = true position, count
-    np.testing.assert_allclose(trace.marker.color, [5, 2, 1, 7, 3])
+    np.testing.assert_allclose(10 ** np.asarray(trace.marker.color), [5, 2, 1, 7, 3])  # log-scaled counts
+    assert list(trace.marker.colorbar.ticktext) == ["1", "10"]
     assert "3 of 3 samples (100.0%)" in trace.hovertext[-1]
     assert fig.layout.yaxis.range == (2.5, -0.5)  # first class at the top
 
@@ -90,8 +91,10 @@ def test_bottom_f1_and_per_class_figures():
     )
     bottom = M.bottom_classes(per_class, n=2)
     fig = F.build_bottom_f1_figure(bottom)
-    assert list(fig.data[0].y) == ["a", "b"]  # worst (b) drawn on top = last
-    assert fig.data[0].customdata[-1][0] == "b"
+    track, bars = fig.data
+    assert list(bars.y) == ["a", "b"]  # worst (b) drawn on top = last; c has no samples
+    assert list(bars.x) == [0.9, 0.2] and list(track.x) == [1.0, 1.0]  # full-width track: clickable at F1 = 0
+    assert track.customdata[-1][0] == "b" and bars.customdata[-1][0] == "b"
     fig = F.build_per_class_f1_figure(per_class)
     assert list(fig.data[0].x) == ["a", "b"]  # zero-support class c left out
 

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from pages._evaluation import cell_heading
 from tests.pages.eval_workspaces import build_demo_workspace, load_table
 
 REPO = Path(__file__).resolve().parents[2]
@@ -106,7 +107,7 @@ def test_click_off_diagonal_cell_opens_its_gallery(served_workspace, tmp_path):
         page.mouse.move(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
         page.mouse.click(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
 
-        heading = f"{expected_n} samples: true {names[true_idx]} → predicted {names[pred_idx]}"
+        heading = cell_heading(expected_n, names[true_idx], names[pred_idx])
         page.get_by_text(heading).wait_for(timeout=60_000)
         grid = page.locator(".st-key-cm-gallery-grid")
         grid.locator("img").nth(min(expected_n, 24) - 1).wait_for(timeout=60_000)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 from sklearn.metrics import confusion_matrix
 
+from pages._evaluation import cell_heading
 from tests.pages.eval_workspaces import load_table
 
 PAGE = "pages/confusion.py"
@@ -27,7 +28,7 @@ def test_open_cell_shows_exactly_its_samples(demo_workspace, open_page):
     true_idx, pred_idx = _largest_error(counts)
     names = table.class_names
     app = open_page(demo_workspace, PAGE, state={"cm-cell": (true_idx, pred_idx)})
-    heading = f"{counts[true_idx, pred_idx]} samples: true {names[true_idx]} → predicted {names[pred_idx]}"
+    heading = cell_heading(int(counts[true_idx, pred_idx]), names[true_idx], names[pred_idx])
     assert heading in [h.value for h in app.subheader]
     n = int(counts[true_idx, pred_idx])
     inspect = [b for b in app.button if b.label == "Inspect"]
@@ -55,7 +56,7 @@ def test_pairs_list_matches_sklearn_and_open_by_name(demo_workspace, open_page):
     app.selectbox(key="cm-true").set_value(names[cls])
     app.selectbox(key="cm-pred").set_value(names[cls])
     app.button(key="cm-open").click().run()
-    assert f"{counts[cls, cls]} samples: true {names[cls]} → predicted {names[cls]}" in [h.value for h in app.subheader]
+    assert cell_heading(int(counts[cls, cls]), names[cls], names[cls]) in [h.value for h in app.subheader]
 
 
 def test_options_and_class_search_on_bccd(bccd_workspace, open_page):
