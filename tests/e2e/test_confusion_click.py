@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from core.metrics import rank_confused_pairs
 from pages._evaluation import cell_heading
 from tests.pages.eval_workspaces import build_demo_workspace, load_table
 
@@ -122,4 +123,15 @@ def test_click_off_diagonal_cell_opens_its_gallery(served_workspace, tmp_path):
         assert all(c.startswith(f"{names[true_idx]} → {names[pred_idx]}") for c in shown), shown
         buttons = grid.get_by_role("button", name="Inspect")
         assert buttons.count() == min(expected_n, 24)
+
+        # The ranked pairs beside the matrix open the same gallery: tick the second row's checkbox (the grid is a
+        # canvas: header and rows are 35 px high, the selection column about 28 px wide).
+        second = rank_confused_pairs(counts, names).iloc[1]
+        pairs = page.locator(".st-key-cm-pairs").first.bounding_box()
+        page.mouse.click(pairs["x"] + 14, pairs["y"] + 35 + 35 + 17)
+        second_heading = cell_heading(int(second["count"]), second["true"], second["pred"])
+        page.get_by_text(second_heading).wait_for(timeout=60_000)
+        # Streamlit keeps the previous run's elements until the new run finishes: wait for the count to settle.
+        sync_api.expect(grid.locator("img")).to_have_count(min(int(second["count"]), 24), timeout=60_000)
+        sync_api.expect(grid.get_by_role("button", name="Inspect")).to_have_count(min(int(second["count"]), 24))
         browser.close()
