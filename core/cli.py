@@ -12,6 +12,7 @@ COMMAND_MODULES = (
 
     "core.export_cli",
     "core.predict_cli",
+    "core.train_cli",
 )
 
 
