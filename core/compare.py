@@ -261,3 +261,29 @@ def _paired_bootstrap(y: np.ndarray, pa: np.ndarray, pb: np.ndarray, k: int, *, 
             for name, values in _scores_batch(tp, support, predicted).items():
                 out[name].append(values)
     return ({n: np.concatenate(v) for n, v in out_a.items()}, {n: np.concatenate(v) for n, v in out_b.items()})
+
+
+def build_f1_delta_figure(per_class: pd.DataFrame, *, name_a: str = "A", name_b: str = "B",
+                          max_classes: int = 60):
+    """Horizontal bars of per-class F1 delta (B - A), worst first; `per_class` from `per_class_delta`.
+
+    With more than `max_classes` classes, the `max_classes` largest changes either way are shown.
+    """
+    import plotly.graph_objects as go
+
+    frame = per_class
+    if len(frame) > max_classes:
+        order = frame["delta"].abs().sort_values(ascending=False, kind="stable").index[:max_classes]
+        frame = frame.loc[order].sort_values("delta", kind="stable")
+    colours = ["#c0392b" if d < 0 else "#2e86c1" if d > 0 else "#999999" for d in frame["delta"]]
+    hover = [f"{c}<br>F1 {name_a}: {a:.3f}<br>F1 {name_b}: {b:.3f}<br>support {s}"
+             for c, a, b, s in zip(frame["class"], frame["f1_a"], frame["f1_b"], frame["support"], strict=True)]
+    figure = go.Figure(go.Bar(x=frame["delta"], y=frame["class"], orientation="h", marker_color=colours,
+                              hovertext=hover, hoverinfo="text"))
+    figure.update_layout(
+        title=f"Per-class F1 change: {name_b} − {name_a}", xaxis_title="F1 delta", yaxis_title=None,
+        height=max(300, 22 * len(frame) + 120), margin={"l": 10, "r": 10, "t": 50, "b": 40},
+        yaxis={"categoryorder": "array", "categoryarray": list(frame["class"])},
+    )
+    figure.add_vline(x=0, line_color="#555555", line_width=1)
+    return figure

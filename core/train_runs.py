@@ -1,0 +1,181 @@
+"""Background training runs of a workspace: start `python -m core train` detached, and read their state from files.
+
+A run lives in `<workspace>/.taxalens/runs/<id>/` with `command.json` (what was started), `log.txt` (the process's
+output), `status.json` (written by the train command: state, last epoch, ETA, outcome) and the training outputs.
+Everything a page shows comes from these files, so a page reload, another browser or a restarted dashboard sees
+the same runs. The train command itself adds the finished checkpoint to the workspace (`--add-as`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from core.workspace import Workspace
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+RUNS_DIR = "runs"
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+ACTIVE_STATES = ("starting", "running")
+
+
+@dataclass(frozen=True)
+class TrainingRun:
+    """One run folder as its files describe it now."""
+
+    run_dir: Path  # <workspace>/.taxalens/runs/<id>
+    name: str  # the checkpoint name it adds to the workspace
+    state: str  # starting | running | done | failed | stopped (process gone without saying why)
+    status: dict  # status.json as written by the train command (empty before it starts)
+    command: dict  # command.json: argv, started_at, options
+
+    @property
+    def active(self) -> bool:
+        return self.state in ACTIVE_STATES
+
+    @property
+    def epoch_progress(self) -> float:
+        """Share of planned epochs done, 0..1 (1 when done)."""
+        if self.state == "done":
+            return 1.0
+        event = self.status.get("last_event") or {}
+        epochs = event.get("epochs") or 0
+        if not epochs:
+            return 0.0
+        done = (event.get("epoch") or 1) - 1
+        if event.get("event") == "epoch":
+            done += 1
+        elif event.get("steps"):
+            done += (event.get("step") or 0) / event["steps"]
+        return max(0.0, min(done / epochs, 1.0))
+
+
+def runs_root(workspace: Workspace) -> Path:
+    return workspace.cache_dir / RUNS_DIR
+
+
+def start_training_run(workspace: Workspace, name: str, *, data: str | Path | None = None,
+                       options: dict[str, object] | None = None, python: str | None = None) -> TrainingRun:
+    """Start `python -m core train` for `workspace` as a detached background process; returns the new run.
+
+    `name`: the checkpoint name the finished run adds to the workspace (letters, digits, `.`, `_`, `-`; unused).
+    `data`: a curated export or other manifest (default: the workspace's dataset). `options`: train CLI options
+    without the dashes (`{"epochs": 10, "img-size": 64, "pretrained": True}`; True adds a flag, None/False skip).
+    The process gets its own session (`start_new_session`), so it outlives the Streamlit script and its reruns.
+    """
+    if not _NAME.match(name):
+        raise ValueError(f"checkpoint name {name!r} must be 1-64 letters, digits, '.', '_' or '-', starting with a "
+                         "letter or digit")
+    if name in {c.name for c in workspace.checkpoints}:
+        raise ValueError(f"the workspace already has a checkpoint named {name!r}; choose another name")
+    if any(run.name == name and run.active for run in list_runs(workspace)):
+        raise ValueError(f"a run adding {name!r} is already in progress")
+    if data is not None and not Path(data).exists():
+        raise FileNotFoundError(f"training data not found: {data}")
+    run_dir = runs_root(workspace) / f"{time.strftime('%Y%m%d-%H%M%S')}-{name}"
+    run_dir.mkdir(parents=True, exist_ok=False)
+    argv = [python or sys.executable, "-m", "core", "train", "--workspace", str(workspace.root), "--out",
+            str(run_dir), "--add-as", name, "--status-file", str(run_dir / "status.json")]
+    if data is not None:
+        argv += ["--data", str(Path(data).resolve())]
+    for key, value in (options or {}).items():
+        if value is None or value is False:
+            continue
+        argv += [f"--{key}"] if value is True else [f"--{key}", str(value)]
+    command = {"argv": argv, "name": name, "data": str(data) if data else None, "options": options or {},
+               "started_at": time.time()}
+    (run_dir / "command.json").write_text(json.dumps(command, indent=2, default=str), encoding="utf-8")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")])),
+           "PYTHONUNBUFFERED": "1"}
+    with open(run_dir / "log.txt", "ab") as log:
+        process = subprocess.Popen(argv, cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT,
+                                   stdin=subprocess.DEVNULL, env=env, start_new_session=True)
+    (run_dir / "pid").write_text(str(process.pid), encoding="utf-8")
+    return read_run(run_dir)
+
+
+def list_runs(workspace: Workspace) -> list[TrainingRun]:
+    """Every run of the workspace, newest first."""
+    root = runs_root(workspace)
+    if not root.is_dir():
+        return []
+    runs = [read_run(d) for d in root.iterdir() if (d / "command.json").is_file()]
+    return sorted(runs, key=lambda r: r.command.get("started_at", 0), reverse=True)
+
+
+def read_run(run_dir: str | Path) -> TrainingRun:
+    """A run's state from its files; an active state whose process is gone reads as `stopped`."""
+    run_dir = Path(run_dir)
+    command = _read_json(run_dir / "command.json")
+    status = _read_json(run_dir / "status.json")
+    state = status.get("state", "starting")
+    if state in ACTIVE_STATES and not _alive(_pid(run_dir)):
+        status = _read_json(run_dir / "status.json")  # it may have finished between the two reads
+        state = status.get("state", "starting")
+        if state in ACTIVE_STATES:
+            state = "stopped"
+    return TrainingRun(run_dir=run_dir, name=command.get("name", run_dir.name), state=state, status=status,
+                       command=command)
+
+
+def read_log_tail(run: TrainingRun, *, lines: int = 40, max_bytes: int = 64_000) -> str:
+    """The last `lines` lines of the run's log (progress lines overwritten by `\\r` are collapsed)."""
+    path = run.run_dir / "log.txt"
+    if not path.is_file():
+        return ""
+    with open(path, "rb") as handle:
+        handle.seek(max(0, path.stat().st_size - max_bytes))
+        text = handle.read().decode("utf-8", errors="replace")
+    rows = [row.split("\r")[-1] for row in text.splitlines()]
+    return "\n".join(rows[-lines:])
+
+
+def stop_run(run: TrainingRun) -> bool:
+    """Send SIGTERM to the run's process group; True when a live process was signalled."""
+    pid = _pid(run.run_dir)
+    if not _alive(pid):
+        return False
+    try:
+        os.killpg(pid, signal.SIGTERM)  # the run's own session: its DataLoader workers stop with it
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def _pid(run_dir: Path) -> int | None:
+    try:
+        return int((run_dir / "pid").read_text(encoding="utf-8").strip())
+    except (OSError, ValueError):
+        return None
+
+
+def _alive(pid: int | None) -> bool:
+    if not pid:
+        return False
+    try:
+        finished, _ = os.waitpid(pid, os.WNOHANG)  # reap it if this process started it (no zombie)
+        if finished == pid:
+            return False
+    except ChildProcessError:
+        pass  # started by another dashboard process: not our child
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}

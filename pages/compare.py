@@ -1,0 +1,138 @@
+"""Compare: two checkpoints (or a checkpoint and an ensemble) on the same samples: F1 with paired bootstrap
+intervals, per-class F1 deltas, and the samples whose prediction flipped, opening into the gallery."""
+
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+import pandas as pd
+import streamlit as st
+
+from core.compare import Comparison, build_f1_delta_figure, compare_predictions
+from core.ensemble import ensemble_tables
+from core.predictions import PredictionTable
+from pages._cached import page_context, require_table
+from pages._gallery import render_gallery, render_sample_view
+
+ENSEMBLE = "(ensemble of all checkpoints)"
+LABELS = {"macro_f1": "Macro-F1", "weighted_f1": "Weighted-F1", "accuracy": "Accuracy"}
+
+
+def _token(table: PredictionTable) -> str:
+    digest = hashlib.blake2b(digest_size=16)
+    for column in ("label", "pred", "sample_id"):
+        digest.update("\0".join(map(str, table.frame[column])).encode())
+    digest.update(np.ascontiguousarray(table.pred_probs).tobytes()[:1_000_000])
+    return digest.hexdigest()
+
+
+@st.cache_data(show_spinner="Bootstrapping…", max_entries=16)
+def _compare(token_a: str, token_b: str, n_boot: int, cluster: str, _a: PredictionTable,
+             _b: PredictionTable) -> Comparison:
+    return compare_predictions(_a, _b, n_boot=n_boot, cluster=cluster)
+
+
+@st.cache_resource(show_spinner="Combining the ensemble…", max_entries=4)
+def _ensemble(tokens: tuple[str, ...], method: str, names: tuple[str, ...], _tables: tuple) -> PredictionTable:
+    return ensemble_tables(list(_tables), method=method, member_names=names, name=f"ensemble({', '.join(names)})")
+
+
+st.title("Compare checkpoints")
+ctx = page_context()
+if ctx is None:
+    st.stop()
+names = [c.name for c in ctx.workspace.checkpoints]
+if len(names) < 2:
+    st.info("Comparing needs two checkpoints in the workspace; add one (e.g. from the Retrain page).")
+    st.stop()
+default_a = ctx.checkpoints[0] if ctx.checkpoints else names[0]
+left, right = st.columns(2)
+name_a = left.selectbox("Checkpoint A (baseline)", names, index=names.index(default_a), key="cmp-a")
+others = [n for n in names if n != name_a]
+default_b = next((n for n in ctx.checkpoints[1:] if n != name_a), others[0])
+name_b = right.selectbox("Checkpoint B", [*others, ENSEMBLE], index=others.index(default_b), key="cmp-b")
+with st.expander("Options"):
+    cluster = st.radio("Resample", ("sample", "specimen"), horizontal=True, key="cmp-cluster",
+                       help="specimen: whole individuals are resampled (their images are not independent)")
+    n_boot = st.select_slider("Bootstrap resamples", (200, 500, 1000, 2000), value=1000, key="cmp-boot")
+    method = st.radio("Ensemble method", ("mean", "f1_weighted"), horizontal=True, key="cmp-method",
+                      help="f1_weighted: each member's vote on a class is weighted by its val F1 on that class")
+
+full_a = require_table(ctx, name_a)
+table_a = full_a
+if name_b == ENSEMBLE:
+    members = names
+    member_tables = []
+    for member in members:
+        require_table(ctx, member)
+        member_tables.append(ctx.table(member, split="all"))
+    try:
+        full_b = _ensemble(tuple(_token(t) for t in member_tables), method, tuple(members), tuple(member_tables))
+    except ValueError as exc:
+        st.error(str(exc))
+        st.stop()
+    table_b = full_b.for_split(ctx.split)
+    label_b = f"ensemble ({method}) of {', '.join(members)}"
+    if method == "f1_weighted" and ctx.split == "val":
+        st.warning("The ensemble's class weights come from the val split, so its val scores are optimistic; "
+                   "compare on a test split when there is one.")
+else:
+    table_b = require_table(ctx, name_b)
+    label_b = name_b
+
+try:
+    result = _compare(_token(table_a), _token(table_b), int(n_boot), cluster, table_a, table_b)
+except ValueError as exc:
+    st.error(str(exc))
+    st.stop()
+st.caption(f"A = **{name_a}**, B = **{label_b}** · split **{ctx.split}** · {result.n:,} samples compared"
+           + (f" · {result.n_dropped:,} left out" if result.n_dropped else ""))
+for note in result.notes:
+    st.caption(f"Note: {note}")
+
+# Headline deltas --------------------------------------------------------------------------------------------------
+st.subheader("Scores with paired bootstrap intervals")
+level = int(round(result.confidence_level * 100))
+columns = st.columns(len(LABELS))
+for column, (metric, label) in zip(columns, LABELS.items(), strict=True):
+    row = result.metric(metric)
+    column.metric(f"{label} (B)", f"{row['b']:.3f}", delta=f"{row['delta']:+.3f} vs A", delta_color="normal")
+    if not pd.isna(row["delta_low"]):
+        column.caption(f"Δ {level}% CI [{row['delta_low']:+.3f}, {row['delta_high']:+.3f}] · "
+                       f"B better in {row['share_b_better']:.0%} of resamples")
+table = result.metrics.assign(metric=result.metrics["metric"].map(LABELS))
+st.dataframe(table, hide_index=True, key="cmp-metrics",
+             column_config={c: st.column_config.NumberColumn(format="%.3f") for c in table.columns[1:]})
+st.caption(f"{result.n_boot} paired resamples of {'specimens' if result.cluster == 'specimen' else 'images'}: each "
+           "resample scores both models on the same samples, so the delta interval reflects only where they differ.")
+
+# Per-class ---------------------------------------------------------------------------------------------------------
+st.subheader("Per-class F1 change")
+st.plotly_chart(build_f1_delta_figure(result.per_class, name_a=name_a, name_b="B"), key="cmp-delta-chart")
+with st.expander("Per-class table"):
+    st.dataframe(result.per_class, hide_index=True, key="cmp-per-class",
+                 column_config={c: st.column_config.NumberColumn(format="%.3f") for c in result.per_class.columns
+                                if c not in ("class", "support")})
+
+# Flips -------------------------------------------------------------------------------------------------------------
+st.subheader("Samples whose prediction flipped")
+counts = result.flip_counts()
+direction = st.radio(
+    "Direction", ("right_to_wrong", "wrong_to_right"), horizontal=True, key="cmp-direction",
+    format_func=lambda d: f"right → wrong ({counts['right_to_wrong']})" if d == "right_to_wrong"
+    else f"wrong → right ({counts['wrong_to_right']})",
+)
+flips = result.flips[result.flips["direction"] == direction]
+st.dataframe(flips.drop(columns=["direction"]), hide_index=True, key="cmp-flips",
+             column_config={c: st.column_config.NumberColumn(format="%.3f") for c in
+                            ("confidence_a", "confidence_b", "p_label_a", "p_label_b")})
+rows = flips.rename(columns={"pred_b": "pred", "confidence_b": "confidence"})
+st.caption("Gallery captions show the label → B's prediction; inspect a sample to see both models' top classes.")
+inspected = render_gallery(ctx, rows, key=f"cmp-gallery-{direction}")
+if inspected is not None:
+    row = flips.set_index("sample_id").loc[inspected]
+    st.markdown(f"**A ({name_a})** predicted **{row['pred_a']}** ({row['confidence_a']:.1%}), "
+                f"{row['p_label_a']:.1%} on the label · **B** predicted **{row['pred_b']}** "
+                f"({row['confidence_b']:.1%}), {row['p_label_b']:.1%} on the label. B's view:")
+    render_sample_view(ctx, table_b, inspected)

@@ -1,0 +1,120 @@
+"""Compare page (AppTest): paired-bootstrap scores equal core.compare's, flips listed and opened, ensembles."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.pages.eval_workspaces import CHECKPOINT, build_bccd_workspace, load_table
+
+REPO = Path(__file__).resolve().parents[2]
+PAGE = str(REPO / "pages" / "compare.py")
+SECOND = "tiny2"
+
+
+def _second_checkpoint(root: Path) -> None:
+    """A second checkpoint (same weights file copied) with its own synthetic predictions: better on some classes."""
+    from core.predictions import build_prediction_table, save_predictions
+    from core.workspace import add_checkpoint, load_workspace
+    from models.inference import predictions_path
+
+    source = root / "checkpoints" / f"{CHECKPOINT}.safetensors"
+    target = root / "checkpoints" / f"{SECOND}.safetensors"
+    shutil.copyfile(source, target)
+    with open(target, "ab") as handle:  # another sha256 for another cache key; safetensors ignores trailing bytes?
+        handle.write(b"")
+    add_checkpoint(root, SECOND, target)
+    workspace = load_workspace(root)
+    dataset = workspace.load_dataset()
+    first = load_table(root)
+    rng = np.random.default_rng(7)
+    probs = first.pred_probs.astype(np.float64).copy()
+    label_idx = first.frame["label_idx"].to_numpy()
+    fix = rng.random(len(probs)) < 0.5  # B fixes about half of the samples, including some A got wrong
+    probs[fix, label_idx[fix]] += 2.0
+    probs /= probs.sum(axis=1, keepdims=True)
+    table = build_prediction_table(first.frame["sample_id"].tolist(), probs.astype(np.float32), first.embeddings,
+                                   labels=first.frame["label"].tolist(), splits=first.frame["split"].tolist(),
+                                   specimen_ids=first.frame["specimen_id"].tolist(), class_names=first.class_names,
+                                   meta={"checkpoint": SECOND})
+    save_predictions(table, predictions_path(workspace, SECOND, dataset=dataset))
+
+
+@pytest.fixture(scope="module")
+def two_checkpoints(tmp_path_factory, bccd_root: Path) -> Path:
+    root = build_bccd_workspace(tmp_path_factory.mktemp("compare") / "ws", bccd_root)
+    _second_checkpoint(root)
+    return root
+
+
+def _frame(app, column: str):
+    """The first dataframe on the page with `column` (AppTest does not expose dataframe keys)."""
+    return next(d.value for d in app.dataframe if column in d.value.columns)
+
+
+def _open(root: Path, **state):
+    from streamlit.testing.v1 import AppTest
+
+    app = AppTest.from_file(PAGE, default_timeout=180)
+    app.session_state["tl_workspace"] = str(root)
+    app.session_state["tl_split"] = "val"
+    app.session_state["tl_checkpoints"] = [CHECKPOINT, SECOND]
+    for key, value in state.items():
+        app.session_state[key] = value
+    app.run()
+    assert not app.exception, [e.value for e in app.exception]
+    return app
+
+
+def test_scores_and_flips_match_core_compare(two_checkpoints: Path):
+    from core.compare import compare_predictions
+    from core.workspace import load_workspace
+    from models.inference import cached_predictions
+
+    app = _open(two_checkpoints)
+    workspace = load_workspace(two_checkpoints)
+    dataset = workspace.load_dataset()
+    a = cached_predictions(workspace, CHECKPOINT, dataset=dataset).for_split("val")
+    b = cached_predictions(workspace, SECOND, dataset=dataset).for_split("val")
+    expected = compare_predictions(a, b, n_boot=1000)
+    metrics = {m.label: m.value for m in app.metric}
+    assert metrics["Macro-F1 (B)"] == f"{expected.metric('macro_f1')['b']:.3f}"
+    assert metrics["Accuracy (B)"] == f"{expected.metric('accuracy')['b']:.3f}"
+    shown = _frame(app, "share_b_better")
+    assert shown["delta_low"].tolist() == pytest.approx(expected.metrics["delta_low"].tolist())
+    flips = _frame(app, "pred_a")
+    counts = expected.flip_counts()
+    assert len(flips) == counts["right_to_wrong"]
+    assert counts["wrong_to_right"] > counts["right_to_wrong"]  # B fixed samples
+    app.radio(key="cmp-direction").set_value("wrong_to_right").run()
+    assert not app.exception
+    flips = _frame(app, "pred_a")
+    assert len(flips) == counts["wrong_to_right"]
+    assert set(flips["sample_id"]) == set(expected.flips.loc[expected.flips["direction"] == "wrong_to_right",
+                                                                "sample_id"])
+
+
+def test_a_flipped_sample_opens_in_the_gallery(two_checkpoints: Path):
+    app = _open(two_checkpoints, **{"cmp-direction": "wrong_to_right"})
+    flips = _frame(app, "pred_a").set_index("sample_id")
+    buttons = [b for b in app.button if b.label == "Inspect"]
+    assert buttons, "the gallery shows the flipped samples"
+    opened = buttons[0].help
+    assert opened in flips.index
+    buttons[0].click().run()
+    assert not app.exception, [e.value for e in app.exception]
+    view = next(m.value for m in app.markdown if "B's view" in m.value)
+    assert f"predicted **{flips.loc[opened, 'pred_a']}**" in view  # A was wrong on it
+    assert f"predicted **{flips.loc[opened, 'pred_b']}**" in view
+    assert flips.loc[opened, "pred_b"] == flips.loc[opened, "label"]  # B is right: wrong -> right
+    assert any(f"**Specimen:** {flips.loc[opened, 'specimen_id']}" in m.value for m in app.markdown)
+
+
+def test_ensemble_of_the_others_is_compared_like_a_checkpoint(two_checkpoints: Path):
+    app = _open(two_checkpoints, **{"cmp-b": "(ensemble of all checkpoints)", "cmp-boot": 200})
+    captions = " ".join(c.value for c in app.caption)
+    assert "ensemble (mean) of tiny, tiny2" in captions
+    assert _frame(app, "share_b_better")["b"].notna().all()
