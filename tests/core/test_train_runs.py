@@ -1,0 +1,62 @@
+"""Background training runs: the command line they start, state from files, stop, reload-safe listing."""
+
+from __future__ import annotations
+
+import json
+import stat
+import time
+from pathlib import Path
+
+import pytest
+
+from core.train_runs import list_runs, read_log_tail, read_run, start_training_run, stop_run
+from core.workspace import load_workspace
+
+
+@pytest.fixture
+def workspace(tmp_path: Path, bccd_root: Path):
+    (tmp_path / "taxalens.toml").write_text(f'[dataset]\nroot = "{bccd_root}"\n', encoding="utf-8")
+    return load_workspace(tmp_path)
+
+
+def _fake_python(tmp_path: Path, body: str) -> str:
+    """An executable standing in for python: it records its argv and then runs `body` (shell)."""
+    script = tmp_path / "fakepython"
+    script.write_text(f'#!/bin/sh\necho "argv: $@"\n{body}\n', encoding="utf-8")
+    script.chmod(script.stat().st_mode | stat.S_IEXEC)
+    return str(script)
+
+
+def test_start_passes_options_and_the_run_is_read_back_from_files(workspace, tmp_path: Path):
+    fake = _fake_python(tmp_path, 'echo \'{"state": "done", "best_macro_f1": 0.5}\' > "$7/status.json"')
+    run = start_training_run(workspace, "new-model", options={"epochs": 3, "pretrained": True, "threads": None},
+                             python=fake)
+    deadline = time.monotonic() + 30
+    while read_run(run.run_dir).active and time.monotonic() < deadline:
+        time.sleep(0.1)
+    again = list_runs(workspace)[0]
+    assert again.name == "new-model" and again.state == "done" and again.epoch_progress == 1.0
+    argv = json.loads((run.run_dir / "command.json").read_text())["argv"]
+    assert argv[1:4] == ["-m", "core", "train"]
+    assert argv[argv.index("--add-as") + 1] == "new-model"
+    assert argv[argv.index("--epochs") + 1] == "3" and "--pretrained" in argv and "--threads" not in argv
+    assert "argv: -m core train --workspace" in read_log_tail(again)
+
+
+def test_stop_ends_the_process_group_and_the_run_reads_as_stopped(workspace, tmp_path: Path):
+    run = start_training_run(workspace, "slow", python=_fake_python(tmp_path, "sleep 60"))
+    assert read_run(run.run_dir).active
+    assert stop_run(read_run(run.run_dir))
+    deadline = time.monotonic() + 10
+    while read_run(run.run_dir).active and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert read_run(run.run_dir).state == "stopped"
+    assert not stop_run(read_run(run.run_dir))
+
+
+def test_bad_names_and_missing_data_are_refused(workspace, tmp_path: Path):
+    with pytest.raises(ValueError, match="letters, digits"):
+        start_training_run(workspace, "../escape")
+    with pytest.raises(FileNotFoundError, match="training data not found"):
+        start_training_run(workspace, "ok", data=tmp_path / "nope.csv")
+    assert not list_runs(workspace)
