@@ -190,3 +190,20 @@ def test_review_queue_reads_what_the_reviewer_decided_from_the_store(tmp_path: P
         assert queue["sample_id"].iloc[0] == first
         with pytest.raises(ValueError, match="reviewer identity"):
             build_review_queue(table, store, QueueSpec("not_reviewed_by_me"))
+
+
+def test_top_k_holds_most_demo_flips(demo_workspace_readonly: Path) -> None:
+    """On the demo workspace: the validation queue's top k (k = flipped labels in val) holds >= 70% of them."""
+    from core.workspace import load_workspace
+    from models.inference import predict_workspace
+
+    workspace = load_workspace(demo_workspace_readonly)
+    table = predict_workspace(workspace, workspace.checkpoints[0].name)  # cached by the demo build
+    flips = pd.read_csv(demo_workspace_readonly / workspace.extras["demo"]["flipped_labels"], dtype=str)
+    val = table.for_split("val")
+    val_flips = set(flips["sample_id"]) & set(val.frame["sample_id"])
+    assert len(val_flips) >= 5, "the demo's validation split should hold some flipped labels"
+    ranking = rank_label_issues(val)
+    top = set(ranking.frame["sample_id"].iloc[: len(val_flips)])
+    assert len(top & val_flips) / len(val_flips) >= 0.7
+    assert precision_at_k(ranking, val_flips) == len(top & val_flips) / len(val_flips)
