@@ -278,6 +278,25 @@ class LabelStore:
                 written.append(_event_from_row(row))
         return written
 
+    def last_undoable(self, reviewer: str) -> LabelEvent | None:
+        """The reviewer's latest effective (not undone, non-undo) event on any sample: what `undo` there reverts."""
+        reviewer = validate_reviewer(reviewer)
+        with self._engine.connect() as conn:
+            rows = [dict(r) for r in conn.execute(sa.select(label_events).where(label_events.c.reviewer == reviewer)
+                                                  .order_by(label_events.c.id)).mappings()]
+        undone = {r["reverts_id"] for r in rows if r["action"] == "undo"}
+        for row in reversed(rows):
+            if row["action"] != "undo" and row["id"] not in undone:
+                return _event_from_row(row)
+        return None
+
+    def undo_last(self, reviewer: str, *, note: str = "") -> LabelEvent:
+        """Undo the reviewer's latest effective decision, whichever sample it was on (ValueError if none)."""
+        target = self.last_undoable(reviewer)
+        if target is None:
+            raise ValueError(f"nothing to undo: reviewer {reviewer!r} has no effective event")
+        return self.record(target.sample_id, "undo", reviewer=reviewer, note=note)
+
     @contextmanager
     def _write_transaction(self, sample_ids: Sequence[str]) -> Iterator[Connection]:
         with self._engine.connect() as conn:

@@ -239,6 +239,17 @@ def build_review_queue(table: PredictionTable, store: Any, spec: QueueSpec, *, r
     return build_queue(ranking, spec, reviewed_by_me=reviewed), ranking
 
 
+def typical_examples(table: PredictionTable, class_name: str, *, n: int = 6,
+                     exclude: Collection[str] = ()) -> pd.DataFrame:
+    """Up to `n` correctly classified samples of `class_name`, most confident first (what the class looks like).
+
+    Rows of `table.frame`; `exclude`: sample ids to leave out (e.g. the sample under review).
+    """
+    frame = table.frame
+    mask = (frame["label"] == class_name) & (frame["pred"] == class_name) & ~frame["sample_id"].isin(list(exclude))
+    return frame[mask].sort_values(["confidence", "sample_id"], ascending=[False, True]).head(n)
+
+
 def precision_at_k(ranking: LabelIssueRanking, true_issues: Collection[str], *, k: int | None = None) -> float:
     """Share of the top-k ranked samples that are in `true_issues` (k defaults to the number of true issues)."""
     truth = set(true_issues) & set(ranking.frame["sample_id"])

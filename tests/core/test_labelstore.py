@@ -396,3 +396,16 @@ def test_disagreements_pair_and_class_agreement_and_adjudication(tmp_path: Path)
         with pytest.raises(ValueError, match="adjudication decides"):
             adjudicate(store, "c", UNSURE_VOTE, reviewer="lead")
         assert adjudicate(store, "d", EXCLUDED_VOTE, reviewer="lead").action == "exclude"
+
+
+def test_undo_last_reverts_the_reviewers_latest_decision_on_any_sample(store: LabelStore) -> None:
+    store.record("a.png", "relabel", reviewer="ann", label="Volvox", given_label="Daphnia")
+    latest = store.record("b.png", "exclude", reviewer="ann", given_label="Daphnia")
+    store.record("c.png", "confirm", reviewer="bob", given_label="Daphnia")
+    assert store.last_undoable("ann") == latest
+    undo = store.undo_last("ann")
+    assert (undo.sample_id, undo.reverts_id) == ("b.png", latest.id)
+    assert store.undo_last("ann").sample_id == "a.png"
+    with pytest.raises(ValueError, match="nothing to undo"):
+        store.undo_last("ann")
+    assert store.last_undoable("bob").sample_id == "c.png"

@@ -207,3 +207,15 @@ def test_top_k_holds_most_demo_flips(demo_workspace_readonly: Path) -> None:
     top = set(ranking.frame["sample_id"].iloc[: len(val_flips)])
     assert len(top & val_flips) / len(val_flips) >= 0.7
     assert precision_at_k(ranking, val_flips) == len(top & val_flips) / len(val_flips)
+
+
+def test_typical_examples_are_confident_correct_predictions_of_the_class() -> None:
+    table, _ = _synthetic()
+    from core.ranking import typical_examples
+
+    top = typical_examples(table, "Volvox", n=4, exclude=["img_00000.png"])
+    frame = table.frame
+    correct = frame[(frame["label"] == "Volvox") & (frame["pred"] == "Volvox")]
+    assert len(top) == 4 and set(top["label"]) == {"Volvox"} and set(top["pred"]) == {"Volvox"}
+    assert top["confidence"].tolist() == sorted(correct["confidence"], reverse=True)[:4]
+    assert typical_examples(table, "Hydra").empty
