@@ -7,8 +7,9 @@ import json
 import math
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -432,17 +433,40 @@ def _build_model(config: TrainConfig, dataset_classes: tuple[str, ...]) -> tuple
     else:
         arch = config.arch
         try:
-            model = timm.create_model(arch, pretrained=config.pretrained, num_classes=len(dataset_classes),
-                                      drop_rate=config.drop_rate)
-        except RuntimeError as exc:
+            with _hub_offline():
+                model = timm.create_model(arch, pretrained=config.pretrained, num_classes=len(dataset_classes),
+                                          drop_rate=config.drop_rate)
+        except (OSError, RuntimeError) as exc:  # huggingface_hub's LocalEntryNotFoundError is an OSError
             if config.pretrained:
-                raise TrainingError(f"ImageNet weights for {arch} are not in timm's cache ({exc}); train without "
-                                    "--pretrained or copy the weights into the Hugging Face cache first") from exc
+                raise TrainingError(f"ImageNet weights for {arch} are not in timm's cache ({type(exc).__name__}); "
+                                    "train without --pretrained, or put the weights in the Hugging Face cache "
+                                    "(HF_HOME) on a machine that may download") from exc
             raise
         class_names = tuple(dataset_classes)
         base = resolve_model_data_config(model)
     data_config = {**base, "input_size": (3, config.img_size, config.img_size)}
     return model, class_names, data_config, arch, notes
+
+
+@contextmanager
+def _hub_offline() -> Iterator[None]:
+    """Hugging Face Hub lookups from the local cache only while pretrained weights are resolved (never download)."""
+    try:
+        from huggingface_hub import constants
+    except ImportError:  # timm without the hub: it can only read local files anyway
+        yield
+        return
+    before_env, before = os.environ.get("HF_HUB_OFFLINE"), constants.HF_HUB_OFFLINE
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    constants.HF_HUB_OFFLINE = True
+    try:
+        yield
+    finally:
+        constants.HF_HUB_OFFLINE = before
+        if before_env is None:
+            os.environ.pop("HF_HUB_OFFLINE", None)
+        else:
+            os.environ["HF_HUB_OFFLINE"] = before_env
 
 
 def _check_classes(train_rows: pd.DataFrame, val_rows: pd.DataFrame, class_names: tuple[str, ...],

@@ -224,3 +224,19 @@ def test_data_hash_follows_labels_not_order(bccd):
     relabelled = bccd.samples.copy()
     relabelled.loc[relabelled.index[5], "label"] = "Basophil"
     assert training_data_hash(replace(bccd, samples=relabelled)) != training_data_hash(bccd)
+
+
+def test_pretrained_never_downloads_and_says_so(bccd, tmp_path: Path, monkeypatch):
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "empty-hf-cache"))  # nothing cached here
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    with pytest.raises(TrainingError, match="not in timm's cache"):
+        train_model(bccd, replace(TINY, pretrained=True), tmp_path / "run")
+    assert "HF_HUB_OFFLINE" not in __import__("os").environ  # restored afterwards
+
+
+def test_uncached_decoding_and_loss_balancing_train_too(bccd, tmp_path: Path):
+    result = train_model(bccd, replace(TINY, cache_images=False, balance="loss"), tmp_path)
+    assert result.extra["image_cache"] is False
+    assert len(result.history) == 1 and 0.0 <= result.best_macro_f1 <= 1.0
