@@ -5,14 +5,18 @@ The result is a `PredictionTable`, so an ensemble is evaluated, compared and bro
 
 from __future__ import annotations
 
+import json
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal
 
 import numpy as np
 import pandas as pd
 
 from core.predictions import PredictionTable, build_prediction_table
+from core.workspace import CONFIG_NAME, Workspace, load_workspace
 
 Method = Literal["mean", "f1_weighted"]
 
@@ -25,6 +29,50 @@ class EnsembleSpec:
     members: tuple[str, ...]  # checkpoint names, at least two
     method: Method = "mean"  # "mean" probability or "f1_weighted" per class
     weights_split: str = "val"  # split whose per-class F1 sets the weights of "f1_weighted"
+
+
+def read_ensemble_specs(workspace: Workspace) -> tuple[EnsembleSpec, ...]:
+    """The `[[ensembles]]` tables of the workspace's `taxalens.toml` (name, members, method, weights_split).
+
+    Raises `ValueError` for an entry without a name, with fewer than two members, or naming an unknown checkpoint.
+    """
+    known = {c.name for c in workspace.checkpoints}
+    specs = []
+    for i, entry in enumerate(workspace.extras.get("ensembles") or []):
+        name, members = entry.get("name"), tuple(entry.get("members") or ())
+        if not name or len(members) < 2:
+            raise ValueError(f"{workspace.root / CONFIG_NAME}: ensembles[{i}] needs `name` and at least two "
+                             f"`members`, got name={name!r}, members={list(members)}")
+        unknown = [m for m in members if m not in known]
+        if unknown:
+            raise ValueError(f"ensemble {name!r} names unknown checkpoint(s) {unknown}; known: {sorted(known)}")
+        method = entry.get("method", "mean")
+        if method not in ("mean", "f1_weighted"):
+            raise ValueError(f"ensemble {name!r}: method must be 'mean' or 'f1_weighted', got {method!r}")
+        specs.append(EnsembleSpec(str(name), members, method, str(entry.get("weights_split", "val"))))
+    return tuple(specs)
+
+
+def add_ensemble(workspace_root: str | Path, spec: EnsembleSpec) -> None:
+    """Append `spec` as an `[[ensembles]]` table to the workspace's `taxalens.toml` (checked by re-reading it)."""
+    if not re.match(r"^[A-Za-z0-9][A-Za-z0-9 ._()+-]{0,99}$", spec.name):
+        raise ValueError(f"ensemble name {spec.name!r}: use letters, digits, spaces and . _ ( ) + -")
+    if len(spec.members) < 2:
+        raise ValueError(f"an ensemble needs at least two members, got {list(spec.members)}")
+    workspace = load_workspace(workspace_root)
+    taken = {c.name for c in workspace.checkpoints} | {e.name for e in read_ensemble_specs(workspace)}
+    if spec.name in taken:
+        raise ValueError(f"the workspace already has a checkpoint or ensemble named {spec.name!r}")
+    unknown = [m for m in spec.members if m not in {c.name for c in workspace.checkpoints}]
+    if unknown:
+        raise ValueError(f"ensemble {spec.name!r} names unknown checkpoint(s) {unknown}; known: "
+                         f"{sorted(c.name for c in workspace.checkpoints)}")
+    path = Path(workspace_root) / CONFIG_NAME
+    members = ", ".join(json.dumps(m) for m in spec.members)  # a JSON string is a valid TOML basic string
+    entry = (f"\n[[ensembles]]\nname = {json.dumps(spec.name)}\nmembers = [{members}]\n"
+             f"method = {json.dumps(spec.method)}\nweights_split = {json.dumps(spec.weights_split)}\n")
+    path.write_text(path.read_text(encoding="utf-8").rstrip("\n") + "\n" + entry, encoding="utf-8")
+    read_ensemble_specs(load_workspace(workspace_root))  # fail loudly if the result does not parse
 
 
 def class_weights_from_f1(tables: Sequence[PredictionTable], class_names: Sequence[str], *,

@@ -10,7 +10,7 @@ import pandas as pd
 import streamlit as st
 
 from core.compare import Comparison, build_f1_delta_figure, compare_predictions
-from core.ensemble import ensemble_tables
+from core.ensemble import EnsembleSpec, add_ensemble, ensemble_tables
 from core.predictions import PredictionTable
 from pages._cached import page_context, require_table
 from pages._gallery import render_gallery, render_sample_view
@@ -73,6 +73,15 @@ if name_b == ENSEMBLE:
         st.error(str(exc))
         st.stop()
     table_b = full_b.for_split(ctx.split)
+    with st.popover("Save this ensemble to the workspace"):
+        ensemble_name = st.text_input("Ensemble name", value=f"ensemble-{method}", key="cmp-ens-name")
+        if st.button("Save", key="cmp-ens-save"):
+            try:
+                add_ensemble(ctx.workspace.root, EnsembleSpec(ensemble_name.strip(), tuple(members), method))
+            except ValueError as exc:
+                st.error(str(exc))
+            else:
+                st.success(f"Saved as `[[ensembles]]` **{ensemble_name}** in taxalens.toml")
     label_b = f"ensemble ({method}) of {', '.join(members)}"
     if method == "f1_weighted" and ctx.split == "val":
         st.warning("The ensemble's class weights come from the val split, so its val scores are optimistic; "

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from core.compare import compare_predictions
-from core.ensemble import class_weights_from_f1, ensemble_tables
+from core.ensemble import EnsembleSpec, add_ensemble, class_weights_from_f1, ensemble_tables, read_ensemble_specs
 from core.metrics import compute_headline_metrics
 from core.predictions import build_prediction_table
 
@@ -91,3 +91,19 @@ def test_bad_ensembles_are_refused():
         ensemble_tables([a, _table([[0.5, 0.3, 0.2]], ["ant"], ids=["other"])])
     with pytest.raises(ValueError, match="method"):
         ensemble_tables([a, a], method="vote")
+
+
+def test_ensembles_are_stored_in_the_workspace_toml(tmp_path, bccd_root):
+    from core.workspace import load_workspace
+
+    (tmp_path / "taxalens.toml").write_text(
+        f'[dataset]\nroot = "{bccd_root}"\n\n[[checkpoints]]\nname = "a"\npath = "a.safetensors"\n\n'
+        '[[checkpoints]]\nname = "b \\"quoted\\""\npath = "b.safetensors"\n', encoding="utf-8")
+    add_ensemble(tmp_path, EnsembleSpec("a+b", ("a", 'b "quoted"'), "f1_weighted"))
+    specs = read_ensemble_specs(load_workspace(tmp_path))
+    assert specs == (EnsembleSpec("a+b", ("a", 'b "quoted"'), "f1_weighted", "val"),)
+    with pytest.raises(ValueError, match="already has"):
+        add_ensemble(tmp_path, EnsembleSpec("a+b", ("a", 'b "quoted"')))
+    with pytest.raises(ValueError, match="unknown checkpoint"):
+        add_ensemble(tmp_path, EnsembleSpec("x", ("a", "zzz")))
+    assert len(read_ensemble_specs(load_workspace(tmp_path))) == 1  # a refused entry is never written
