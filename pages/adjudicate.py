@@ -1,0 +1,101 @@
+"""Adjudication and export: reviewer disagreements, agreement per pair and class, a lead's rulings, curated CSVs."""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from core.agreement import adjudicate, class_agreement, list_disagreements, reviewer_pair_agreement
+from core.export import audit_log_csv, curated_manifest_csv
+from core.images import ImageError, load_image_rgb
+from core.labelstore import EXCLUDED_VOTE
+from pages._cached import page_context
+from pages._gallery import sample_paths
+from pages._review import given_labels, label_store, reviewer_input
+
+SELECTED, MESSAGE = "adj-selected", "adj-message"
+
+
+def _select(frame) -> None:
+    rows = st.session_state["adj-table"].selection.rows
+    if rows:
+        st.session_state[SELECTED] = str(frame["sample_id"].iloc[rows[0]])
+
+
+def _rule(store, sample_id: str, *, reviewer: str, given: str | None) -> None:
+    try:
+        event = adjudicate(store, sample_id, st.session_state["adj-decision"], reviewer=reviewer, given_label=given,
+                           note=st.session_state.get("adj-note", ""))
+    except ValueError as exc:
+        st.session_state[MESSAGE] = str(exc)
+        return
+    st.session_state[MESSAGE] = f"ruling recorded: {event.action} {event.new_label or ''} (event {event.id})"
+    st.session_state["adj-note"] = ""
+
+
+st.title("Adjudicate & export")
+ctx = page_context()
+if ctx is None:
+    st.stop()
+store = label_store(ctx)
+given_of = given_labels(ctx)
+lead = reviewer_input(label="Lead reviewer")
+if message := st.session_state.pop(MESSAGE, None):
+    st.toast(message)
+
+states = store.states(ctx.dataset.samples["sample_id"])
+votes = store.votes_frame(ctx.dataset.samples["sample_id"])
+st.subheader("Disagreements")
+unresolved = st.toggle("Only unresolved", value=True, key="adj-unresolved")
+disagreements = list_disagreements(states, unresolved_only=unresolved)
+if disagreements.empty:
+    st.caption("No disagreements" + (" left to resolve." if unresolved else "."))
+else:
+    st.dataframe(disagreements, hide_index=True, key="adj-table", on_select=lambda: _select(disagreements),
+                 selection_mode="single-row")
+    selected = st.session_state.get(SELECTED)
+    if selected not in set(disagreements["sample_id"]):
+        selected = str(disagreements["sample_id"].iloc[0])
+    state = states[selected]
+    left, right = st.columns([1, 2])
+    path = sample_paths(ctx, [selected])[0]
+    with left:
+        try:
+            st.image(load_image_rgb(path) if path else None, caption=selected, width="stretch")
+        except ImageError as exc:
+            st.error(str(exc))
+    with right:
+        st.markdown(f"**Given label:** {given_of.get(selected)}  \n**Now:** {state.status} · {state.label}")
+        for reviewer, vote in sorted(state.votes.items()):
+            st.text(f"{reviewer}: {vote}")  # reviewer names are free text: shown as text, never markdown
+        options = sorted(set(ctx.dataset.class_names) | {v for v in state.votes.values() if v != "(unsure)"}
+                         | {EXCLUDED_VOTE})
+        label_now = state.label or given_of.get(selected)
+        st.selectbox("Ruling", options, index=options.index(label_now) if label_now in options else 0,
+                     key="adj-decision")
+        st.text_input("Note (plain text)", key="adj-note")
+        st.button("Record ruling", key="adj-rule", type="primary", disabled=lead is None, on_click=_rule,
+                  args=(store, selected), kwargs={"reviewer": lead, "given": given_of.get(selected)})
+        history = store.events_frame(sample_ids=[selected])
+        st.dataframe(history[["id", "created_at", "reviewer", "action", "new_label", "note", "adjudication"]],
+                     hide_index=True)
+
+st.subheader("Agreement")
+if votes.empty:
+    st.caption("No reviews yet.")
+else:
+    pairs, classes = st.columns(2)
+    pairs.markdown("**Per reviewer pair**")
+    pairs.dataframe(reviewer_pair_agreement(votes), hide_index=True, key="adj-pairs",
+                    column_config={"percent_agreement": st.column_config.NumberColumn(format="percent")})
+    classes.markdown("**Per class (dataset label)**")
+    classes.dataframe(class_agreement(votes, given_of), hide_index=True, key="adj-classes",
+                      column_config={"percent_agreement": st.column_config.NumberColumn(format="percent")})
+
+st.subheader("Export")
+st.caption("The curated manifest lists every sample with its current label and status (excluded samples are kept "
+           "and marked); paths are relative to the dataset root. Spreadsheet formulas are neutralised.")
+downloads = st.columns(2)
+downloads[0].download_button("Curated label manifest (CSV)", data=curated_manifest_csv(ctx.dataset, store),
+                             file_name="curated_labels.csv", mime="text/csv", key="adj-export")
+downloads[1].download_button("Audit log (CSV)", data=audit_log_csv(store), file_name="label_audit_log.csv",
+                             mime="text/csv", key="adj-audit")

@@ -1,0 +1,228 @@
+"""Review queue: one sample at a time, likely label errors first; confirm, relabel, unsure, exclude or undo.
+
+Every button writes one event to the label store (`core.labelstore`); the page holds only what is on screen.
+Keyboard: c confirm · a accept suggestion · r relabel to the picked class · u unsure · x exclude · z undo · n next.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import streamlit as st
+
+from core.figures import build_top_predictions_figure
+from core.images import ImageError, load_image_rgb
+from core.metrics import top_predictions
+from core.ranking import QUEUE_KINDS, QueueSpec, build_queue, typical_examples
+from pages._cached import page_context, require_table
+from pages._gallery import _mtime, sample_paths, thumbnail_bytes
+from pages._review import given_labels, label_issue_ranking, label_store, reviewer_input
+
+QUEUE_NAMES = {"likely_errors": "Likely label errors", "confusion_cell": "Confusion cell (from the confusion page)",
+               "class": "One class", "low_confidence": "Lowest confidence",
+               "not_reviewed_by_me": "Not yet reviewed by me"}
+CURRENT, MESSAGE, NOTE = "rv-current", "rv-message", "rv-note"
+CONFUSION_CELL = "cm-cell"  # set by the confusion page: (true_idx, pred_idx) in model class order
+STRIP = 4  # typical examples shown per class
+SHORTCUTS = {"c": "rv-confirm", "a": "rv-accept", "r": "rv-relabel", "u": "rv-unsure", "x": "rv-exclude",
+             "z": "rv-undo", "n": "rv-next"}
+
+
+def _act(store, sample_id: str, action: str, *, reviewer: str, given: str, label: str | None = None,
+         checkpoint: str | None = None, next_id: str | None = None, label_key: str | None = None) -> None:
+    """Button callback: record one event, then move on; `label_key`: read the label from that widget now."""
+    if label_key is not None:
+        label = st.session_state.get(label_key)
+    try:
+        event = store.record(sample_id, action, reviewer=reviewer, label=label, given_label=given,
+                             note=st.session_state.get(NOTE, ""), checkpoint=checkpoint)
+    except ValueError as exc:
+        st.session_state[MESSAGE] = ("error", str(exc))
+        return
+    st.session_state[MESSAGE] = ("success", f"{event.action} recorded for {sample_id} (event {event.id})")
+    st.session_state[NOTE] = ""
+    st.session_state[CURRENT] = next_id or sample_id
+
+
+def _undo(store, reviewer: str) -> None:
+    try:
+        event = store.undo_last(reviewer, note=st.session_state.get(NOTE, ""))
+    except ValueError as exc:
+        st.session_state[MESSAGE] = ("error", str(exc))
+        return
+    st.session_state[MESSAGE] = ("success", f"undid event {event.reverts_id} on {event.sample_id}")
+    st.session_state[NOTE] = ""
+    st.session_state[CURRENT] = event.sample_id  # back to the sample, to decide again
+
+
+def _go(sample_id: str | None) -> None:
+    if sample_id is not None:
+        st.session_state[CURRENT] = sample_id
+
+
+def _strip(ctx, rows, title: str) -> None:
+    st.caption(title)
+    if rows.empty:
+        st.caption("no correctly classified example in this split")
+        return
+    cells = st.columns(STRIP)
+    for cell, path in zip(cells, sample_paths(ctx, rows["sample_id"].tolist()), strict=False):
+        data = thumbnail_bytes(path, _mtime(path)) if path else None
+        if data is not None:
+            cell.image(data, width="stretch")
+
+
+def _cam_overlays(ctx, sample_id: str, path: str, classes: list[int]) -> list:
+    """Grad-CAM overlays of `sample_id` for each model class index in `classes` (None where unavailable)."""
+    from models.cam import CamError, render_overlay
+    from pages._cam import CamMaps, cam_maps
+
+    try:
+        maps = cam_maps(ctx, [sample_id] * len(classes), [path] * len(classes), classes, method="gradcam")
+    except CamError as exc:
+        st.caption(f"Grad-CAM unavailable: {exc}")
+        return [None] * len(classes)
+    return [render_overlay(m.view, m.cam, opacity=0.45, display_size=256) if isinstance(m, CamMaps) else None
+            for m in maps]
+
+
+st.title("Review queue")
+ctx = page_context()
+if ctx is None:
+    st.stop()
+table = require_table(ctx)
+store = label_store(ctx)
+names = list(table.class_names)
+given_of = given_labels(ctx)
+
+top_row = st.columns([2, 2, 2, 1])
+with top_row[0]:
+    reviewer = reviewer_input()
+kind = top_row[1].selectbox("Queue", QUEUE_KINDS, format_func=QUEUE_NAMES.get, key="rv-kind")
+spec = QueueSpec(kind=kind)
+if kind == "class":
+    spec = QueueSpec(kind=kind, class_name=top_row[2].selectbox("Class", names, key="rv-class"))
+elif kind == "confusion_cell":
+    cell = st.session_state.get(CONFUSION_CELL)
+    if not cell or not all(0 <= i < len(names) for i in cell):
+        st.info("Open a cell on the Confusion matrix page first; its samples become this queue.")
+        st.stop()
+    spec = QueueSpec(kind=kind, true_label=names[cell[0]], pred_label=names[cell[1]])
+    top_row[2].markdown(f"**Cell:** given *{spec.true_label}* → predicted *{spec.pred_label}*")
+hide = top_row[3].toggle("Hide mine", key="rv-hide", help="Hide samples I already decided")
+spec = QueueSpec(kind=spec.kind, true_label=spec.true_label, pred_label=spec.pred_label, class_name=spec.class_name,
+                 hide_reviewed=hide)
+if kind == "not_reviewed_by_me" and reviewer is None:
+    st.stop()
+
+ranking = label_issue_ranking(ctx, table)
+for message in ranking.messages:
+    (st.warning if "unreliable" in message else st.caption)(message)
+queue = build_queue(ranking, spec, reviewed_by_me=store.reviewed_by(reviewer) if reviewer else set())
+if queue.empty:
+    st.success("This queue is empty.")
+    st.stop()
+
+ids = queue["sample_id"].tolist()
+current = st.session_state.get(CURRENT)
+position = ids.index(current) if current in ids else 0
+row = queue.iloc[position]
+sample_id = str(row["sample_id"])
+st.session_state[CURRENT] = sample_id
+next_id = ids[position + 1] if position + 1 < len(ids) else None
+given = given_of.get(sample_id, str(row["label"]))
+suggested = str(row["suggested"])
+state = store.state(sample_id)
+
+flash = st.session_state.pop(MESSAGE, None)
+if flash:
+    (st.error if flash[0] == "error" else st.toast)(flash[1])
+
+nav = st.columns([1, 1, 6])
+nav[0].button("◀ Previous", key="rv-prev", on_click=_go, args=(ids[position - 1] if position else None,),
+              disabled=position == 0)
+nav[1].button("Next ▶ (n)", key="rv-next", on_click=_go, args=(next_id,), disabled=next_id is None)
+nav[2].caption(f"Sample {position + 1} of {len(ids)} · queue rank {int(row['rank'])} · {sample_id}")
+
+path = sample_paths(ctx, [sample_id])[0]
+image_col, facts_col = st.columns([3, 2])
+with image_col:
+    try:
+        st.image(load_image_rgb(path) if path else None, caption=sample_id, width="stretch")
+    except ImageError as exc:
+        st.error(str(exc))
+    if path and st.toggle("Grad-CAM for the suggested and the given class", value=True, key="rv-cam"):
+        wanted = [(f"suggested: {suggested}", names.index(suggested))]
+        if given in names:
+            wanted.append((f"given: {given}", names.index(given)))
+        overlays = _cam_overlays(ctx, sample_id, path, [i for _, i in wanted])
+        for column, (title, _), overlay in zip(st.columns(len(wanted)), wanted, overlays, strict=True):
+            if overlay is not None:
+                column.image(overlay, caption=f"Grad-CAM · {title}", width="stretch")
+with facts_col:
+    st.markdown(f"**Given label:** {given}  \n**Model suggests:** {suggested} ({row['suggested_prob']:.1%})  \n"
+                f"**Label quality:** {row['label_quality']:.3f}"
+                + (" · flagged as a likely error" if row["is_label_issue"] else "")
+                + f"  \n**Split:** {row['split']} · **Specimen:** {row['specimen_id']}")
+    shown_label = state.label if state.label is not None else given
+    st.markdown(f"**Now:** {state.status} · {shown_label}"
+                + (f" · {state.n_reviews} review(s), agreement {state.agreement:.0%}" if state.n_reviews else ""))
+    table_row = int(np.flatnonzero(table.frame["sample_id"].to_numpy() == sample_id)[0])
+    st.plotly_chart(build_top_predictions_figure(top_predictions(table, table_row, k=5), true_label=given),
+                    key=f"rv-top-{sample_id}")
+
+st.text_input("Note (optional, stored as plain text)", key=NOTE)
+common = {"reviewer": reviewer, "given": given, "checkpoint": ctx.checkpoint, "next_id": next_id}
+disabled = reviewer is None
+buttons = st.columns([2, 2, 3, 2, 1, 2, 2])
+buttons[0].button(f"Confirm {given} (c)", key="rv-confirm", type="primary", disabled=disabled, on_click=_act,
+                  args=(store, sample_id, "confirm"), kwargs={**common, "label": given})
+buttons[1].button(f"Accept {suggested} (a)", key="rv-accept", disabled=disabled or suggested == given,
+                  on_click=_act, args=(store, sample_id, "relabel"), kwargs={**common, "label": suggested})
+buttons[2].selectbox("Pick class", names, index=names.index(suggested), key="rv-pick",
+                              label_visibility="collapsed", help="Type to search the classes")
+buttons[3].button("Relabel (r)", key="rv-relabel", disabled=disabled, on_click=_act,
+                  args=(store, sample_id, "relabel"), kwargs={**common, "label_key": "rv-pick"})
+buttons[4].button("Unsure (u)", key="rv-unsure", disabled=disabled, on_click=_act, args=(store, sample_id, "unsure"),
+                  kwargs=common)
+buttons[5].button("Exclude: bad image (x)", key="rv-exclude", disabled=disabled, on_click=_act,
+                  args=(store, sample_id, "exclude"), kwargs=common)
+buttons[6].button("Undo my last (z)", key="rv-undo", disabled=disabled, on_click=_undo, args=(store, reviewer))
+
+strips = st.columns(2)
+exclude = [sample_id]
+with strips[0]:
+    _strip(ctx, typical_examples(table, given, n=STRIP, exclude=exclude), f"Typical {given} (given)")
+with strips[1]:
+    _strip(ctx, typical_examples(table, suggested, n=STRIP, exclude=exclude), f"Typical {suggested} (suggested)")
+
+history = store.events_frame(sample_ids=[sample_id])
+if len(history):
+    with st.expander(f"History of this sample ({len(history)} events)"):
+        # st.dataframe renders every cell as text: notes never become HTML
+        st.dataframe(history[["id", "created_at", "reviewer", "action", "previous_label", "new_label", "note",
+                              "adjudication"]], hide_index=True)
+
+# Keyboard shortcuts: Streamlit has none built in; this script (in a same-origin iframe) clicks the buttons.
+st.iframe(
+    "<script>const keys = " + str({k: f"st-key-{v}" for k, v in SHORTCUTS.items()}).replace("'", '"') + ";"
+    "const doc = window.parent.document;"
+    "if (!doc.taxalensKeys) { doc.taxalensKeys = true; doc.addEventListener('keydown', (e) => {"
+    " const t = e.target; if (t && (t.tagName === 'INPUT' || t.tagName === 'TEXTAREA' || t.isContentEditable)) return;"
+    " if (e.ctrlKey || e.metaKey || e.altKey) return;"
+    " const cls = keys[e.key]; if (!cls) return;"
+    " const button = doc.querySelector('.' + cls + ' button'); if (button && !button.disabled) { button.click(); }"
+    "}); }</script>",
+    height=1,
+)
+
+# Prepare the next sample while the reviewer decides: its image and maps land in the caches.
+if next_id is not None:
+    next_path = sample_paths(ctx, [next_id])[0]
+    if next_path:
+        thumbnail_bytes(next_path, _mtime(next_path))
+        if st.session_state.get("rv-cam", True):
+            next_row = queue.iloc[position + 1]
+            wanted = [names.index(str(next_row["suggested"]))]
+            if given_of.get(next_id) in names:
+                wanted.append(names.index(given_of[next_id]))
+            _cam_overlays(ctx, next_id, next_path, wanted)

@@ -1,0 +1,120 @@
+"""AppTest round trip: relabel, exclude and undo through the review page -> export -> load the export as a dataset ->
+labels and counts are exactly what the events say; the adjudication page lists and resolves a disagreement."""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from core.dataset import load_dataset
+from core.export import export_curated_labels
+from core.labelstore import LabelStore
+from core.workspace import load_workspace
+from tests.pages.eval_workspaces import build_demo_workspace
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture
+def review_workspace(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A private small demo workspace (its own labels.db), so writing labels touches no other test."""
+    monkeypatch.delenv("TAXALENS_LABEL_STORE_URL", raising=False)
+    return build_demo_workspace(tmp_path / "ws")
+
+
+def _open(page: str, workspace: Path, **state):
+    from streamlit.testing.v1 import AppTest
+
+    app = AppTest.from_file(str(REPO / page), default_timeout=180)
+    app.session_state["tl_workspace"] = str(workspace)
+    app.session_state["tl_split"] = "val"
+    for key, value in state.items():
+        app.session_state[key] = value
+    app.run()
+    assert not app.exception, [e.value for e in app.exception]
+    return app
+
+
+def _current(app) -> str:
+    return app.session_state["rv-current"]
+
+
+def _click(app, key: str):
+    app.button(key=key).click().run()
+    assert not app.exception, [e.value for e in app.exception]
+    return app
+
+
+def test_review_round_trip_through_the_ui(review_workspace: Path) -> None:
+    app = _open("pages/review.py", review_workspace)
+    assert app.button(key="rv-confirm").disabled  # no reviewer, no writing
+    app.text_input(key="tl_reviewer").set_value("ann").run()
+    assert not app.button(key="rv-confirm").disabled
+
+    first = _current(app)
+    names = app.selectbox(key="rv-pick").options
+    given_first = load_workspace(review_workspace).load_dataset().samples.set_index("sample_id").at[first, "label"]
+    target = next(n for n in names if n != given_first)
+    app.selectbox(key="rv-pick").set_value(target)
+    app.text_input(key="rv-note").set_value("<b>antennae</b> =1+1")
+    _click(app, "rv-relabel")
+    second = _current(app)
+    assert second != first and app.text_input(key="rv-note").value == ""
+    _click(app, "rv-exclude")
+    third = _current(app)
+    _click(app, "rv-exclude")
+    _click(app, "rv-undo")  # undoes the exclusion of `third` and goes back to it
+    assert _current(app) == third
+    _click(app, "rv-confirm")
+
+    workspace = load_workspace(review_workspace)
+    with LabelStore(workspace.label_store_url) as store:
+        events = store.events()
+        assert [(e.sample_id, e.action) for e in events] == [
+            (first, "relabel"), (second, "exclude"), (third, "exclude"), (third, "undo"), (third, "confirm")]
+        assert events[0].note == "<b>antennae</b> =1+1" and events[0].new_label == target
+        assert {e.reviewer for e in events} == {"ann"} and events[0].checkpoint == "tiny"
+        dataset = workspace.load_dataset()
+        summary = export_curated_labels(dataset, store, review_workspace / "curated.csv")
+
+    loaded = load_dataset(summary.manifest_path, root=summary.dataset_root, taxonomy=workspace.taxonomy)
+    marked = set(loaded.samples.loc[loaded.samples["status"] == "excluded", "sample_id"])
+    skipped = set(loaded.skipped.loc[loaded.skipped["reason"] == "excluded", "sample_id"])
+    assert marked | skipped == {second}
+    expected = dict(zip(dataset.samples["sample_id"], dataset.samples["label"], strict=True))
+    expected[first] = target
+    del expected[second]
+    kept = loaded.samples[~loaded.samples["sample_id"].isin({second})]
+    assert dict(zip(kept["sample_id"], kept["label"], strict=True)) == expected
+    assert Counter(kept["label"]) == Counter(expected.values())
+    status = loaded.samples.set_index("sample_id")["status"]
+    assert (status[first], status[third]) == ("relabeled", "confirmed")
+    assert (status.drop([first, second, third], errors="ignore") == "unreviewed").all()
+
+
+def test_adjudication_page_resolves_a_disagreement(review_workspace: Path) -> None:
+    workspace = load_workspace(review_workspace)
+    dataset = workspace.load_dataset()
+    sample = dataset.samples[dataset.samples["split"] == "val"].iloc[0]
+    sample_id, given = str(sample["sample_id"]), str(sample["label"])
+    other = next(c for c in dataset.class_names if c != given)
+    with LabelStore(workspace.label_store_url) as store:
+        store.record(sample_id, "relabel", reviewer="ann", label=other, given_label=given)
+        store.record(sample_id, "confirm", reviewer="bob", label=given, given_label=given)
+
+    app = _open("pages/adjudicate.py", review_workspace, tl_reviewer="lead")
+    disagreements = next(d.value for d in app.dataframe if "votes" in d.value.columns)
+    assert disagreements["sample_id"].tolist() == [sample_id]
+    assert disagreements.loc[0, "votes"] == f"ann: {other}; bob: {given}"
+    pairs = next(d.value for d in app.dataframe if "cohen_kappa" in d.value.columns and "reviewer_a" in d.value)
+    assert pairs[["reviewer_a", "reviewer_b", "n_samples", "percent_agreement"]].values.tolist() == [
+        ["ann", "bob", 1, 0.0]]
+    app.selectbox(key="adj-decision").set_value(other)
+    app.button(key="adj-rule").click().run()
+    assert not app.exception
+    with LabelStore(workspace.label_store_url) as store:
+        state = store.state(sample_id)
+        assert (state.label, state.adjudicated, state.decided_by) == (other, True, "lead")
+    assert any("No disagreements left" in c.value for c in app.caption)
