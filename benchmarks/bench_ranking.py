@@ -83,13 +83,15 @@ def main() -> int:
                 truth = set(flipped["sample_id"]) & set(part.frame["sample_id"])
                 if not truth:
                     continue
-                for method in ("normalized_margin", "self_confidence", "confidence_weighted_entropy"):
-                    began = time.perf_counter()
-                    ranking = rank_label_issues(part, method=method)
-                    elapsed = time.perf_counter() - began
-                    found = len(set(ranking.frame["sample_id"].iloc[: len(truth)]) & truth)
-                    print(f"{spec.name} | {split} | {method} | {len(part)} | {len(truth)} | {found} | "
-                          f"{precision_at_k(ranking, truth):.3f} | {elapsed:.2f}")
+                for knn_weight in (0.5, 0.0, 1.0):
+                    for method in ("normalized_margin", "self_confidence", "confidence_weighted_entropy"):
+                        began = time.perf_counter()
+                        ranking = rank_label_issues(part, reference=demo.for_split("train"), method=method,
+                                                    knn_weight=knn_weight)
+                        elapsed = time.perf_counter() - began
+                        found = len(set(ranking.frame["sample_id"].iloc[: len(truth)]) & truth)
+                        print(f"{spec.name} | {split} | {method}, knn_weight {knn_weight} | {len(part)} | "
+                              f"{len(truth)} | {found} | {precision_at_k(ranking, truth):.3f} | {elapsed:.2f}")
     return 0
 
 

@@ -8,7 +8,7 @@ import streamlit as st
 from core.labelstore import LabelStore, validate_reviewer
 from core.predictions import PredictionTable
 from core.ranking import LabelIssueRanking, rank_label_issues
-from pages._cached import PageContext, predictions_file
+from pages._cached import PageContext, get_predictions, predictions_file
 
 KEY_REVIEWER = "tl_reviewer"  # session state: who is reviewing (UI state; every action goes to the store)
 
@@ -24,13 +24,17 @@ def label_store(ctx: PageContext) -> LabelStore:
 
 
 @st.cache_resource(show_spinner="Ranking likely label errors…", max_entries=8)
-def _ranking(predictions_path: str, split: str, _table: PredictionTable) -> LabelIssueRanking:
-    return rank_label_issues(_table)
+def _ranking(predictions_path: str, split: str, _table: PredictionTable,
+             _reference: PredictionTable | None) -> LabelIssueRanking:
+    return rank_label_issues(_table, reference=_reference)
 
 
 def label_issue_ranking(ctx: PageContext, table: PredictionTable) -> LabelIssueRanking:
-    """The ranking of the selected split's predictions (recomputed when the predictions file changes)."""
-    return _ranking(str(predictions_file(ctx.workspace, ctx.checkpoint)), ctx.split, table)
+    """The ranking of the selected split's predictions (recomputed when the predictions file changes); embedding
+    neighbours are looked up among the training rows."""
+    full = get_predictions(ctx.workspace, ctx.checkpoint)
+    reference = full.for_split("train") if full is not None else None
+    return _ranking(str(predictions_file(ctx.workspace, ctx.checkpoint)), ctx.split, table, reference)
 
 
 @st.cache_resource(show_spinner=False, max_entries=8)

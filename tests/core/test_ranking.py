@@ -46,7 +46,7 @@ def _synthetic(seed: int = 0, *, split: str = "val", flip_fraction: float = 0.05
         if s in flip_to:
             given[i] = (true[i] + flip_to[s]) % k
     sample_ids = [f"{prefix}_{i:05d}.png" for i in range(n)]
-    table = build_prediction_table(sample_ids, probs, np.zeros((n, 4)), labels=[CLASSES[g] for g in given],
+    table = build_prediction_table(sample_ids, probs, np.zeros((n, 0)), labels=[CLASSES[g] for g in given],
                                    splits=[split] * n, specimen_ids=specimens, class_names=CLASSES)
     flipped = {sid for sid, g, t in zip(sample_ids, given, true, strict=True) if g != t}
     return table, flipped
@@ -203,7 +203,7 @@ def test_top_k_holds_most_demo_flips(demo_workspace_readonly: Path) -> None:
     val = table.for_split("val")
     val_flips = set(flips["sample_id"]) & set(val.frame["sample_id"])
     assert len(val_flips) >= 5, "the demo's validation split should hold some flipped labels"
-    ranking = rank_label_issues(val)
+    ranking = rank_label_issues(val, reference=table.for_split("train"))  # kNN neighbours among training rows
     top = set(ranking.frame["sample_id"].iloc[: len(val_flips)])
     assert len(top & val_flips) / len(val_flips) >= 0.7
     assert precision_at_k(ranking, val_flips) == len(top & val_flips) / len(val_flips)
@@ -219,3 +219,44 @@ def test_typical_examples_are_confident_correct_predictions_of_the_class() -> No
     assert len(top) == 4 and set(top["label"]) == {"Volvox"} and set(top["pred"]) == {"Volvox"}
     assert top["confidence"].tolist() == sorted(correct["confidence"], reverse=True)[:4]
     assert typical_examples(table, "Hydra").empty
+
+
+def test_knn_on_embeddings_rescues_a_weak_head() -> None:
+    """Embeddings that separate the true classes + a head that barely does: the blend still finds the flips."""
+    rng = np.random.default_rng(5)
+    honest_val, flips = _synthetic(3, split="val", prefix="v")
+    honest_train, _ = _synthetic(4, split="train", prefix="t", flip_fraction=0.0)
+    k = len(CLASSES)
+
+    def weak(table: PredictionTable, truth: np.ndarray) -> PredictionTable:
+        centres = np.eye(k, 16) * 4.0
+        embeddings = centres[truth] + rng.normal(0, 1.0, (len(truth), 16))
+        logits = rng.normal(0, 1.0, (len(truth), k))
+        logits[np.arange(len(truth)), truth] += 0.3  # a head that learnt almost nothing
+        probs = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+        return PredictionTable(table.frame, probs.astype(np.float32), embeddings.astype(np.float32), CLASSES, {})
+
+    val_truth = np.array([CLASSES.index(x) for x in honest_val.frame["label"]])
+    for sample_id in flips:  # the true class of a flipped sample is not its given label
+        val_truth[honest_val.frame.index[honest_val.frame["sample_id"] == sample_id][0]] = -1
+    val_truth = np.where(val_truth >= 0, val_truth, honest_val.pred_probs.argmax(axis=1))
+    train_truth = honest_train.frame["label_idx"].to_numpy()
+    table = _concat(weak(honest_val, val_truth), weak(honest_train, train_truth))
+    model_only = rank_label_issues(table, knn_weight=0.0)
+    blended = rank_label_issues(table)
+    assert precision_at_k(model_only, flips) < 0.4
+    assert precision_at_k(blended, flips) >= 0.7
+    assert not any("probabilities alone" in m for m in blended.messages)
+
+
+def test_knn_never_counts_the_rows_own_specimen() -> None:
+    frame = pd.DataFrame({"sample_id": ["a", "b", "c", "d"], "split": "train", "label": ["X", "X", "Y", "Y"],
+                          "label_idx": [0, 0, 1, 1], "pred": "X", "pred_idx": 0, "confidence": 0.5,
+                          "loss": 0.7, "specimen_id": ["s1", "s1", "s2", "s3"]})
+    embeddings = np.array([[1, 0], [1, 0.01], [0.9, 0.1], [0, 1]], dtype=np.float32)
+    table = PredictionTable(frame, np.full((4, 2), 0.5, np.float32), embeddings, ("X", "Y"), {})
+    from core.ranking import knn_pred_probs
+
+    probs = knn_pred_probs(table, table, k=1)
+    # `a`'s nearest other row is `b`, but `b` is the same specimen: its neighbour is `c` (label Y)
+    assert probs[0].argmax() == 1 and probs[1].argmax() == 1 and probs[2].argmax() == 0 and probs[3].argmax() == 1
