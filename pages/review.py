@@ -159,7 +159,8 @@ with image_col:
             if overlay is not None:
                 column.image(overlay, caption=f"Grad-CAM · {title}", width="stretch")
 with facts_col:
-    st.markdown(f"**Given label:** {given}  \n**Model suggests:** {suggested} ({row['suggested_prob']:.1%})  \n"
+    st.markdown(f"**Given label:** {given}  \n**Suggested:** {suggested} ({row['suggested_prob']:.1%}, model blended "
+                f"with its embedding neighbours)  \n"
                 f"**Label quality:** {row['label_quality']:.3f}"
                 + (" · flagged as a likely error" if row["is_label_issue"] else "")
                 + f"  \n**Split:** {row['split']} · **Specimen:** {row['specimen_id']}")
