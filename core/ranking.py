@@ -166,7 +166,8 @@ def rank_label_issues(
     quality. normalized_margin (given-class probability minus the best other class's) puts first the samples whose
     model confidently prefers another class, ahead of those it is merely unsure about.
     The probabilities ranked are the model's blended with kNN probabilities from the embeddings (`knn_weight`, the
-    given labels of the nearest `reference` rows, default the table's training rows, never the row's own specimen):
+    given labels of the nearest `reference` rows, default the table's training rows, never the row's own specimen;
+    holdout rows only, as cross-validated rows come from other models' embedding spaces):
     a small, briefly trained head often lags its features (demo: head 60% accurate, kNN on its embeddings 93%), and
     the blend found 9-10 of the 10 validation flips in the top 10 on two demo builds where the head alone found 1-9.
     Classes with fewer than `min_class_samples` ranked samples are reported in `rare_classes`: cleanlab's per-class
@@ -195,7 +196,13 @@ def _blend_knn(ranked: PredictionTable, reference: PredictionTable, weight: floa
         messages.append(f"ranked on the model's probabilities alone: {len(ranked):,} x {len(reference):,} "
                         "neighbour comparisons exceed the budget")
         return ranked
-    probs = (1 - weight) * ranked.pred_probs + weight * knn_pred_probs(ranked, reference)
+    # Only holdout rows share the reference's embedding space; cross-validated rows come from fold models.
+    holdout = (ranked.frame["source"] == "holdout").to_numpy() if "source" in ranked.frame.columns \
+        else np.ones(len(ranked), dtype=bool)
+    probs = ranked.pred_probs.copy()
+    if holdout.any():
+        knn = knn_pred_probs(ranked.subset(holdout), reference)
+        probs[holdout] = (1 - weight) * probs[holdout] + weight * knn
     return PredictionTable(ranked.frame, probs.astype(np.float32), ranked.embeddings, ranked.class_names,
                            ranked.meta)
 
