@@ -9,7 +9,7 @@ import sys
 # Modules with `register(subparsers)`; each adds a subparser whose `func(args) -> int` runs the command.
 COMMAND_MODULES = (
     "core.cam_cli",
-
+    "core.demo_cli",
     "core.export_cli",
     "core.predict_cli",
     "core.train_cli",

@@ -144,13 +144,7 @@ def _scan_image_folder(root: Path) -> tuple[pd.DataFrame, list, list[str]]:
 
 
 def _read_manifest(path: Path, root: Path, taxonomy: tuple[str, ...]) -> tuple[pd.DataFrame, list, list[str]]:
-    try:
-        frame = pd.read_csv(path, dtype=str, keep_default_na=False, skipinitialspace=True, on_bad_lines="error")
-    except (pd.errors.ParserError, UnicodeDecodeError, csv.Error) as exc:
-        raise DatasetError(f"manifest {path} is not a readable CSV: {exc}") from exc
-    except pd.errors.EmptyDataError as exc:
-        raise DatasetError(f"manifest {path} is empty; expected a header `path,label`") from exc
-    frame.columns = [str(c).strip() for c in frame.columns]
+    frame = _read_csv_strict(path)
     missing = [c for c in ("path", "label") if c not in frame.columns]
     if missing:
         raise DatasetError(
@@ -185,6 +179,26 @@ def _read_manifest(path: Path, root: Path, taxonomy: tuple[str, ...]) -> tuple[p
     else:
         frame = frame.assign(split="")
     return frame.reset_index(drop=True), skipped, warnings
+
+
+def _read_csv_strict(path: Path) -> pd.DataFrame:
+    """All cells as strings; a row whose cell count differs from the header's is an error naming the row."""
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as handle:
+            rows = list(csv.reader(handle, strict=True))
+    except (UnicodeDecodeError, csv.Error) as exc:
+        raise DatasetError(f"manifest {path} is not a readable CSV (UTF-8, comma-separated): {exc}") from exc
+    rows = [row for row in rows if any(cell.strip() for cell in row)]
+    if not rows:
+        raise DatasetError(f"manifest {path} is empty; expected a header `path,label`")
+    header = [cell.strip() for cell in rows[0]]
+    bad = [i + 1 for i, row in enumerate(rows[1:], start=1) if len(row) != len(header)]
+    if bad:
+        raise DatasetError(f"manifest {path} is not a readable CSV: row(s) {bad[:5]} have a different number of "
+                           f"cells than the header's {len(header)} ({header}); quote cells that contain commas")
+    if len(set(header)) != len(header):
+        raise DatasetError(f"manifest {path} repeats column names in its header {header}")
+    return pd.DataFrame(rows[1:], columns=header, dtype=str)
 
 
 def _validate_rows(frame: pd.DataFrame, root: Path, verify: Verify) -> tuple[pd.DataFrame, list, list[str]]:

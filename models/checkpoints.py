@@ -331,7 +331,12 @@ def _load_state_dict_strict(model: nn.Module, state_dict: dict, path: Path, clas
             f"checkpoint head has {head[1]} outputs but {len(class_names)} class names were given "
             f"({path.name}, {head[0]}); pass the class list the model was trained with (--classes classes.txt)"
         )
-    result = model.load_state_dict(state_dict, strict=False)
+    try:
+        result = model.load_state_dict(state_dict, strict=False)
+    except RuntimeError as exc:  # shape mismatches raise even when strict=False
+        shapes = [line.strip() for line in str(exc).splitlines() if "size mismatch" in line][:3]
+        raise CheckpointError(f"{path.name} does not fit the {model.__class__.__name__} architecture: "
+                              f"{shapes or str(exc)[:300]}; check --arch") from exc
     if result.missing_keys or result.unexpected_keys:
         raise CheckpointError(
             f"{path.name} does not fit the {model.__class__.__name__} architecture: "

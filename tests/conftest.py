@@ -24,3 +24,49 @@ def bccd_root() -> Path:
             pytest.fail(message)
         pytest.skip(message)
     return root
+
+
+# Sources whose change invalidates the cached demo workspace.
+_DEMO_SOURCES = ("core/demo.py", "core/demo_cli.py", "models/train.py", "models/augment.py", "models/sampling.py",
+                 "models/checkpoints.py", "models/inference.py", "core/predictions.py", "core/dataset.py")
+
+
+def _demo_cache_dir() -> Path:
+    import hashlib
+
+    digest = hashlib.sha256()
+    for name in _DEMO_SOURCES:
+        path = REPO / name
+        digest.update(path.read_bytes() if path.is_file() else b"")
+    return REPO / ".pytest_cache" / f"demo-{digest.hexdigest()[:12]}"
+
+
+@pytest.fixture(scope="session")
+def demo_workspace_readonly() -> Path:
+    """The full demo workspace (built once per source version, shared; never write into it)."""
+    import fcntl
+
+    target = _demo_cache_dir()
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with open(str(target) + ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # parallel pytest runs build it once
+        if not (target / "taxalens.toml").is_file():
+            import shutil
+
+            from core.demo_cli import build_demo_workspace
+
+            building = target.with_name(target.name + ".building")
+            shutil.rmtree(building, ignore_errors=True)
+            build_demo_workspace(building)
+            building.rename(target)
+    return target
+
+
+@pytest.fixture()
+def demo_workspace(demo_workspace_readonly: Path, tmp_path: Path) -> Path:
+    """A private, writable copy of the demo workspace (label store and caches included)."""
+    import shutil
+
+    copy = tmp_path / "demo_ws"
+    shutil.copytree(demo_workspace_readonly, copy, symlinks=False)
+    return copy

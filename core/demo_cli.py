@@ -1,0 +1,97 @@
+"""`python -m core demo`: build the offline demo workspace (drawn specimens, a trained tiny model, its predictions)."""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+import time
+from pathlib import Path
+
+from core.demo import generate_demo_dataset
+
+DEMO_ARCH = "resnet10t"
+DEMO_IMG_SIZE = 64
+DEMO_CHECKPOINT = "demo-resnet10t"
+_TOML = """# TaxaLens workspace (built by `python -m core demo`)
+[dataset]
+manifest = "data/manifest.csv"
+taxonomy = ["phylum", "order"]
+
+[[checkpoints]]
+name = "{name}"
+path = "checkpoints/{name}.safetensors"
+
+[demo]
+# the deliberately flipped labels: sample_id,true_label,given_label
+flipped_labels = "data/flipped_labels.csv"
+"""
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "demo",
+        help="build the offline demo workspace",
+        description="Draw a plankton/invertebrate specimen dataset (9 classes, 3 higher taxa, ~5%% flipped labels), "
+        "train a small timm model on it on the CPU and predict it. Downloads nothing.",
+    )
+    parser.add_argument("--out", required=True, help="workspace folder to create")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--scale", type=float, default=1.0, help="multiplies every class's image count")
+    parser.add_argument("--epochs", type=int, default=14)
+    parser.add_argument("--minutes", type=float, default=2.0, help="training time budget")
+    parser.add_argument("--force", action="store_true", help="rebuild even if the folder holds a workspace")
+    parser.set_defaults(func=_run)
+
+
+def build_demo_workspace(out: str | Path, *, seed: int = 0, scale: float = 1.0, epochs: int = 14,
+                         minutes: float = 2.0, log=None) -> Path:
+    """Create the demo workspace in `out` and return its folder; see `python -m core demo --help`."""
+    from core.workspace import load_workspace
+    from models.inference import predict_workspace
+    from models.train import TrainConfig, train_model
+
+    log = log or (lambda message: None)
+    final = Path(out).resolve()
+    out = final.with_name(final.name + ".partial")  # renamed into place when complete: no half-built workspace
+    shutil.rmtree(out, ignore_errors=True)
+    if final.exists() and any(final.iterdir()):
+        raise FileExistsError(f"{final} exists and is not empty; pass --force to replace it")
+    started = time.monotonic()
+    data = out / "data"
+    samples = generate_demo_dataset(data, seed=seed, scale=scale)
+    log(f"drew {len(samples)} images in {time.monotonic() - started:.0f}s")
+    (out / "taxalens.toml").write_text(_TOML.format(name=DEMO_CHECKPOINT), encoding="utf-8")
+    workspace = load_workspace(out)
+    dataset = workspace.load_dataset()
+    config = TrainConfig(arch=DEMO_ARCH, img_size=DEMO_IMG_SIZE, epochs=epochs, batch_size=64, lr=3e-3,
+                         weight_decay=0.02, patience=epochs, seed=seed, max_minutes=minutes,
+                         num_threads=1)
+
+    def progress(event: dict) -> None:
+        if event.get("event") == "epoch":
+            log(f"epoch {event.get('epoch')}: val macro-F1 {event.get('val_macro_f1', float('nan')):.3f}")
+
+    result = train_model(dataset, config, out / "runs" / "demo", progress=progress)
+    checkpoint = out / "checkpoints" / f"{DEMO_CHECKPOINT}.safetensors"
+    checkpoint.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(result.checkpoint_path, checkpoint)
+    log(f"trained {DEMO_ARCH}: best val macro-F1 {result.best_macro_f1:.3f} at epoch {result.best_epoch}")
+    table = predict_workspace(workspace, DEMO_CHECKPOINT, dataset=dataset)
+    if final.exists():
+        final.rmdir()
+    out.rename(final)
+    log(f"predicted {len(table)} images; workspace ready in {time.monotonic() - started:.0f}s: {final}")
+    return final
+
+
+def _run(args: argparse.Namespace) -> int:
+    out = Path(args.out)
+    if (out / "taxalens.toml").exists() and not args.force:
+        print(f"{out} already holds a workspace; pass --force to rebuild it", file=sys.stderr)
+        return 0
+    if args.force and out.exists():
+        shutil.rmtree(out)
+    build_demo_workspace(out, seed=args.seed, scale=args.scale, epochs=args.epochs, minutes=args.minutes,
+                         log=lambda message: print(message, file=sys.stderr))
+    return 0

@@ -1,0 +1,43 @@
+"""Landing page: what the open workspace holds (dataset, classes, counts, checkpoints)."""
+
+from __future__ import annotations
+
+import pandas as pd
+import streamlit as st
+
+from core.summary import checkpoint_rows, class_count_table
+from pages._cached import page_context, predictions_file
+
+st.title("TaxaLens")
+ctx = page_context()
+if ctx is None:
+    st.stop()
+
+dataset = ctx.dataset
+st.caption(f"Workspace `{ctx.workspace.root}` · dataset `{dataset.source}`")
+counts = class_count_table(dataset)
+splits = [c for c in counts.columns if c != "total"]
+cols = st.columns(4)
+cols[0].metric("Images", f"{len(dataset):,}")
+cols[1].metric("Classes", len(dataset.class_names))
+cols[2].metric("Specimens", f"{dataset.samples['specimen_id'].nunique():,}")
+largest, smallest = int(counts["total"].max()), int(counts["total"].min())
+cols[3].metric("Imbalance", f"{largest / max(smallest, 1):.0f} : 1", help="largest class / smallest class")
+
+st.subheader("Classes")
+st.dataframe(counts, width="stretch")
+
+st.subheader("Checkpoints")
+rows = checkpoint_rows(ctx.workspace, cached=lambda name: predictions_file(ctx.workspace, name).is_file())
+if rows:
+    st.dataframe(pd.DataFrame(rows), width="stretch", hide_index=True)
+else:
+    st.info("No checkpoint listed yet: add `[[checkpoints]]` entries to taxalens.toml.")
+
+if dataset.warnings:
+    st.subheader("Warnings")
+    for line in dataset.warnings:
+        st.warning(line)
+if len(dataset.skipped):
+    st.subheader(f"Skipped files ({len(dataset.skipped)})")
+    st.dataframe(dataset.skipped, width="stretch", hide_index=True)
