@@ -131,14 +131,13 @@ def test_labels_outside_the_model_classes_are_marked(tmp_path, checkpoint_files,
     assert len(unknown) == 3 and (unknown["label_idx"] == -1).all() and unknown["loss"].isna().all()
 
 
-@pytest.mark.skip(reason="torchrun launch hung with --master_port=0 in this session; re-enable with --standalone")
 def test_torchrun_two_processes_merge_into_one_table(bccd_root, checkpoint_files, tmp_path):
     single = tmp_path / "single"
     main(["predict", "--data", str(bccd_root), "--checkpoint", str(checkpoint_files["taxalens"]),
           "--out", str(single), "--workers", "0"])
     sharded = tmp_path / "sharded"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=0",
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
                "-m", "core", "predict", "--data", str(bccd_root), "--checkpoint", str(checkpoint_files["taxalens"]),
                "--out", str(sharded), "--workers", "0", "--device", "cpu"]
     result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
