@@ -90,7 +90,9 @@ def build_prediction_table(
             "specimen_id": list(specimen_ids),
         }
     )
-    embeddings = np.asarray(embeddings, dtype=np.float32).reshape(n, -1)
+    embeddings = np.asarray(embeddings, dtype=np.float32)
+    width = embeddings.shape[-1] if embeddings.ndim == 2 else 0
+    embeddings = embeddings.reshape(n, -1) if n else embeddings.reshape(0, width)
     return PredictionTable(frame, pred_probs, embeddings, tuple(class_names), dict(meta or {}))
 
 
