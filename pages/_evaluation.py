@@ -19,7 +19,7 @@ import streamlit as st
 
 from core import figures, metrics
 from core.predictions import PredictionTable
-from pages._cached import PageContext, require_table
+from pages._cached import PageContext, page_context, require_table
 
 
 @dataclass(frozen=True)
@@ -73,6 +73,15 @@ def _weights_stamp(ctx: PageContext) -> tuple:
     except (OSError, ValueError):
         return (None,)
     return (stat.st_size, stat.st_mtime_ns)
+
+
+def open_evaluation_page(title: str) -> tuple[PageContext, EvalData]:
+    """Title the page and return the sidebar's context and its evaluation data (or stop the script)."""
+    st.title(title)
+    ctx = page_context()
+    if ctx is None:
+        st.stop()
+    return ctx, require_eval_data(ctx)
 
 
 def require_eval_data(ctx: PageContext) -> EvalData:

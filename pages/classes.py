@@ -6,7 +6,6 @@ import streamlit as st
 
 from core.metrics import bottom_classes, confusions_of_class
 from pages import _evaluation as ev
-from pages._cached import page_context
 from pages._gallery import render_gallery, render_sample_view
 
 CLASS_KEY = "wc-class"
@@ -19,11 +18,7 @@ def _pick_from_chart() -> None:
         st.session_state[CLASS_KEY] = str(picked[0])
 
 
-st.title("Weakest classes")
-ctx = page_context()
-if ctx is None:
-    st.stop()
-data = ev.require_eval_data(ctx)
+ctx, data = ev.open_evaluation_page("Weakest classes")
 table = data.table
 st.caption(f"Checkpoint **{data.checkpoint}** · split **{ctx.split}** · {len(table):,} images")
 ev.show_data_notes(ctx, data)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import streamlit as st
 
 from pages import _evaluation as ev
-from pages._cached import page_context
 from pages._gallery import render_gallery, render_sample_view
 
 CELL_KEY = "cm-cell"  # (true_idx, pred_idx) of the open cell, in model class indices
@@ -32,11 +31,7 @@ def _open_cell_by_name(index: dict[str, int]) -> None:
     st.session_state[CELL_KEY] = (index[st.session_state["cm-true"]], index[st.session_state["cm-pred"]])
 
 
-st.title("Confusion matrix")
-ctx = page_context()
-if ctx is None:
-    st.stop()
-data = ev.require_eval_data(ctx)
+ctx, data = ev.open_evaluation_page("Confusion matrix")
 table = data.table
 names = list(table.class_names)
 index = {name: i for i, name in enumerate(names)}

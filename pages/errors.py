@@ -6,14 +6,9 @@ from __future__ import annotations
 import streamlit as st
 
 from pages import _evaluation as ev
-from pages._cached import page_context
 from pages._gallery import render_gallery, render_sample_view
 
-st.title("Misclassifications")
-ctx = page_context()
-if ctx is None:
-    st.stop()
-data = ev.require_eval_data(ctx)
+ctx, data = ev.open_evaluation_page("Misclassifications")
 table = data.table
 names = list(table.class_names)
 st.caption(f"Checkpoint **{data.checkpoint}** · split **{ctx.split}** · {len(table):,} images")

@@ -7,13 +7,8 @@ import streamlit as st
 
 from core.metrics import METRIC_LABELS
 from pages import _evaluation as ev
-from pages._cached import page_context
 
-st.title("Overview")
-ctx = page_context()
-if ctx is None:
-    st.stop()
-data = ev.require_eval_data(ctx)
+ctx, data = ev.open_evaluation_page("Overview")
 table = data.table
 st.caption(f"Checkpoint **{data.checkpoint}** · split **{ctx.split}** · {len(table):,} images")
 ev.show_data_notes(ctx, data)
