@@ -10,7 +10,7 @@ from core.images import ImageError, load_image_rgb
 from core.labelstore import EXCLUDED_VOTE
 from pages._cached import page_context
 from pages._gallery import sample_paths
-from pages._review import given_labels, label_store, reviewer_input
+from pages._review_support import given_labels, label_store, reviewer_input
 
 SELECTED, MESSAGE = "adj-selected", "adj-message"
 

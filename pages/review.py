@@ -15,7 +15,7 @@ from core.metrics import top_predictions
 from core.ranking import QUEUE_KINDS, QueueSpec, build_queue, typical_examples
 from pages._cached import page_context, require_table
 from pages._gallery import _mtime, sample_paths, thumbnail_bytes
-from pages._review import given_labels, label_issue_ranking, label_store, reviewer_input
+from pages._review_support import given_labels, label_issue_ranking, label_store, reviewer_input
 
 QUEUE_NAMES = {"likely_errors": "Likely label errors", "confusion_cell": "Confusion cell (from the confusion page)",
                "class": "One class", "low_confidence": "Lowest confidence",
