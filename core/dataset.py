@@ -16,6 +16,9 @@ from core.images import IMAGE_SUFFIXES, ImageError, load_image_rgb
 SPLIT_ALIASES = {"train": "train", "training": "train", "val": "val", "valid": "val", "validation": "val",
                  "dev": "val", "test": "test"}
 RESERVED_COLUMNS = ("sample_id", "path", "label", "split", "specimen_id")
+# A text cell starting with one of these runs as a formula in a spreadsheet; exports write it behind a `'`.
+FORMULA_TRIGGERS = ("=", "+", "-", "@", "\t", "\r")
+EXCLUDED_STATUS = "excluded"  # a curated export's `status` for samples a reviewer took out of the data
 Verify = Literal["none", "header", "full"]
 
 
@@ -101,6 +104,13 @@ def load_dataset(
     )
 
 
+def unneutralise_cell(value: object) -> object:
+    """Drop the `'` an export put before a formula-like text cell (`'=x` -> `=x`); other values pass through."""
+    if isinstance(value, str) and value.startswith("'") and value[1:].startswith(FORMULA_TRIGGERS):
+        return value[1:]
+    return value
+
+
 def resolve_sample_path(root: Path, relative: str) -> Path:
     """Join `relative` to `root`, refusing absolute paths and any path that escapes the root."""
     text = str(relative).strip().replace("\\", "/")
@@ -155,8 +165,15 @@ def _read_manifest(path: Path, root: Path, taxonomy: tuple[str, ...]) -> tuple[p
     if absent:
         raise DatasetError(f"taxonomy column(s) {absent} are not in manifest {path}; found {list(frame.columns)}")
     frame = frame.map(lambda v: v.strip() if isinstance(v, str) else v)
+    text_columns = [c for c in frame.columns if c != "path"]  # paths are neutralised as `./=name.jpg` instead
+    frame[text_columns] = frame[text_columns].map(unneutralise_cell)
     warnings: list[str] = []
     skipped = []
+    if "status" in frame.columns:  # a curated export: excluded samples stay in the file but are not data
+        excluded = frame["status"].str.lower() == EXCLUDED_STATUS
+        for rel, label in zip(frame.loc[excluded, "path"], frame.loc[excluded, "label"], strict=True):
+            skipped.append((rel, "excluded", f"status=excluded in the curated manifest (label {label!r})"))
+        frame = frame[~excluded]
     blank = frame["label"] == ""
     for row_number, rel in zip(frame.index[blank], frame.loc[blank, "path"], strict=True):
         skipped.append((rel, "missing_label", f"manifest row {row_number + 2} has an empty label"))

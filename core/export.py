@@ -7,9 +7,9 @@ Excluded samples stay in the file with `status=excluded`; nothing is silently dr
 
 Spreadsheet formula injection: a text cell starting with `=`, `+`, `-`, `@`, tab or carriage return is written with a
 leading `'` (OWASP's advice), which spreadsheets show but do not run. Paths are the exception: they get a leading
-`./` instead, which `load_dataset` normalises away, so a path like `-x.png` round-trips exactly. Labels, taxonomy
-and other cells that start with those characters come back with the `'` unless the reader strips it
-(`unneutralise_cell`); real class names practically never do.
+`./` instead, which `load_dataset` normalises away, so a path like `-x.png` round-trips exactly. `load_dataset`
+also strips the `'` again (`core.dataset.unneutralise_cell`), so labels and taxonomy round-trip exactly too, and it
+moves `status=excluded` rows to its skip list (reason `excluded`).
 """
 
 from __future__ import annotations
@@ -23,12 +23,11 @@ from pathlib import Path
 
 import pandas as pd
 
-from core.dataset import Dataset
+from core.dataset import FORMULA_TRIGGERS, Dataset
 from core.labelstore import EVENT_COLUMNS, LabelStore
 
 CURATED_COLUMNS = ("path", "label", "original_label", "status", "n_reviews", "agreement", "last_reviewer",
                    "updated_at")
-FORMULA_TRIGGERS = ("=", "+", "-", "@", "\t", "\r")
 
 
 @dataclass(frozen=True)
@@ -48,13 +47,6 @@ def neutralise_cell(value: object) -> object:
     """Prefix `'` to text that a spreadsheet would run as a formula; other values pass through."""
     if isinstance(value, str) and value.startswith(FORMULA_TRIGGERS):
         return "'" + value
-    return value
-
-
-def unneutralise_cell(value: object) -> object:
-    """Invert `neutralise_cell` (what a manifest reader applies to label and taxonomy cells)."""
-    if isinstance(value, str) and value.startswith("'") and value[1:].startswith(FORMULA_TRIGGERS):
-        return value[1:]
     return value
 
 

@@ -1,7 +1,8 @@
 """`python -m core train`: train on a dataset or curated export (also under torchrun), with the data checks it needs.
 
-`load_training_dataset` is the pure-pandas half (curated exports: `status == "excluded"` rows dropped, relabels are
-already the `label` column; specimen-id gaps and split leaks refused); the handler imports `models.train` lazily.
+`load_training_dataset` is the pure-pandas half (curated exports: `status == "excluded"` rows are skipped by
+`load_dataset`, relabels are already the `label` column; specimen-id gaps, classes emptied by exclusions and split
+leaks refused); the handler imports `models.train` lazily.
 """
 
 from __future__ import annotations
@@ -16,9 +17,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from core.dataset import Dataset, DatasetError, load_dataset
+from core.dataset import EXCLUDED_STATUS, Dataset, DatasetError, load_dataset, unneutralise_cell
 
-EXCLUDED = "excluded"  # the curated export's status for samples left out of training
 STATUS_NAME = "status.json"  # the run folder's live status, read by the Retrain page
 
 
@@ -39,51 +39,41 @@ def load_training_dataset(
     """
     source = Path(source)
     if source.is_file():
-        _check_manifest_specimens(source)
+        _check_manifest_rows(source)
     dataset = load_dataset(source, root=root, taxonomy=taxonomy, val_fraction=val_fraction, seed=seed,
                            verify=verify)  # type: ignore[arg-type]
-    samples = dataset.samples
-    notes = list(dataset.warnings)
-    if "status" in samples.columns:
-        excluded = samples["status"].astype(str).str.strip().str.lower() == EXCLUDED
-        before = samples["label"].value_counts()
-        samples = samples[~excluded]
-        after = samples["label"].value_counts()
-        emptied = sorted(set(before.index) - set(after.index))
-        if emptied:
-            detail = ", ".join(f"{name!r} ({int(before[name])} excluded)" for name in emptied[:10])
-            raise DatasetError(
-                f"class(es) with no samples left after exclusions in {source}: {detail}. Un-exclude some of their "
-                "samples, relabel them into another class, or remove the class from the data on purpose by "
-                "relabelling every sample before exporting"
-            )
-        if excluded.any():
-            notes.append(f"{int(excluded.sum())} sample(s) with status=excluded left out")
-    samples = samples.assign(label=[_unneutralise(v) for v in samples["label"]])
-    for column in dataset.taxonomy_columns:
-        samples[column] = [_unneutralise(v) for v in samples[column]]
+    samples, notes = dataset.samples, list(dataset.warnings)
+    excluded = int((dataset.skipped["reason"] == "excluded").sum())
+    if excluded:
+        notes.append(f"{excluded} sample(s) with status=excluded left out")
     _check_split_leaks(samples, source)
-    class_names = tuple(sorted(samples["label"].unique()))
-    return replace(dataset, samples=samples.reset_index(drop=True), class_names=class_names, warnings=tuple(notes))
+    return replace(dataset, warnings=tuple(notes))
 
 
-def _unneutralise(value: object) -> object:
-    from core.export import unneutralise_cell
-
-    return unneutralise_cell(value)
-
-
-def _check_manifest_specimens(path: Path) -> None:
+def _check_manifest_rows(path: Path) -> None:
+    """Refuse a `specimen_id` column with gaps and a class that exclusions empty (before any image is opened)."""
     try:
         frame = pd.read_csv(path, dtype=str, keep_default_na=False, skipinitialspace=True)
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError):
         return  # load_dataset reports unreadable manifests with its own message
     frame.columns = [str(c).strip() for c in frame.columns]
+    kept = pd.Series(True, index=frame.index)
+    if "status" in frame.columns:
+        kept = frame["status"].str.strip().str.lower() != EXCLUDED_STATUS
+    if "label" in frame.columns:
+        labels = frame["label"].str.strip().map(unneutralise_cell)
+        before, after = labels.value_counts(), labels[kept].value_counts()
+        emptied = sorted(set(before.index) - set(after.index) - {""})
+        if emptied:
+            detail = ", ".join(f"{name!r} ({int(before[name])} excluded)" for name in emptied[:10])
+            raise DatasetError(
+                f"class(es) with no samples left after exclusions in {path}: {detail}. Un-exclude some of their "
+                "samples, relabel them into another class, or remove the class from the data on purpose by "
+                "relabelling every sample before exporting"
+            )
     if "specimen_id" not in frame.columns:
         return
-    gaps = frame["specimen_id"].str.strip() == ""
-    if "status" in frame.columns:
-        gaps &= frame["status"].str.strip().str.lower() != EXCLUDED
+    gaps = (frame["specimen_id"].str.strip() == "") & kept
     if gaps.any():
         rows = [int(i) + 2 for i in frame.index[gaps][:8]]  # +2: header line and 1-based numbering
         more = f" and {int(gaps.sum()) - len(rows)} more" if gaps.sum() > len(rows) else ""

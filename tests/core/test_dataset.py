@@ -150,3 +150,25 @@ def test_fingerprint_follows_image_content_not_labels(tmp_path):
     assert load_dataset(tmp_path / "m.csv").fingerprint() == first
     _image(tmp_path / "a.png", colour=(1, 2, 3), size=(20, 20))
     assert load_dataset(tmp_path / "m.csv").fingerprint() != first
+
+
+def test_curated_manifest_cells_are_unguarded_and_excluded_rows_skipped(tmp_path):
+    for name in ("a.png", "b.png", "c.png", "-d.png"):
+        _image(tmp_path / name)
+    manifest = tmp_path / "curated.csv"
+    manifest.write_text(
+        "path,label,status,phylum\n"
+        "a.png,'=Weird,relabeled,'+Proto\n"  # an export guards formula-like cells with a leading '
+        "b.png,Daphnia,excluded,Arthropoda\n"
+        "c.png,Daphnia,confirmed,Arthropoda\n"
+        "./-d.png,'quoted,unreviewed,Arthropoda\n",  # a ' before anything else is data
+        encoding="utf-8",
+    )
+    dataset = load_dataset(manifest, taxonomy=["phylum"])
+    rows = dataset.samples.set_index("sample_id")
+    assert sorted(rows.index) == ["-d.png", "a.png", "c.png"]
+    assert rows.at["a.png", "label"] == "=Weird" and rows.at["a.png", "phylum"] == "+Proto"
+    assert rows.at["-d.png", "label"] == "'quoted"
+    skipped = dataset.skipped.set_index("sample_id")
+    assert skipped.at["b.png", "reason"] == "excluded" and "Daphnia" in skipped.at["b.png", "detail"]
+    assert dataset.class_names == ("'quoted", "=Weird", "Daphnia")

@@ -12,25 +12,22 @@ import pandas as pd
 import pytest
 
 from core.cli import main as cli_main
-from core.dataset import load_dataset
+from core.dataset import FORMULA_TRIGGERS, load_dataset, unneutralise_cell
 from core.export import (
     CURATED_COLUMNS,
-    FORMULA_TRIGGERS,
     audit_log_csv,
     build_curated_manifest,
     curated_manifest_csv,
     export_curated_labels,
     neutralise_cell,
-    unneutralise_cell,
 )
 from core.labelstore import LabelStore
 
 
 def _rows_excluded(loaded) -> set[str]:
-    """Excluded samples of a loaded curated manifest: marked rows, or rows load_dataset skipped as `excluded`."""
-    marked = set(loaded.samples.loc[loaded.samples["status"] == "excluded", "sample_id"])
-    skipped = set(loaded.skipped.loc[loaded.skipped["reason"] == "excluded", "sample_id"])
-    return marked | skipped
+    """Excluded samples of a loaded curated manifest: load_dataset skips them with reason `excluded`, none is data."""
+    assert not (loaded.samples["status"] == "excluded").any()
+    return set(loaded.skipped.loc[loaded.skipped["reason"] == "excluded", "sample_id"])
 
 
 def test_events_export_and_reload_round_trip_on_real_images(bccd_root: Path, tmp_path: Path) -> None:
@@ -137,8 +134,9 @@ def test_formula_cells_are_neutralised_and_paths_still_load(bccd_root: Path, tmp
     assert set(rows.index) | _rows_excluded(loaded) == {"-neg.jpg", "=cmd.jpg", "@at.jpg", "plain.jpg"}
     assert _rows_excluded(loaded) == {"plain.jpg"}
     assert rows.at["=cmd.jpg", "label"] == "Monocyte" and rows.at["-neg.jpg", "label"] == "Lymphocyte"
-    assert unneutralise_cell(rows.at["-neg.jpg", "lineage"]) == "+lymphoid"
-    assert unneutralise_cell(rows.at["=cmd.jpg", "last_reviewer"]) == "=evil()"
+    assert rows.at["-neg.jpg", "lineage"] == "+lymphoid", "load_dataset strips the export's formula guard"
+    assert rows.at["=cmd.jpg", "last_reviewer"] == "=evil()"
+    assert set(loaded.class_names) == {"Lymphocyte", "Monocyte"}
 
 
 def test_neutralise_cell_round_trip() -> None:
