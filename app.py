@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import streamlit as st
 
 from pages._cached import (
@@ -38,22 +40,39 @@ PAGES = {
 }
 
 
+def _widget_key(key: str) -> str:
+    return f"{key}-widget"
+
+
+def _commit(key: str) -> None:
+    st.session_state[key] = st.session_state[_widget_key(key)]
+
+
+def _kept_widget(widget: Callable, label: str, key: str, **kwargs) -> None:
+    """`widget` showing the committed value `st.session_state[key]` (set it before calling), under its own widget
+    key: a page switch (or the first run of `streamlit run`) can drop a widget's state, never a plain key's."""
+    st.session_state[_widget_key(key)] = st.session_state[key]
+    widget(label, key=_widget_key(key), on_change=_commit, args=(key,), **kwargs)
+
+
 def _sidebar() -> None:
     with st.sidebar:
-        st.session_state.setdefault(KEY_WORKSPACE, default_workspace_path())
-        st.text_input("Workspace folder", key=KEY_WORKSPACE, help="A folder with taxalens.toml")
+        if not st.session_state.get(KEY_WORKSPACE):
+            st.session_state[KEY_WORKSPACE] = default_workspace_path()
+        _kept_widget(st.text_input, "Workspace folder", KEY_WORKSPACE, help="A folder with taxalens.toml")
         try:
             workspace = open_workspace(st.session_state[KEY_WORKSPACE])
         except (FileNotFoundError, ValueError) as exc:
             st.error(str(exc))
             return
         names = [c.name for c in workspace.checkpoints]
-        current = [n for n in st.session_state.get(KEY_CHECKPOINTS, names[:1]) if n in names]
+        current = [n for n in st.session_state.get(KEY_CHECKPOINTS) or () if n in names]
         st.session_state[KEY_CHECKPOINTS] = current or names[:1]
-        st.multiselect("Checkpoints", names, key=KEY_CHECKPOINTS,
-                       help="The first one is the primary; pages that compare use the others")
-        st.session_state.setdefault(KEY_SPLIT, "val")
-        st.selectbox("Split", SPLITS, key=KEY_SPLIT)
+        _kept_widget(st.multiselect, "Checkpoints", KEY_CHECKPOINTS, options=names,
+                     help="The first one is the primary; pages that compare use the others")
+        if st.session_state.get(KEY_SPLIT) not in SPLITS:
+            st.session_state[KEY_SPLIT] = "val"
+        _kept_widget(st.selectbox, "Split", KEY_SPLIT, options=SPLITS)
 
 
 _sidebar()

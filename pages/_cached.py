@@ -17,7 +17,10 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 DEMO_WORKSPACE = REPO_ROOT / "demo_workspace"
 SPLITS = ("val", "train", "test", "all")
 
-# Session-state keys of the sidebar (UI state only; reviewer actions go to the label store).
+# Session-state keys of the sidebar (UI state only; reviewer actions go to the label store). They hold the committed
+# values and are never widget keys: Streamlit drops a widget's state when a run does not render it (a page switch,
+# the first run of a `streamlit run`, which goes through the pages/ folder fallback), so app.py gives each sidebar
+# widget its own key, re-seeds it from these every run and copies it back in an on_change callback.
 KEY_WORKSPACE = "tl_workspace"
 KEY_CHECKPOINTS = "tl_checkpoints"
 KEY_SPLIT = "tl_split"
