@@ -10,7 +10,7 @@ from pathlib import Path
 import streamlit as st
 
 from core.dataset import Dataset
-from core.predictions import PredictionTable
+from core.predictions import PredictionTable, load_predictions, relabel_table
 from core.workspace import Workspace, load_workspace
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -82,21 +82,54 @@ def _manifest_stamp(workspace: Workspace) -> float:
 # Tables are held with cache_resource, not cache_data: cache_data would pickle a copy of a 100k x 300 probability
 # matrix on every rerun of every session. They are made read-only instead, so no page can mutate the shared copy.
 @st.cache_resource(show_spinner="Reading predictions…", max_entries=16)
-def _cached_table(workspace_path: str, name: str, cache_file: str) -> PredictionTable | None:
-    from models.inference import cached_predictions
-
-    workspace = load_workspace(workspace_path)
-    table = cached_predictions(workspace, name, dataset=load_dataset(workspace))
-    if table is not None:
-        table.pred_probs.setflags(write=False)
-        table.embeddings.setflags(write=False)
+def _cached_table(workspace_path: str, name: str, cache_file: str, dataset_id: int) -> PredictionTable | None:
+    # `cache_file` is `predictions_file(...)`: read it directly (models.inference.cached_predictions would find the
+    # path again, one stat per image). Labels and splits come from the dataset, as in cached_predictions; a relabelled
+    # manifest keeps the file (same images) but is a new dataset object, hence `dataset_id` in the key.
+    if not Path(cache_file).is_file():
+        return None
+    table = relabel_table(load_predictions(cache_file), load_dataset(load_workspace(workspace_path)).samples)
+    _freeze(table)
     return table
 
 
-def predictions_file(workspace: Workspace, name: str) -> Path:
+def _freeze(table: PredictionTable) -> None:
+    table.pred_probs.setflags(write=False)
+    table.embeddings.setflags(write=False)
+
+
+# `predictions_path` hashes the dataset's file list (one stat per image: about 1 s at 100,000 images) and reads the
+# checkpoint's header, so its answer is held per (workspace, checkpoint, weights file, config, manifest, dataset
+# object): new weights, a new config or a new manifest change the key at once; images replaced in place (same
+# paths, new bytes) are noticed within PREDICTIONS_PATH_TTL_S.
+PREDICTIONS_PATH_TTL_S = 30
+
+
+@st.cache_resource(show_spinner=False, ttl=PREDICTIONS_PATH_TTL_S, max_entries=64)
+def _predictions_path(workspace_path: str, name: str, weights_stamp: tuple, config_stamp: float,
+                      manifest_stamp: float, dataset_id: int) -> Path:
     from models.inference import predictions_path
 
+    workspace = load_workspace(workspace_path)
     return predictions_path(workspace, name, dataset=load_dataset(workspace))
+
+
+def predictions_file(workspace: Workspace, name: str) -> Path:
+    """Where the predictions of checkpoint `name` are (or would be) cached; cheap on a warm rerun."""
+    root = str(workspace.root)
+    return _predictions_path(root, name, checkpoint_stamp(workspace, name), _config_stamp(root),
+                             _manifest_stamp(workspace), id(load_dataset(workspace)))
+
+
+def checkpoint_stamp(workspace: Workspace, name: str) -> tuple:
+    """(size, mtime) of the files behind checkpoint `name` (weights and class list); `(None,)` for a file that
+    cannot be read."""
+    try:
+        checkpoint = workspace.checkpoint(name)
+        files = [checkpoint.path] + ([checkpoint.classes] if checkpoint.classes is not None else [])
+        return tuple((stat.st_size, stat.st_mtime_ns) for stat in (Path(f).stat() for f in files))
+    except (OSError, ValueError):
+        return (None,)
 
 
 def get_predictions(workspace: Workspace, name: str) -> PredictionTable | None:
@@ -104,7 +137,7 @@ def get_predictions(workspace: Workspace, name: str) -> PredictionTable | None:
     path = predictions_file(workspace, name)
     if not path.is_file():
         return None
-    return _cached_table(str(workspace.root), name, str(path))
+    return _cached_table(str(workspace.root), name, str(path), id(load_dataset(workspace)))
 
 
 def compute_predictions(workspace: Workspace, name: str) -> None:

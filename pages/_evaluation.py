@@ -19,7 +19,7 @@ import streamlit as st
 
 from core import figures, metrics
 from core.predictions import PredictionTable
-from pages._cached import PageContext, page_context, require_table
+from pages._cached import PageContext, checkpoint_stamp, page_context, require_table
 
 
 @dataclass(frozen=True)
@@ -68,11 +68,7 @@ def _full_table(workspace_root: str, name: str, dataset_id: int, weights_stamp: 
 
 
 def _weights_stamp(ctx: PageContext) -> tuple:
-    try:
-        stat = ctx.workspace.checkpoint(ctx.checkpoint).path.stat()
-    except (OSError, ValueError):
-        return (None,)
-    return (stat.st_size, stat.st_mtime_ns)
+    return checkpoint_stamp(ctx.workspace, ctx.checkpoint) if ctx.checkpoint else (None,)
 
 
 def open_evaluation_page(title: str) -> tuple[PageContext, EvalData]:
