@@ -12,6 +12,8 @@ from pages._cached import (
     KEY_WORKSPACE,
     SPLITS,
     default_workspace_path,
+    ensemble_problem,
+    ensemble_specs,
     open_workspace,
 )
 
@@ -65,11 +67,18 @@ def _sidebar() -> None:
         except (FileNotFoundError, ValueError) as exc:
             st.error(str(exc))
             return
-        names = [c.name for c in workspace.checkpoints]
+        ensembles = {e.name: e for e in ensemble_specs(workspace)}
+        names = [c.name for c in workspace.checkpoints] + list(ensembles)
         current = [n for n in st.session_state.get(KEY_CHECKPOINTS) or () if n in names]
         st.session_state[KEY_CHECKPOINTS] = current or names[:1]
         _kept_widget(st.multiselect, "Checkpoints", KEY_CHECKPOINTS, options=names,
-                     help="The first one is the primary; pages that compare use the others")
+                     format_func=lambda n: f"{n} (ensemble of {' + '.join(ensembles[n].members)})"
+                     if n in ensembles else n,
+                     help="The first one is the primary; pages that compare use the others. Ensembles come from "
+                     "`[[ensembles]]` in taxalens.toml (the Compare page can save one)")
+        problem = ensemble_problem(workspace)
+        if problem:
+            st.warning(problem)
         if st.session_state.get(KEY_SPLIT) not in SPLITS:
             st.session_state[KEY_SPLIT] = "val"
         _kept_widget(st.selectbox, "Split", KEY_SPLIT, options=SPLITS)

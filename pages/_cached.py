@@ -10,6 +10,7 @@ from pathlib import Path
 import streamlit as st
 
 from core.dataset import Dataset
+from core.ensemble import EnsembleSpec, ensemble_tables, read_ensemble_specs
 from core.predictions import PredictionTable, load_predictions, relabel_table
 from core.workspace import Workspace, load_workspace
 
@@ -22,7 +23,7 @@ SPLITS = ("val", "train", "test", "all")
 # the first run of a `streamlit run`, which goes through the pages/ folder fallback), so app.py gives each sidebar
 # widget its own key, re-seeds it from these every run and copies it back in an on_change callback.
 KEY_WORKSPACE = "tl_workspace"
-KEY_CHECKPOINTS = "tl_checkpoints"
+KEY_CHECKPOINTS = "tl_checkpoints"  # checkpoint and ensemble names; the first is the primary one
 KEY_SPLIT = "tl_split"
 
 
@@ -122,8 +123,11 @@ def predictions_file(workspace: Workspace, name: str) -> Path:
 
 
 def checkpoint_stamp(workspace: Workspace, name: str) -> tuple:
-    """(size, mtime) of the files behind checkpoint `name` (weights and class list); `(None,)` for a file that
-    cannot be read."""
+    """(size, mtime) of the files behind checkpoint `name` (weights and class list); for an ensemble, the spec
+    and every member's stamp. `(None,)` for a file that cannot be read."""
+    spec = ensemble_spec(workspace, name)
+    if spec is not None:
+        return (spec.members, spec.method, spec.weights_split, *(checkpoint_stamp(workspace, m) for m in spec.members))
     try:
         checkpoint = workspace.checkpoint(name)
         files = [checkpoint.path] + ([checkpoint.classes] if checkpoint.classes is not None else [])
@@ -132,8 +136,77 @@ def checkpoint_stamp(workspace: Workspace, name: str) -> tuple:
         return (None,)
 
 
+# Ensembles -----------------------------------------------------------------------------------------------------------
+
+def ensemble_specs(workspace: Workspace) -> tuple[EnsembleSpec, ...]:
+    """The workspace's `[[ensembles]]` (empty when the entries are invalid: `ensemble_problem` says why); an
+    ensemble named like a checkpoint is left out (the checkpoint wins)."""
+    try:
+        specs = read_ensemble_specs(workspace)
+    except ValueError:
+        return ()
+    checkpoints = {c.name for c in workspace.checkpoints}
+    return tuple(spec for spec in specs if spec.name not in checkpoints)
+
+
+def ensemble_problem(workspace: Workspace) -> str | None:
+    """Why the workspace's `[[ensembles]]` cannot be used, or None."""
+    try:
+        read_ensemble_specs(workspace)
+    except ValueError as exc:
+        return f"Ensembles ignored: {exc}"
+    return None
+
+
+def ensemble_spec(workspace: Workspace, name: str | None) -> EnsembleSpec | None:
+    """The ensemble called `name`, or None when `name` is a checkpoint (or unknown)."""
+    return next((spec for spec in ensemble_specs(workspace) if spec.name == name), None)
+
+
+def missing_members(workspace: Workspace, spec: EnsembleSpec) -> list[str]:
+    """Members of `spec` whose predictions have not been computed yet (or whose checkpoint file is missing)."""
+    return [m for m in spec.members if not _has_predictions(workspace, m)]
+
+
+def _has_predictions(workspace: Workspace, name: str) -> bool:
+    try:
+        return predictions_file(workspace, name).is_file()
+    except (OSError, ValueError):
+        return False
+
+
+@st.cache_resource(show_spinner="Combining the ensemble…", max_entries=8)
+def _cached_ensemble(workspace_path: str, name: str, members: tuple[str, ...], method: str, weights_split: str,
+                     member_files: tuple[str, ...], dataset_id: int) -> PredictionTable:
+    tables = [_cached_table(workspace_path, m, f, dataset_id) for m, f in zip(members, member_files, strict=True)]
+    gone = [m for m, t in zip(members, tables, strict=True) if t is None]
+    if gone:
+        raise FileNotFoundError(f"the predictions of {gone} disappeared while ensemble {name!r} was being combined")
+    table = ensemble_tables(tables, method=method, weights_split=weights_split, name=name, member_names=members)
+    _freeze(table)
+    return table
+
+
+def predictions_key(workspace: Workspace, name: str) -> str:
+    """A cache key for the predictions of `name` (checkpoint or ensemble) that changes whenever they do."""
+    spec = ensemble_spec(workspace, name)
+    if spec is None:
+        return str(predictions_file(workspace, name))
+    files = "|".join(str(predictions_file(workspace, m)) for m in spec.members)
+    return f"ensemble|{spec.name}|{spec.method}|{spec.weights_split}|{files}"
+
+
 def get_predictions(workspace: Workspace, name: str) -> PredictionTable | None:
-    """The cached predictions table of checkpoint `name` (all splits), or `None` when not computed yet."""
+    """The cached predictions table of checkpoint or ensemble `name` (all splits), or `None` when not computed yet
+    (for an ensemble: when any member's is missing). Raises `ValueError` when an ensemble's members share no
+    sample."""
+    spec = ensemble_spec(workspace, name)
+    if spec is not None:
+        files = [predictions_file(workspace, m) for m in spec.members]
+        if not all(f.is_file() for f in files):
+            return None
+        return _cached_ensemble(str(workspace.root), spec.name, spec.members, spec.method, spec.weights_split,
+                                tuple(str(f) for f in files), id(load_dataset(workspace)))
     path = predictions_file(workspace, name)
     if not path.is_file():
         return None
@@ -167,16 +240,31 @@ class PageContext:
 
     workspace: Workspace
     dataset: Dataset
-    checkpoints: tuple[str, ...]  # selected checkpoint names, first is the primary one
+    checkpoints: tuple[str, ...]  # selected checkpoint and ensemble names, first is the primary one
     split: str  # val | train | test | all
+    ensembles: tuple[EnsembleSpec, ...] = ()  # the workspace's usable [[ensembles]]
 
     @property
     def checkpoint(self) -> str | None:
         return self.checkpoints[0] if self.checkpoints else None
 
-    def model(self, name: str | None = None):
-        """(model, card) of checkpoint `name` (default: the primary one)."""
+    @property
+    def names(self) -> list[str]:
+        """Every checkpoint, then every ensemble: what the sidebar offers."""
+        return [c.name for c in self.workspace.checkpoints] + [e.name for e in self.ensembles]
+
+    def ensemble(self, name: str | None = None) -> EnsembleSpec | None:
+        """The spec when `name` (default: primary) is an ensemble, else None."""
         name = name or self.checkpoint
+        return next((e for e in self.ensembles if e.name == name), None)
+
+    def model(self, name: str | None = None):
+        """(model, card) of checkpoint `name` (default: the primary one). Raises `SingleCheckpointError` for an
+        ensemble, which has no model of its own."""
+        name = name or self.checkpoint
+        spec = self.ensemble(name)
+        if spec is not None:
+            raise SingleCheckpointError(single_checkpoint_message(spec))
         return load_model(str(self.workspace.root), name, _sha(self.workspace, name))
 
     def table(self, name: str | None = None, *, split: str | None = None) -> PredictionTable | None:
@@ -188,6 +276,33 @@ class PageContext:
         return None if table is None else table.for_split(split or self.split)
 
 
+class SingleCheckpointError(ValueError):
+    """An ensemble was given where a real model is needed (Grad-CAM)."""
+
+
+def single_checkpoint_message(spec: EnsembleSpec, what: str = "Grad-CAM") -> str:
+    """"`what` needs a single checkpoint: `spec` is an ensemble of ...", naming the members to pick instead."""
+    members = ", ".join(f"**{m}**" for m in spec.members)
+    return (f"{what} needs a single checkpoint: **{spec.name}** is an ensemble of {members}, which has no model of "
+            f"its own. Pick one member (e.g. **{spec.members[0]}**) in the sidebar.")
+
+
+def _select_checkpoint(name: str) -> None:
+    selected = st.session_state.get(KEY_CHECKPOINTS) or []
+    st.session_state[KEY_CHECKPOINTS] = [name, *[n for n in selected if n != name]]
+
+
+def require_single_checkpoint(ctx: PageContext, what: str = "Grad-CAM") -> None:
+    """When the primary selection is an ensemble: say so, offer its members as the primary one, and stop."""
+    spec = ctx.ensemble()
+    if spec is None:
+        return
+    st.info(single_checkpoint_message(spec, what))
+    for column, member in zip(st.columns(len(spec.members)), spec.members, strict=True):
+        column.button(f"Use {member}", key=f"single-{member}", on_click=_select_checkpoint, args=(member,))
+    st.stop()
+
+
 def page_context() -> PageContext | None:
     """The sidebar's selection, or `None` (with a message shown) when no workspace is open."""
     path = st.session_state.get(KEY_WORKSPACE) or default_workspace_path()
@@ -197,10 +312,11 @@ def page_context() -> PageContext | None:
     except (FileNotFoundError, ValueError) as exc:
         st.error(f"Cannot open workspace {path}: {exc}")
         return None
-    names = [c.name for c in workspace.checkpoints]
+    ensembles = ensemble_specs(workspace)
+    names = [c.name for c in workspace.checkpoints] + [e.name for e in ensembles]
     selected = tuple(n for n in st.session_state.get(KEY_CHECKPOINTS, names[:1]) if n in names)
     split = st.session_state.get(KEY_SPLIT, "val")
-    return PageContext(workspace, dataset, selected, split if split in SPLITS else "val")
+    return PageContext(workspace, dataset, selected, split if split in SPLITS else "val", ensembles)
 
 
 def require_table(ctx: PageContext, name: str | None = None) -> PredictionTable:
@@ -209,16 +325,30 @@ def require_table(ctx: PageContext, name: str | None = None) -> PredictionTable:
     if name is None:
         st.info("This workspace lists no checkpoint yet: add one to `taxalens.toml` under `[[checkpoints]]`.")
         st.stop()
-    table = ctx.table(name)
+    try:
+        table = ctx.table(name)
+    except (ValueError, FileNotFoundError) as exc:  # a checkpoint file gone, or members that cannot be combined
+        what = "combine ensemble" if ctx.ensemble(name) is not None else "read the predictions of"
+        st.error(f"Cannot {what} **{name}**: {exc}")
+        st.stop()
     if table is None:
-        st.info(f"No predictions for **{name}** on this dataset yet.")
-        if st.button(f"Compute predictions with {name}", key=f"compute-{name}", type="primary"):
-            try:
-                compute_predictions(ctx.workspace, name)
-            except (ValueError, FileNotFoundError) as exc:
-                st.error(str(exc))
-                st.stop()
-            st.rerun()
+        spec = ctx.ensemble(name)
+        if spec is None:
+            st.info(f"No predictions for **{name}** on this dataset yet.")
+            to_compute = [name]
+        else:
+            to_compute = missing_members(ctx.workspace, spec)
+            st.info(f"Ensemble **{name}** combines {', '.join(f'**{m}**' for m in spec.members)}; no predictions "
+                    f"for member{'s' if len(to_compute) > 1 else ''} {', '.join(f'**{m}**' for m in to_compute)} "
+                    "on this dataset yet.")
+        for member in to_compute:
+            if st.button(f"Compute predictions with {member}", key=f"compute-{member}", type="primary"):
+                try:
+                    compute_predictions(ctx.workspace, member)
+                except (ValueError, FileNotFoundError) as exc:
+                    st.error(str(exc))
+                    st.stop()
+                st.rerun()
         st.stop()
     if len(table) == 0:
         st.warning(f"The **{ctx.split}** split has no samples. Pick another split in the sidebar.")

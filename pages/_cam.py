@@ -11,7 +11,7 @@ import numpy as np
 import streamlit as st
 
 from core.images import ImageError, load_image_rgb
-from pages._cached import PageContext
+from pages._cached import PageContext, single_checkpoint_message
 
 MAX_ENTRIES = 4096  # cached maps (a 64 px map and view take ~16 kB; a 224 px pair ~200 kB)
 
@@ -50,9 +50,13 @@ def cam_maps(
     An entry is a `CamMaps`, or a short message when the image cannot be read. Raises `CamError` (bad layer,
     unknown method) for the caller to show.
     """
+    from models.cam import CamError
     from models.checkpoints import file_sha256
 
     name = checkpoint or ctx.checkpoint
+    spec = ctx.ensemble(name)
+    if spec is not None:
+        raise CamError(single_checkpoint_message(spec))
     sha = file_sha256(ctx.workspace.checkpoint(name).path)  # memoised on (path, size, mtime)
     filled: dict[int, CamMaps | str] = {}
 
@@ -146,6 +150,10 @@ def gallery_overlays(ctx: PageContext, rows, paths: Sequence[str | None], settin
     is no map (image unreadable, or the label is not a model class when explaining the true class)."""
     from models.cam import CamError, render_overlay
 
+    spec = ctx.ensemble()
+    if spec is not None:
+        st.info(single_checkpoint_message(spec, "The Grad-CAM overlay"))
+        return [None] * len(rows)
     _, card = ctx.model()
     index = {name: i for i, name in enumerate(card.class_names)}
     column = "pred" if settings.target == "pred" else "label"

@@ -86,10 +86,10 @@ def require_eval_data(ctx: PageContext) -> EvalData:
     if ctx.checkpoint:
         try:
             full = _full_table(str(ctx.workspace.root), ctx.checkpoint, id(ctx.dataset), _weights_stamp(ctx), ctx)
-        except _NoPredictions:
+        except (_NoPredictions, ValueError, FileNotFoundError):  # ValueError: an ensemble that cannot be combined
             full = None
     if full is None:
-        require_table(ctx)  # shows "add a checkpoint" or the compute button, then stops
+        require_table(ctx)  # shows "add a checkpoint", the compute button or why an ensemble fails, then stops
         st.stop()
     full_token = _token(full, "all", ctx.checkpoint or "")
     table, token = _split_table(full_token, ctx.split, full)
@@ -102,7 +102,13 @@ def require_eval_data(ctx: PageContext) -> EvalData:
 
 
 def show_data_notes(ctx: PageContext, data: EvalData) -> None:
-    """Warn about checkpoint classes that differ from the dataset's and about samples excluded from metrics."""
+    """Warn about checkpoint classes that differ from the dataset's, about samples excluded from metrics, and about
+    scores of an F1-weighted ensemble on the split its weights were learned on."""
+    weights_split = (data.full.meta.get("ensemble") or {}).get("weights_split")
+    if weights_split and ctx.split in (weights_split, "all"):
+        st.warning(f"Ensemble **{data.checkpoint}** weights its members by their per-class F1 on the "
+                   f"**{weights_split}** split, so its scores on **{ctx.split}** are optimistic; judge it on a split "
+                   "it was not weighted on (e.g. test).")
     mismatch = class_mismatch(data.full_token, tuple(data.full.class_names), tuple(ctx.dataset.class_names))
     if mismatch.any:
         lines = [f"The classes of checkpoint **{data.checkpoint}** differ from the dataset's labels."]

@@ -8,7 +8,7 @@ import streamlit as st
 from core.labelstore import LabelStore, validate_reviewer
 from core.predictions import PredictionTable
 from core.ranking import LabelIssueRanking, rank_label_issues
-from pages._cached import PageContext, get_predictions, predictions_file
+from pages._cached import PageContext, get_predictions, predictions_key
 
 KEY_REVIEWER = "tl_reviewer"  # session state: who is reviewing (UI state; every action goes to the store)
 
@@ -24,7 +24,7 @@ def label_store(ctx: PageContext) -> LabelStore:
 
 
 @st.cache_resource(show_spinner="Ranking likely label errors…", max_entries=8)
-def _ranking(predictions_path: str, split: str, _table: PredictionTable,
+def _ranking(predictions_key: str, split: str, _table: PredictionTable,
              _reference: PredictionTable | None) -> LabelIssueRanking:
     return rank_label_issues(_table, reference=_reference)
 
@@ -34,7 +34,7 @@ def label_issue_ranking(ctx: PageContext, table: PredictionTable) -> LabelIssueR
     neighbours are looked up among the training rows."""
     full = get_predictions(ctx.workspace, ctx.checkpoint)
     reference = full.for_split("train") if full is not None else None
-    return _ranking(str(predictions_file(ctx.workspace, ctx.checkpoint)), ctx.split, table, reference)
+    return _ranking(predictions_key(ctx.workspace, ctx.checkpoint), ctx.split, table, reference)
 
 
 @st.cache_resource(show_spinner=False, max_entries=8)

@@ -42,8 +42,9 @@ st.title("Compare checkpoints")
 ctx = page_context()
 if ctx is None:
     st.stop()
-names = [c.name for c in ctx.workspace.checkpoints]
-if len(names) < 2:
+checkpoints = [c.name for c in ctx.workspace.checkpoints]
+names = ctx.names  # checkpoints, then saved ensembles
+if len(checkpoints) < 2:
     st.info("Comparing needs two checkpoints in the workspace; add one (e.g. from the Retrain page).")
     st.stop()
 default_a = ctx.checkpoints[0] if ctx.checkpoints else names[0]
@@ -51,7 +52,8 @@ left, right = st.columns(2)
 name_a = left.selectbox("Checkpoint A (baseline)", names, index=names.index(default_a), key="cmp-a")
 others = [n for n in names if n != name_a]
 default_b = next((n for n in ctx.checkpoints[1:] if n != name_a), others[0])
-name_b = right.selectbox("Checkpoint B", [*others, ENSEMBLE], index=others.index(default_b), key="cmp-b")
+name_b = right.selectbox("Checkpoint B", [*others, ENSEMBLE], index=others.index(default_b), key="cmp-b",
+                         help="Saved ensembles are listed by name; the last entry combines every checkpoint now")
 with st.expander("Options"):
     cluster = st.radio("Resample", ("sample", "specimen"), horizontal=True, key="cmp-cluster",
                        help="specimen: whole individuals are resampled (their images are not independent)")
@@ -62,7 +64,7 @@ with st.expander("Options"):
 full_a = require_table(ctx, name_a)
 table_a = full_a
 if name_b == ENSEMBLE:
-    members = names
+    members = checkpoints
     member_tables = []
     for member in members:
         require_table(ctx, member)

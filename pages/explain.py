@@ -7,7 +7,7 @@ import streamlit as st
 from core.images import ImageError, load_image_rgb
 from core.metrics import top_predictions
 from models.cam import CAM_METHODS, CamError, render_overlay
-from pages._cached import page_context, require_table
+from pages._cached import page_context, require_single_checkpoint, require_table
 from pages._cam import CamMaps, auto_layer, cam_maps
 from pages._gallery import sample_paths
 
@@ -19,6 +19,7 @@ st.title("Grad-CAM")
 ctx = page_context()
 if ctx is None:
     st.stop()
+require_single_checkpoint(ctx, "Grad-CAM")  # an ensemble has no model to explain
 table = require_table(ctx)
 names = list(table.class_names)
 frame = table.frame

@@ -1,4 +1,4 @@
-"""Landing page: what the open workspace holds (dataset, classes, counts, checkpoints)."""
+"""Landing page: what the open workspace holds (dataset, classes, counts, checkpoints, ensembles)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import pandas as pd
 import streamlit as st
 
 from core.summary import checkpoint_rows, class_count_table
-from pages._cached import page_context, predictions_file
+from pages._cached import ensemble_problem, missing_members, page_context, predictions_file
 
 st.title("TaxaLens")
 ctx = page_context()
@@ -33,6 +33,20 @@ if rows:
     st.dataframe(pd.DataFrame(rows), width="stretch", hide_index=True)
 else:
     st.info("No checkpoint listed yet: add `[[checkpoints]]` entries to taxalens.toml.")
+
+if ctx.ensembles:
+    st.subheader("Ensembles")
+    ensemble_rows = []
+    for spec in ctx.ensembles:
+        missing = missing_members(ctx.workspace, spec)
+        ensemble_rows.append({"name": spec.name, "members": " + ".join(spec.members), "method": spec.method,
+                              "predictions": "needs " + ", ".join(missing) if missing else "ready"})
+    st.dataframe(pd.DataFrame(ensemble_rows), width="stretch", hide_index=True)
+    st.caption("Pick an ensemble in the sidebar like a checkpoint: every evaluation page combines its members' "
+               "predictions (Grad-CAM needs a single checkpoint).")
+problem = ensemble_problem(ctx.workspace)
+if problem:
+    st.warning(problem)
 
 if dataset.warnings:
     st.subheader("Warnings")

@@ -73,6 +73,38 @@ def write_synthetic_predictions(root: Path, *, seed: int = 0, strength: float = 
     return save_predictions(table, predictions_path(workspace, CHECKPOINT, dataset=dataset))
 
 
+def add_checkpoint_copy(root: Path, name: str, *, fix_fraction: float | None = 0.5, seed: int = 7) -> Path:
+    """A second workspace checkpoint `name` (the weights file of CHECKPOINT copied) and, unless `fix_fraction` is
+    None, its own synthetic predictions: the first checkpoint's, with `fix_fraction` of the samples pushed towards
+    their label (so it is better on some samples). Returns the workspace root."""
+    import shutil
+
+    from core.predictions import build_prediction_table, save_predictions
+    from core.workspace import add_checkpoint, load_workspace
+    from models.inference import predictions_path
+
+    target = root / "checkpoints" / f"{name}.safetensors"
+    shutil.copyfile(root / "checkpoints" / f"{CHECKPOINT}.safetensors", target)
+    add_checkpoint(root, name, target)
+    if fix_fraction is None:
+        return root
+    workspace = load_workspace(root)
+    dataset = workspace.load_dataset()
+    first = load_table(root)
+    rng = np.random.default_rng(seed)
+    probs = first.pred_probs.astype(np.float64).copy()
+    label_idx = first.frame["label_idx"].to_numpy()
+    fix = (rng.random(len(probs)) < fix_fraction) & (label_idx >= 0)
+    probs[fix, label_idx[fix]] += 2.0
+    probs /= probs.sum(axis=1, keepdims=True)
+    table = build_prediction_table(first.frame["sample_id"].tolist(), probs.astype(np.float32), first.embeddings,
+                                   labels=first.frame["label"].tolist(), splits=first.frame["split"].tolist(),
+                                   specimen_ids=first.frame["specimen_id"].tolist(), class_names=first.class_names,
+                                   meta={"checkpoint": name})
+    save_predictions(table, predictions_path(workspace, name, dataset=dataset))
+    return root
+
+
 def build_demo_workspace(root: Path, *, scale: float = 0.15, predictions: bool = True) -> Path:
     """The drawn demo dataset (9 classes, specimens, phylum/order taxonomy) at a small scale."""
     from core.demo import generate_demo_dataset
@@ -93,10 +125,10 @@ def build_bccd_workspace(root: Path, bccd_root: Path, *, class_names: tuple[str,
     return root
 
 
-def load_table(root: Path):
-    """The predictions table exactly as the app reads it (all splits)."""
+def load_table(root: Path, name: str = CHECKPOINT):
+    """The predictions table of checkpoint `name` exactly as the app reads it (all splits)."""
     from core.workspace import load_workspace
     from models.inference import cached_predictions
 
     workspace = load_workspace(root)
-    return cached_predictions(workspace, CHECKPOINT, dataset=workspace.load_dataset())
+    return cached_predictions(workspace, name, dataset=workspace.load_dataset())

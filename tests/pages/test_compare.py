@@ -2,51 +2,21 @@
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
-import numpy as np
 import pytest
 
-from tests.pages.eval_workspaces import CHECKPOINT, build_bccd_workspace, load_table
+from tests.pages.eval_workspaces import CHECKPOINT, add_checkpoint_copy, build_bccd_workspace
 
 REPO = Path(__file__).resolve().parents[2]
 PAGE = str(REPO / "pages" / "compare.py")
 SECOND = "tiny2"
 
 
-def _second_checkpoint(root: Path) -> None:
-    """A second checkpoint (same weights file copied) with its own synthetic predictions: better on some classes."""
-    from core.predictions import build_prediction_table, save_predictions
-    from core.workspace import add_checkpoint, load_workspace
-    from models.inference import predictions_path
-
-    source = root / "checkpoints" / f"{CHECKPOINT}.safetensors"
-    target = root / "checkpoints" / f"{SECOND}.safetensors"
-    shutil.copyfile(source, target)
-    with open(target, "ab") as handle:  # another sha256 for another cache key; safetensors ignores trailing bytes?
-        handle.write(b"")
-    add_checkpoint(root, SECOND, target)
-    workspace = load_workspace(root)
-    dataset = workspace.load_dataset()
-    first = load_table(root)
-    rng = np.random.default_rng(7)
-    probs = first.pred_probs.astype(np.float64).copy()
-    label_idx = first.frame["label_idx"].to_numpy()
-    fix = rng.random(len(probs)) < 0.5  # B fixes about half of the samples, including some A got wrong
-    probs[fix, label_idx[fix]] += 2.0
-    probs /= probs.sum(axis=1, keepdims=True)
-    table = build_prediction_table(first.frame["sample_id"].tolist(), probs.astype(np.float32), first.embeddings,
-                                   labels=first.frame["label"].tolist(), splits=first.frame["split"].tolist(),
-                                   specimen_ids=first.frame["specimen_id"].tolist(), class_names=first.class_names,
-                                   meta={"checkpoint": SECOND})
-    save_predictions(table, predictions_path(workspace, SECOND, dataset=dataset))
-
-
 @pytest.fixture(scope="module")
 def two_checkpoints(tmp_path_factory, bccd_root: Path) -> Path:
     root = build_bccd_workspace(tmp_path_factory.mktemp("compare") / "ws", bccd_root)
-    _second_checkpoint(root)
+    add_checkpoint_copy(root, SECOND)
     return root
 
 
