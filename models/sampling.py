@@ -36,7 +36,31 @@ def class_sampling_shares(class_counts: Sequence[int], *, power: float = 1.0) ->
     return mass / mass.sum()
 
 
-class DistributedWeightedSampler(Sampler[int]):
+class _EpochShardedSampler(Sampler[int]):
+    """What both samplers share: `num_samples` per rank, a generator seeded by `seed + epoch` (call `set_epoch`)."""
+
+    def __init__(self, total: int, *, num_replicas: int, rank: int, seed: int) -> None:
+        if not 0 <= rank < num_replicas:
+            raise ValueError(f"rank {rank} is outside [0, {num_replicas})")
+        self.num_samples = math.ceil(total / num_replicas)  # per rank
+        self.num_replicas = num_replicas
+        self.rank = rank
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.num_samples
+
+    def _generator(self) -> torch.Generator:
+        generator = torch.Generator()
+        generator.manual_seed(self.seed + self.epoch)
+        return generator
+
+
+class DistributedWeightedSampler(_EpochShardedSampler):
     """Draws `num_samples` indices per epoch with replacement, with probability proportional to `weights`.
 
     All ranks draw the same global sequence from a generator seeded by `seed + epoch` and each keeps every
@@ -56,53 +80,27 @@ class DistributedWeightedSampler(Sampler[int]):
         weights = torch.as_tensor(np.asarray(weights, dtype=np.float64))
         if weights.ndim != 1 or len(weights) == 0 or (weights < 0).any() or float(weights.sum()) <= 0:
             raise ValueError("weights must be a non-empty 1-d sequence of non-negative numbers with a positive sum")
-        if not 0 <= rank < num_replicas:
-            raise ValueError(f"rank {rank} is outside [0, {num_replicas})")
         self.weights = weights
-        total = len(weights) if num_samples is None else int(num_samples)
-        self.num_samples = math.ceil(total / num_replicas)  # per rank
-        self.num_replicas = num_replicas
-        self.rank = rank
-        self.seed = seed
-        self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __len__(self) -> int:
-        return self.num_samples
+        super().__init__(len(weights) if num_samples is None else int(num_samples), num_replicas=num_replicas,
+                         rank=rank, seed=seed)
 
     def __iter__(self) -> Iterator[int]:
-        generator = torch.Generator()
-        generator.manual_seed(self.seed + self.epoch)
         total = self.num_samples * self.num_replicas
-        draws = torch.multinomial(self.weights, total, replacement=True, generator=generator)
+        draws = torch.multinomial(self.weights, total, replacement=True, generator=self._generator())
         return iter(draws[self.rank : total : self.num_replicas].tolist())
 
 
-class DistributedShuffleSampler(Sampler[int]):
+class DistributedShuffleSampler(_EpochShardedSampler):
     """A seeded permutation per epoch, padded to a multiple of `num_replicas` and sharded by rank (no weighting)."""
 
     def __init__(self, size: int, *, num_replicas: int = 1, rank: int = 0, seed: int = 0) -> None:
         if size <= 0:
             raise ValueError(f"cannot sample from an empty dataset (size {size})")
         self.size = size
-        self.num_samples = math.ceil(size / num_replicas)
-        self.num_replicas = num_replicas
-        self.rank = rank
-        self.seed = seed
-        self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __len__(self) -> int:
-        return self.num_samples
+        super().__init__(size, num_replicas=num_replicas, rank=rank, seed=seed)
 
     def __iter__(self) -> Iterator[int]:
-        generator = torch.Generator()
-        generator.manual_seed(self.seed + self.epoch)
-        order = torch.randperm(self.size, generator=generator).tolist()
+        order = torch.randperm(self.size, generator=self._generator()).tolist()
         total = self.num_samples * self.num_replicas
         while len(order) < total:  # pad by repeating the start so every rank gets as many
             order += order[: total - len(order)]

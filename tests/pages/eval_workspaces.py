@@ -7,6 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
+REPO = Path(__file__).resolve().parents[2]
+
 CHECKPOINT = "tiny"
 
 
@@ -132,3 +134,18 @@ def load_table(root: Path, name: str = CHECKPOINT):
 
     workspace = load_workspace(root)
     return cached_predictions(workspace, name, dataset=workspace.load_dataset())
+
+
+def run_page_script(page: str | Path, workspace: Path, **state):
+    """Run one page script alone (no app frame) on `workspace`'s val split with extra session `state`."""
+    from streamlit.testing.v1 import AppTest
+
+    page = Path(page)
+    app = AppTest.from_file(str(page if page.is_absolute() else REPO / page), default_timeout=180)
+    app.session_state["tl_workspace"] = str(workspace)
+    app.session_state["tl_split"] = "val"
+    for key, value in state.items():
+        app.session_state[key] = value
+    app.run()
+    assert not app.exception, [e.value for e in app.exception]
+    return app

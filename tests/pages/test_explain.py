@@ -8,7 +8,7 @@ import pytest
 import streamlit as st
 
 import models.cam
-from tests.pages.eval_workspaces import load_table
+from tests.pages.eval_workspaces import load_table, run_page_script
 
 PAGE = str(Path(__file__).resolve().parents[2] / "pages" / "explain.py")
 
@@ -29,16 +29,7 @@ def counted(monkeypatch):
 
 
 def _open(workspace, **state):
-    from streamlit.testing.v1 import AppTest
-
-    app = AppTest.from_file(PAGE, default_timeout=180)
-    app.session_state["tl_workspace"] = str(workspace)
-    app.session_state["tl_split"] = "val"
-    for key, value in state.items():
-        app.session_state[key] = value
-    app.run()
-    assert not app.exception, [e.value for e in app.exception]
-    return app
+    return run_page_script(PAGE, workspace, **state)
 
 
 def _captions(app) -> list[str]:

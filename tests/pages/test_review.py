@@ -12,7 +12,7 @@ from core.dataset import load_dataset
 from core.export import export_curated_labels
 from core.labelstore import LabelStore
 from core.workspace import load_workspace
-from tests.pages.eval_workspaces import build_demo_workspace
+from tests.pages.eval_workspaces import build_demo_workspace, run_page_script
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -24,17 +24,7 @@ def review_workspace(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return build_demo_workspace(tmp_path / "ws")
 
 
-def _open(page: str, workspace: Path, **state):
-    from streamlit.testing.v1 import AppTest
-
-    app = AppTest.from_file(str(REPO / page), default_timeout=180)
-    app.session_state["tl_workspace"] = str(workspace)
-    app.session_state["tl_split"] = "val"
-    for key, value in state.items():
-        app.session_state[key] = value
-    app.run()
-    assert not app.exception, [e.value for e in app.exception]
-    return app
+_open = run_page_script
 
 
 def _current(app) -> str:
