@@ -164,9 +164,9 @@ def _read_manifest(path: Path, root: Path, taxonomy: tuple[str, ...]) -> tuple[p
     absent = [c for c in taxonomy if c not in frame.columns]
     if absent:
         raise DatasetError(f"taxonomy column(s) {absent} are not in manifest {path}; found {list(frame.columns)}")
-    frame = frame.map(lambda v: v.strip() if isinstance(v, str) else v)
     text_columns = [c for c in frame.columns if c != "path"]  # paths are neutralised as `./=name.jpg` instead
-    frame[text_columns] = frame[text_columns].map(unneutralise_cell)
+    frame[text_columns] = frame[text_columns].map(lambda v: unneutralise_cell(v.strip()))  # all cells are str
+    frame["path"] = frame["path"].str.strip()
     warnings: list[str] = []
     skipped = []
     if "status" in frame.columns:  # a curated export: excluded samples stay in the file but are not data

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import streamlit as st
@@ -60,9 +60,7 @@ def _load_dataset(path: str, stamp: float, manifest_stamp: float) -> Dataset:
 
 def load_dataset(workspace: Workspace) -> Dataset:
     """The workspace dataset (shared across sessions, treated as read-only), re-read when the manifest changes."""
-    source = workspace.dataset_source
-    manifest_stamp = source.stat().st_mtime_ns if source.is_file() else 0.0
-    return _load_dataset(str(workspace.root), _config_stamp(str(workspace.root)), manifest_stamp)
+    return _load_dataset(str(workspace.root), _config_stamp(str(workspace.root)), _manifest_stamp(workspace))
 
 
 @st.cache_resource(show_spinner="Loading the model…", max_entries=4)
@@ -71,8 +69,7 @@ def load_model(workspace_path: str, name: str, sha256: str):
     from models.inference import load_workspace_model
 
     workspace = load_workspace(workspace_path)
-    return load_workspace_model(workspace, name, dataset=_load_dataset(workspace_path, _config_stamp(workspace_path),
-                                                                      _manifest_stamp(workspace)))
+    return load_workspace_model(workspace, name, dataset=load_dataset(workspace))
 
 
 def _manifest_stamp(workspace: Workspace) -> float:
@@ -312,11 +309,11 @@ def page_context() -> PageContext | None:
     except (FileNotFoundError, ValueError) as exc:
         st.error(f"Cannot open workspace {path}: {exc}")
         return None
-    ensembles = ensemble_specs(workspace)
-    names = [c.name for c in workspace.checkpoints] + [e.name for e in ensembles]
-    selected = tuple(n for n in st.session_state.get(KEY_CHECKPOINTS, names[:1]) if n in names)
     split = st.session_state.get(KEY_SPLIT, "val")
-    return PageContext(workspace, dataset, selected, split if split in SPLITS else "val", ensembles)
+    ctx = PageContext(workspace, dataset, (), split if split in SPLITS else "val", ensemble_specs(workspace))
+    names = ctx.names
+    selected = tuple(n for n in st.session_state.get(KEY_CHECKPOINTS, names[:1]) if n in names)
+    return replace(ctx, checkpoints=selected)
 
 
 def require_table(ctx: PageContext, name: str | None = None) -> PredictionTable:
