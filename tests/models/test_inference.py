@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -75,7 +76,9 @@ def _workspace(tmp_path: Path, data_root: Path, checkpoint: Path) -> Path:
 
 
 def test_second_run_performs_zero_forward_passes(bccd_root, checkpoint_files, tmp_path, monkeypatch):
-    workspace = load_workspace(_workspace(tmp_path, bccd_root, checkpoint_files["taxalens"]))
+    data = tmp_path / "bccd"  # a private copy: the test touches an image, never the shared data
+    shutil.copytree(bccd_root, data)
+    workspace = load_workspace(_workspace(tmp_path, data, checkpoint_files["taxalens"]))
     calls = []
     real_forward = inference.forward_with_embeddings
 
@@ -96,10 +99,7 @@ def test_second_run_performs_zero_forward_passes(bccd_root, checkpoint_files, tm
     assert inference.cached_predictions(workspace, "tiny") is not None
     # a changed image invalidates the cache
     os.utime(workspace.dataset_source / "Basophil" / "BloodImage_00008_1.jpg", ns=(1, 1))
-    try:
-        assert inference.cached_predictions(workspace, "tiny") is None
-    finally:
-        pass
+    assert inference.cached_predictions(workspace, "tiny") is None
 
 
 def test_bad_images_are_reported_not_fatal(tmp_path, checkpoint_files, bccd_root):
