@@ -21,7 +21,7 @@ $(STAMP): requirements.txt
 demo: setup $(WORKSPACE)/taxalens.toml
 
 $(WORKSPACE)/taxalens.toml:
-	$(PY) -m core demo --out $(WORKSPACE)
+	$(PY) -m cli demo --out $(WORKSPACE)
 
 run: demo
 	$(PY) -m streamlit run app.py --server.port $(PORT) -- --workspace $(WORKSPACE)

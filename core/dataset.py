@@ -11,6 +11,7 @@ from typing import Literal
 
 import pandas as pd
 
+from core.errors import TaxaLensError
 from core.images import IMAGE_SUFFIXES, ImageError, load_image_rgb
 
 SPLIT_ALIASES = {"train": "train", "training": "train", "val": "val", "valid": "val", "validation": "val",
@@ -22,7 +23,7 @@ EXCLUDED_STATUS = "excluded"  # a curated export's `status` for samples a review
 Verify = Literal["none", "header", "full"]
 
 
-class DatasetError(ValueError):
+class DatasetError(TaxaLensError, ValueError):
     """A dataset that cannot be used as given; the message names the rows or files and the fix."""
 
 

@@ -8,6 +8,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageCms, ImageFile, UnidentifiedImageError
 
+from core.errors import TaxaLensError
+
 # PIL's decompression-bomb guard stays on (Image.MAX_IMAGE_PIXELS is left at its default); warnings past the
 # soft limit are raised as errors so a bomb is reported, not decoded.
 ImageFile.LOAD_TRUNCATED_IMAGES = False
@@ -15,7 +17,7 @@ ImageFile.LOAD_TRUNCATED_IMAGES = False
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif", ".ppm", ".pgm"})
 
 
-class ImageError(ValueError):
+class ImageError(TaxaLensError, ValueError):
     """An image file that cannot be used; `reason` is a short machine-readable tag."""
 
     def __init__(self, path: str | Path, reason: str, detail: str) -> None:

@@ -39,6 +39,8 @@ import sqlalchemy as sa
 from sqlalchemy import event as sa_event
 from sqlalchemy.engine import Connection, Engine, make_url
 
+from core.errors import TaxaLensError
+
 ACTIONS = ("confirm", "relabel", "unsure", "exclude", "undo")
 STATUSES = ("unreviewed", "confirmed", "relabeled", "unsure", "excluded")
 UNSURE_VOTE = "(unsure)"
@@ -77,7 +79,7 @@ label_events = sa.Table(
 )
 
 
-class LabelStoreError(RuntimeError):
+class LabelStoreError(TaxaLensError, RuntimeError):
     """The label store cannot be opened or used as asked (unknown schema, unsupported database, ...)."""
 
 

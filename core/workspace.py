@@ -8,12 +8,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from core.dataset import Dataset, load_dataset
+from core.errors import TaxaLensError
 
 CONFIG_NAME = "taxalens.toml"
 CACHE_DIR = ".taxalens"
 
 
-class WorkspaceError(ValueError):
+class WorkspaceError(TaxaLensError, ValueError):
     """A workspace folder or `taxalens.toml` that cannot be used."""
 
 

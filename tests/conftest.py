@@ -27,7 +27,7 @@ def bccd_root() -> Path:
 
 
 # Sources whose change invalidates the cached demo workspace.
-_DEMO_SOURCES = ("core/demo.py", "core/demo_cli.py", "models/train.py", "models/augment.py", "models/sampling.py",
+_DEMO_SOURCES = ("core/demo.py", "cli/demo.py", "models/train.py", "models/augment.py", "models/sampling.py",
                  "models/checkpoints.py", "models/inference.py", "core/predictions.py", "core/dataset.py")
 
 
@@ -53,7 +53,7 @@ def demo_workspace_readonly() -> Path:
         if not (target / "taxalens.toml").is_file():
             import shutil
 
-            from core.demo_cli import build_demo_workspace
+            from cli.demo import build_demo_workspace
 
             building = target.with_name(target.name + ".building")
             shutil.rmtree(building, ignore_errors=True)

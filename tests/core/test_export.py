@@ -11,7 +11,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from core.cli import main as cli_main
+from cli.main import main as cli_main
 from core.dataset import FORMULA_TRIGGERS, load_dataset, unneutralise_cell
 from core.export import (
     CURATED_COLUMNS,

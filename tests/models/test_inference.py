@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import accuracy_score
 
-from core.cli import main
+from cli.main import main
 from core.dataset import load_dataset
 from core.predictions import load_predictions
 from core.workspace import load_workspace

@@ -11,9 +11,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from core.cli import main
+from cli.main import main
 from core.dataset import DatasetError, load_dataset
-from core.train_cli import load_training_dataset
+from core.training_data import load_training_dataset
 
 REPO = Path(__file__).resolve().parents[2]
 FAST = ["--arch", "resnet10t", "--img-size", "32", "--epochs", "1", "--batch-size", "32", "--threads", "1",

@@ -10,8 +10,8 @@ import timm
 import torch
 from PIL import Image
 
-from core.cam_cli import _safe
-from core.cli import main
+from cli.cam import _safe
+from cli.main import main
 from core.workspace import load_workspace
 from models.checkpoints import ModelCard, save_taxalens_checkpoint
 from models.inference import predict_workspace

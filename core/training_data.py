@@ -1,0 +1,88 @@
+"""What a training run learns from: an ImageFolder, a manifest or a curated export, with the checks it needs.
+
+Curated exports: `status == "excluded"` rows are skipped by `load_dataset`, relabels are already the `label` column;
+specimen-id gaps, classes emptied by exclusions and split leaks are refused before training starts.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import pandas as pd
+
+from core.dataset import EXCLUDED_STATUS, Dataset, DatasetError, load_dataset, unneutralise_cell
+
+
+def load_training_dataset(
+    source: str | Path,
+    *,
+    root: str | Path | None = None,
+    taxonomy: tuple[str, ...] | list[str] | None = None,
+    val_fraction: float = 0.2,
+    seed: int = 0,
+    verify: str = "header",
+) -> Dataset:
+    """Load what a training run learns from: an ImageFolder, a manifest or a curated export (`core.export`).
+
+    A curated export's rows with `status == "excluded"` are dropped (its `label` column already holds relabels).
+    Raises `DatasetError` for: a `specimen_id` column with empty cells (the split could put one individual on both
+    sides), one specimen on both sides of a given split, and a class that has no samples left after exclusions.
+    """
+    source = Path(source)
+    if source.is_file():
+        _check_manifest_rows(source)
+    dataset = load_dataset(source, root=root, taxonomy=taxonomy, val_fraction=val_fraction, seed=seed,
+                           verify=verify)  # type: ignore[arg-type]
+    samples, notes = dataset.samples, list(dataset.warnings)
+    excluded = int((dataset.skipped["reason"] == "excluded").sum())
+    if excluded:
+        notes.append(f"{excluded} sample(s) with status=excluded left out")
+    _check_split_leaks(samples, source)
+    return replace(dataset, warnings=tuple(notes))
+
+
+def _check_manifest_rows(path: Path) -> None:
+    """Refuse a `specimen_id` column with gaps and a class that exclusions empty (before any image is opened)."""
+    try:
+        frame = pd.read_csv(path, dtype=str, keep_default_na=False, skipinitialspace=True)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError):
+        return  # load_dataset reports unreadable manifests with its own message
+    frame.columns = [str(c).strip() for c in frame.columns]
+    kept = pd.Series(True, index=frame.index)
+    if "status" in frame.columns:
+        kept = frame["status"].str.strip().str.lower() != EXCLUDED_STATUS
+    if "label" in frame.columns:
+        labels = frame["label"].str.strip().map(unneutralise_cell)
+        before, after = labels.value_counts(), labels[kept].value_counts()
+        emptied = sorted(set(before.index) - set(after.index) - {""})
+        if emptied:
+            detail = ", ".join(f"{name!r} ({int(before[name])} excluded)" for name in emptied[:10])
+            raise DatasetError(
+                f"class(es) with no samples left after exclusions in {path}: {detail}. Un-exclude some of their "
+                "samples, relabel them into another class, or remove the class from the data on purpose by "
+                "relabelling every sample before exporting"
+            )
+    if "specimen_id" not in frame.columns:
+        return
+    gaps = (frame["specimen_id"].str.strip() == "") & kept
+    if gaps.any():
+        rows = [int(i) + 2 for i in frame.index[gaps][:8]]  # +2: header line and 1-based numbering
+        more = f" and {int(gaps.sum()) - len(rows)} more" if gaps.sum() > len(rows) else ""
+        raise DatasetError(
+            f"manifest {path} has a specimen_id column with {int(gaps.sum())} empty cell(s) (line(s) {rows}{more}); "
+            "a split could then put images of one individual on both sides. Fill them (an image of an individual "
+            "seen once can use its own path as its id) or drop the column to treat every image as its own specimen"
+        )
+
+
+def _check_split_leaks(samples: pd.DataFrame, source: Path) -> None:
+    sides = samples[samples["split"].isin(["train", "val"])].groupby("specimen_id")["split"].nunique()
+    leaked = sides[sides > 1]
+    if len(leaked):
+        shown = ", ".join(repr(s) for s in leaked.index[:5])
+        raise DatasetError(
+            f"{source}: {len(leaked)} specimen(s) have images in both train and val (e.g. {shown}), so validation "
+            "would measure memory of individuals; give all images of a specimen one split, or leave the split "
+            "column empty to let TaxaLens assign a specimen-safe one"
+        )
