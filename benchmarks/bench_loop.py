@@ -75,7 +75,7 @@ def run_loop(settings: LoopSettings, work: Path, *, log=print) -> LoopOutcome:
     from core.export import export_curated_labels
     from core.labelstore import NewEvent, open_label_store
     from core.ranking import rank_label_issues
-    from core.train_cli import load_training_dataset
+    from core.training_data import load_training_dataset
     from models.checkpoints import load_checkpoint
     from models.crossval import cross_validated_predictions
     from models.inference import run_inference, table_from_result

@@ -10,8 +10,10 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from core.errors import TaxaLensError
 
-class CamError(ValueError):
+
+class CamError(TaxaLensError, ValueError):
     """A Grad-CAM request that cannot be served as asked; the message names the values and the fix."""
 
 

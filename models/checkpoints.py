@@ -18,6 +18,8 @@ from safetensors.torch import load_file, safe_open, save_file
 from timm.data import resolve_model_data_config
 from torch import nn
 
+from core.errors import TaxaLensError
+
 TAXALENS_FORMAT_VERSION = 1
 _META_KEY = "taxalens"
 # Containers written by training scripts, in order of preference (EMA weights evaluate better when present).
@@ -29,7 +31,7 @@ _PREFIXES = (
 )
 
 
-class CheckpointError(ValueError):
+class CheckpointError(TaxaLensError, ValueError):
     """A checkpoint that cannot be loaded as asked; the message says why and what to pass instead."""
 
 

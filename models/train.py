@@ -24,6 +24,7 @@ from torch.utils.data import DataLoader
 from torch.utils.data import Dataset as TorchDataset
 
 from core.dataset import Dataset
+from core.errors import TaxaLensError
 from core.images import load_image_rgb
 from models.augment import BatchAugment
 from models.checkpoints import ModelCard, load_checkpoint, save_taxalens_checkpoint, select_device
@@ -37,7 +38,7 @@ _STATE_FORMAT = "taxalens-train-state/1"
 Progress = Callable[[dict], None]
 
 
-class TrainingError(ValueError):
+class TrainingError(TaxaLensError, ValueError):
     """A training run that cannot start or resume as asked; the message names the values and the fix."""
 
 

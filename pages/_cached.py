@@ -11,6 +11,7 @@ import streamlit as st
 
 from core.dataset import Dataset
 from core.ensemble import EnsembleSpec, ensemble_tables, read_ensemble_specs
+from core.errors import TaxaLensError
 from core.predictions import PredictionTable, load_predictions, relabel_table
 from core.workspace import Workspace, load_workspace
 
@@ -273,7 +274,7 @@ class PageContext:
         return None if table is None else table.for_split(split or self.split)
 
 
-class SingleCheckpointError(ValueError):
+class SingleCheckpointError(TaxaLensError, ValueError):
     """An ensemble was given where a real model is needed (Grad-CAM)."""
 
 
