@@ -15,7 +15,7 @@ import pytest
 
 from core.metrics import rank_confused_pairs
 from pages._evaluation import cell_heading
-from tests.pages.eval_workspaces import build_demo_workspace, load_table
+from tests.pages.eval_workspaces import build_drawn_workspace, load_table
 
 REPO = Path(__file__).resolve().parents[2]
 CHROMIUM = "/usr/bin/chromium"
@@ -48,7 +48,7 @@ def _wait_for_server(url: str, process: subprocess.Popen, timeout: float = 90.0)
 @pytest.fixture(scope="module")
 def served_workspace(tmp_path_factory):
     """`streamlit run app.py` on a small demo workspace with predictions; yields (url, workspace root)."""
-    root = build_demo_workspace(tmp_path_factory.mktemp("e2e") / "demo")
+    root = build_drawn_workspace(tmp_path_factory.mktemp("e2e") / "demo")
     port = _free_port()
     log = (root / "streamlit.log").open("w")
     env = {**os.environ, "TAXALENS_WORKSPACE": str(root), "STREAMLIT_BROWSER_GATHER_USAGE_STATS": "false"}

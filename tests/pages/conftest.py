@@ -7,15 +7,15 @@ from pathlib import Path
 
 import pytest
 
-from tests.pages.eval_workspaces import build_bccd_workspace, build_demo_workspace
+from tests.pages.eval_workspaces import build_bccd_workspace, build_drawn_workspace
 
 REPO = Path(__file__).resolve().parents[2]
 APP = str(REPO / "app.py")
 
 
 @pytest.fixture(scope="session")
-def demo_workspace(tmp_path_factory) -> Path:
-    return build_demo_workspace(tmp_path_factory.mktemp("pages") / "demo")
+def drawn_workspace(tmp_path_factory) -> Path:
+    return build_drawn_workspace(tmp_path_factory.mktemp("pages") / "demo")
 
 
 @pytest.fixture(scope="session")

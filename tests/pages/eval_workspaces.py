@@ -107,8 +107,9 @@ def add_checkpoint_copy(root: Path, name: str, *, fix_fraction: float | None = 0
     return root
 
 
-def build_demo_workspace(root: Path, *, scale: float = 0.15, predictions: bool = True) -> Path:
-    """The drawn demo dataset (9 classes, specimens, phylum/order taxonomy) at a small scale."""
+def build_drawn_workspace(root: Path, *, scale: float = 0.15, predictions: bool = True) -> Path:
+    """The drawn demo dataset (9 classes, specimens, phylum/order taxonomy) at a small scale, with synthetic
+    predictions (no model): fast page tests. The full demo with its trained model is `demo_workspace`."""
     from core.demo import generate_demo_dataset
 
     generate_demo_dataset(root / "data", seed=0, scale=scale)

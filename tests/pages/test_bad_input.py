@@ -53,7 +53,7 @@ def test_no_predictions_offers_compute_button(tmp_path, bccd_root, open_page):
 
 
 @pytest.mark.parametrize("page", PAGES)
-def test_empty_split_is_a_note_on_every_page(demo_workspace, open_page, page):
-    app = open_page(demo_workspace, page, split="test")  # the drawn demo has train and val only
+def test_empty_split_is_a_note_on_every_page(drawn_workspace, open_page, page):
+    app = open_page(drawn_workspace, page, split="test")  # the drawn demo has train and val only
     assert any("**test** split has no samples" in w.value and "train, val" in w.value for w in app.warning)
     assert not app.metric and not app.get("plotly_chart")

@@ -33,8 +33,8 @@ def counted(monkeypatch) -> dict[str, int]:
 
 
 @pytest.mark.parametrize("page", ["pages/home.py", "pages/overview.py", "pages/review.py"])
-def test_warm_reruns_do_not_rehash_the_dataset(demo_workspace, open_page, counted, page):
-    app = open_page(demo_workspace, page)
+def test_warm_reruns_do_not_rehash_the_dataset(drawn_workspace, open_page, counted, page):
+    app = open_page(drawn_workspace, page)
     cold = dict(counted)
     assert cold["predictions_path"] >= 1 and cold["fingerprint"] >= 1  # the cold run had to find the file
     for _ in range(2):
@@ -43,10 +43,10 @@ def test_warm_reruns_do_not_rehash_the_dataset(demo_workspace, open_page, counte
     assert counted == cold
 
 
-def test_new_weights_are_noticed_at_once(demo_workspace, open_page, counted):
-    app = open_page(demo_workspace, "pages/home.py")
+def test_new_weights_are_noticed_at_once(drawn_workspace, open_page, counted):
+    app = open_page(drawn_workspace, "pages/home.py")
     cold = dict(counted)
-    weights = demo_workspace / "checkpoints" / f"{CHECKPOINT}.safetensors"
+    weights = drawn_workspace / "checkpoints" / f"{CHECKPOINT}.safetensors"
     stat = weights.stat()
     try:
         os.utime(weights, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000_000))  # "replaced" weights

@@ -20,7 +20,7 @@ def _per_class(table):
     return p, r, f1, s, counts
 
 
-@pytest.mark.parametrize("workspace_fixture", ["demo_workspace", "bccd_workspace"])
+@pytest.mark.parametrize("workspace_fixture", ["drawn_workspace", "bccd_workspace"])
 def test_weakest_class_matches_sklearn(workspace_fixture, open_page, request):
     workspace = request.getfixturevalue(workspace_fixture)
     table = load_table(workspace).for_split("val")
@@ -52,11 +52,11 @@ def test_weakest_class_matches_sklearn(workspace_fixture, open_page, request):
     assert len([b for b in app.button if b.label == "Inspect"]) == min(n, 24)
 
 
-def test_pick_another_class_and_pair(demo_workspace, open_page):
-    table = load_table(demo_workspace).for_split("val")
+def test_pick_another_class_and_pair(drawn_workspace, open_page):
+    table = load_table(drawn_workspace).for_split("val")
     names = list(table.class_names)
     _, _, _, _, counts = _per_class(table)
-    app = open_page(demo_workspace, PAGE)
+    app = open_page(drawn_workspace, PAGE)
     app.slider(key="wc-n").set_value(len(names)).run()
     options = app.selectbox(key="wc-class").options
     # A class with errors in both directions, picked by name.

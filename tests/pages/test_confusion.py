@@ -22,12 +22,12 @@ def _largest_error(counts: np.ndarray) -> tuple[int, int]:
     return tuple(int(v) for v in np.unravel_index(off.argmax(), off.shape))
 
 
-def test_open_cell_shows_exactly_its_samples(demo_workspace, open_page):
-    table = load_table(demo_workspace).for_split("val")
+def test_open_cell_shows_exactly_its_samples(drawn_workspace, open_page):
+    table = load_table(drawn_workspace).for_split("val")
     counts = _confusion(table)
     true_idx, pred_idx = _largest_error(counts)
     names = table.class_names
-    app = open_page(demo_workspace, PAGE, state={"cm-cell": (true_idx, pred_idx)})
+    app = open_page(drawn_workspace, PAGE, state={"cm-cell": (true_idx, pred_idx)})
     heading = cell_heading(int(counts[true_idx, pred_idx]), names[true_idx], names[pred_idx])
     assert heading in [h.value for h in app.subheader]
     n = int(counts[true_idx, pred_idx])
@@ -39,11 +39,11 @@ def test_open_cell_shows_exactly_its_samples(demo_workspace, open_page):
     assert shown == expected
 
 
-def test_pairs_list_matches_sklearn_and_open_by_name(demo_workspace, open_page):
-    table = load_table(demo_workspace).for_split("val")
+def test_pairs_list_matches_sklearn_and_open_by_name(drawn_workspace, open_page):
+    table = load_table(drawn_workspace).for_split("val")
     counts = _confusion(table)
     names = table.class_names
-    app = open_page(demo_workspace, PAGE)
+    app = open_page(drawn_workspace, PAGE)
     pairs = next(d.value for d in app.dataframe if "share_of_true" in d.value.columns)
     assert pairs["count"].sum() == counts.sum() - np.trace(counts)  # every error is in exactly one pair
     for row in pairs.itertuples():

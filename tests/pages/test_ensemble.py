@@ -11,7 +11,7 @@ import pytest
 from sklearn.metrics import accuracy_score, f1_score
 
 from core.ensemble import EnsembleSpec, add_ensemble, ensemble_tables
-from tests.pages.eval_workspaces import CHECKPOINT, add_checkpoint_copy, build_demo_workspace, load_table
+from tests.pages.eval_workspaces import CHECKPOINT, add_checkpoint_copy, build_drawn_workspace, load_table
 
 SECOND = "tiny2"
 PAIR = "pair"  # mean of tiny and tiny2
@@ -20,7 +20,7 @@ WEIGHTED = "pair-f1"  # F1-weighted on val
 
 @pytest.fixture(scope="module")
 def ensemble_workspace(tmp_path_factory) -> Path:
-    root = build_demo_workspace(tmp_path_factory.mktemp("ensemble") / "demo")
+    root = build_drawn_workspace(tmp_path_factory.mktemp("ensemble") / "demo")
     add_checkpoint_copy(root, SECOND)
     add_ensemble(root, EnsembleSpec(PAIR, (CHECKPOINT, SECOND), "mean"))
     add_ensemble(root, EnsembleSpec(WEIGHTED, (CHECKPOINT, SECOND), "f1_weighted"))
@@ -115,7 +115,7 @@ def test_grad_cam_asks_for_a_single_checkpoint(ensemble_workspace, open_app):
 
 
 def test_member_without_predictions_is_named_and_computed(tmp_path, open_app):
-    root = build_demo_workspace(tmp_path / "demo")
+    root = build_drawn_workspace(tmp_path / "demo")
     add_checkpoint_copy(root, "fresh", fix_fraction=None)  # listed, never predicted
     add_ensemble(root, EnsembleSpec("with-fresh", (CHECKPOINT, "fresh")))
     app = _goto(_select(open_app(root), "with-fresh"), "pages/overview.py")

@@ -12,11 +12,11 @@ def _count(app) -> int:
     return int(heading.split(" ")[0].replace(",", ""))
 
 
-def test_filters_on_demo(demo_workspace, open_page):
-    table = load_table(demo_workspace).for_split("val")
+def test_filters_on_demo(drawn_workspace, open_page):
+    table = load_table(drawn_workspace).for_split("val")
     frame = table.frame
     wrong = frame[(frame["label_idx"] >= 0) & (frame["label_idx"] != frame["pred_idx"])]
-    app = open_page(demo_workspace, PAGE)
+    app = open_page(drawn_workspace, PAGE)
     assert _count(app) == len(wrong)
     inspect = [b for b in app.button if b.label == "Inspect"]
     expected = wrong.sort_values("confidence", ascending=False, kind="stable")["sample_id"].head(24)
@@ -32,7 +32,7 @@ def test_filters_on_demo(demo_workspace, open_page):
 
     app.slider(key="mb-conf").set_value((0.0, 1.0))
     app.selectbox(key="mb-rank").set_value("phylum")
-    taxa = demo_workspace_taxa(demo_workspace, "phylum")
+    taxa = demo_workspace_taxa(drawn_workspace, "phylum")
     phylum = taxa[true_class]
     app.multiselect(key="mb-taxon").set_value([phylum]).run()
     assert _count(app) == int(wrong["label"].map(taxa).eq(phylum).sum())

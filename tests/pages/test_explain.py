@@ -36,11 +36,11 @@ def _captions(app) -> list[str]:
     return [caption for image in app.image for caption in image.captions]
 
 
-def test_sample_shows_predicted_true_and_other_class(demo_workspace, counted):
-    table = load_table(demo_workspace).for_split("val")
+def test_sample_shows_predicted_true_and_other_class(drawn_workspace, counted):
+    table = load_table(drawn_workspace).for_split("val")
     frame = table.frame
     wrong = frame[(frame["label_idx"] >= 0) & (frame["label_idx"] != frame["pred_idx"])].iloc[0]
-    app = _open(demo_workspace, **{"cam-sample": wrong["sample_id"]})
+    app = _open(drawn_workspace, **{"cam-sample": wrong["sample_id"]})
     captions = _captions(app)
     assert len(captions) == 4  # the image, then three overlays
     assert captions[0].startswith(wrong["sample_id"])
@@ -59,8 +59,8 @@ def test_sample_shows_predicted_true_and_other_class(demo_workspace, counted):
     assert _captions(app)[3].startswith(f"Other: {fresh} (")
 
 
-def test_method_picker_and_class_agnostic_note(demo_workspace, counted):
-    app = _open(demo_workspace)
+def test_method_picker_and_class_agnostic_note(drawn_workspace, counted):
+    app = _open(drawn_workspace)
     app.selectbox(key="cam-method").set_value("eigencam").run()
     assert not app.exception
     assert any("does not depend on the class" in i.value for i in app.info)
@@ -69,25 +69,25 @@ def test_method_picker_and_class_agnostic_note(demo_workspace, counted):
     assert any("slow" in w.value for w in app.warning)
 
 
-def test_layer_override_and_bad_layer(demo_workspace, counted):
-    app = _open(demo_workspace, **{"cam-layer": "layer3"})
+def test_layer_override_and_bad_layer(drawn_workspace, counted):
+    app = _open(drawn_workspace, **{"cam-layer": "layer3"})
     assert any("Layer `layer3`" in c.value for c in app.caption)
     app.text_input(key="cam-layer").set_value("layer9").run()
     errors = [e.value for e in app.error]
     assert any("no module named 'layer9'" in e and "layer4" in e for e in errors)
 
 
-def test_filter_narrows_the_sample_list(demo_workspace, counted):
-    table = load_table(demo_workspace).for_split("val")
+def test_filter_narrows_the_sample_list(drawn_workspace, counted):
+    table = load_table(drawn_workspace).for_split("val")
     target = table.frame["sample_id"].iloc[-1]
-    app = _open(demo_workspace)
+    app = _open(drawn_workspace)
     app.text_input(key="cam-filter").set_value(target).run()
     assert app.selectbox(key="cam-sample").options == [target]
     assert _captions(app)[0].startswith(target)
 
 
-def test_gallery_overlay_toggle_computes_a_page_in_one_batch_and_caches_it(demo_workspace, open_page, counted):
-    app = open_page(demo_workspace, "pages/errors.py")
+def test_gallery_overlay_toggle_computes_a_page_in_one_batch_and_caches_it(drawn_workspace, open_page, counted):
+    app = open_page(drawn_workspace, "pages/errors.py")
     shown = [b.help for b in app.button if b.label == "Inspect"]
     assert shown and counted == []  # off by default: no CAM work
     plain = [image.value for image in app.image]

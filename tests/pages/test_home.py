@@ -6,11 +6,11 @@ from core.workspace import load_workspace
 from tests.pages.eval_workspaces import CHECKPOINT
 
 
-def test_landing_page_shows_the_workspace(demo_workspace, open_app):
-    app = open_app(demo_workspace)  # no page named: the landing page
-    dataset = load_workspace(demo_workspace).load_dataset()
+def test_landing_page_shows_the_workspace(drawn_workspace, open_app):
+    app = open_app(drawn_workspace)  # no page named: the landing page
+    dataset = load_workspace(drawn_workspace).load_dataset()
     assert app.title[0].value == "TaxaLens"
-    assert any(str(demo_workspace) in c.value for c in app.caption)
+    assert any(str(drawn_workspace) in c.value for c in app.caption)
     metrics = {m.label: m.value for m in app.metric}
     assert metrics["Classes"] == str(len(dataset.class_names)) == "9"
     assert metrics["Images"] == f"{len(dataset):,}"

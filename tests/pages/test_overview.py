@@ -53,9 +53,9 @@ def _check_page(app, table) -> None:
     assert len(app.get("download_button")) == 1  # the per-class CSV
 
 
-def test_overview_demo_matches_sklearn(demo_workspace, open_page):
-    app = open_page(demo_workspace, PAGE)
-    table = load_table(demo_workspace).for_split("val")
+def test_overview_demo_matches_sklearn(drawn_workspace, open_page):
+    app = open_page(drawn_workspace, PAGE)
+    table = load_table(drawn_workspace).for_split("val")
     _check_page(app, table)
     # The demo has several images per specimen: image- and specimen-level metrics side by side.
     versus = next(d.value for d in app.dataframe if "specimen" in d.value.columns)
@@ -65,7 +65,7 @@ def test_overview_demo_matches_sklearn(demo_workspace, open_page):
     expected = accuracy_score(labels, mean_probs.argmax(axis=1))
     assert versus.set_index("metric").loc["Accuracy", "specimen"] == pytest.approx(expected)
     # Imbalance ratio over all splits of the demo, as stated under the distribution chart.
-    full = load_table(demo_workspace)
+    full = load_table(drawn_workspace)
     counts = full.frame["label"].value_counts()
     caption = " ".join(c.value for c in app.caption)
     assert f"total: {counts.max() / counts.min():,.1f} : 1" in caption
@@ -79,9 +79,9 @@ def test_overview_bccd_matches_sklearn(bccd_workspace, open_page):
     assert "only 5 classes" in " ".join(c.value for c in app.caption)
 
 
-def test_overview_all_splits_and_empty_split(demo_workspace, open_page):
-    app = open_page(demo_workspace, PAGE, split="all")
-    _check_page(app, load_table(demo_workspace))
-    app = open_page(demo_workspace, PAGE, split="test")  # the demo has no test split
+def test_overview_all_splits_and_empty_split(drawn_workspace, open_page):
+    app = open_page(drawn_workspace, PAGE, split="all")
+    _check_page(app, load_table(drawn_workspace))
+    app = open_page(drawn_workspace, PAGE, split="test")  # the demo has no test split
     assert any("has no samples" in w.value for w in app.warning)
     assert not app.metric

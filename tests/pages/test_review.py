@@ -12,7 +12,7 @@ from core.dataset import load_dataset
 from core.export import export_curated_labels
 from core.labelstore import LabelStore
 from core.workspace import load_workspace
-from tests.pages.eval_workspaces import build_demo_workspace, run_page_script
+from tests.pages.eval_workspaces import build_drawn_workspace, run_page_script
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -21,7 +21,7 @@ REPO = Path(__file__).resolve().parents[2]
 def review_workspace(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """A private small demo workspace (its own labels.db), so writing labels touches no other test."""
     monkeypatch.delenv("TAXALENS_LABEL_STORE_URL", raising=False)
-    return build_demo_workspace(tmp_path / "ws")
+    return build_drawn_workspace(tmp_path / "ws")
 
 
 _open = run_page_script

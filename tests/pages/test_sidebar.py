@@ -8,7 +8,7 @@ def _box(app):
     return app.sidebar.text_input[0]
 
 
-def test_workspace_folder_survives_page_switches(demo_workspace, open_app, monkeypatch, tmp_path):
+def test_workspace_folder_survives_page_switches(drawn_workspace, open_app, monkeypatch, tmp_path):
     missing = tmp_path / "not-a-workspace"
     monkeypatch.setenv("TAXALENS_WORKSPACE", str(missing))
     app = open_app(None)  # like a freshly started server: the default folder is not a workspace
@@ -16,24 +16,24 @@ def test_workspace_folder_survives_page_switches(demo_workspace, open_app, monke
     assert _box(app).value == str(missing)
     assert app.sidebar.error
 
-    _box(app).set_value(str(demo_workspace)).run()  # the user types the folder (and presses Enter)
+    _box(app).set_value(str(drawn_workspace)).run()  # the user types the folder (and presses Enter)
     assert not app.exception, [e.value for e in app.exception]
-    assert app.session_state["tl_workspace"] == str(demo_workspace)
-    assert _box(app).value == str(demo_workspace)
-    assert any(f"Workspace `{demo_workspace}`" in c.value for c in app.caption)
+    assert app.session_state["tl_workspace"] == str(drawn_workspace)
+    assert _box(app).value == str(drawn_workspace)
+    assert any(f"Workspace `{drawn_workspace}`" in c.value for c in app.caption)
 
     for page, caption in (("pages/overview.py", "Checkpoint **tiny**"), ("pages/confusion.py", "Checkpoint **tiny**"),
-                          ("pages/home.py", f"Workspace `{demo_workspace}`")):
+                          ("pages/home.py", f"Workspace `{drawn_workspace}`")):
         app.switch_page(page).run()
         assert not app.exception, [e.value for e in app.exception]
-        assert _box(app).value == str(demo_workspace), page
-        assert app.session_state["tl_workspace"] == str(demo_workspace), page
+        assert _box(app).value == str(drawn_workspace), page
+        assert app.session_state["tl_workspace"] == str(drawn_workspace), page
         assert not app.sidebar.error, page
         assert any(caption in c.value for c in app.caption), page
 
 
-def test_split_and_checkpoints_survive_page_switches(demo_workspace, open_app):
-    app = open_app(demo_workspace)
+def test_split_and_checkpoints_survive_page_switches(drawn_workspace, open_app):
+    app = open_app(drawn_workspace)
     app.sidebar.selectbox[0].set_value("train").run()
     for page in ("pages/overview.py", "pages/classes.py", "pages/home.py"):
         app.switch_page(page).run()
