@@ -7,8 +7,14 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell sha256sum requirements.txt | cut -c1-12)
 WORKSPACE ?= demo_workspace
 PORT ?= 8501
+# Where the dashboard listens: this machine only by default. `make serve` (or HOST=0.0.0.0 make run) serves a team;
+# app.py then refuses to show anything unless sign-in is configured ([auth] in .streamlit/secrets.toml) or ARGS
+# holds --allow-anonymous (a trusted network: every page shows a banner).
+HOST ?= 127.0.0.1
+ARGS ?=
+SERVE_HOST ?= 0.0.0.0
 
-.PHONY: setup demo run test lint bench clean
+.PHONY: setup demo run serve test lint bench clean
 
 setup: $(STAMP)
 
@@ -24,7 +30,12 @@ $(WORKSPACE)/taxalens.toml:
 	$(PY) -m cli demo --out $(WORKSPACE)
 
 run: demo
-	$(PY) -m streamlit run app.py --server.port $(PORT) -- --workspace $(WORKSPACE)
+	$(PY) -m streamlit run app.py --server.address $(HOST) --server.port $(PORT) \
+		$(if $(filter 127.% localhost ::1,$(HOST)),,--client.showErrorDetails none) -- --workspace $(WORKSPACE) $(ARGS)
+
+# For a team: listens on every interface. Needs sign-in in .streamlit/secrets.toml, or ARGS=--allow-anonymous.
+serve:
+	$(MAKE) run HOST=$(SERVE_HOST)
 
 lint: setup
 	$(VENV)/bin/ruff check .

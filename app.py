@@ -1,4 +1,5 @@
-"""TaxaLens: the frame around every page (page config, navigation, the shared sidebar)."""
+"""TaxaLens: the frame around every page (page config, the served-to-whom guard, sign-in, navigation, the shared
+sidebar)."""
 
 from __future__ import annotations
 
@@ -6,6 +7,8 @@ from collections.abc import Callable
 
 import streamlit as st
 
+from core.workspace import Workspace
+from pages._access import KEY_ACTOR_PROBLEM, KEY_LOCAL_NAME, resolve_actor, sign_in_configured
 from pages._cached import (
     KEY_CHECKPOINTS,
     KEY_SPLIT,
@@ -16,6 +19,8 @@ from pages._cached import (
     ensemble_specs,
     open_workspace,
 )
+from pages._serving import guard_exposure, workspace_choices
+from pages._text import md
 
 st.set_page_config(page_title="TaxaLens", page_icon="🔬", layout="wide")
 
@@ -57,15 +62,59 @@ def _kept_widget(widget: Callable, label: str, key: str, **kwargs) -> None:
     widget(label, key=_widget_key(key), on_change=_commit, args=(key,), **kwargs)
 
 
+def _sign_in() -> None:
+    """With `[auth]` in .streamlit/secrets.toml nothing is shown until the user signs in with the provider."""
+    if not sign_in_configured():
+        return
+    if not st.user.is_logged_in:
+        st.title("TaxaLens")
+        st.info("Sign in with your institution's account to open the dashboard.")
+        st.button("Sign in", key="tl-login", type="primary", on_click=st.login)
+        st.stop()
+    with st.sidebar:
+        st.caption(f"Signed in as **{md(st.user.get('email') or '(no e-mail)')}**")
+        st.button("Sign out", key="tl-logout", on_click=st.logout)
+
+
+def _workspace_box() -> Workspace | None:
+    """The workspace box: workspaces under the configured roots, chosen by name (no free path typing)."""
+    if not st.session_state.get(KEY_WORKSPACE):
+        st.session_state[KEY_WORKSPACE] = default_workspace_path()
+    choices = workspace_choices()
+    names = {path: name for name, path in choices.items()}
+    options = list(names)
+    current = st.session_state[KEY_WORKSPACE]
+    if current not in names:  # set by the server's own configuration (command line, environment), not by a user
+        options.insert(0, current)
+    _kept_widget(st.selectbox, "Workspace", KEY_WORKSPACE, options=options, format_func=lambda p: names.get(p, p),
+                 help="Workspaces (folders with taxalens.toml) under the roots the server was started with "
+                 "(`TAXALENS_WORKSPACES`, `[server] roots`)")
+    try:
+        return open_workspace(st.session_state[KEY_WORKSPACE])
+    except (FileNotFoundError, ValueError) as exc:
+        st.error(md(exc))
+        return None
+
+
+def _identity(workspace: Workspace | None) -> None:
+    """The actor of this run (`tl_actor`): the signed-in account, or the local name typed once here."""
+    if not sign_in_configured():
+        st.session_state.setdefault(KEY_LOCAL_NAME, "")
+        _kept_widget(st.text_input, "Your name", KEY_LOCAL_NAME, placeholder="name or initials",
+                     help="Recorded on every label event you write (normalised: case and look-alike letters fold)")
+        st.caption("No sign-in configured: identities are not verified.")
+    actor = resolve_actor(workspace)
+    if actor is not None:
+        st.caption(f"Acting as **{md(actor.name)}** · {actor.role.label}")
+    elif sign_in_configured() or st.session_state.get(KEY_LOCAL_NAME, "").strip():
+        st.warning(md(st.session_state.get(KEY_ACTOR_PROBLEM) or "no identity"))
+
+
 def _sidebar() -> None:
     with st.sidebar:
-        if not st.session_state.get(KEY_WORKSPACE):
-            st.session_state[KEY_WORKSPACE] = default_workspace_path()
-        _kept_widget(st.text_input, "Workspace folder", KEY_WORKSPACE, help="A folder with taxalens.toml")
-        try:
-            workspace = open_workspace(st.session_state[KEY_WORKSPACE])
-        except (FileNotFoundError, ValueError) as exc:
-            st.error(str(exc))
+        workspace = _workspace_box()
+        _identity(workspace)
+        if workspace is None:
             return
         ensembles = {e.name: e for e in ensemble_specs(workspace)}
         names = [c.name for c in workspace.checkpoints] + list(ensembles)
@@ -84,5 +133,7 @@ def _sidebar() -> None:
         _kept_widget(st.selectbox, "Split", KEY_SPLIT, options=SPLITS)
 
 
+guard_exposure()
+_sign_in()
 _sidebar()
 st.navigation(PAGES).run()

@@ -14,6 +14,7 @@ from core.ensemble import EnsembleSpec, ensemble_tables, read_ensemble_specs
 from core.errors import TaxaLensError
 from core.predictions import PredictionTable, load_predictions, relabel_table
 from core.workspace import Workspace, load_workspace
+from pages._text import md, md_list
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEMO_WORKSPACE = REPO_ROOT / "demo_workspace"
@@ -280,9 +281,9 @@ class SingleCheckpointError(TaxaLensError, ValueError):
 
 def single_checkpoint_message(spec: EnsembleSpec, what: str = "Grad-CAM") -> str:
     """"`what` needs a single checkpoint: `spec` is an ensemble of ...", naming the members to pick instead."""
-    members = ", ".join(f"**{m}**" for m in spec.members)
-    return (f"{what} needs a single checkpoint: **{spec.name}** is an ensemble of {members}, which has no model of "
-            f"its own. Pick one member (e.g. **{spec.members[0]}**) in the sidebar.")
+    return (f"{what} needs a single checkpoint: **{md(spec.name)}** is an ensemble of "
+            f"{md_list(spec.members, bold=True)}, which has no model of its own. Pick one member "
+            f"(e.g. **{md(spec.members[0])}**) in the sidebar.")
 
 
 def _select_checkpoint(name: str) -> None:
@@ -297,7 +298,7 @@ def require_single_checkpoint(ctx: PageContext, what: str = "Grad-CAM") -> None:
         return
     st.info(single_checkpoint_message(spec, what))
     for column, member in zip(st.columns(len(spec.members)), spec.members, strict=True):
-        column.button(f"Use {member}", key=f"single-{member}", on_click=_select_checkpoint, args=(member,))
+        column.button(f"Use {md(member)}", key=f"single-{member}", on_click=_select_checkpoint, args=(member,))
     st.stop()
 
 
@@ -308,7 +309,7 @@ def page_context() -> PageContext | None:
         workspace = open_workspace(path)
         dataset = load_dataset(workspace)
     except (FileNotFoundError, ValueError) as exc:
-        st.error(f"Cannot open workspace {path}: {exc}")
+        st.error(f"Cannot open workspace {md(path)}: {md(exc)}")
         return None
     split = st.session_state.get(KEY_SPLIT, "val")
     ctx = PageContext(workspace, dataset, (), split if split in SPLITS else "val", ensemble_specs(workspace))
@@ -327,24 +328,24 @@ def require_table(ctx: PageContext, name: str | None = None) -> PredictionTable:
         table = ctx.table(name)
     except (ValueError, FileNotFoundError) as exc:  # a checkpoint file gone, or members that cannot be combined
         what = "combine ensemble" if ctx.ensemble(name) is not None else "read the predictions of"
-        st.error(f"Cannot {what} **{name}**: {exc}")
+        st.error(f"Cannot {what} **{md(name)}**: {md(exc)}")
         st.stop()
     if table is None:
         spec = ctx.ensemble(name)
         if spec is None:
-            st.info(f"No predictions for **{name}** on this dataset yet.")
+            st.info(f"No predictions for **{md(name)}** on this dataset yet.")
             to_compute = [name]
         else:
             to_compute = missing_members(ctx.workspace, spec)
-            st.info(f"Ensemble **{name}** combines {', '.join(f'**{m}**' for m in spec.members)}; no predictions "
-                    f"for member{'s' if len(to_compute) > 1 else ''} {', '.join(f'**{m}**' for m in to_compute)} "
+            st.info(f"Ensemble **{md(name)}** combines {md_list(spec.members, bold=True)}; no predictions "
+                    f"for member{'s' if len(to_compute) > 1 else ''} {md_list(to_compute, bold=True)} "
                     "on this dataset yet.")
         for member in to_compute:
-            if st.button(f"Compute predictions with {member}", key=f"compute-{member}", type="primary"):
+            if st.button(f"Compute predictions with {md(member)}", key=f"compute-{member}", type="primary"):
                 try:
                     compute_predictions(ctx.workspace, member)
                 except (ValueError, FileNotFoundError) as exc:
-                    st.error(str(exc))
+                    st.error(md(exc))
                     st.stop()
                 st.rerun()
         st.stop()

@@ -12,6 +12,7 @@ import streamlit as st
 
 from core.images import ImageError, load_image_rgb
 from pages._cached import PageContext, single_checkpoint_message
+from pages._text import md
 
 MAX_ENTRIES = 4096  # cached maps (a 64 px map and view take ~16 kB; a 224 px pair ~200 kB)
 
@@ -163,7 +164,7 @@ def gallery_overlays(ctx: PageContext, rows, paths: Sequence[str | None], settin
         maps = cam_maps(ctx, [str(rows["sample_id"].iloc[i]) for i in wanted], [paths[i] for i in wanted],
                         [classes[i] for i in wanted], method=settings.method)
     except CamError as exc:
-        st.error(str(exc))
+        st.error(md(exc))
         return [None] * len(rows)
     overlays: list[np.ndarray | None] = [None] * len(rows)
     for i, entry in zip(wanted, maps, strict=True):

@@ -20,6 +20,7 @@ import streamlit as st
 from core import figures, metrics
 from core.predictions import PredictionTable
 from pages._cached import PageContext, checkpoint_stamp, page_context, require_table
+from pages._text import md, md_list
 
 
 @dataclass(frozen=True)
@@ -73,7 +74,7 @@ def _weights_stamp(ctx: PageContext) -> tuple:
 
 def open_evaluation_page(title: str) -> tuple[PageContext, EvalData]:
     """Title the page and return the sidebar's context and its evaluation data (or stop the script)."""
-    st.title(title)
+    st.title(title)  # a fixed page title, never user text
     ctx = page_context()
     if ctx is None:
         st.stop()
@@ -106,27 +107,27 @@ def show_data_notes(ctx: PageContext, data: EvalData) -> None:
     scores of an F1-weighted ensemble on the split its weights were learned on."""
     weights_split = (data.full.meta.get("ensemble") or {}).get("weights_split")
     if weights_split and ctx.split in (weights_split, "all"):
-        st.warning(f"Ensemble **{data.checkpoint}** weights its members by their per-class F1 on the "
+        st.warning(f"Ensemble **{md(data.checkpoint)}** weights its members by their per-class F1 on the "
                    f"**{weights_split}** split, so its scores on **{ctx.split}** are optimistic; judge it on a split "
                    "it was not weighted on (e.g. test).")
     mismatch = class_mismatch(data.full_token, tuple(data.full.class_names), tuple(ctx.dataset.class_names))
     if mismatch.any:
-        lines = [f"The classes of checkpoint **{data.checkpoint}** differ from the dataset's labels."]
+        lines = [f"The classes of checkpoint **{md(data.checkpoint)}** differ from the dataset's labels."]
         if mismatch.renamed:
-            pairs = ", ".join(f"`{d}` → `{m}`" for d, m in mismatch.renamed)
+            pairs = ", ".join(f"{md(d)} → {md(m)}" for d, m in mismatch.renamed)
             lines.append(f"Probably renamed (dataset → model): {pairs}.")
         if mismatch.missing:
             lines.append(f"Dataset labels the model cannot predict ({len(mismatch.missing)}): "
-                         + ", ".join(f"`{c}`" for c in mismatch.missing) + " — their samples are left out of metrics.")
+                         + md_list(mismatch.missing) + " — their samples are left out of metrics.")
         if mismatch.extra:
             lines.append(f"Model classes with no dataset samples ({len(mismatch.extra)}): "
-                         + ", ".join(f"`{c}`" for c in mismatch.extra) + ".")
+                         + md_list(mismatch.extra) + ".")
         st.warning("  \n".join(lines))
     excluded = excluded_counts(data.token, data.table)
     if len(excluded):
         total = int(excluded.sum())
         st.info(f"{total:,} of {len(data.table):,} samples in this split carry a label that is not one of the model's "
-                f"classes ({', '.join(f'{k}: {v}' for k, v in excluded.items())}); they are excluded from metrics.")
+                f"classes ({', '.join(f'{md(k)}: {v}' for k, v in excluded.items())}); they are excluded from metrics.")
 
 
 @st.cache_data(show_spinner=False, max_entries=64)

@@ -15,6 +15,7 @@ from core.metrics import top_predictions
 from core.predictions import PredictionTable
 from pages._cached import PageContext
 from pages._cam import gallery_cam_controls, gallery_overlays
+from pages._text import md
 
 THUMB_PX = 160
 PAGE_SIZES = (12, 24, 48)
@@ -91,7 +92,7 @@ def render_gallery(ctx: PageContext, table_rows: pd.DataFrame, *, key: str) -> s
                                                      overlays[offset : offset + COLUMNS], strict=False):
                 with cell:
                     data = overlay if overlay is not None else thumbnail_bytes(path, _mtime(path)) if path else None
-                    caption = f"{row['label']} → {row['pred']} · {row['confidence']:.0%}"
+                    caption = f"{md(row['label'])} → {md(row['pred'])} · {row['confidence']:.0%}"
                     if data is None:
                         st.caption(f"(image unavailable) {caption}")
                     else:
@@ -108,7 +109,7 @@ def render_sample_view(ctx: PageContext, table: PredictionTable, sample_id: str,
 
     matches = (table.frame["sample_id"] == sample_id).to_numpy().nonzero()[0]
     if not len(matches):
-        st.info(f"Sample {sample_id} is not in this split.")
+        st.info(f"Sample {md(sample_id)} is not in this split.")
         return
     row_index = int(matches[0])
     row = table.frame.iloc[row_index]
@@ -116,11 +117,12 @@ def render_sample_view(ctx: PageContext, table: PredictionTable, sample_id: str,
     path = sample_paths(ctx, [sample_id])[0]
     with left:
         try:
-            st.image(load_image_rgb(path) if path else None, caption=sample_id, width="stretch")
+            st.image(load_image_rgb(path) if path else None, caption=md(sample_id), width="stretch")
         except ImageError as exc:
-            st.error(str(exc))
+            st.error(md(exc))
     with right:
-        st.markdown(f"**True:** {row['label']}  \n**Predicted:** {row['pred']} ({row['confidence']:.1%})  \n"
-                    f"**Loss:** {row['loss']:.3f}  \n**Specimen:** {row['specimen_id']}  \n**Split:** {row['split']}")
+        st.markdown(f"**True:** {md(row['label'])}  \n**Predicted:** {md(row['pred'])} ({row['confidence']:.1%})  \n"
+                    f"**Loss:** {row['loss']:.3f}  \n**Specimen:** {md(row['specimen_id'])}  \n"
+                    f"**Split:** {md(row['split'])}")
         top = top_predictions(table, row_index, k=k)
         st.plotly_chart(build_top_predictions_figure(top, true_label=str(row["label"])), key=f"top-{sample_id}")

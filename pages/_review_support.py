@@ -1,16 +1,16 @@
-"""Shared pieces of the review and adjudication pages: the cached label store and ranking, reviewer identity."""
+"""Shared pieces of the review and adjudication pages: the cached label store and ranking, the reviewer (the current
+actor: the signed-in account, or the local name typed in the sidebar)."""
 
 from __future__ import annotations
 
 import pandas as pd
 import streamlit as st
 
-from core.labelstore import LabelStore, validate_reviewer
+from core.labelstore import LabelStore
 from core.predictions import PredictionTable
 from core.ranking import LabelIssueRanking, rank_label_issues
+from pages._access import current_actor, explain_hidden
 from pages._cached import PageContext, get_predictions, predictions_key
-
-KEY_REVIEWER = "tl_reviewer"  # session state: who is reviewing (UI state; every action goes to the store)
 
 
 @st.cache_resource(show_spinner=False)
@@ -47,12 +47,11 @@ def given_labels(ctx: PageContext) -> dict[str, str]:
     return _given_labels(id(ctx.dataset), ctx.dataset.samples)
 
 
-def reviewer_input(*, label: str = "Reviewer") -> str | None:
-    """The reviewer identity text box; returns the cleaned identity, or None (with a hint) when it is missing."""
-    st.text_input(label, key=KEY_REVIEWER, placeholder="your name or initials",
-                  help="Required to record decisions; every event in the audit log carries it")
-    try:
-        return validate_reviewer(st.session_state.get(KEY_REVIEWER))
-    except ValueError as exc:
-        st.warning(str(exc))
-        return None
+def current_reviewer(action: str = "record", *, what: str = "Review buttons") -> str | None:
+    """The identity recorded on events (the current actor's name) when its role may do `action`; else None, with a
+    caption saying why `what` is hidden."""
+    actor = current_actor()
+    if actor is not None and actor.may(action):
+        return actor.name
+    explain_hidden(action, what)
+    return None

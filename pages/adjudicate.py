@@ -8,9 +8,11 @@ from core.agreement import adjudicate, class_agreement, list_disagreements, revi
 from core.export import audit_log_csv, curated_manifest_csv
 from core.images import ImageError, load_image_rgb
 from core.labelstore import EXCLUDED_VOTE
+from pages._access import explain_hidden, may
 from pages._cached import page_context
 from pages._gallery import sample_paths
-from pages._review_support import given_labels, label_store, reviewer_input
+from pages._review_support import current_reviewer, given_labels, label_store
+from pages._text import md
 
 SELECTED, MESSAGE = "adj-selected", "adj-message"
 
@@ -26,9 +28,9 @@ def _rule(store, sample_id: str, *, reviewer: str, given: str | None) -> None:
         event = adjudicate(store, sample_id, st.session_state["adj-decision"], reviewer=reviewer, given_label=given,
                            note=st.session_state.get("adj-note", ""))
     except ValueError as exc:
-        st.session_state[MESSAGE] = str(exc)
+        st.session_state[MESSAGE] = md(exc)
         return
-    st.session_state[MESSAGE] = f"ruling recorded: {event.action} {event.new_label or ''} (event {event.id})"
+    st.session_state[MESSAGE] = f"ruling recorded: {event.action} {md(event.new_label or '')} (event {event.id})"
     st.session_state["adj-note"] = ""
 
 
@@ -38,7 +40,7 @@ if ctx is None:
     st.stop()
 store = label_store(ctx)
 given_of = given_labels(ctx)
-lead = reviewer_input(label="Lead reviewer")
+lead = current_reviewer("adjudicate", what="Rulings")
 if message := st.session_state.pop(MESSAGE, None):
     st.toast(message)
 
@@ -60,21 +62,22 @@ else:
     path = sample_paths(ctx, [selected])[0]
     with left:
         try:
-            st.image(load_image_rgb(path) if path else None, caption=selected, width="stretch")
+            st.image(load_image_rgb(path) if path else None, caption=md(selected), width="stretch")
         except ImageError as exc:
-            st.error(str(exc))
+            st.error(md(exc))
     with right:
-        st.markdown(f"**Given label:** {given_of.get(selected)}  \n**Now:** {state.status} · {state.label}")
+        st.markdown(f"**Given label:** {md(given_of.get(selected))}  \n**Now:** {state.status} · {md(state.label)}")
         for reviewer, vote in sorted(state.votes.items()):
             st.text(f"{reviewer}: {vote}")  # reviewer names are free text: shown as text, never markdown
         options = sorted(set(ctx.dataset.class_names) | {v for v in state.votes.values() if v != "(unsure)"}
                          | {EXCLUDED_VOTE})
         label_now = state.label or given_of.get(selected)
-        st.selectbox("Ruling", options, index=options.index(label_now) if label_now in options else 0,
-                     key="adj-decision")
-        st.text_input("Note (plain text)", key="adj-note")
-        st.button("Record ruling", key="adj-rule", type="primary", disabled=lead is None, on_click=_rule,
-                  args=(store, selected), kwargs={"reviewer": lead, "given": given_of.get(selected)})
+        if lead is not None:  # only leads (and admins) see the ruling controls
+            st.selectbox("Ruling", options, index=options.index(label_now) if label_now in options else 0,
+                         key="adj-decision")
+            st.text_input("Note (plain text)", key="adj-note")
+            st.button("Record ruling", key="adj-rule", type="primary", on_click=_rule, args=(store, selected),
+                      kwargs={"reviewer": lead, "given": given_of.get(selected)})
         history = store.events_frame(sample_ids=[selected])
         st.dataframe(history[["id", "created_at", "reviewer", "action", "new_label", "note", "adjudication"]],
                      hide_index=True)
@@ -94,8 +97,11 @@ else:
 st.subheader("Export")
 st.caption("The curated manifest lists every sample with its current label and status (excluded samples are kept "
            "and marked); paths are relative to the dataset root. Spreadsheet formulas are neutralised.")
-downloads = st.columns(2)
-downloads[0].download_button("Curated label manifest (CSV)", data=curated_manifest_csv(ctx.dataset, store),
-                             file_name="curated_labels.csv", mime="text/csv", key="adj-export")
-downloads[1].download_button("Audit log (CSV)", data=audit_log_csv(store), file_name="label_audit_log.csv",
-                             mime="text/csv", key="adj-audit")
+if may("export"):
+    downloads = st.columns(2)
+    downloads[0].download_button("Curated label manifest (CSV)", data=curated_manifest_csv(ctx.dataset, store),
+                                 file_name="curated_labels.csv", mime="text/csv", key="adj-export")
+    downloads[1].download_button("Audit log (CSV)", data=audit_log_csv(store), file_name="label_audit_log.csv",
+                                 mime="text/csv", key="adj-audit")
+else:
+    explain_hidden("export", "Downloads")

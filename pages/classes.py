@@ -7,6 +7,7 @@ import streamlit as st
 from core.metrics import bottom_classes, confusions_of_class
 from pages import _evaluation as ev
 from pages._gallery import render_gallery, render_sample_view
+from pages._text import md
 
 CLASS_KEY = "wc-class"
 
@@ -20,7 +21,7 @@ def _pick_from_chart() -> None:
 
 ctx, data = ev.open_evaluation_page("Weakest classes")
 table = data.table
-st.caption(f"Checkpoint **{data.checkpoint}** · split **{ctx.split}** · {len(table):,} images")
+st.caption(f"Checkpoint **{md(data.checkpoint)}** · split **{ctx.split}** · {len(table):,} images")
 ev.show_data_notes(ctx, data)
 
 per_class = ev.per_class(data.token, table)
@@ -50,16 +51,16 @@ cols[3].metric("Support", f"{int(row['support']):,}")
 class_idx = list(table.class_names).index(chosen)
 confusions = confusions_of_class(ev.confusion(data.token, table), table.class_names, class_idx)
 if confusions.empty:
-    st.success(f"No confusion involving {chosen} in this split.")
+    st.success(f"No confusion involving {md(chosen)} in this split.")
     st.stop()
 outgoing = confusions[confusions["direction"] == "predicted as"].reset_index(drop=True)
 incoming = confusions[confusions["direction"] == "mistaken for it"].reset_index(drop=True)
 left, right = st.columns(2)
 with left:
-    st.markdown(f"**{chosen} samples predicted as…**")
+    st.markdown(f"**{md(chosen)} samples predicted as…**")
     st.dataframe(outgoing[["other", "count"]], hide_index=True, key="wc-out")
 with right:
-    st.markdown(f"**Samples predicted as {chosen}, truly…**")
+    st.markdown(f"**Samples predicted as {md(chosen)}, truly…**")
     st.dataframe(incoming[["other", "count"]], hide_index=True, key="wc-in")
 
 labels = [f"{chosen} → {o} ({c})" for o, c in zip(outgoing["other"], outgoing["count"], strict=True)]
@@ -70,7 +71,7 @@ pick = st.selectbox("Examples of", range(len(labels)), format_func=lambda i: lab
 true_idx, pred_idx = (int(v) for v in cells[pick])
 rows = ev.cell_rows(data.token, table, true_idx, pred_idx)
 names = table.class_names
-st.subheader(ev.cell_heading(len(rows), names[true_idx], names[pred_idx]))
+st.subheader(md(ev.cell_heading(len(rows), names[true_idx], names[pred_idx])))
 inspected = render_gallery(ctx, rows, key="wc-gallery")
 if inspected is not None:
     render_sample_view(ctx, table, inspected)

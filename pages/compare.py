@@ -12,8 +12,10 @@ import streamlit as st
 from core.compare import Comparison, build_f1_delta_figure, compare_predictions
 from core.ensemble import EnsembleSpec, add_ensemble, ensemble_tables
 from core.predictions import PredictionTable
+from pages._access import may
 from pages._cached import page_context, require_table
 from pages._gallery import render_gallery, render_sample_view
+from pages._text import md
 
 ENSEMBLE = "(ensemble of all checkpoints)"
 LABELS = {"macro_f1": "Macro-F1", "weighted_f1": "Weighted-F1", "accuracy": "Accuracy"}
@@ -72,18 +74,19 @@ if name_b == ENSEMBLE:
     try:
         full_b = _ensemble(tuple(_token(t) for t in member_tables), method, tuple(members), tuple(member_tables))
     except ValueError as exc:
-        st.error(str(exc))
+        st.error(md(exc))
         st.stop()
     table_b = full_b.for_split(ctx.split)
-    with st.popover("Save this ensemble to the workspace"):
-        ensemble_name = st.text_input("Ensemble name", value=f"ensemble-{method}", key="cmp-ens-name")
-        if st.button("Save", key="cmp-ens-save"):
-            try:
-                add_ensemble(ctx.workspace.root, EnsembleSpec(ensemble_name.strip(), tuple(members), method))
-            except ValueError as exc:
-                st.error(str(exc))
-            else:
-                st.success(f"Saved as `[[ensembles]]` **{ensemble_name}** in taxalens.toml")
+    if may("edit_workspace"):  # saving changes taxalens.toml: admins only
+        with st.popover("Save this ensemble to the workspace"):
+            ensemble_name = st.text_input("Ensemble name", value=f"ensemble-{method}", key="cmp-ens-name")
+            if st.button("Save", key="cmp-ens-save"):
+                try:
+                    add_ensemble(ctx.workspace.root, EnsembleSpec(ensemble_name.strip(), tuple(members), method))
+                except ValueError as exc:
+                    st.error(md(exc))
+                else:
+                    st.success(f"Saved as `[[ensembles]]` **{md(ensemble_name)}** in taxalens.toml")
     label_b = f"ensemble ({method}) of {', '.join(members)}"
     if method == "f1_weighted" and ctx.split == "val":
         st.warning("The ensemble's class weights come from the val split, so its val scores are optimistic; "
@@ -95,12 +98,12 @@ else:
 try:
     result = _compare(_token(table_a), _token(table_b), int(n_boot), cluster, table_a, table_b)
 except ValueError as exc:
-    st.error(str(exc))
+    st.error(md(exc))
     st.stop()
-st.caption(f"A = **{name_a}**, B = **{label_b}** · split **{ctx.split}** · {result.n:,} samples compared"
+st.caption(f"A = **{md(name_a)}**, B = **{md(label_b)}** · split **{ctx.split}** · {result.n:,} samples compared"
            + (f" · {result.n_dropped:,} left out" if result.n_dropped else ""))
 for note in result.notes:
-    st.caption(f"Note: {note}")
+    st.caption(f"Note: {md(note)}")
 
 # Headline deltas --------------------------------------------------------------------------------------------------
 st.subheader("Scores with paired bootstrap intervals")
@@ -143,7 +146,7 @@ st.caption("Gallery captions show the label → B's prediction; inspect a sample
 inspected = render_gallery(ctx, rows, key=f"cmp-gallery-{direction}")
 if inspected is not None:
     row = flips.set_index("sample_id").loc[inspected]
-    st.markdown(f"**A ({name_a})** predicted **{row['pred_a']}** ({row['confidence_a']:.1%}), "
-                f"{row['p_label_a']:.1%} on the label · **B** predicted **{row['pred_b']}** "
+    st.markdown(f"**A ({md(name_a)})** predicted **{md(row['pred_a'])}** ({row['confidence_a']:.1%}), "
+                f"{row['p_label_a']:.1%} on the label · **B** predicted **{md(row['pred_b'])}** "
                 f"({row['confidence_b']:.1%}), {row['p_label_b']:.1%} on the label. B's view:")
     render_sample_view(ctx, table_b, inspected)

@@ -6,6 +6,7 @@ import streamlit as st
 
 from pages import _evaluation as ev
 from pages._gallery import render_gallery, render_sample_view
+from pages._text import md
 
 CELL_KEY = "cm-cell"  # (true_idx, pred_idx) of the open cell, in model class indices
 NORMALISE = {"counts": "none", "share of true class (recall)": "true", "share of predicted class (precision)": "pred"}
@@ -35,7 +36,8 @@ ctx, data = ev.open_evaluation_page("Confusion matrix")
 table = data.table
 names = list(table.class_names)
 index = {name: i for i, name in enumerate(names)}
-st.caption(f"Checkpoint **{data.checkpoint}** · split **{ctx.split}** · {len(table):,} images · {len(names)} classes")
+st.caption(f"Checkpoint **{md(data.checkpoint)}** · split **{ctx.split}** · {len(table):,} images · "
+           f"{len(names)} classes")
 ev.show_data_notes(ctx, data)
 
 options = st.columns([2, 2, 1, 3])
@@ -90,7 +92,7 @@ if cell is None:
 else:
     true_idx, pred_idx = cell
     rows = ev.cell_rows(data.token, table, true_idx, pred_idx)
-    st.subheader(ev.cell_heading(len(rows), names[true_idx], names[pred_idx]))
+    st.subheader(md(ev.cell_heading(len(rows), names[true_idx], names[pred_idx])))
     inspected = render_gallery(ctx, rows, key="cm-gallery")
     if inspected is not None:
         render_sample_view(ctx, table, inspected)

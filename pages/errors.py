@@ -7,11 +7,12 @@ import streamlit as st
 
 from pages import _evaluation as ev
 from pages._gallery import render_gallery, render_sample_view
+from pages._text import md
 
 ctx, data = ev.open_evaluation_page("Misclassifications")
 table = data.table
 names = list(table.class_names)
-st.caption(f"Checkpoint **{data.checkpoint}** · split **{ctx.split}** · {len(table):,} images")
+st.caption(f"Checkpoint **{md(data.checkpoint)}** · split **{ctx.split}** · {len(table):,} images")
 ev.show_data_notes(ctx, data)
 
 with st.container(border=True):
@@ -51,5 +52,5 @@ if len(specimens) == 1:
         match = specimen_table.frame[specimen_table.frame["sample_id"] == specimens[0]]
         if len(match):
             spec = match.iloc[0]
-            st.info(f"Specimen **{specimens[0]}** (mean probability over its images): label {spec['label']}, "
-                    f"predicted {spec['pred']} ({spec['confidence']:.1%}).")
+            st.info(f"Specimen **{md(specimens[0])}** (mean probability over its images): label "
+                    f"{md(spec['label'])}, predicted {md(spec['pred'])} ({spec['confidence']:.1%}).")

@@ -10,6 +10,7 @@ from models.cam import CAM_METHODS, CamError, render_overlay
 from pages._cached import page_context, require_single_checkpoint, require_table
 from pages._cam import CamMaps, auto_layer, cam_maps
 from pages._gallery import sample_paths
+from pages._text import md
 
 MAX_OPTIONS = 500  # sample ids listed at once; type in the filter to narrow a larger split
 DISPLAY_PX = 320
@@ -23,7 +24,7 @@ require_single_checkpoint(ctx, "Grad-CAM")  # an ensemble has no model to explai
 table = require_table(ctx)
 names = list(table.class_names)
 frame = table.frame
-st.caption(f"Checkpoint **{ctx.checkpoint}** · split **{ctx.split}** · {len(table):,} images. The maps show where "
+st.caption(f"Checkpoint **{md(ctx.checkpoint)}** · split **{ctx.split}** · {len(table):,} images. The maps show where "
            "the model's evidence for a class lies, on the image as the model saw it (resized and cropped).")
 
 linked = st.query_params.get("sample")
@@ -68,7 +69,7 @@ with st.container(border=True):
     if CAM_METHODS[method].slow:
         st.warning(f"{CAM_METHODS[method].label} is slow: one forward pass per channel of the layer.")
     if why and not layer:
-        st.error(why)
+        st.error(md(why))
         st.stop()
 
 targets = [("Predicted", int(row["pred_idx"]))]
@@ -81,32 +82,33 @@ try:
         maps = cam_maps(ctx, [sample_id] * len(targets), [path] * len(targets), [c for _, c in targets],
                         method=method, layer=layer.strip() or None)
 except CamError as exc:
-    st.error(str(exc))
+    st.error(md(exc))
     st.stop()
 
 columns = st.columns(1 + len(targets))
 with columns[0]:
     try:
         st.image(load_image_rgb(path) if path else None, width="stretch",
-                 caption=f"{sample_id} · true {row['label']}")
+                 caption=f"{md(sample_id)} · true {md(row['label'])}")
     except ImageError as exc:
-        st.error(str(exc))
+        st.error(md(exc))
 for column, (role, class_index), entry in zip(columns[1:], targets, maps, strict=True):
     with column:
         if not isinstance(entry, CamMaps):
-            st.warning(entry)
+            st.warning(md(entry))
             continue
         probability = float(table.pred_probs[row_index, class_index])
         empty = " · no positive evidence" if int(entry.cam.max()) == 0 else ""
         st.image(render_overlay(entry.view, entry.cam, opacity=opacity, display_size=DISPLAY_PX), width="stretch",
-                 caption=f"{role}: {names[class_index]} ({probability:.1%}){empty}")
+                 caption=f"{role}: {md(names[class_index])} ({probability:.1%}){empty}")
 if int(row["label_idx"]) < 0:
-    st.info(f"The label {row['label']!r} is not one of the checkpoint's classes, so there is no true-class map.")
+    st.info(f"The label {md(repr(row['label']))} is not one of the checkpoint's classes, so there is no "
+            "true-class map.")
 if not CAM_METHODS[method].class_specific:
     st.info(f"{CAM_METHODS[method].label} does not depend on the class: the maps are the same.")
 first = next((m for m in maps if isinstance(m, CamMaps)), None)
 if first is not None:
-    st.caption(f"Layer `{first.layer}` ({first.grid[0]}×{first.grid[1]} map) · predicted {row['pred']} with "
+    st.caption(f"Layer {md(first.layer)} ({first.grid[0]}×{first.grid[1]} map) · predicted {md(row['pred'])} with "
                f"{row['confidence']:.1%} confidence.")
     if min(first.grid) <= 2:
         st.info(f"The layer's map is only {first.grid[0]}×{first.grid[1]} at this input size, so the heat map is "

@@ -7,6 +7,7 @@ import streamlit as st
 
 from core.summary import checkpoint_rows, class_count_table
 from pages._cached import ensemble_problem, missing_members, page_context, predictions_file
+from pages._text import md
 
 st.title("TaxaLens")
 ctx = page_context()
@@ -14,7 +15,7 @@ if ctx is None:
     st.stop()
 
 dataset = ctx.dataset
-st.caption(f"Workspace `{ctx.workspace.root}` · dataset `{dataset.source}`")
+st.caption(f"Workspace {md(ctx.workspace.root)} · dataset {md(dataset.source)}")
 counts = class_count_table(dataset)
 splits = [c for c in counts.columns if c != "total"]
 cols = st.columns(4)
@@ -46,12 +47,12 @@ if ctx.ensembles:
                "predictions (Grad-CAM needs a single checkpoint).")
 problem = ensemble_problem(ctx.workspace)
 if problem:
-    st.warning(problem)
+    st.warning(md(problem))
 
 if dataset.warnings:
     st.subheader("Warnings")
     for line in dataset.warnings:
-        st.warning(line)
+        st.warning(md(line))
 if len(dataset.skipped):
     st.subheader(f"Skipped files ({len(dataset.skipped)})")
     st.dataframe(dataset.skipped, width="stretch", hide_index=True)

@@ -7,10 +7,11 @@ import streamlit as st
 
 from core.metrics import METRIC_LABELS
 from pages import _evaluation as ev
+from pages._text import md, md_list
 
 ctx, data = ev.open_evaluation_page("Overview")
 table = data.table
-st.caption(f"Checkpoint **{data.checkpoint}** · split **{ctx.split}** · {len(table):,} images")
+st.caption(f"Checkpoint **{md(data.checkpoint)}** · split **{ctx.split}** · {len(table):,} images")
 ev.show_data_notes(ctx, data)
 
 # Headline metrics -------------------------------------------------------------------------------------------------
@@ -50,7 +51,7 @@ ratio_text = " · ".join(f"{split}: {ratio:,.1f} : 1" for split, ratio in ratios
 st.caption(f"Imbalance ratio (largest class / smallest non-empty class): {ratio_text or 'no samples'}")
 empty = dist.index[dist["total"] == 0].tolist()
 if empty:
-    st.caption(f"Classes with no samples in any split: {', '.join(map(str, empty))}")
+    st.caption(f"Classes with no samples in any split: {md_list(empty)}")
 
 # Per-class table --------------------------------------------------------------------------------------------------
 st.subheader("Per-class metrics")

@@ -15,7 +15,8 @@ from core.metrics import top_predictions
 from core.ranking import QUEUE_KINDS, QueueSpec, build_queue, typical_examples
 from pages._cached import page_context, require_table
 from pages._gallery import _mtime, sample_paths, thumbnail_bytes
-from pages._review_support import given_labels, label_issue_ranking, label_store, reviewer_input
+from pages._review_support import current_reviewer, given_labels, label_issue_ranking, label_store
+from pages._text import md
 
 QUEUE_NAMES = {"likely_errors": "Likely label errors", "confusion_cell": "Confusion cell (from the confusion page)",
                "class": "One class", "low_confidence": "Lowest confidence",
@@ -36,9 +37,9 @@ def _act(store, sample_id: str, action: str, *, reviewer: str, given: str, label
         event = store.record(sample_id, action, reviewer=reviewer, label=label, given_label=given,
                              note=st.session_state.get(NOTE, ""), checkpoint=checkpoint)
     except ValueError as exc:
-        st.session_state[MESSAGE] = ("error", str(exc))
+        st.session_state[MESSAGE] = ("error", md(exc))
         return
-    st.session_state[MESSAGE] = ("success", f"{event.action} recorded for {sample_id} (event {event.id})")
+    st.session_state[MESSAGE] = ("success", f"{event.action} recorded for {md(sample_id)} (event {event.id})")
     st.session_state[NOTE] = ""
     st.session_state[CURRENT] = next_id or sample_id
 
@@ -47,9 +48,9 @@ def _undo(store, reviewer: str) -> None:
     try:
         event = store.undo_last(reviewer, note=st.session_state.get(NOTE, ""))
     except ValueError as exc:
-        st.session_state[MESSAGE] = ("error", str(exc))
+        st.session_state[MESSAGE] = ("error", md(exc))
         return
-    st.session_state[MESSAGE] = ("success", f"undid event {event.reverts_id} on {event.sample_id}")
+    st.session_state[MESSAGE] = ("success", f"undid event {event.reverts_id} on {md(event.sample_id)}")
     st.session_state[NOTE] = ""
     st.session_state[CURRENT] = event.sample_id  # back to the sample, to decide again
 
@@ -60,7 +61,7 @@ def _go(sample_id: str | None) -> None:
 
 
 def _strip(ctx, rows, title: str) -> None:
-    st.caption(title)
+    st.caption(title)  # callers escape the names in it
     if rows.empty:
         st.caption("no correctly classified example in this split")
         return
@@ -79,11 +80,29 @@ def _cam_overlays(ctx, sample_id: str, path: str, classes: list[int]) -> list:
     try:
         maps = cam_maps(ctx, [sample_id] * len(classes), [path] * len(classes), classes, method="gradcam")
     except CamError as exc:
-        st.caption(f"Grad-CAM unavailable: {exc}")
+        st.caption(f"Grad-CAM unavailable: {md(exc)}")
         return [None] * len(classes)
     return [render_overlay(m.view, m.cam, opacity=0.45, display_size=256) if isinstance(m, CamMaps) else None
             for m in maps]
 
+
+
+def _decision_buttons(store, sample_id: str, *, given: str, suggested: str, names: list[str], common: dict) -> None:
+    """The note box and the decision buttons (shown only to an actor who may record)."""
+    st.text_input("Note (optional, stored as plain text)", key=NOTE)
+    buttons = st.columns([2, 2, 3, 2, 1, 2, 2])
+    buttons[0].button(f"Confirm {md(given)} (c)", key="rv-confirm", type="primary", on_click=_act,
+                      args=(store, sample_id, "confirm"), kwargs={**common, "label": given})
+    buttons[1].button(f"Accept {md(suggested)} (a)", key="rv-accept", disabled=suggested == given, on_click=_act,
+                      args=(store, sample_id, "relabel"), kwargs={**common, "label": suggested})
+    buttons[2].selectbox("Pick class", names, index=names.index(suggested), key="rv-pick",
+                         label_visibility="collapsed", help="Type to search the classes")
+    buttons[3].button("Relabel (r)", key="rv-relabel", on_click=_act, args=(store, sample_id, "relabel"),
+                      kwargs={**common, "label_key": "rv-pick"})
+    buttons[4].button("Unsure (u)", key="rv-unsure", on_click=_act, args=(store, sample_id, "unsure"), kwargs=common)
+    buttons[5].button("Exclude: bad image (x)", key="rv-exclude", on_click=_act, args=(store, sample_id, "exclude"),
+                      kwargs=common)
+    buttons[6].button("Undo my last (z)", key="rv-undo", on_click=_undo, args=(store, common["reviewer"]))
 
 st.title("Review queue")
 ctx = page_context()
@@ -96,7 +115,7 @@ given_of = given_labels(ctx)
 
 top_row = st.columns([2, 2, 2, 1])
 with top_row[0]:
-    reviewer = reviewer_input()
+    reviewer = current_reviewer()
 kind = top_row[1].selectbox("Queue", QUEUE_KINDS, format_func=QUEUE_NAMES.get, key="rv-kind")
 spec = QueueSpec(kind=kind)
 if kind == "class":
@@ -107,7 +126,7 @@ elif kind == "confusion_cell":
         st.info("Open a cell on the Confusion matrix page first; its samples become this queue.")
         st.stop()
     spec = QueueSpec(kind=kind, true_label=names[cell[0]], pred_label=names[cell[1]])
-    top_row[2].markdown(f"**Cell:** given *{spec.true_label}* → predicted *{spec.pred_label}*")
+    top_row[2].markdown(f"**Cell:** given *{md(spec.true_label)}* → predicted *{md(spec.pred_label)}*")
 hide = top_row[3].toggle("Hide mine", key="rv-hide", help="Hide samples I already decided")
 spec = QueueSpec(kind=spec.kind, true_label=spec.true_label, pred_label=spec.pred_label, class_name=spec.class_name,
                  hide_reviewed=hide)
@@ -141,15 +160,15 @@ nav = st.columns([1, 1, 6])
 nav[0].button("◀ Previous", key="rv-prev", on_click=_go, args=(ids[position - 1] if position else None,),
               disabled=position == 0)
 nav[1].button("Next ▶ (n)", key="rv-next", on_click=_go, args=(next_id,), disabled=next_id is None)
-nav[2].caption(f"Sample {position + 1} of {len(ids)} · queue rank {int(row['rank'])} · {sample_id}")
+nav[2].caption(f"Sample {position + 1} of {len(ids)} · queue rank {int(row['rank'])} · {md(sample_id)}")
 
 path = sample_paths(ctx, [sample_id])[0]
 image_col, facts_col = st.columns([3, 2])
 with image_col:
     try:
-        st.image(load_image_rgb(path) if path else None, caption=sample_id, width="stretch")
+        st.image(load_image_rgb(path) if path else None, caption=md(sample_id), width="stretch")
     except ImageError as exc:
-        st.error(str(exc))
+        st.error(md(exc))
     if path and st.toggle("Grad-CAM for the suggested and the given class", value=True, key="rv-cam"):
         wanted = [(f"suggested: {suggested}", names.index(suggested))]
         if given in names:
@@ -157,44 +176,31 @@ with image_col:
         overlays = _cam_overlays(ctx, sample_id, path, [i for _, i in wanted])
         for column, (title, _), overlay in zip(st.columns(len(wanted)), wanted, overlays, strict=True):
             if overlay is not None:
-                column.image(overlay, caption=f"Grad-CAM · {title}", width="stretch")
+                column.image(overlay, caption=f"Grad-CAM · {md(title)}", width="stretch")
 with facts_col:
-    st.markdown(f"**Given label:** {given}  \n**Suggested:** {suggested} ({row['suggested_prob']:.1%}, model blended "
-                f"with its embedding neighbours)  \n"
+    st.markdown(f"**Given label:** {md(given)}  \n**Suggested:** {md(suggested)} ({row['suggested_prob']:.1%}, "
+                f"model blended with its embedding neighbours)  \n"
                 f"**Label quality:** {row['label_quality']:.3f}"
                 + (" · flagged as a likely error" if row["is_label_issue"] else "")
-                + f"  \n**Split:** {row['split']} · **Specimen:** {row['specimen_id']}")
+                + f"  \n**Split:** {md(row['split'])} · **Specimen:** {md(row['specimen_id'])}")
     shown_label = state.label if state.label is not None else given
-    st.markdown(f"**Now:** {state.status} · {shown_label}"
+    st.markdown(f"**Now:** {state.status} · {md(shown_label)}"
                 + (f" · {state.n_reviews} review(s), agreement {state.agreement:.0%}" if state.n_reviews else ""))
     table_row = int(np.flatnonzero(table.frame["sample_id"].to_numpy() == sample_id)[0])
     st.plotly_chart(build_top_predictions_figure(top_predictions(table, table_row, k=5), true_label=given),
                     key=f"rv-top-{sample_id}")
 
-st.text_input("Note (optional, stored as plain text)", key=NOTE)
-common = {"reviewer": reviewer, "given": given, "checkpoint": ctx.checkpoint, "next_id": next_id}
-disabled = reviewer is None
-buttons = st.columns([2, 2, 3, 2, 1, 2, 2])
-buttons[0].button(f"Confirm {given} (c)", key="rv-confirm", type="primary", disabled=disabled, on_click=_act,
-                  args=(store, sample_id, "confirm"), kwargs={**common, "label": given})
-buttons[1].button(f"Accept {suggested} (a)", key="rv-accept", disabled=disabled or suggested == given,
-                  on_click=_act, args=(store, sample_id, "relabel"), kwargs={**common, "label": suggested})
-buttons[2].selectbox("Pick class", names, index=names.index(suggested), key="rv-pick",
-                              label_visibility="collapsed", help="Type to search the classes")
-buttons[3].button("Relabel (r)", key="rv-relabel", disabled=disabled, on_click=_act,
-                  args=(store, sample_id, "relabel"), kwargs={**common, "label_key": "rv-pick"})
-buttons[4].button("Unsure (u)", key="rv-unsure", disabled=disabled, on_click=_act, args=(store, sample_id, "unsure"),
-                  kwargs=common)
-buttons[5].button("Exclude: bad image (x)", key="rv-exclude", disabled=disabled, on_click=_act,
-                  args=(store, sample_id, "exclude"), kwargs=common)
-buttons[6].button("Undo my last (z)", key="rv-undo", disabled=disabled, on_click=_undo, args=(store, reviewer))
+if reviewer is not None:  # viewers (and a local user who typed no name) see no review buttons
+    _decision_buttons(store, sample_id, given=given, suggested=suggested, names=names,
+                      common={"reviewer": reviewer, "given": given, "checkpoint": ctx.checkpoint, "next_id": next_id})
 
 strips = st.columns(2)
 exclude = [sample_id]
 with strips[0]:
-    _strip(ctx, typical_examples(table, given, n=STRIP, exclude=exclude), f"Typical {given} (given)")
+    _strip(ctx, typical_examples(table, given, n=STRIP, exclude=exclude), f"Typical {md(given)} (given)")
 with strips[1]:
-    _strip(ctx, typical_examples(table, suggested, n=STRIP, exclude=exclude), f"Typical {suggested} (suggested)")
+    _strip(ctx, typical_examples(table, suggested, n=STRIP, exclude=exclude),
+           f"Typical {md(suggested)} (suggested)")
 
 history = store.events_frame(sample_ids=[sample_id])
 if len(history):

@@ -8,6 +8,9 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
+# AppTest reads Streamlit's config from the working folder; wherever pytest starts, the app under test is local (app.py
+# refuses to show pages on a network address without sign-in).
+os.environ.setdefault("STREAMLIT_SERVER_ADDRESS", "127.0.0.1")
 
 
 def _test_data_dir() -> Path:
