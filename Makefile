@@ -40,7 +40,13 @@ serve:
 lint: setup
 	$(VENV)/bin/ruff check .
 
-test: setup
+# The OpenID Connect provider the sign-in browser tests run on loopback (npm, into that folder only).
+OIDC := tests/e2e/oidc
+$(OIDC)/node_modules: $(OIDC)/package.json $(OIDC)/package-lock.json
+	npm ci --prefix $(OIDC) --no-audit --no-fund
+	touch $@
+
+test: setup $(OIDC)/node_modules
 	$(VENV)/bin/ruff check .
 	$(PY) -m pytest
 
@@ -48,4 +54,4 @@ bench: demo
 	for script in benchmarks/bench_*.py; do echo "== $$script"; $(PY) $$script || exit 1; done
 
 clean:
-	rm -rf $(VENV) $(WORKSPACE) .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(WORKSPACE) .pytest_cache .ruff_cache $(OIDC)/node_modules

@@ -8,7 +8,7 @@ from collections.abc import Callable
 import streamlit as st
 
 from core.workspace import Workspace
-from pages._access import KEY_ACTOR_PROBLEM, KEY_LOCAL_NAME, resolve_actor, sign_in_configured
+from pages._access import KEY_ACTOR, KEY_ACTOR_PROBLEM, KEY_LOCAL_NAME, resolve_actor, sign_in_configured
 from pages._cached import (
     KEY_CHECKPOINTS,
     KEY_SPLIT,
@@ -19,7 +19,7 @@ from pages._cached import (
     ensemble_specs,
     open_workspace,
 )
-from pages._serving import guard_exposure, workspace_choices
+from pages._serving import guard_exposure, sign_in_prompt, workspace_choices
 from pages._text import md
 
 st.set_page_config(page_title="TaxaLens", page_icon="🔬", layout="wide")
@@ -64,16 +64,11 @@ def _kept_widget(widget: Callable, label: str, key: str, **kwargs) -> None:
 
 def _sign_in() -> None:
     """With `[auth]` in .streamlit/secrets.toml nothing is shown until the user signs in with the provider."""
-    if not sign_in_configured():
-        return
-    if not st.user.is_logged_in:
-        st.title("TaxaLens")
-        st.info("Sign in with your institution's account to open the dashboard.")
-        st.button("Sign in", key="tl-login", type="primary", on_click=st.login)
-        st.stop()
-    with st.sidebar:
-        st.caption(f"Signed in as **{md(st.user.get('email') or '(no e-mail)')}**")
-        st.button("Sign out", key="tl-logout", on_click=st.logout)
+    sign_in_prompt()
+    if sign_in_configured():
+        with st.sidebar:
+            st.caption(f"Signed in as **{md(st.user.get('email') or '(no e-mail)')}**")
+            st.button("Sign out", key="tl-logout", on_click=st.logout)
 
 
 def _workspace_box() -> Workspace | None:
@@ -133,7 +128,15 @@ def _sidebar() -> None:
         _kept_widget(st.selectbox, "Split", KEY_SPLIT, options=SPLITS)
 
 
+def _require_role() -> None:
+    """With sign-in, an account the workspace's [access] gives no role sees no page (only why, in the sidebar)."""
+    if sign_in_configured() and st.session_state.get(KEY_ACTOR) is None:
+        st.error(md(st.session_state.get(KEY_ACTOR_PROBLEM) or "no role in this workspace"))
+        st.stop()
+
+
 guard_exposure()
 _sign_in()
 _sidebar()
+_require_role()
 st.navigation(PAGES).run()

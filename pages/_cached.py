@@ -303,7 +303,11 @@ def require_single_checkpoint(ctx: PageContext, what: str = "Grad-CAM") -> None:
 
 
 def page_context() -> PageContext | None:
-    """The sidebar's selection, or `None` (with a message shown) when no workspace is open."""
+    """The sidebar's selection, or `None` (with a message shown) when no workspace is open. Stops the run first when
+    the session may not see pages (network address without sign-in, not signed in, no role)."""
+    from pages._serving import require_access
+
+    require_access()
     path = st.session_state.get(KEY_WORKSPACE) or default_workspace_path()
     try:
         workspace = open_workspace(path)

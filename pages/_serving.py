@@ -10,8 +10,9 @@ from pathlib import Path
 import streamlit as st
 
 from core.serving import Exposure, allow_anonymous, find_workspaces, workspace_roots
-from pages._access import secrets_section, sign_in_configured
+from pages._access import KEY_ACTOR_PROBLEM, current_actor, secrets_section, sign_in_configured
 from pages._cached import default_workspace_path
+from pages._text import md
 
 
 def current_exposure() -> Exposure:
@@ -34,6 +35,29 @@ def guard_exposure() -> Exposure:
         st.warning("Served to the network without sign-in (`--allow-anonymous`): identities are **not verified**; "
                    "anyone who can reach this page can record labels under any name.", icon=":material/warning:")
     return exposure
+
+
+def sign_in_prompt() -> None:
+    """With sign-in configured and nobody signed in: a sign-in button instead of the page, and stop."""
+    if sign_in_configured() and not st.user.is_logged_in:
+        st.title("TaxaLens")
+        st.info("Sign in with your institution's account to open the dashboard.")
+        st.button("Sign in", key="tl-login", type="primary", on_click=st.login)
+        st.stop()
+
+
+def require_access() -> None:
+    """Stop this run unless the session may see pages: the server's address is allowed, and with sign-in the user is
+    signed in with a role in the workspace. app.py checks the same before navigation; every page checks again
+    (through `page_context`), since a fresh server can run a page script without app.py around it."""
+    problem = current_exposure().problem()
+    if problem:
+        st.error(problem)
+        st.stop()
+    sign_in_prompt()
+    if sign_in_configured() and current_actor() is None:
+        st.error(md(st.session_state.get(KEY_ACTOR_PROBLEM) or "no role in this workspace"))
+        st.stop()
 
 
 def configured_roots() -> tuple[Path, ...]:

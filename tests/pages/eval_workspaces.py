@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -150,3 +151,9 @@ def run_page_script(page: str | Path, workspace: Path, **state):
     app.run()
     assert not app.exception, [e.value for e in app.exception]
     return app
+
+
+def plain(markdown: str) -> str:
+    """What a reader sees of Markdown source whose user text went through `pages._text.md`: the backslash escapes
+    removed (the page's own emphasis markers stay)."""
+    return re.sub(r"\\(.)", r"\1", markdown)

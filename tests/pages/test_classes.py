@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
 
-from tests.pages.eval_workspaces import load_table
+from tests.pages.eval_workspaces import load_table, plain
 
 PAGE = "pages/classes.py"
 
@@ -47,7 +47,7 @@ def test_weakest_class_matches_sklearn(workspace_fixture, open_page, request):
     assert out_table["count"].sum() == counts[worst].sum() - counts[worst, worst]
     assert in_table["count"].sum() == counts[:, worst].sum() - counts[worst, worst]
     # Examples: the first pair's gallery holds exactly that cell's samples.
-    heading = next(h.value for h in app.subheader if ": true " in h.value)
+    heading = next(plain(h.value) for h in app.subheader if ": true " in plain(h.value))
     n = int(heading.split(" ")[0])
     assert len([b for b in app.button if b.label == "Inspect"]) == min(n, 24)
 
@@ -67,7 +67,7 @@ def test_pick_another_class_and_pair(drawn_workspace, open_page):
     pair_box = app.selectbox(key=f"wc-pair-{chosen}")
     last = len(pair_box.options) - 1  # the last pair is an incoming one ("other → chosen")
     pair_box.set_value(pair_box.options[last]).run()
-    heading = next(h.value for h in app.subheader if ": true " in h.value)
+    heading = next(plain(h.value) for h in app.subheader if ": true " in plain(h.value))
     assert heading.endswith(f"→ predicted {chosen}")
     other = heading.split(": true ")[1].split(" → ")[0]
     assert int(heading.split(" ")[0]) == counts[names.index(other), names.index(chosen)]

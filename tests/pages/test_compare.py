@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.pages.eval_workspaces import CHECKPOINT, add_checkpoint_copy, build_bccd_workspace
+from tests.pages.eval_workspaces import CHECKPOINT, add_checkpoint_copy, build_bccd_workspace, plain
 
 REPO = Path(__file__).resolve().parents[2]
 PAGE = str(REPO / "pages" / "compare.py")
@@ -76,15 +76,15 @@ def test_a_flipped_sample_opens_in_the_gallery(two_checkpoints: Path):
     assert opened in flips.index
     buttons[0].click().run()
     assert not app.exception, [e.value for e in app.exception]
-    view = next(m.value for m in app.markdown if "B's view" in m.value)
+    view = next(plain(m.value) for m in app.markdown if "B's view" in m.value)
     assert f"predicted **{flips.loc[opened, 'pred_a']}**" in view  # A was wrong on it
     assert f"predicted **{flips.loc[opened, 'pred_b']}**" in view
     assert flips.loc[opened, "pred_b"] == flips.loc[opened, "label"]  # B is right: wrong -> right
-    assert any(f"**Specimen:** {flips.loc[opened, 'specimen_id']}" in m.value for m in app.markdown)
+    assert any(f"**Specimen:** {flips.loc[opened, 'specimen_id']}" in plain(m.value) for m in app.markdown)
 
 
 def test_ensemble_of_the_others_is_compared_like_a_checkpoint(two_checkpoints: Path):
     app = _open(two_checkpoints, **{"cmp-b": "(ensemble of all checkpoints)", "cmp-boot": 200})
-    captions = " ".join(c.value for c in app.caption)
+    captions = plain(" ".join(c.value for c in app.caption))
     assert "ensemble (mean) of tiny, tiny2" in captions
     assert _frame(app, "share_b_better")["b"].notna().all()

@@ -11,7 +11,7 @@ import pytest
 from sklearn.metrics import accuracy_score, f1_score
 
 from core.ensemble import EnsembleSpec, add_ensemble, ensemble_tables
-from tests.pages.eval_workspaces import CHECKPOINT, add_checkpoint_copy, build_drawn_workspace, load_table
+from tests.pages.eval_workspaces import CHECKPOINT, add_checkpoint_copy, build_drawn_workspace, load_table, plain
 
 SECOND = "tiny2"
 PAIR = "pair"  # mean of tiny and tiny2
@@ -127,5 +127,5 @@ def test_member_without_predictions_is_named_and_computed(tmp_path, open_app):
     app.button(key="compute-fresh").click().run()  # the tiny model predicts the demo's images on the CPU
     assert not app.exception, [e.value for e in app.exception]
     assert load_table(root, "fresh") is not None
-    assert any("Checkpoint **with-fresh**" in c.value for c in app.caption)
+    assert any("Checkpoint **with-fresh**" in plain(c.value) for c in app.caption)
     assert {m.label for m in app.metric} >= {"Accuracy", "Macro-F1"}

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from tests.pages.eval_workspaces import load_table
+from tests.pages.eval_workspaces import load_table, plain
 
 PAGE = "pages/errors.py"
 
@@ -41,7 +41,7 @@ def test_filters_on_demo(drawn_workspace, open_page):
     specimen = wrong["specimen_id"].iloc[0]
     app.text_input(key="mb-specimen").input(specimen).run()
     assert _count(app) == int((wrong["specimen_id"] == specimen).sum())
-    assert any(f"Specimen **{specimen}**" in i.value for i in app.info)
+    assert any(f"Specimen **{specimen}**" in plain(i.value) for i in app.info)
 
     app.toggle(key="mb-errors").set_value(False).run()
     assert _count(app) == int((frame["specimen_id"] == specimen).sum())
@@ -55,7 +55,7 @@ def test_inspect_shows_top5(bccd_workspace, open_page):
     assert not app.exception
     table = load_table(bccd_workspace).for_split("val")
     row = table.frame[table.frame["sample_id"] == sample_id].iloc[0]
-    details = " ".join(m.value for m in app.markdown)
+    details = plain(" ".join(m.value for m in app.markdown))
     assert f"**True:** {row['label']}" in details and f"**Predicted:** {row['pred']}" in details
 
 

@@ -8,7 +8,7 @@ import pytest
 import streamlit as st
 
 import models.cam
-from tests.pages.eval_workspaces import load_table, run_page_script
+from tests.pages.eval_workspaces import load_table, plain, run_page_script
 
 PAGE = str(Path(__file__).resolve().parents[2] / "pages" / "explain.py")
 
@@ -33,7 +33,7 @@ def _open(workspace, **state):
 
 
 def _captions(app) -> list[str]:
-    return [caption for image in app.image for caption in image.captions]
+    return [plain(caption) for image in app.image for caption in image.captions]
 
 
 def test_sample_shows_predicted_true_and_other_class(drawn_workspace, counted):
@@ -48,7 +48,7 @@ def test_sample_shows_predicted_true_and_other_class(drawn_workspace, counted):
     assert captions[2].startswith(f"True: {wrong['label']} (")
     assert captions[3].startswith("Other: ")
     assert counted == [3]  # the three maps in one batch
-    assert any("Layer `layer4`" in c.value for c in app.caption)
+    assert any("Layer layer4 " in plain(c.value) for c in app.caption)
 
     app.slider(key="cam-opacity").set_value(0.8).run()  # re-rendering only: no new maps
     assert not app.exception and counted == [3]
@@ -71,9 +71,9 @@ def test_method_picker_and_class_agnostic_note(drawn_workspace, counted):
 
 def test_layer_override_and_bad_layer(drawn_workspace, counted):
     app = _open(drawn_workspace, **{"cam-layer": "layer3"})
-    assert any("Layer `layer3`" in c.value for c in app.caption)
+    assert any("Layer layer3 " in plain(c.value) for c in app.caption)
     app.text_input(key="cam-layer").set_value("layer9").run()
-    errors = [e.value for e in app.error]
+    errors = [plain(e.value) for e in app.error]
     assert any("no module named 'layer9'" in e and "layer4" in e for e in errors)
 
 

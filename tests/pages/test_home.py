@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 from core.workspace import load_workspace
-from tests.pages.eval_workspaces import CHECKPOINT
+from tests.pages.eval_workspaces import CHECKPOINT, plain
 
 
 def test_landing_page_shows_the_workspace(drawn_workspace, open_app):
     app = open_app(drawn_workspace)  # no page named: the landing page
     dataset = load_workspace(drawn_workspace).load_dataset()
     assert app.title[0].value == "TaxaLens"
-    assert any(str(drawn_workspace) in c.value for c in app.caption)
+    assert any(str(drawn_workspace) in plain(c.value) for c in app.caption)
     metrics = {m.label: m.value for m in app.metric}
     assert metrics["Classes"] == str(len(dataset.class_names)) == "9"
     assert metrics["Images"] == f"{len(dataset):,}"

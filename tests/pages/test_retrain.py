@@ -6,7 +6,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from tests.pages.eval_workspaces import build_bccd_workspace
+from tests.pages.eval_workspaces import build_bccd_workspace, plain
 
 REPO = Path(__file__).resolve().parents[2]
 PAGE = str(REPO / "pages" / "retrain.py")
@@ -17,6 +17,7 @@ def _open(root: Path):
 
     app = AppTest.from_file(PAGE, default_timeout=120)
     app.session_state["tl_workspace"] = str(root)
+    app.session_state["tl_reviewer"] = "tester"  # the local name (the workspace's local role: admin)
     app.run()
     assert not app.exception, [e.value for e in app.exception]
     return app
@@ -61,4 +62,4 @@ def test_a_taken_name_is_refused_on_the_page(tmp_path: Path, bccd_root: Path):
     app = _open(root)
     app.text_input(key="rt-name").set_value("tiny")  # the workspace's existing checkpoint
     app.button[0].click().run()
-    assert any("already has a checkpoint named 'tiny'" in e.value for e in app.error)
+    assert any("already has a checkpoint named 'tiny'" in plain(e.value) for e in app.error)
