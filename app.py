@@ -8,7 +8,7 @@ from collections.abc import Callable
 import streamlit as st
 
 from core.workspace import Workspace
-from pages._access import KEY_ACTOR, KEY_ACTOR_PROBLEM, KEY_LOCAL_NAME, resolve_actor, sign_in_configured
+from pages._access import KEY_ACTOR_PROBLEM, KEY_LOCAL_NAME, resolve_actor, sign_in_configured
 from pages._cached import (
     KEY_CHECKPOINTS,
     KEY_SPLIT,
@@ -19,7 +19,7 @@ from pages._cached import (
     ensemble_specs,
     open_workspace,
 )
-from pages._serving import guard_exposure, sign_in_prompt, workspace_choices
+from pages._serving import guard_exposure, require_access, sign_in_prompt, workspace_choices
 from pages._text import md
 
 st.set_page_config(page_title="TaxaLens", page_icon="🔬", layout="wide")
@@ -122,21 +122,14 @@ def _sidebar() -> None:
                      "`[[ensembles]]` in taxalens.toml (the Compare page can save one)")
         problem = ensemble_problem(workspace)
         if problem:
-            st.warning(problem)
+            st.warning(md(problem))
         if st.session_state.get(KEY_SPLIT) not in SPLITS:
             st.session_state[KEY_SPLIT] = "val"
         _kept_widget(st.selectbox, "Split", KEY_SPLIT, options=SPLITS)
 
 
-def _require_role() -> None:
-    """With sign-in, an account the workspace's [access] gives no role sees no page (only why, in the sidebar)."""
-    if sign_in_configured() and st.session_state.get(KEY_ACTOR) is None:
-        st.error(md(st.session_state.get(KEY_ACTOR_PROBLEM) or "no role in this workspace"))
-        st.stop()
-
-
 guard_exposure()
 _sign_in()
 _sidebar()
-_require_role()
+require_access()  # with sign-in: an account that [access] gives no role sees no page
 st.navigation(PAGES).run()

@@ -86,6 +86,7 @@ def served(tmp_path_factory, provider):
 def _sign_in(browser, url: str, issuer: str, email: str):
     """A fresh browser context signed in as `email` (picked at the provider first, as a user picks an account)."""
     context = browser.new_context(viewport={"width": 1600, "height": 1400})
+    context.set_default_timeout(90_000)  # two cores shared with a Streamlit server and a model: be patient
     page = context.new_page()
     page.goto(f"{issuer}/select-account?email={urllib.parse.quote(email)}")
     page.goto(url, wait_until="domcontentloaded")
@@ -119,10 +120,12 @@ def test_roles_follow_the_signed_in_account(served) -> None:
         expect(page.get_by_text("Acting as viewer@lab.org · viewer")).to_be_visible()
         page.get_by_role("link", name="Review queue").click()
         expect(page.get_by_text("Review buttons hidden")).to_be_visible(timeout=90_000)
-        assert page.get_by_role("button", name="Confirm").count() == 0
+        page.get_by_text("(given)").first.wait_for(timeout=90_000)  # drawn below where the buttons would be
+        assert page.locator(".st-key-rv-confirm").count() == 0
         assert page.get_by_role("button", name="Undo my last (z)").count() == 0
         page.get_by_role("link", name="Adjudicate & export").click()
         expect(page.get_by_text("Rulings hidden")).to_be_visible(timeout=90_000)
+        expect(page.get_by_text("Downloads hidden")).to_be_visible(timeout=90_000)  # the end of the page
         assert page.get_by_role("button", name="Record ruling").count() == 0
         assert page.get_by_text("Curated label manifest (CSV)").count() == 0
         context.close()
@@ -150,7 +153,7 @@ def test_roles_follow_the_signed_in_account(served) -> None:
         page.get_by_role("link", name="Adjudicate & export").click()
         rule = page.get_by_role("button", name="Record ruling")
         rule.wait_for(timeout=90_000)
-        expect(page.get_by_text("Curated label manifest (CSV)")).to_be_visible()
+        expect(page.get_by_text("Curated label manifest (CSV)")).to_be_visible(timeout=90_000)
         page.get_by_label("Ruling").click()
         page.get_by_role("option", name=ruling, exact=True).click()
         rule.click()

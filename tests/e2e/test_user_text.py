@@ -88,6 +88,7 @@ def test_user_text_renders_literally_and_fetches_nothing(hostile, trap, tmp_path
     with sync_api.sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
         page = browser.new_page(viewport={"width": 1600, "height": 1400})
+        page.set_default_timeout(90_000)
         literal = page.get_by_text(hostile_class, exact=False)
 
         def visit(link: str, ready: str) -> None:
