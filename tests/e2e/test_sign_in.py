@@ -103,6 +103,7 @@ def _events(root: Path):
 def test_roles_follow_the_signed_in_account(served) -> None:
     sync_api = sync_playwright_or_skip()
     expect = sync_api.expect
+    expect.set_options(timeout=90_000)  # two shared cores: a rerun can take tens of seconds
     url, issuer, root, disputed, ruling = served
     before = len(_events(root))
     with sync_api.sync_playwright() as playwright:
@@ -134,7 +135,7 @@ def test_roles_follow_the_signed_in_account(served) -> None:
         # A reviewer records: the event carries the signed-in address, never a typed name.
         context, page = _sign_in(browser, url, issuer, "Reviewer@Lab.org")
         expect(page.get_by_text("Acting as reviewer@lab.org · reviewer")).to_be_visible()
-        assert page.get_by_label("Your name").count() == 0  # nothing to type: the identity is the account
+        assert page.get_by_label("Your name", exact=True).count() == 0  # nothing to type: the identity is the account
         page.get_by_role("link", name="Review queue").click()
         confirm = page.locator(".st-key-rv-confirm button")
         confirm.wait_for(timeout=90_000)
@@ -154,7 +155,7 @@ def test_roles_follow_the_signed_in_account(served) -> None:
         rule = page.get_by_role("button", name="Record ruling")
         rule.wait_for(timeout=90_000)
         expect(page.get_by_text("Curated label manifest (CSV)")).to_be_visible(timeout=90_000)
-        page.get_by_label("Ruling").click()
+        page.get_by_label("Ruling", exact=True).click()
         page.get_by_role("option", name=ruling, exact=True).click()
         rule.click()
         deadline = time.monotonic() + 60
