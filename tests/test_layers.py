@@ -2,6 +2,7 @@
 
 `core/` never imports a higher layer (models, pages, cli), Streamlit or torch; `core/__main__.py` is the one shim
 allowed to reach up to `cli`. `models/` never imports pages, cli or Streamlit. `cli/` never imports Streamlit.
+No test imports a benchmark.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ FORBIDDEN = {
     "core": {"models", "pages", "cli", "streamlit", "torch", "torchvision", "timm"},
     "models": {"pages", "cli", "streamlit"},
     "cli": {"pages", "streamlit"},
+    "tests": {"benchmarks"},  # a benchmark measures the code; what a test needs lives in the code it tests
 }
 ALLOWED = {("core/__main__.py", "cli")}
 
