@@ -7,15 +7,13 @@ from collections.abc import Callable
 import streamlit as st
 
 from pages._cached import (
-    KEY_CHECKPOINTS,
-    KEY_SPLIT,
-    KEY_WORKSPACE,
     SPLITS,
     default_workspace_path,
     ensemble_problem,
     ensemble_specs,
     open_workspace,
 )
+from pages._state import KEY_CHECKPOINTS, KEY_SPLIT, KEY_WORKSPACE
 
 st.set_page_config(page_title="TaxaLens", page_icon="🔬", layout="wide")
 

@@ -83,6 +83,13 @@ def select_device(prefer: str | None = None) -> torch.device:
     return torch.device("cpu")
 
 
+def model_device(model: nn.Module) -> torch.device:
+    """The device of the model's first parameter (CPU for a model without parameters)."""
+    for parameter in model.parameters():
+        return parameter.device
+    return torch.device("cpu")
+
+
 def file_sha256(path: str | Path) -> str:
     """sha256 of a file's bytes, memoised on (path, size, mtime)."""
     stat = Path(path).stat()

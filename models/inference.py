@@ -27,7 +27,7 @@ from core.predictions import (
     save_predictions,
 )
 from core.workspace import CheckpointSpec, Workspace
-from models.checkpoints import ModelCard, load_checkpoint, read_class_names, read_model_card
+from models.checkpoints import ModelCard, load_checkpoint, model_device, read_class_names, read_model_card
 
 Progress = Callable[[int, int], None]
 
@@ -113,7 +113,7 @@ def run_inference(
     Workers decode and resize to uint8; the batch is normalised where the model runs. On CUDA: pinned memory,
     non-blocking copies, channels_last and fp16/bf16 autocast.
     """
-    device = next(model.parameters()).device if any(True for _ in model.parameters()) else torch.device("cpu")
+    device = model_device(model)
     dataset = ImageDataset(samples["path"].tolist(), build_decode_transform(card), tuple(card.input_size))
     workers = default_num_workers() if num_workers is None else num_workers
     loader = DataLoader(

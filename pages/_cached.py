@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import sys
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
 import streamlit as st
 
 from core.dataset import Dataset
@@ -14,18 +17,12 @@ from core.ensemble import EnsembleSpec, ensemble_tables, read_ensemble_specs
 from core.errors import TaxaLensError
 from core.predictions import PredictionTable, load_predictions, relabel_table
 from core.workspace import Workspace, load_workspace
+from pages._state import KEY_CHECKPOINTS, KEY_SPLIT, KEY_WORKSPACE
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEMO_WORKSPACE = REPO_ROOT / "demo_workspace"
 SPLITS = ("val", "train", "test", "all")
 
-# Session-state keys of the sidebar (UI state only; reviewer actions go to the label store). They hold the committed
-# values and are never widget keys: Streamlit drops a widget's state when a run does not render it (a page switch,
-# the first run of a `streamlit run`, which goes through the pages/ folder fallback), so app.py gives each sidebar
-# widget its own key, re-seeds it from these every run and copies it back in an on_change callback.
-KEY_WORKSPACE = "tl_workspace"
-KEY_CHECKPOINTS = "tl_checkpoints"  # checkpoint and ensemble names; the first is the primary one
-KEY_SPLIT = "tl_split"
 
 
 def default_workspace_path() -> str:
@@ -37,6 +34,29 @@ def default_workspace_path() -> str:
         if arg.startswith("--workspace="):
             return arg.split("=", 1)[1]
     return os.environ.get("TAXALENS_WORKSPACE") or str(DEMO_WORKSPACE)
+
+
+def file_mtime_ns(path: str | Path | None) -> int:
+    """The file's modification time in ns, for cache keys of things read from it; -1 when `path` is None or
+    cannot be read."""
+    try:
+        return Path(path).stat().st_mtime_ns if path else -1
+    except OSError:
+        return -1
+
+
+def table_token(table: PredictionTable, *parts: str) -> str:
+    """A content hash of a predictions table for cache keys (pass the table itself unhashed, as `_table`): sample
+    ids, labels, predictions, confidences, the first MB of the probabilities, the class names and `parts` (split,
+    checkpoint name). Cheap next to hashing a 100,000 x 300 probability matrix."""
+    digest = hashlib.blake2b(digest_size=16)
+    frame = table.frame
+    for column in ("label_idx", "pred_idx", "confidence"):
+        digest.update(np.ascontiguousarray(frame[column].to_numpy()).tobytes())
+    digest.update(pd.util.hash_pandas_object(frame["sample_id"], index=False).to_numpy().tobytes())
+    digest.update(np.ascontiguousarray(table.pred_probs).reshape(-1).view(np.uint8)[:1_000_000].tobytes())
+    digest.update("\0".join((*parts, *table.class_names, str(len(table)))).encode())
+    return digest.hexdigest()
 
 
 def _config_stamp(path: str) -> float:

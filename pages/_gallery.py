@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import io
 import math
-from pathlib import Path
 
 import pandas as pd
 import streamlit as st
@@ -13,7 +12,7 @@ import streamlit as st
 from core.images import ImageError, load_image_rgb
 from core.metrics import top_predictions
 from core.predictions import PredictionTable
-from pages._cached import PageContext
+from pages._cached import PageContext, file_mtime_ns
 from pages._cam import gallery_cam_controls, gallery_overlays
 
 THUMB_PX = 160
@@ -51,11 +50,9 @@ def thumbnail_bytes(path: str, mtime_ns: int, size: int = THUMB_PX) -> bytes | N
     return buffer.getvalue()
 
 
-def _mtime(path: str | None) -> int:
-    try:
-        return Path(path).stat().st_mtime_ns if path else -1
-    except OSError:
-        return -1
+def sample_thumbnail(path: str | None) -> bytes | None:
+    """The cached thumbnail of the image at `path` (re-made when the file changes); None without a readable image."""
+    return thumbnail_bytes(path, file_mtime_ns(path)) if path else None
 
 
 def render_gallery(ctx: PageContext, table_rows: pd.DataFrame, *, key: str) -> str | None:
@@ -90,7 +87,7 @@ def render_gallery(ctx: PageContext, table_rows: pd.DataFrame, *, key: str) -> s
                                                      paths[offset : offset + COLUMNS],
                                                      overlays[offset : offset + COLUMNS], strict=False):
                 with cell:
-                    data = overlay if overlay is not None else thumbnail_bytes(path, _mtime(path)) if path else None
+                    data = overlay if overlay is not None else sample_thumbnail(path)
                     caption = f"{row['label']} → {row['pred']} · {row['confidence']:.0%}"
                     if data is None:
                         st.caption(f"(image unavailable) {caption}")

@@ -9,8 +9,7 @@ from core.labelstore import LabelStore, validate_reviewer
 from core.predictions import PredictionTable
 from core.ranking import LabelIssueRanking, rank_label_issues
 from pages._cached import PageContext, get_predictions, predictions_key
-
-KEY_REVIEWER = "tl_reviewer"  # session state: who is reviewing (UI state; every action goes to the store)
+from pages._state import KEY_REVIEWER
 
 
 @st.cache_resource(show_spinner=False)

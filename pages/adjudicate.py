@@ -7,7 +7,7 @@ import streamlit as st
 from core.agreement import adjudicate, class_agreement, list_disagreements, reviewer_pair_agreement
 from core.export import audit_log_csv, curated_manifest_csv
 from core.images import ImageError, load_image_rgb
-from core.labelstore import EXCLUDED_VOTE
+from core.labelstore import EXCLUDED_VOTE, UNSURE_VOTE
 from pages._cached import page_context
 from pages._gallery import sample_paths
 from pages._review_support import given_labels, label_store, reviewer_input
@@ -67,7 +67,7 @@ else:
         st.markdown(f"**Given label:** {given_of.get(selected)}  \n**Now:** {state.status} · {state.label}")
         for reviewer, vote in sorted(state.votes.items()):
             st.text(f"{reviewer}: {vote}")  # reviewer names are free text: shown as text, never markdown
-        options = sorted(set(ctx.dataset.class_names) | {v for v in state.votes.values() if v != "(unsure)"}
+        options = sorted(set(ctx.dataset.class_names) | {v for v in state.votes.values() if v != UNSURE_VOTE}
                          | {EXCLUDED_VOTE})
         label_now = state.label or given_of.get(selected)
         st.selectbox("Ruling", options, index=options.index(label_now) if label_now in options else 0,

@@ -3,28 +3,17 @@ intervals, per-class F1 deltas, and the samples whose prediction flipped, openin
 
 from __future__ import annotations
 
-import hashlib
-
-import numpy as np
 import pandas as pd
 import streamlit as st
 
 from core.compare import Comparison, build_f1_delta_figure, compare_predictions
 from core.ensemble import EnsembleSpec, add_ensemble, ensemble_tables
 from core.predictions import PredictionTable
-from pages._cached import page_context, require_table
+from pages._cached import page_context, require_table, table_token
 from pages._gallery import render_gallery, render_sample_view
 
 ENSEMBLE = "(ensemble of all checkpoints)"
 LABELS = {"macro_f1": "Macro-F1", "weighted_f1": "Weighted-F1", "accuracy": "Accuracy"}
-
-
-def _token(table: PredictionTable) -> str:
-    digest = hashlib.blake2b(digest_size=16)
-    for column in ("label", "pred", "sample_id"):
-        digest.update("\0".join(map(str, table.frame[column])).encode())
-    digest.update(np.ascontiguousarray(table.pred_probs).tobytes()[:1_000_000])
-    return digest.hexdigest()
 
 
 @st.cache_data(show_spinner="Bootstrapping…", max_entries=16)
@@ -70,7 +59,7 @@ if name_b == ENSEMBLE:
         require_table(ctx, member)
         member_tables.append(ctx.table(member, split="all"))
     try:
-        full_b = _ensemble(tuple(_token(t) for t in member_tables), method, tuple(members), tuple(member_tables))
+        full_b = _ensemble(tuple(table_token(t) for t in member_tables), method, tuple(members), tuple(member_tables))
     except ValueError as exc:
         st.error(str(exc))
         st.stop()
@@ -93,7 +82,7 @@ else:
     label_b = name_b
 
 try:
-    result = _compare(_token(table_a), _token(table_b), int(n_boot), cluster, table_a, table_b)
+    result = _compare(table_token(table_a), table_token(table_b), int(n_boot), cluster, table_a, table_b)
 except ValueError as exc:
     st.error(str(exc))
     st.stop()

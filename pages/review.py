@@ -14,14 +14,14 @@ from core.images import ImageError, load_image_rgb
 from core.metrics import top_predictions
 from core.ranking import QUEUE_KINDS, QueueSpec, build_queue, typical_examples
 from pages._cached import page_context, require_table
-from pages._gallery import _mtime, sample_paths, thumbnail_bytes
+from pages._gallery import sample_paths, sample_thumbnail
 from pages._review_support import given_labels, label_issue_ranking, label_store, reviewer_input
+from pages._state import KEY_CONFUSION_CELL
 
 QUEUE_NAMES = {"likely_errors": "Likely label errors", "confusion_cell": "Confusion cell (from the confusion page)",
                "class": "One class", "low_confidence": "Lowest confidence",
                "not_reviewed_by_me": "Not yet reviewed by me"}
 CURRENT, MESSAGE, NOTE = "rv-current", "rv-message", "rv-note"
-CONFUSION_CELL = "cm-cell"  # set by the confusion page: (true_idx, pred_idx) in model class order
 STRIP = 4  # typical examples shown per class
 SHORTCUTS = {"c": "rv-confirm", "a": "rv-accept", "r": "rv-relabel", "u": "rv-unsure", "x": "rv-exclude",
              "z": "rv-undo", "n": "rv-next"}
@@ -66,7 +66,7 @@ def _strip(ctx, rows, title: str) -> None:
         return
     cells = st.columns(STRIP)
     for cell, path in zip(cells, sample_paths(ctx, rows["sample_id"].tolist()), strict=False):
-        data = thumbnail_bytes(path, _mtime(path)) if path else None
+        data = sample_thumbnail(path)
         if data is not None:
             cell.image(data, width="stretch")
 
@@ -102,7 +102,7 @@ spec = QueueSpec(kind=kind)
 if kind == "class":
     spec = QueueSpec(kind=kind, class_name=top_row[2].selectbox("Class", names, key="rv-class"))
 elif kind == "confusion_cell":
-    cell = st.session_state.get(CONFUSION_CELL)
+    cell = st.session_state.get(KEY_CONFUSION_CELL)
     if not cell or not all(0 <= i < len(names) for i in cell):
         st.info("Open a cell on the Confusion matrix page first; its samples become this queue.")
         st.stop()
@@ -220,7 +220,7 @@ st.iframe(
 if next_id is not None:
     next_path = sample_paths(ctx, [next_id])[0]
     if next_path:
-        thumbnail_bytes(next_path, _mtime(next_path))
+        sample_thumbnail(next_path)
         if st.session_state.get("rv-cam", True):
             next_row = queue.iloc[position + 1]
             wanted = [names.index(str(next_row["suggested"]))]
