@@ -6,6 +6,7 @@ from collections.abc import Callable
 
 import streamlit as st
 
+from core.errors import USER_ERRORS
 from pages._cached import (
     SPLITS,
     default_workspace_path,
@@ -62,7 +63,7 @@ def _sidebar() -> None:
         _kept_widget(st.text_input, "Workspace folder", KEY_WORKSPACE, help="A folder with taxalens.toml")
         try:
             workspace = open_workspace(st.session_state[KEY_WORKSPACE])
-        except (FileNotFoundError, ValueError) as exc:
+        except USER_ERRORS as exc:
             st.error(str(exc))
             return
         ensembles = {e.name: e for e in ensemble_specs(workspace)}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import tempfile
 from dataclasses import dataclass
@@ -13,6 +14,8 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
+
+logger = logging.getLogger(__name__)
 
 SCALAR_COLUMNS = ("sample_id", "split", "label", "label_idx", "pred", "pred_idx", "confidence", "loss", "specimen_id")
 _META_KEY = b"taxalens"
@@ -145,6 +148,7 @@ def save_predictions(table: PredictionTable, path: str | Path) -> Path:
     try:
         pq.write_table(arrow, tmp)
         os.replace(tmp, path)
+        logger.debug("wrote %d predictions (%d classes) to %s", n, k, path)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)

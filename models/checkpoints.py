@@ -6,6 +6,7 @@ import argparse
 import functools
 import hashlib
 import json
+import logging
 import pickle
 import zipfile
 from dataclasses import asdict, dataclass, field, replace
@@ -29,6 +30,8 @@ _PREFIXES = (
     "module.",  # DistributedDataParallel / DataParallel
     "_orig_mod.",  # torch.compile
 )
+
+logger = logging.getLogger(__name__)
 
 
 class CheckpointError(TaxaLensError, ValueError):
@@ -148,6 +151,9 @@ def load_checkpoint(
     model = model.to(device).eval()
     if device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
+    logger.debug("loaded %s (%s, %s, %d classes) on %s", path, card.source_format, card.arch, card.num_classes, device)
+    for note in card.notes:
+        logger.info("%s: %s", path.name, note)
     return model, card
 
 

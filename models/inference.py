@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -28,6 +29,8 @@ from core.predictions import (
 )
 from core.workspace import CheckpointSpec, Workspace
 from models.checkpoints import ModelCard, load_checkpoint, model_device, read_class_names, read_model_card
+
+logger = logging.getLogger(__name__)
 
 Progress = Callable[[int, int], None]
 
@@ -239,7 +242,9 @@ def predict_workspace(
     dataset = dataset if dataset is not None else workspace.load_dataset()
     path = predictions_path(workspace, name, dataset=dataset)
     if path.is_file() and not force:
+        logger.debug("predictions of %s read from the cache %s", name, path)
         return relabel_table(load_predictions(path), dataset.samples)
+    logger.info("predicting %d images with %s", len(dataset.samples), name)
     model, card = load_workspace_model(workspace, name, dataset=dataset, device=device)
     result = run_inference(model, card, dataset.samples, batch_size=batch_size, num_workers=num_workers,
                            progress=progress)
@@ -249,6 +254,10 @@ def predict_workspace(
     table = table_from_result(result, dataset.samples, card, meta)
     save_predictions(table, path)
     result.failed.to_csv(path.with_suffix(".skipped.csv"), index=False)
+    if len(result.failed):
+        logger.warning("%d image(s) could not be decoded and are left out; listed in %s", len(result.failed),
+                       path.with_suffix(".skipped.csv"))
+    logger.debug("%d predictions of %s cached in %s", len(table), name, path)
     return table
 
 

@@ -14,7 +14,7 @@ import streamlit as st
 
 from core.dataset import Dataset
 from core.ensemble import EnsembleSpec, ensemble_tables, read_ensemble_specs
-from core.errors import TaxaLensError
+from core.errors import USER_ERRORS, TaxaLensError
 from core.predictions import PredictionTable, load_predictions, relabel_table
 from core.workspace import Workspace, load_workspace
 from pages._state import KEY_CHECKPOINTS, KEY_SPLIT, KEY_WORKSPACE
@@ -327,7 +327,7 @@ def page_context() -> PageContext | None:
     try:
         workspace = open_workspace(path)
         dataset = load_dataset(workspace)
-    except (FileNotFoundError, ValueError) as exc:
+    except USER_ERRORS as exc:
         st.error(f"Cannot open workspace {path}: {exc}")
         return None
     split = st.session_state.get(KEY_SPLIT, "val")
@@ -345,7 +345,7 @@ def require_table(ctx: PageContext, name: str | None = None) -> PredictionTable:
         st.stop()
     try:
         table = ctx.table(name)
-    except (ValueError, FileNotFoundError) as exc:  # a checkpoint file gone, or members that cannot be combined
+    except USER_ERRORS as exc:  # a checkpoint file gone, or members that cannot be combined
         what = "combine ensemble" if ctx.ensemble(name) is not None else "read the predictions of"
         st.error(f"Cannot {what} **{name}**: {exc}")
         st.stop()
@@ -363,7 +363,7 @@ def require_table(ctx: PageContext, name: str | None = None) -> PredictionTable:
             if st.button(f"Compute predictions with {member}", key=f"compute-{member}", type="primary"):
                 try:
                     compute_predictions(ctx.workspace, member)
-                except (ValueError, FileNotFoundError) as exc:
+                except USER_ERRORS as exc:
                     st.error(str(exc))
                     st.stop()
                 st.rerun()

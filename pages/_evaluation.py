@@ -17,6 +17,7 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from core import figures, metrics
+from core.errors import TaxaLensError
 from core.predictions import PredictionTable
 from pages._cached import PageContext, checkpoint_stamp, page_context, require_table, table_token
 
@@ -38,7 +39,7 @@ def _split_table(full_token: str, split: str, _full: PredictionTable) -> tuple[P
     return table, table_token(table, split)
 
 
-class _NoPredictions(LookupError):
+class _NoPredictions(TaxaLensError, LookupError):
     """Raised inside the cached lookup so that "not computed yet" is never cached (Streamlit caches no exception)."""
 
 

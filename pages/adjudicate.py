@@ -5,6 +5,7 @@ from __future__ import annotations
 import streamlit as st
 
 from core.agreement import adjudicate, class_agreement, list_disagreements, reviewer_pair_agreement
+from core.errors import USER_ERRORS
 from core.export import audit_log_csv, curated_manifest_csv
 from core.images import ImageError, load_image_rgb
 from core.labelstore import EXCLUDED_VOTE, UNSURE_VOTE
@@ -25,7 +26,7 @@ def _rule(store, sample_id: str, *, reviewer: str, given: str | None) -> None:
     try:
         event = adjudicate(store, sample_id, st.session_state["adj-decision"], reviewer=reviewer, given_label=given,
                            note=st.session_state.get("adj-note", ""))
-    except ValueError as exc:
+    except USER_ERRORS as exc:
         st.session_state[MESSAGE] = str(exc)
         return
     st.session_state[MESSAGE] = f"ruling recorded: {event.action} {event.new_label or ''} (event {event.id})"

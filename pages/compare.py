@@ -8,6 +8,7 @@ import streamlit as st
 
 from core.compare import Comparison, build_f1_delta_figure, compare_predictions
 from core.ensemble import EnsembleSpec, add_ensemble, ensemble_tables
+from core.errors import USER_ERRORS
 from core.predictions import PredictionTable
 from pages._cached import page_context, require_table, table_token
 from pages._gallery import render_gallery, render_sample_view
@@ -60,7 +61,7 @@ if name_b == ENSEMBLE:
         member_tables.append(ctx.table(member, split="all"))
     try:
         full_b = _ensemble(tuple(table_token(t) for t in member_tables), method, tuple(members), tuple(member_tables))
-    except ValueError as exc:
+    except USER_ERRORS as exc:
         st.error(str(exc))
         st.stop()
     table_b = full_b.for_split(ctx.split)
@@ -69,7 +70,7 @@ if name_b == ENSEMBLE:
         if st.button("Save", key="cmp-ens-save"):
             try:
                 add_ensemble(ctx.workspace.root, EnsembleSpec(ensemble_name.strip(), tuple(members), method))
-            except ValueError as exc:
+            except USER_ERRORS as exc:
                 st.error(str(exc))
             else:
                 st.success(f"Saved as `[[ensembles]]` **{ensemble_name}** in taxalens.toml")
@@ -83,7 +84,7 @@ else:
 
 try:
     result = _compare(table_token(table_a), table_token(table_b), int(n_boot), cluster, table_a, table_b)
-except ValueError as exc:
+except USER_ERRORS as exc:
     st.error(str(exc))
     st.stop()
 st.caption(f"A = **{name_a}**, B = **{label_b}** · split **{ctx.split}** · {result.n:,} samples compared"

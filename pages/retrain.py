@@ -11,6 +11,7 @@ from pathlib import Path
 
 import streamlit as st
 
+from core.errors import USER_ERRORS
 from core.train_runs import list_runs, read_log_tail, start_training_run, stop_run
 from pages._cached import page_context
 
@@ -63,7 +64,7 @@ if submitted:
     try:
         run = start_training_run(workspace, name.strip(), data=None if data.startswith("(") else Path(data),
                                  options=options)
-    except (ValueError, FileNotFoundError) as exc:
+    except USER_ERRORS as exc:
         st.error(str(exc))
     else:
         st.success(f"Started run **{run.name}** in `{run.run_dir}`")

@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 import streamlit as st
 
+from core.errors import USER_ERRORS
 from core.figures import build_top_predictions_figure
 from core.images import ImageError, load_image_rgb
 from core.metrics import top_predictions
@@ -35,7 +36,7 @@ def _act(store, sample_id: str, action: str, *, reviewer: str, given: str, label
     try:
         event = store.record(sample_id, action, reviewer=reviewer, label=label, given_label=given,
                              note=st.session_state.get(NOTE, ""), checkpoint=checkpoint)
-    except ValueError as exc:
+    except USER_ERRORS as exc:
         st.session_state[MESSAGE] = ("error", str(exc))
         return
     st.session_state[MESSAGE] = ("success", f"{event.action} recorded for {sample_id} (event {event.id})")
@@ -46,7 +47,7 @@ def _act(store, sample_id: str, action: str, *, reviewer: str, given: str, label
 def _undo(store, reviewer: str) -> None:
     try:
         event = store.undo_last(reviewer, note=st.session_state.get(NOTE, ""))
-    except ValueError as exc:
+    except USER_ERRORS as exc:
         st.session_state[MESSAGE] = ("error", str(exc))
         return
     st.session_state[MESSAGE] = ("success", f"undid event {event.reverts_id} on {event.sample_id}")
