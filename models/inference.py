@@ -21,11 +21,11 @@ from core.dataset import Dataset as SampleSet
 from core.images import ImageError, load_image_rgb
 from core.predictions import (
     PredictionTable,
-    build_prediction_table,
     load_predictions,
     prediction_cache_key,
     relabel_table,
     save_predictions,
+    table_for_samples,
 )
 from core.workspace import CheckpointSpec, Workspace
 from models.checkpoints import ModelCard, load_checkpoint, model_device, read_class_names, read_model_card
@@ -164,17 +164,8 @@ def table_from_result(
     result: InferenceResult, samples: pd.DataFrame, card: ModelCard, meta: dict | None = None
 ) -> PredictionTable:
     """A predictions table for the decoded rows of `samples`."""
-    rows = samples.iloc[result.rows]
-    return build_prediction_table(
-        rows["sample_id"].tolist(),
-        result.pred_probs,
-        result.embeddings,
-        labels=rows["label"].tolist(),
-        splits=rows["split"].tolist(),
-        specimen_ids=rows["specimen_id"].tolist(),
-        class_names=card.class_names,
-        meta=meta,
-    )
+    return table_for_samples(samples.iloc[result.rows], result.pred_probs, result.embeddings,
+                             class_names=card.class_names, meta=meta)
 
 
 def spec_class_names(spec: CheckpointSpec, dataset: SampleSet) -> tuple[tuple[str, ...] | None, str | None]:

@@ -337,6 +337,15 @@ def page_context() -> PageContext | None:
     return replace(ctx, checkpoints=selected)
 
 
+def start_page(title: str) -> PageContext:
+    """Title the page and return the sidebar's selection; when no workspace can be opened, say why and stop."""
+    st.title(title)
+    ctx = page_context()
+    if ctx is None:
+        st.stop()
+    return ctx
+
+
 def require_table(ctx: PageContext, name: str | None = None) -> PredictionTable:
     """The selected split's predictions, or a compute button (and `st.stop()`) when there are none yet."""
     name = name or ctx.checkpoint

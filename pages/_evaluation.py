@@ -19,7 +19,7 @@ import streamlit as st
 from core import figures, metrics
 from core.errors import TaxaLensError
 from core.predictions import PredictionTable
-from pages._cached import PageContext, checkpoint_stamp, page_context, require_table, table_token
+from pages._cached import PageContext, checkpoint_stamp, require_table, start_page, table_token
 
 
 @dataclass(frozen=True)
@@ -64,10 +64,7 @@ def _weights_stamp(ctx: PageContext) -> tuple:
 
 def open_evaluation_page(title: str) -> tuple[PageContext, EvalData]:
     """Title the page and return the sidebar's context and its evaluation data (or stop the script)."""
-    st.title(title)
-    ctx = page_context()
-    if ctx is None:
-        st.stop()
+    ctx = start_page(title)
     return ctx, require_eval_data(ctx)
 
 

@@ -50,6 +50,14 @@ def thumbnail_bytes(path: str, mtime_ns: int, size: int = THUMB_PX) -> bytes | N
     return buffer.getvalue()
 
 
+def show_image(path: str | None, caption: str) -> None:
+    """The image at `path` at the column's width, or why it cannot be shown (an `ImageError`'s message)."""
+    try:
+        st.image(load_image_rgb(path) if path else None, caption=caption, width="stretch")
+    except ImageError as exc:
+        st.error(str(exc))
+
+
 def sample_thumbnail(path: str | None) -> bytes | None:
     """The cached thumbnail of the image at `path` (re-made when the file changes); None without a readable image."""
     return thumbnail_bytes(path, file_mtime_ns(path)) if path else None
@@ -112,10 +120,7 @@ def render_sample_view(ctx: PageContext, table: PredictionTable, sample_id: str,
     left, right = st.columns([1, 1])
     path = sample_paths(ctx, [sample_id])[0]
     with left:
-        try:
-            st.image(load_image_rgb(path) if path else None, caption=sample_id, width="stretch")
-        except ImageError as exc:
-            st.error(str(exc))
+        show_image(path, sample_id)
     with right:
         st.markdown(f"**True:** {row['label']}  \n**Predicted:** {row['pred']} ({row['confidence']:.1%})  \n"
                     f"**Loss:** {row['loss']:.3f}  \n**Specimen:** {row['specimen_id']}  \n**Split:** {row['split']}")

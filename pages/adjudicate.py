@@ -7,10 +7,9 @@ import streamlit as st
 from core.agreement import adjudicate, class_agreement, list_disagreements, reviewer_pair_agreement
 from core.errors import USER_ERRORS
 from core.export import audit_log_csv, curated_manifest_csv
-from core.images import ImageError, load_image_rgb
 from core.labelstore import EXCLUDED_VOTE, UNSURE_VOTE
-from pages._cached import page_context
-from pages._gallery import sample_paths
+from pages._cached import start_page
+from pages._gallery import sample_paths, show_image
 from pages._review_support import given_labels, label_store, reviewer_input
 
 SELECTED, MESSAGE = "adj-selected", "adj-message"
@@ -33,10 +32,7 @@ def _rule(store, sample_id: str, *, reviewer: str, given: str | None) -> None:
     st.session_state["adj-note"] = ""
 
 
-st.title("Adjudicate & export")
-ctx = page_context()
-if ctx is None:
-    st.stop()
+ctx = start_page("Adjudicate & export")
 store = label_store(ctx)
 given_of = given_labels(ctx)
 lead = reviewer_input(label="Lead reviewer")
@@ -60,10 +56,7 @@ else:
     left, right = st.columns([1, 2])
     path = sample_paths(ctx, [selected])[0]
     with left:
-        try:
-            st.image(load_image_rgb(path) if path else None, caption=selected, width="stretch")
-        except ImageError as exc:
-            st.error(str(exc))
+        show_image(path, selected)
     with right:
         st.markdown(f"**Given label:** {given_of.get(selected)}  \n**Now:** {state.status} · {state.label}")
         for reviewer, vote in sorted(state.votes.items()):

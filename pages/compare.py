@@ -10,7 +10,7 @@ from core.compare import Comparison, build_f1_delta_figure, compare_predictions
 from core.ensemble import EnsembleSpec, add_ensemble, ensemble_tables
 from core.errors import USER_ERRORS
 from core.predictions import PredictionTable
-from pages._cached import page_context, require_table, table_token
+from pages._cached import require_table, start_page, table_token
 from pages._gallery import render_gallery, render_sample_view
 
 ENSEMBLE = "(ensemble of all checkpoints)"
@@ -28,10 +28,7 @@ def _ensemble(tokens: tuple[str, ...], method: str, names: tuple[str, ...], _tab
     return ensemble_tables(list(_tables), method=method, member_names=names, name=f"ensemble({', '.join(names)})")
 
 
-st.title("Compare checkpoints")
-ctx = page_context()
-if ctx is None:
-    st.stop()
+ctx = start_page("Compare checkpoints")
 checkpoints = [c.name for c in ctx.workspace.checkpoints]
 names = ctx.names  # checkpoints, then saved ensembles
 if len(checkpoints) < 2:

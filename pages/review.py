@@ -11,11 +11,10 @@ import streamlit as st
 
 from core.errors import USER_ERRORS
 from core.figures import build_top_predictions_figure
-from core.images import ImageError, load_image_rgb
 from core.metrics import top_predictions
 from core.ranking import QUEUE_KINDS, QueueSpec, build_queue, typical_examples
-from pages._cached import page_context, require_table
-from pages._gallery import sample_paths, sample_thumbnail
+from pages._cached import require_table, start_page
+from pages._gallery import sample_paths, sample_thumbnail, show_image
 from pages._review_support import given_labels, label_issue_ranking, label_store, reviewer_input
 from pages._state import KEY_CONFUSION_CELL
 
@@ -86,10 +85,7 @@ def _cam_overlays(ctx, sample_id: str, path: str, classes: list[int]) -> list:
             for m in maps]
 
 
-st.title("Review queue")
-ctx = page_context()
-if ctx is None:
-    st.stop()
+ctx = start_page("Review queue")
 table = require_table(ctx)
 store = label_store(ctx)
 names = list(table.class_names)
@@ -147,10 +143,7 @@ nav[2].caption(f"Sample {position + 1} of {len(ids)} · queue rank {int(row['ran
 path = sample_paths(ctx, [sample_id])[0]
 image_col, facts_col = st.columns([3, 2])
 with image_col:
-    try:
-        st.image(load_image_rgb(path) if path else None, caption=sample_id, width="stretch")
-    except ImageError as exc:
-        st.error(str(exc))
+    show_image(path, sample_id)
     if path and st.toggle("Grad-CAM for the suggested and the given class", value=True, key="rv-cam"):
         wanted = [(f"suggested: {suggested}", names.index(suggested))]
         if given in names:
