@@ -211,7 +211,7 @@ def predictions_path(workspace: Workspace, name: str, *, dataset: SampleSet | No
     dataset = dataset if dataset is not None else workspace.load_dataset()
     identity = _cache_identity(workspace, workspace.checkpoint(name), dataset)
     key = prediction_cache_key(identity["checkpoint"], identity["dataset"], identity["preprocessing"])
-    return workspace.cache_dir / "predictions" / f"{_safe_name(name)}-{key}.parquet"
+    return workspace.cache_dir / "predictions" / f"{safe_file_name(name)}-{key}.parquet"
 
 
 def predict_workspace(
@@ -259,8 +259,9 @@ def cached_predictions(workspace: Workspace, name: str, *, dataset: SampleSet | 
     return relabel_table(load_predictions(path), dataset.samples) if path.is_file() else None
 
 
-def _safe_name(name: str) -> str:
-    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
+def safe_file_name(text: str) -> str:
+    """`text` as one file-name part: letters, digits, `-`, `_` and `.` kept, anything else (`/`, spaces) as `_`."""
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in str(text))
 
 
 def write_run_summary(out_dir: Path, table: PredictionTable, failed: pd.DataFrame, card: ModelCard) -> None:

@@ -16,7 +16,7 @@ from core.dataset import Dataset
 from core.ensemble import EnsembleSpec, ensemble_tables, read_ensemble_specs
 from core.errors import USER_ERRORS, TaxaLensError
 from core.predictions import PredictionTable, load_predictions, relabel_table
-from core.workspace import Workspace, load_workspace
+from core.workspace import CONFIG_NAME, Workspace, load_workspace
 from pages._state import KEY_CHECKPOINTS, KEY_SPLIT, KEY_WORKSPACE
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -59,13 +59,12 @@ def table_token(table: PredictionTable, *parts: str) -> str:
     return digest.hexdigest()
 
 
-def _config_stamp(path: str) -> float:
-    config = Path(path) / "taxalens.toml"
-    return config.stat().st_mtime_ns if config.is_file() else 0.0
+def _config_stamp(path: str) -> int:
+    return file_mtime_ns(Path(path) / CONFIG_NAME)
 
 
 @st.cache_resource(show_spinner=False)
-def _open_workspace(path: str, stamp: float) -> Workspace:
+def _open_workspace(path: str, stamp: int) -> Workspace:
     return load_workspace(path)
 
 
@@ -75,7 +74,7 @@ def open_workspace(path: str) -> Workspace:
 
 
 @st.cache_resource(show_spinner="Reading the dataset…")
-def _load_dataset(path: str, stamp: float, manifest_stamp: float) -> Dataset:
+def _load_dataset(path: str, stamp: int, manifest_stamp: int) -> Dataset:
     return load_workspace(path).load_dataset()
 
 
@@ -93,9 +92,9 @@ def load_model(workspace_path: str, name: str, sha256: str):
     return load_workspace_model(workspace, name, dataset=load_dataset(workspace))
 
 
-def _manifest_stamp(workspace: Workspace) -> float:
+def _manifest_stamp(workspace: Workspace) -> int:
     source = workspace.dataset_source
-    return source.stat().st_mtime_ns if source.is_file() else 0.0
+    return file_mtime_ns(source) if source.is_file() else -1  # an ImageFolder: its file list is the dataset's key
 
 
 # Tables are held with cache_resource, not cache_data: cache_data would pickle a copy of a 100k x 300 probability
@@ -125,8 +124,8 @@ PREDICTIONS_PATH_TTL_S = 30
 
 
 @st.cache_resource(show_spinner=False, ttl=PREDICTIONS_PATH_TTL_S, max_entries=64)
-def _predictions_path(workspace_path: str, name: str, weights_stamp: tuple, config_stamp: float,
-                      manifest_stamp: float, dataset_id: int) -> Path:
+def _predictions_path(workspace_path: str, name: str, weights_stamp: tuple, config_stamp: int,
+                      manifest_stamp: int, dataset_id: int) -> Path:
     from models.inference import predictions_path
 
     workspace = load_workspace(workspace_path)
