@@ -39,6 +39,17 @@ class _MessageFormatter(logging.Formatter):
         return message if record.levelno == logging.INFO else f"{record.levelname.lower()}: {message}"
 
 
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever `sys.stderr` is when a record comes (a test or a tool may have swapped it since)."""
+
+    def __init__(self) -> None:
+        logging.Handler.__init__(self)
+
+    @property
+    def stream(self) -> TextIO:  # type: ignore[override]
+        return sys.stderr
+
+
 def configure_logging(verbosity: int = 0, *, stream: TextIO | None = None) -> logging.Handler:
     """Send the TaxaLens loggers to `stream` (default stderr) at WARNING (`verbosity` -1, `--quiet`), INFO (0) or
     DEBUG (1, `--verbose`, with time and logger name). Calling it again replaces the handler it installed before."""
@@ -46,7 +57,7 @@ def configure_logging(verbosity: int = 0, *, stream: TextIO | None = None) -> lo
     root = logging.getLogger()
     for old in [h for h in root.handlers if h.get_name() == HANDLER_NAME]:
         root.removeHandler(old)
-    handler = logging.StreamHandler(stream or sys.stderr)
+    handler = logging.StreamHandler(stream) if stream is not None else _StderrHandler()
     handler.set_name(HANDLER_NAME)
     if verbosity > 0:
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))

@@ -87,3 +87,12 @@ def test_a_label_store_error_is_reported_not_raised(tmp_path: Path, bccd_root: P
     err = capsys.readouterr().err
     assert err.startswith("error: label store URL") and "'mysql'" in err and "sqlite:///FILE" in err
     assert not (tmp_path / "out.csv").exists()
+
+
+@pytest.mark.usefixtures("restore_logging")
+def test_the_default_handler_follows_sys_stderr(monkeypatch):
+    configure_logging(0)
+    swapped = io.StringIO()
+    monkeypatch.setattr("sys.stderr", swapped)  # as pytest's capture or a tool does after the handler exists
+    logging.getLogger("core.x").info("to the current stderr")
+    assert swapped.getvalue() == "to the current stderr\n"
