@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 
-from core.metrics import Normalise, normalise_confusion
+from core.confusion import Normalise, normalise_confusion
 
 # Blues that starts at a visible tint: only non-empty cells are drawn, so even a single error must show.
 CONFUSION_COLORSCALE = [[0.0, "#d4e4f7"], [0.35, "#7fb0dc"], [0.7, "#2f75b5"], [1.0, "#08306b"]]
@@ -286,3 +286,27 @@ def build_top_predictions_figure(top: pd.DataFrame, *, true_label: str | None = 
         margin=dict(l=140, r=20, t=20, b=40),
     )
     return fig
+
+
+def build_f1_delta_figure(per_class: pd.DataFrame, *, name_a: str = "A", name_b: str = "B",
+                          max_classes: int = 60) -> go.Figure:
+    """Horizontal bars of per-class F1 delta (B - A), worst first; `per_class` from `core.compare.per_class_delta`.
+
+    With more than `max_classes` classes, the `max_classes` largest changes either way are shown.
+    """
+    frame = per_class
+    if len(frame) > max_classes:
+        order = frame["delta"].abs().sort_values(ascending=False, kind="stable").index[:max_classes]
+        frame = frame.loc[order].sort_values("delta", kind="stable")
+    colours = ["#c0392b" if d < 0 else "#2e86c1" if d > 0 else "#999999" for d in frame["delta"]]
+    hover = [f"{c}<br>F1 {name_a}: {a:.3f}<br>F1 {name_b}: {b:.3f}<br>support {s}"
+             for c, a, b, s in zip(frame["class"], frame["f1_a"], frame["f1_b"], frame["support"], strict=True)]
+    figure = go.Figure(go.Bar(x=frame["delta"], y=frame["class"], orientation="h", marker_color=colours,
+                              hovertext=hover, hoverinfo="text"))
+    figure.update_layout(
+        title=f"Per-class F1 change: {name_b} − {name_a}", xaxis_title="F1 delta", yaxis_title=None,
+        height=max(300, 22 * len(frame) + 120), margin={"l": 10, "r": 10, "t": 50, "b": 40},
+        yaxis={"categoryorder": "array", "categoryarray": list(frame["class"])},
+    )
+    figure.add_vline(x=0, line_color="#555555", line_width=1)
+    return figure

@@ -26,6 +26,7 @@ from torch.utils.data import Dataset as TorchDataset
 from core.dataset import Dataset
 from core.errors import TaxaLensError
 from core.images import load_image_rgb
+from core.scores import ClassCounts, class_scores, headline_scores
 from models.augment import BatchAugment
 from models.checkpoints import ModelCard, load_checkpoint, save_taxalens_checkpoint, select_device
 from models.distributed import DistContext, init_distributed
@@ -589,27 +590,14 @@ class _EvalResult:
     n: int
 
     def summary(self, class_names: tuple[str, ...]) -> dict:
-        f1, support = per_class_f1(self.confusion)
-        present = support > 0
-        total = max(int(support.sum()), 1)
+        counts = ClassCounts.from_confusion(self.confusion)
+        f1, present = class_scores(counts)["f1"], counts.support > 0
+        scores = headline_scores(counts, ("accuracy", "macro_f1", "weighted_f1"))
         return {
             "val_loss": self.loss_sum / max(self.n, 1),
-            "val_accuracy": float(np.trace(self.confusion)) / total,
-            "val_macro_f1": float(f1[present].mean()) if present.any() else 0.0,
-            "val_weighted_f1": float((f1 * support).sum() / total),
+            **{f"val_{name}": float(value) for name, value in scores.items()},
             "val_per_class_f1": {name: round(float(f1[i]), 4) for i, name in enumerate(class_names) if present[i]},
         }
-
-
-def per_class_f1(confusion: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """F1 and support per class from a (K, K) confusion matrix (rows truth, columns prediction); 0 where undefined."""
-    confusion = np.asarray(confusion, dtype=np.float64)
-    tp = np.diag(confusion)
-    support = confusion.sum(axis=1)
-    predicted = confusion.sum(axis=0)
-    denominator = support + predicted
-    f1 = np.divide(2 * tp, denominator, out=np.zeros_like(tp), where=denominator > 0)
-    return f1, support
 
 
 @torch.no_grad()

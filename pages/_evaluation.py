@@ -17,8 +17,10 @@ import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
 
-from core import figures, metrics
+from core import confusion as cm
+from core import figures, metrics, queries, specimens
 from core.predictions import PredictionTable
+from core.scores import BootstrapConfig
 from pages._cached import PageContext, checkpoint_stamp, page_context, require_table
 
 
@@ -147,7 +149,7 @@ def headline(token: str, _table: PredictionTable, *, n_boot: int = 1000, seed: i
 @st.cache_resource(show_spinner=False, max_entries=16)
 def specimen_level(token: str, _table: PredictionTable) -> PredictionTable | None:
     """The specimen-level table (mean probability per specimen), or None when no specimen has two images."""
-    return metrics.specimen_table(_table) if metrics.has_specimens(_table) else None
+    return specimens.specimen_table(_table) if specimens.has_specimens(_table) else None
 
 
 @st.cache_data(show_spinner="Specimen-level metrics…", max_entries=64)
@@ -158,17 +160,20 @@ def specimen_headline(token: str, _table: PredictionTable, *, n_boot: int = 1000
 
 @st.cache_data(show_spinner=False, max_entries=64)
 def confusion(token: str, _table: PredictionTable) -> np.ndarray:
-    return metrics.confusion_counts(_table)
+    return cm.confusion_counts(_table)
 
 
-@st.cache_data(show_spinner=False, max_entries=64)
+INTERVALS = BootstrapConfig()  # every interval the evaluation pages show: 1,000 stratified resamples, 95%, BCa
+
+
+@st.cache_data(show_spinner="Bootstrapping per-class intervals…", max_entries=64)
 def per_class(token: str, _table: PredictionTable) -> pd.DataFrame:
-    return metrics.per_class_table(_table, counts=confusion(token, _table))
+    return metrics.per_class_table(_table, counts=confusion(token, _table), intervals=INTERVALS)
 
 
 @st.cache_data(show_spinner=False, max_entries=64)
 def confused_pairs(token: str, _table: PredictionTable, *, top: int | None = None) -> pd.DataFrame:
-    return metrics.rank_confused_pairs(confusion(token, _table), _table.class_names, top=top)
+    return cm.rank_confused_pairs(confusion(token, _table), _table.class_names, top=top)
 
 
 @st.cache_data(show_spinner=False, max_entries=64)
@@ -179,19 +184,19 @@ def distribution(full_token: str, _full: PredictionTable) -> tuple[pd.DataFrame,
 
 @st.cache_data(show_spinner=False, max_entries=256)
 def cell_rows(token: str, _table: PredictionTable, true_idx: int, pred_idx: int) -> pd.DataFrame:
-    return metrics.cell_samples(_table, true_idx, pred_idx)
+    return cm.cell_samples(_table, true_idx, pred_idx)
 
 
 @st.cache_data(show_spinner=False, max_entries=64)
 def class_order(token: str, _table: PredictionTable, order: str, taxa: tuple[tuple[str, str], ...] | None
                 ) -> np.ndarray:
-    return metrics.order_classes(confusion(token, _table), _table.class_names, order=order,
+    return cm.order_classes(confusion(token, _table), _table.class_names, order=order,
                                  taxa=dict(taxa) if taxa is not None else None)
 
 
 @st.cache_data(show_spinner=False, max_entries=64)
 def taxa_of_classes(dataset_key: str, _samples: pd.DataFrame, column: str) -> tuple[tuple[str, str], ...]:
-    return tuple(sorted(metrics.class_taxa(_samples, column).items()))
+    return tuple(sorted(queries.class_taxa(_samples, column).items()))
 
 
 def dataset_key(ctx: PageContext) -> str:
@@ -229,8 +234,8 @@ def per_class_figure(token: str, _table: PredictionTable) -> go.Figure:
 
 
 @st.cache_resource(show_spinner=False, max_entries=32)
-def bottom_figure(token: str, _table: PredictionTable, n: int) -> go.Figure:
-    return figures.build_bottom_f1_figure(metrics.bottom_classes(per_class(token, _table), n=n))
+def bottom_figure(token: str, _table: PredictionTable, n: int, rank_by: str = "f1") -> go.Figure:
+    return figures.build_bottom_f1_figure(metrics.bottom_classes(per_class(token, _table), n=n, rank_by=rank_by))
 
 
 @st.cache_data(show_spinner=False, max_entries=128)
@@ -248,7 +253,7 @@ def filtered_rows(
     sort_by: str,
     descending: bool,
 ) -> pd.DataFrame:
-    return metrics.filter_predictions(
+    return queries.filter_predictions(
         _table, true_classes=true_classes, pred_classes=pred_classes, confidence_range=confidence_range,
         specimen_ids=specimen_ids, taxa=dict(taxa) if taxa is not None else None, taxon_values=taxon_values,
         errors_only=errors_only, sort_by=sort_by, descending=descending,

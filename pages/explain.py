@@ -5,7 +5,7 @@ from __future__ import annotations
 import streamlit as st
 
 from core.images import ImageError, load_image_rgb
-from core.metrics import top_predictions
+from core.queries import top_predictions
 from models.cam import CAM_METHODS, CamError, render_overlay
 from pages._cached import page_context, require_single_checkpoint, require_table
 from pages._cam import CamMaps, auto_layer, cam_maps

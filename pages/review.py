@@ -11,7 +11,7 @@ import streamlit as st
 
 from core.figures import build_top_predictions_figure
 from core.images import ImageError, load_image_rgb
-from core.metrics import top_predictions
+from core.queries import top_predictions
 from core.ranking import QUEUE_KINDS, QueueSpec, build_queue, typical_examples
 from pages._cached import page_context, require_table
 from pages._gallery import _mtime, sample_paths, thumbnail_bytes
