@@ -203,17 +203,23 @@ def build_confusion_figure(
 def build_bottom_f1_figure(bottom: pd.DataFrame) -> go.Figure:
     """Horizontal bars of the weakest classes' F1, worst at the top, each over a full-width grey track.
 
-    `bottom`: rows of `core.metrics.bottom_classes` (class, f1, precision, recall, support). The track (trace 0)
-    and the F1 bar (trace 1) both carry `customdata` `[class name]`, so a click anywhere on a row names the class,
-    including classes whose F1 is 0 and whose bar has no width.
+    `bottom`: rows of `core.metrics.bottom_classes` (class, f1, precision, recall, support; with `f1_low` and
+    `f1_high` the bars carry error bars of the interval). The track (trace 0) and the F1 bar (trace 1) both carry
+    `customdata` `[class name]`, so a click anywhere on a row names the class, including classes whose F1 is 0 and
+    whose bar has no width.
     """
     frame = bottom.iloc[::-1]  # plotly draws the first bar at the bottom
     names = frame["class"].astype(str).tolist()
     customdata = frame[["class"]].astype(str).to_numpy()
+    intervals = {"f1_low", "f1_high"} <= set(frame.columns)
+    bounds = (
+        [f" (CI {low:.2f}–{high:.2f})" for low, high in zip(frame["f1_low"], frame["f1_high"], strict=True)]
+        if intervals else [""] * len(frame)
+    )
     hover = [
-        f"{c}<br>F1 {f:.3f} · precision {p:.3f} · recall {r:.3f}<br>support {s}"
-        for c, f, p, r, s in zip(
-            frame["class"], frame["f1"], frame["precision"], frame["recall"], frame["support"], strict=True
+        f"{c}<br>F1 {f:.3f}{b} · precision {p:.3f} · recall {r:.3f}<br>support {s}"
+        for c, f, b, p, r, s in zip(
+            frame["class"], frame["f1"], bounds, frame["precision"], frame["recall"], frame["support"], strict=True
         )
     ]
     track = go.Bar(
@@ -221,15 +227,21 @@ def build_bottom_f1_figure(bottom: pd.DataFrame) -> go.Figure:
         customdata=customdata, hovertext=hover, hovertemplate="%{hovertext}<extra></extra>", name="track",
         showlegend=False,
     )
+    error_x = None
+    if intervals:
+        f1 = frame["f1"].to_numpy(dtype=np.float64)
+        error_x = dict(type="data", symmetric=False, color="#555555", thickness=1.5, width=4,
+                       array=np.nan_to_num(frame["f1_high"].to_numpy(dtype=np.float64) - f1).tolist(),
+                       arrayminus=np.nan_to_num(f1 - frame["f1_low"].to_numpy(dtype=np.float64)).tolist())
     bars = go.Bar(
         x=frame["f1"].to_numpy(), y=names, orientation="h", marker_color="#E45756", customdata=customdata,
         text=[f"{f:.2f}" for f in frame["f1"]], textposition="outside", cliponaxis=False, hovertext=hover,
-        hovertemplate="%{hovertext}<extra></extra>", name="F1", showlegend=False,
+        hovertemplate="%{hovertext}<extra></extra>", name="F1", showlegend=False, error_x=error_x,
     )
     fig = go.Figure([track, bars])
     fig.update_layout(
         barmode="overlay",
-        xaxis=dict(title="F1", range=[0, 1.05]),
+        xaxis=dict(title="F1 (bars: 95% interval)" if intervals else "F1", range=[0, 1.05]),
         yaxis=dict(title=None, type="category"),
         height=max(260, 32 * len(frame) + 90),
         margin=dict(l=160, r=30, t=30, b=50),

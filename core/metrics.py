@@ -181,6 +181,14 @@ def resampling_plan(table: PredictionTable) -> tuple[ResamplingPlan, Unit]:
     return plan, unit
 
 
+def resampling_unit(table: PredictionTable) -> Unit:
+    """What the bootstrap of `table` resamples (`resampling_plan`'s unit), without building the plan."""
+    if table.meta.get("level") == "specimen":
+        return "specimen"
+    ids = evaluated(table).frame["specimen_id"]
+    return "specimen" if ids.nunique() < len(ids) else "image"
+
+
 def _headline_statistic(tally: Tally) -> dict[str, np.ndarray]:
     out = headline_scores(tally.counts("pred"))
     for name in tally.flags:

@@ -20,7 +20,7 @@ import streamlit as st
 from core import confusion as cm
 from core import figures, metrics, queries, specimens
 from core.predictions import PredictionTable
-from core.scores import BootstrapConfig
+from core.scores import BootstrapConfig, Unit, describe_intervals
 from pages._cached import PageContext, checkpoint_stamp, page_context, require_table
 
 
@@ -141,9 +141,19 @@ def excluded_counts(token: str, _table: PredictionTable) -> pd.Series:
     return metrics.excluded_labels(_table)
 
 
+INTERVALS = BootstrapConfig()  # every interval the evaluation pages show: 1,000 stratified resamples, 95%, BCa
+
+
+def interval_caption(unit: Unit) -> str:
+    """"95% CI (BCa), 1,000 specimen resamples, stratified by class" for the pages' intervals."""
+    return describe_intervals(INTERVALS, unit)
+
+
 @st.cache_data(show_spinner="Bootstrapping confidence intervals…", max_entries=64)
-def headline(token: str, _table: PredictionTable, *, n_boot: int = 1000, seed: int = 0) -> metrics.HeadlineMetrics:
-    return metrics.compute_headline_metrics(_table, n_boot=n_boot, seed=seed)
+def headline(token: str, _table: PredictionTable, *, n_boot: int = INTERVALS.n_boot, seed: int | None = INTERVALS.seed
+             ) -> metrics.HeadlineMetrics:
+    return metrics.compute_headline_metrics(_table, n_boot=n_boot, seed=seed,
+                                            confidence_level=INTERVALS.confidence_level, method=INTERVALS.method)
 
 
 @st.cache_resource(show_spinner=False, max_entries=16)
@@ -153,17 +163,17 @@ def specimen_level(token: str, _table: PredictionTable) -> PredictionTable | Non
 
 
 @st.cache_data(show_spinner="Specimen-level metrics…", max_entries=64)
-def specimen_headline(token: str, _table: PredictionTable, *, n_boot: int = 1000) -> metrics.HeadlineMetrics | None:
+def specimen_headline(token: str, _table: PredictionTable, *, n_boot: int = INTERVALS.n_boot
+                      ) -> metrics.HeadlineMetrics | None:
     table = specimen_level(token, _table)
-    return None if table is None else metrics.compute_headline_metrics(table, n_boot=n_boot)
+    return None if table is None else metrics.compute_headline_metrics(
+        table, n_boot=n_boot, seed=INTERVALS.seed, confidence_level=INTERVALS.confidence_level,
+        method=INTERVALS.method)
 
 
 @st.cache_data(show_spinner=False, max_entries=64)
 def confusion(token: str, _table: PredictionTable) -> np.ndarray:
     return cm.confusion_counts(_table)
-
-
-INTERVALS = BootstrapConfig()  # every interval the evaluation pages show: 1,000 stratified resamples, 95%, BCa
 
 
 @st.cache_data(show_spinner="Bootstrapping per-class intervals…", max_entries=64)
@@ -277,5 +287,6 @@ def format_estimate(estimate: metrics.MetricEstimate) -> tuple[str, str]:
     """(value text, interval text) for a headline metric; "—" and the reason when it is undefined."""
     if estimate.value is None:
         return "—", estimate.note
-    interval = "" if estimate.low is None else f"95% CI {estimate.low:.3f} – {estimate.high:.3f}"
+    level = f"{INTERVALS.confidence_level * 100:g}%"
+    interval = "" if estimate.low is None else f"{level} CI {estimate.low:.3f} – {estimate.high:.3f}"
     return f"{estimate.value:.3f}", interval
