@@ -268,13 +268,20 @@ class ResamplingPlan:
             rest = rest // k
         cell_true = rest
 
-        # Strata: a unit's class is its most common label (ties: the lower class index).
-        pairs, pair_counts = np.unique(unit_of_row * k + y_true, return_counts=True)
-        pair_unit, pair_label = pairs // k, pairs % k
-        best = np.lexsort((pair_label, -pair_counts, pair_unit))
-        first = np.r_[True, pair_unit[best][1:] != pair_unit[best][:-1]]
-        stratum_of_unit = np.empty(n_units, dtype=np.int64)
-        stratum_of_unit[pair_unit[best][first]] = pair_label[best][first]
+        # Strata: a unit's class is its most common label (ties: the lower class index). A class with one specimen
+        # cannot show its variation by resampling specimens (every resample holds that specimen), so its images
+        # become the units of its stratum.
+        stratum_of_unit = _majority_label(unit_of_row, y_true, n_units, k)
+        lone = np.bincount(stratum_of_unit, minlength=k)[stratum_of_unit] == 1
+        lone &= np.bincount(unit_of_row, minlength=n_units) > 1
+        if self.unit == "specimen" and lone.any():
+            split_rows = lone[unit_of_row]
+            unit_of_row = unit_of_row.copy()
+            unit_of_row[split_rows] = n_units + np.arange(int(split_rows.sum()))
+            unit_of_row = np.unique(unit_of_row, return_inverse=True)[1].ravel()
+            n_units = int(unit_of_row.max()) + 1
+            stratum_of_unit = _majority_label(unit_of_row, y_true, n_units, k)
+        self.n_image_units = int(lone.sum())  # specimens resampled as images (their class has no other specimen)
 
         # Types: units with the same stratum and the same multiset of cells.
         type_of_unit = self._types(unit_of_row, cell_of_row, stratum_of_unit)
@@ -370,10 +377,10 @@ class ResamplingPlan:
             size = min(chunk, n_boot - start)
             weights = np.zeros((size, self.n_types))
             for types, m, probabilities in self._strata:
-                if len(types) == 1:
-                    weights[:, types[0]] = m
-                else:
-                    weights[:, types] = rng.multinomial(m, probabilities, size=size)
+                if len(types) == 1 or m == 1:
+                    weights[:, types] = self.multiplicity[types]
+                else:  # rescaled: m - 1 draws weighted m / (m - 1), so small strata keep their full variance
+                    weights[:, types] = rng.multinomial(m - 1, probabilities, size=size) * (m / (m - 1))
             yield self.tally(weights)
 
     def jackknife(self, chunk_types: int = 2048) -> Iterator[tuple[Tally, np.ndarray]]:
@@ -393,6 +400,17 @@ class ResamplingPlan:
                 flags={f: total.flags[f] - v[rows] for f, v in self._flags.items()},
                 n=total.n - self._n[rows],
             ), self.multiplicity[rows]
+
+
+def _majority_label(unit_of_row: np.ndarray, y_true: np.ndarray, n_units: int, k: int) -> np.ndarray:
+    """Per unit, the most common label of its rows (ties: the lower class index)."""
+    pairs, pair_counts = np.unique(unit_of_row * k + y_true, return_counts=True)
+    pair_unit, pair_label = pairs // k, pairs % k
+    best = np.lexsort((pair_label, -pair_counts, pair_unit))
+    first = np.r_[True, pair_unit[best][1:] != pair_unit[best][:-1]]
+    out = np.empty(n_units, dtype=np.int64)
+    out[pair_unit[best][first]] = pair_label[best][first]
+    return out
 
 
 def _factorize(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
