@@ -300,23 +300,20 @@ class ResamplingPlan:
             data = np.ones(n_cells) if weight is None else weight
             return (type_cells @ sparse.csr_matrix((data, (cell_rows, cls_of_cell)), shape=(n_cells, k))).tocsr()
 
-        self._support = to_class(cell_true)
-        self._tp = {c: to_class(cell_true, (cell_true == cell_preds[c]).astype(np.float64)) for c in self.columns}
-        self._predicted = {c: to_class(cell_preds[c]) for c in self.columns}
-        self._flags = {f: np.asarray(type_cells @ cell_flags[f]).ravel() for f in self.flag_names}
-        self._n = np.asarray(type_cells.sum(axis=1)).ravel()
+        # One sparse (T, Q) map from type weights to every sum a tally holds: support, tp and predicted per column
+        # (K each), flags, images; a tally is one sparse product.
+        blocks = [to_class(cell_true)]
+        blocks += [to_class(cell_true, (cell_true == cell_preds[c]).astype(np.float64)) for c in self.columns]
+        blocks += [to_class(cell_preds[c]) for c in self.columns]
+        blocks += [sparse.csr_matrix((type_cells @ cell_flags[f]).reshape(-1, 1)) for f in self.flag_names]
+        blocks.append(sparse.csr_matrix(np.asarray(type_cells.sum(axis=1)).reshape(-1, 1)))
+        self._map = sparse.hstack(blocks, format="csr")
         self.n_types = n_types
         self.n_units = n_units
         self.n_rows = n
         self.units_per_class = np.bincount(stratum_of_unit, minlength=k)  # units resampled per class stratum
         self.n_strata = int(len(np.unique(stratum_of_type)))
-        order = np.argsort(stratum_of_type, kind="stable")
-        bounds = np.flatnonzero(np.r_[True, np.diff(stratum_of_type[order]) != 0, True])
-        self._strata = []  # (types of the stratum, units in it, type probabilities)
-        for start, stop in zip(bounds[:-1], bounds[1:], strict=True):
-            types = order[start:stop]
-            m = self.multiplicity[types]
-            self._strata.append((types, int(m.sum()), m / m.sum()))
+        self._prepare_draws(stratum_of_type)
         logger.debug("resampling plan: %d rows, %d %ss in %d strata, %d types, %d cells", n, n_units, self.unit,
                      self.n_strata, n_types, n_cells)
 
@@ -350,56 +347,87 @@ class ResamplingPlan:
 
     # ------------------------------------------------------------------------------------------------------------
 
+    def _prepare_draws(self, stratum_of_type: np.ndarray) -> None:
+        """Per stratum, how a resample is drawn: fixed (one unit or one type), as unit indices (most strata: a
+        uniform draw per unit is far cheaper than a binomial per type), or as one multinomial over its types
+        (strata of many units in few types, e.g. images of a large class)."""
+        order = np.argsort(stratum_of_type, kind="stable")
+        bounds = np.flatnonzero(np.r_[True, np.diff(stratum_of_type[order]) != 0, True])
+        self._fixed = []  # types whose weight is their multiplicity in every resample
+        self._multinomial = []  # (types, units, type probabilities)
+        pools, offsets, sizes, scale = [], [], [], np.ones(self.n_types)
+        pooled = 0
+        for start, stop in zip(bounds[:-1], bounds[1:], strict=True):
+            types = order[start:stop]
+            units = self.multiplicity[types]
+            m = int(units.sum())
+            if len(types) == 1 or m == 1:
+                self._fixed.append(types)
+            elif m - 1 > 40 * len(types):
+                self._multinomial.append((types, m, units / m))
+            else:
+                pools.append(np.repeat(types, units.astype(np.int64)))
+                offsets.append(np.full(m - 1, pooled))
+                sizes.append(np.full(m - 1, m))
+                scale[types] = m / (m - 1)
+                pooled += m
+        self._fixed_types = np.concatenate(self._fixed) if self._fixed else np.zeros(0, dtype=np.int64)
+        self._pool = np.concatenate(pools) if pools else np.zeros(0, dtype=np.int64)  # one entry per unit: its type
+        self._draw_offset = np.concatenate(offsets) if offsets else np.zeros(0, dtype=np.int64)
+        self._draw_size = np.concatenate(sizes).astype(np.float64) if sizes else np.zeros(0)
+        self._scale = scale
+
+    def _split(self, sums: np.ndarray) -> Tally:
+        k, c = self.k, len(self.columns)
+        return Tally(
+            support=sums[:, :k],
+            tp={name: sums[:, k * (1 + i) : k * (2 + i)] for i, name in enumerate(self.columns)},
+            predicted={name: sums[:, k * (1 + c + i) : k * (2 + c + i)] for i, name in enumerate(self.columns)},
+            flags={name: sums[:, k * (1 + 2 * c) + i] for i, name in enumerate(self.flag_names)},
+            n=sums[:, -1],
+        )
+
     def tally(self, weights: np.ndarray) -> Tally:
         """Sums under `(R, T)` type weights (units drawn per type)."""
         weights = np.atleast_2d(np.asarray(weights, dtype=np.float64))
-
-        def through(matrix: sparse.csr_matrix) -> np.ndarray:
-            return np.asarray((matrix.T @ weights.T).T)
-
-        return Tally(
-            support=through(self._support),
-            tp={c: through(m) for c, m in self._tp.items()},
-            predicted={c: through(m) for c, m in self._predicted.items()},
-            flags={f: weights @ v for f, v in self._flags.items()},
-            n=weights @ self._n,
-        )
+        return self._split(np.asarray((self._map.T @ np.ascontiguousarray(weights.T)).T))
 
     def full(self) -> Tally:
         """The tally of the table itself (every unit once)."""
         return self.tally(self.multiplicity[None, :])
 
     def resample(self, n_boot: int, seed: int | None) -> Iterator[Tally]:
-        """Tallies of `n_boot` stratified resamples, in chunks (memory bound by `BOOT_CHUNK_NUMBERS`)."""
+        """Tallies of `n_boot` stratified resamples, in chunks (memory bound by `BOOT_CHUNK_NUMBERS`).
+
+        Rescaled bootstrap: a stratum of m units gets m - 1 draws with replacement, each weighted m / (m - 1), so
+        the class keeps its total weight and small strata keep their full variance (with m draws a stratum's
+        variance shrinks by (m - 1) / m: half for two specimens); a stratum of one unit is fixed.
+        """
         rng = np.random.default_rng(seed)
-        chunk = max(1, BOOT_CHUNK_NUMBERS // max(self.n_types, 1))
+        per_resample = max(self.n_types, len(self._draw_offset))
+        chunk = max(1, BOOT_CHUNK_NUMBERS // max(per_resample, 1))
+        t = self.n_types
         for start in range(0, n_boot, chunk):
             size = min(chunk, n_boot - start)
-            weights = np.zeros((size, self.n_types))
-            for types, m, probabilities in self._strata:
-                if len(types) == 1 or m == 1:
-                    weights[:, types] = self.multiplicity[types]
-                else:  # rescaled: m - 1 draws weighted m / (m - 1), so small strata keep their full variance
-                    weights[:, types] = rng.multinomial(m - 1, probabilities, size=size) * (m / (m - 1))
+            if len(self._pool):
+                picks = self._draw_offset + (rng.random((size, len(self._draw_offset))) * self._draw_size).astype(
+                    np.int64)
+                flat = (np.arange(size)[:, None] * t + self._pool[picks]).ravel()
+                weights = np.bincount(flat, minlength=size * t).reshape(size, t) * self._scale
+            else:
+                weights = np.zeros((size, t))
+            weights[:, self._fixed_types] = self.multiplicity[self._fixed_types]
+            for types, m, probabilities in self._multinomial:
+                weights[:, types] = rng.multinomial(m - 1, probabilities, size=size) * (m / (m - 1))
             yield self.tally(weights)
 
     def jackknife(self, chunk_types: int = 2048) -> Iterator[tuple[Tally, np.ndarray]]:
         """Leave-one-unit-out tallies, one row per type (every unit of a type gives the same), with the units per
         type as weights; in chunks of `chunk_types` types."""
-        total = self.full()
+        total = np.asarray(self._map.T @ self.multiplicity).ravel()
         for start in range(0, self.n_types, chunk_types):
             rows = slice(start, min(start + chunk_types, self.n_types))
-
-            def minus(matrix: sparse.csr_matrix, whole: np.ndarray, rows: slice = rows) -> np.ndarray:
-                return whole - matrix[rows].toarray()
-
-            yield Tally(
-                support=minus(self._support, total.support),
-                tp={c: minus(m, total.tp[c]) for c, m in self._tp.items()},
-                predicted={c: minus(m, total.predicted[c]) for c, m in self._predicted.items()},
-                flags={f: total.flags[f] - v[rows] for f, v in self._flags.items()},
-                n=total.n - self._n[rows],
-            ), self.multiplicity[rows]
+            yield self._split(total[None, :] - self._map[rows].toarray()), self.multiplicity[rows]
 
 
 def _majority_label(unit_of_row: np.ndarray, y_true: np.ndarray, n_units: int, k: int) -> np.ndarray:
