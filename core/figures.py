@@ -76,9 +76,9 @@ def build_confusion_figure(
 ) -> go.Figure:
     """The confusion matrix as square scatter markers, one per cell with at least one sample.
 
-    `counts`: `(K, K)` int array, rows = true class, columns = predicted class (`core.metrics.confusion_counts`).
+    `counts`: `(K, K)` int array, rows = true class, columns = predicted class (`core.confusion.confusion_counts`).
     Colour is the count or the rate (`normalise` "true": share of the true class, "pred": share of the prediction).
-    `order`: permutation of class indices (`core.metrics.order_classes`), drawn top-to-bottom and left-to-right.
+    `order`: permutation of class indices (`core.confusion.order_classes`), drawn top-to-bottom and left-to-right.
     `hide_diagonal` drops correct predictions so the colour scale spans the errors. `highlight` outlines the row and
     column of the named classes (class search); `selected` (true_idx, pred_idx) outlines one cell.
     Each point's `customdata` is `[true_idx, pred_idx, count]` in model class indices, whatever the order.
@@ -277,7 +277,7 @@ def build_per_class_f1_figure(per_class: pd.DataFrame) -> go.Figure:
 
 
 def build_top_predictions_figure(top: pd.DataFrame, *, true_label: str | None = None) -> go.Figure:
-    """Horizontal bars of a sample's top-k classes (`core.metrics.top_predictions`); the true class in green."""
+    """Horizontal bars of a sample's top-k classes (`core.queries.top_predictions`); the true class in green."""
     frame = top.iloc[::-1]
     colours = ["#54A24B" if c == true_label else "#4C78A8" for c in frame["class"]]
     fig = go.Figure(

@@ -77,6 +77,7 @@ class HeadlineMetrics:
     unit: Unit = "image"  # what the bootstrap resampled: "specimen" (whole individuals) or "image"
     n_units: int = 0  # specimens (or images) resampled, stratified by class
     method: IntervalMethod = DEFAULT_METHOD  # "bca" or "percentile"
+    n_single_specimen_classes: int = 0  # classes with one specimen (of several images), resampled by image
 
     @property
     def caption(self) -> str:
@@ -242,7 +243,8 @@ def compute_headline_metrics(
             continue
         low, high = (None, None) if n_boot == 0 else (float(result.low[name]), float(result.high[name]))
         estimates.append(MetricEstimate(name, float(result.values[name]), low, high))
-    return HeadlineMetrics(estimates=tuple(estimates), n_boot=n_boot, unit=unit, n_units=plan.n_units, **common)
+    return HeadlineMetrics(estimates=tuple(estimates), n_boot=n_boot, unit=unit, n_units=plan.n_units,
+                           n_single_specimen_classes=plan.n_image_units, **common)
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -33,6 +33,10 @@ else:
         st.caption(f"Why specimens: the {image_level.n_units:,} specimens here have several images each, and images "
                    "of one individual succeed or fail together, so resampling images would count each specimen "
                    "several times over and give intervals too narrow; whole specimens are resampled instead.")
+    if image_level.n_single_specimen_classes:
+        st.caption(f"{image_level.n_single_specimen_classes} class(es) have a single specimen in this split: their "
+                   "images are resampled instead, and no interval can show how another specimen of such a class "
+                   "would fare, so balanced accuracy and macro-F1 are less certain than their intervals say.")
     if specimen_level is not None and specimen_level.n_evaluated:
         st.markdown("**Image level vs specimen level** (specimen = mean probability over its images)")
         frame = image_level.as_frame()[["label", "value", "low", "high"]].rename(
