@@ -164,3 +164,21 @@ def test_compare_class_lists_finds_extra_missing_renamed():
     assert set(mismatch.renamed) == {("Eosinophil", "eosinophil"), ("Monocytes", "Monocyte")}
     assert mismatch.any
     assert not compare_class_lists(["a", "b"], ["b", "a"]).any
+
+
+def test_demo_val_intervals_hold_their_point_estimates_near_the_middle(demo_workspace_readonly):
+    from core.workspace import load_workspace
+    from models.inference import cached_predictions
+
+    workspace = load_workspace(demo_workspace_readonly)
+    name = workspace.checkpoints[0].name
+    table = cached_predictions(workspace, name, dataset=workspace.load_dataset()).for_split("val")
+    h = compute_headline_metrics(table)
+    assert h.unit == "specimen" and h.n_units < h.n_evaluated  # 2-5 images per specimen: specimens are resampled
+    assert "specimen resamples, stratified by class" in h.caption
+    for e in h.estimates:
+        if e.value is None:
+            continue
+        assert e.low < e.value < e.high, e
+        position = (e.value - e.low) / (e.high - e.low)
+        assert 0.2 <= position <= 0.8, (e, position)  # the image bootstrap put balanced accuracy at 0.15
