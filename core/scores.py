@@ -374,7 +374,8 @@ class ResamplingPlan:
         self._fixed_types = np.concatenate(self._fixed) if self._fixed else np.zeros(0, dtype=np.int64)
         self._pool = np.concatenate(pools) if pools else np.zeros(0, dtype=np.int64)  # one entry per unit: its type
         self._draw_offset = np.concatenate(offsets) if offsets else np.zeros(0, dtype=np.int64)
-        self._draw_size = np.concatenate(sizes).astype(np.float64) if sizes else np.zeros(0)
+        self._draw_size_int = np.concatenate(sizes).astype(np.int64) if sizes else np.zeros(0, np.int64)
+        self._draw_size = self._draw_size_int.astype(np.float32)  # stratum size per draw
         self._scale = scale
 
     def _split(self, sums: np.ndarray) -> Tally:
@@ -410,8 +411,10 @@ class ResamplingPlan:
         for start in range(0, n_boot, chunk):
             size = min(chunk, n_boot - start)
             if len(self._pool):
-                picks = self._draw_offset + (rng.random((size, len(self._draw_offset))) * self._draw_size).astype(
-                    np.int64)
+                uniform = rng.random((size, len(self._draw_offset)), dtype=np.float32)
+                local = (uniform * self._draw_size).astype(np.int64)
+                np.minimum(local, self._draw_size_int - 1, out=local)  # float32 rounding may reach m itself
+                picks = self._draw_offset + local
                 flat = (np.arange(size)[:, None] * t + self._pool[picks]).ravel()
                 weights = np.bincount(flat, minlength=size * t).reshape(size, t) * self._scale
             else:
@@ -485,23 +488,33 @@ def bootstrap(plan: ResamplingPlan, statistic: Statistic, config: BootstrapConfi
 
 def _acceleration(plan: ResamplingPlan, statistic: Statistic, values: Mapping[str, np.ndarray]
                   ) -> dict[str, np.ndarray]:
-    """BCa acceleration per statistic (elementwise) from the leave-one-unit-out jackknife."""
-    jack: dict[str, list[np.ndarray]] = {name: [] for name in values}
-    weights = []
+    """BCa acceleration per statistic (elementwise) from the leave-one-unit-out jackknife.
+
+    a = sum(w d^3) / (6 sum(w d^2)^1.5), d = the jackknife mean minus each leave-one-out value, w = units per type.
+    The moments are accumulated chunk by chunk about the full-table value (then shifted to the jackknife mean), so
+    no `(types, ...)` array is ever held whole.
+    """
+    total_w = 0.0
+    sums: dict[str, list[np.ndarray]] = {}
     for tally, w in plan.jackknife():
-        for name, v in statistic(tally).items():
-            jack[name].append(v)
-        weights.append(w)
-    w = np.concatenate(weights)
+        total_w += float(w.sum())
+        for name, theta in statistic(tally).items():
+            e = theta - values[name]
+            ww = w.reshape((-1,) + (1,) * (e.ndim - 1))
+            we = ww * e
+            we2 = we * e
+            moments = [we.sum(axis=0), we2.sum(axis=0), (we2 * e).sum(axis=0)]
+            if name in sums:
+                sums[name] = [a + b for a, b in zip(sums[name], moments, strict=True)]
+            else:
+                sums[name] = moments
     out = {}
-    for name, parts in jack.items():
-        theta = np.concatenate(parts)  # (T, ...)
-        ww = w.reshape((-1,) + (1,) * (theta.ndim - 1))
-        mean = (theta * ww).sum(axis=0) / w.sum()
-        d = mean - theta
-        num = (ww * d**3).sum(axis=0)
-        den = 6.0 * (ww * d**2).sum(axis=0) ** 1.5
-        out[name] = np.divide(num, den, out=np.zeros_like(num, dtype=np.float64), where=den > 0)
+    for name, (s1, s2, s3) in sums.items():
+        mu = s1 / total_w
+        m2 = s2 - total_w * mu**2  # sum of w (theta - mean)^2
+        m3 = s3 - 3 * mu * s2 + 2 * total_w * mu**3  # sum of w (theta - mean)^3
+        num, den = -m3, 6.0 * np.clip(m2, 0.0, None) ** 1.5
+        out[name] = np.divide(num, den, out=np.zeros_like(np.asarray(num, dtype=np.float64)), where=den > 0)
     return out
 
 

@@ -20,7 +20,7 @@ import streamlit as st
 from core import confusion as cm
 from core import figures, metrics, queries, specimens
 from core.predictions import PredictionTable
-from core.scores import BootstrapConfig, Unit, describe_intervals
+from core.scores import BootstrapConfig, ResamplingPlan, Unit, describe_intervals
 from pages._cached import PageContext, checkpoint_stamp, page_context, require_table
 
 
@@ -149,10 +149,16 @@ def interval_caption(unit: Unit) -> str:
     return describe_intervals(INTERVALS, unit)
 
 
+@st.cache_resource(show_spinner=False, max_entries=8)
+def resampling(token: str, _table: PredictionTable) -> ResamplingPlan | None:
+    """The table's bootstrap plan (shared by the headline and per-class intervals), None without evaluated rows."""
+    return metrics.resampling_plan(_table)[0] if len(metrics.evaluated(_table)) else None
+
+
 @st.cache_data(show_spinner="Bootstrapping confidence intervals…", max_entries=64)
 def headline(token: str, _table: PredictionTable, *, n_boot: int = INTERVALS.n_boot, seed: int | None = INTERVALS.seed
              ) -> metrics.HeadlineMetrics:
-    return metrics.compute_headline_metrics(_table, n_boot=n_boot, seed=seed,
+    return metrics.compute_headline_metrics(_table, n_boot=n_boot, seed=seed, plan=resampling(token, _table),
                                             confidence_level=INTERVALS.confidence_level, method=INTERVALS.method)
 
 
@@ -178,7 +184,8 @@ def confusion(token: str, _table: PredictionTable) -> np.ndarray:
 
 @st.cache_data(show_spinner="Bootstrapping per-class intervals…", max_entries=64)
 def per_class(token: str, _table: PredictionTable) -> pd.DataFrame:
-    return metrics.per_class_table(_table, counts=confusion(token, _table), intervals=INTERVALS)
+    return metrics.per_class_table(_table, counts=confusion(token, _table), intervals=INTERVALS,
+                                   plan=resampling(token, _table))
 
 
 @st.cache_data(show_spinner=False, max_entries=64)
