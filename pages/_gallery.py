@@ -10,8 +10,8 @@ import pandas as pd
 import streamlit as st
 
 from core.images import ImageError, load_image_rgb
-from core.metrics import top_predictions
 from core.predictions import PredictionTable
+from core.queries import top_predictions
 from pages._cached import PageContext, file_mtime_ns
 from pages._cam import gallery_cam_controls, gallery_overlays
 

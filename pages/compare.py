@@ -6,15 +6,17 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
-from core.compare import Comparison, build_f1_delta_figure, compare_predictions
+from core.compare import METRICS, Comparison, compare_predictions
 from core.ensemble import EnsembleSpec, add_ensemble, ensemble_tables
 from core.errors import USER_ERRORS
+from core.figures import build_f1_delta_figure
 from core.predictions import PredictionTable
+from core.scores import METRIC_LABELS
 from pages._cached import require_table, start_page, table_token
 from pages._gallery import render_gallery, render_sample_view
 
 ENSEMBLE = "(ensemble of all checkpoints)"
-LABELS = {"macro_f1": "Macro-F1", "weighted_f1": "Weighted-F1", "accuracy": "Accuracy"}
+LABELS = {name: METRIC_LABELS[name] for name in METRICS}
 
 
 @st.cache_data(show_spinner="Bootstrapping…", max_entries=16)
@@ -42,7 +44,7 @@ default_b = next((n for n in ctx.checkpoints[1:] if n != name_a), others[0])
 name_b = right.selectbox("Checkpoint B", [*others, ENSEMBLE], index=others.index(default_b), key="cmp-b",
                          help="Saved ensembles are listed by name; the last entry combines every checkpoint now")
 with st.expander("Options"):
-    cluster = st.radio("Resample", ("sample", "specimen"), horizontal=True, key="cmp-cluster",
+    cluster = st.radio("Resample", ("specimen", "sample"), horizontal=True, key="cmp-cluster",
                        help="specimen: whole individuals are resampled (their images are not independent)")
     n_boot = st.select_slider("Bootstrap resamples", (200, 500, 1000, 2000), value=1000, key="cmp-boot")
     method = st.radio("Ensemble method", ("mean", "f1_weighted"), horizontal=True, key="cmp-method",
@@ -102,8 +104,9 @@ for column, (metric, label) in zip(columns, LABELS.items(), strict=True):
 table = result.metrics.assign(metric=result.metrics["metric"].map(LABELS))
 st.dataframe(table, hide_index=True, key="cmp-metrics",
              column_config={c: st.column_config.NumberColumn(format="%.3f") for c in table.columns[1:]})
-st.caption(f"{result.n_boot} paired resamples of {'specimens' if result.cluster == 'specimen' else 'images'}: each "
-           "resample scores both models on the same samples, so the delta interval reflects only where they differ.")
+st.caption(f"{result.caption}: each resample scores both models on the same "
+           f"{'specimens' if result.unit == 'specimen' else 'images'}, so the delta interval reflects only where they "
+           "differ.")
 
 # Per-class ---------------------------------------------------------------------------------------------------------
 st.subheader("Per-class F1 change")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from core.metrics import top_predictions
+from core.queries import top_predictions
 from models.cam import CAM_METHODS, CamError, render_overlay
 from pages._cached import require_single_checkpoint, require_table, start_page
 from pages._cam import CamMaps, auto_layer, cam_maps

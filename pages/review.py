@@ -11,7 +11,7 @@ import streamlit as st
 
 from core.errors import USER_ERRORS
 from core.figures import build_top_predictions_figure
-from core.metrics import top_predictions
+from core.queries import top_predictions
 from core.ranking import QUEUE_KINDS, QueueSpec, build_queue, typical_examples
 from pages._cached import require_table, start_page
 from pages._gallery import sample_paths, sample_thumbnail, show_image
