@@ -7,12 +7,10 @@ from collections.abc import Callable
 
 import streamlit as st
 
+from core.errors import USER_ERRORS
 from core.workspace import Workspace
-from pages._access import KEY_ACTOR_PROBLEM, KEY_LOCAL_NAME, resolve_actor, sign_in_configured
+from pages._access import KEY_LOCAL_NAME, resolve_actor, sign_in_configured
 from pages._cached import (
-    KEY_CHECKPOINTS,
-    KEY_SPLIT,
-    KEY_WORKSPACE,
     SPLITS,
     default_workspace_path,
     ensemble_problem,
@@ -20,6 +18,7 @@ from pages._cached import (
     open_workspace,
 )
 from pages._serving import guard_exposure, require_access, sign_in_prompt, workspace_choices
+from pages._state import KEY_ACTOR_PROBLEM, KEY_CHECKPOINTS, KEY_SPLIT, KEY_WORKSPACE
 from pages._text import md
 
 st.set_page_config(page_title="TaxaLens", page_icon="🔬", layout="wide")
@@ -86,7 +85,7 @@ def _workspace_box() -> Workspace | None:
                  "(`TAXALENS_WORKSPACES`, `[server] roots`)")
     try:
         return open_workspace(st.session_state[KEY_WORKSPACE])
-    except (FileNotFoundError, ValueError) as exc:
+    except USER_ERRORS as exc:
         st.error(md(exc))
         return None
 

@@ -14,14 +14,14 @@ from collections.abc import Mapping
 import streamlit as st
 
 from core.access import AccessError, AccessRules, Actor, local_actor, read_access_rules, signed_in_actor
+from core.errors import USER_ERRORS
 from core.workspace import Workspace
+from pages._state import KEY_ACTOR, KEY_ACTOR_PROBLEM, KEY_REVIEWER, KEY_WORKSPACE
 from pages._text import md
 
 logger = logging.getLogger(__name__)
 
-KEY_ACTOR = "tl_actor"  # session state: the current Actor (or None), recomputed by app.py on every run
-KEY_LOCAL_NAME = "tl_reviewer"  # session state: the name typed in the sidebar when no sign-in is configured
-KEY_ACTOR_PROBLEM = "tl_actor_problem"  # session state: why there is no actor (shown where an action is hidden)
+KEY_LOCAL_NAME = KEY_REVIEWER  # the name typed in the sidebar when no sign-in is configured
 
 
 def secrets_section(name: str) -> Mapping | None:
@@ -88,11 +88,11 @@ def resolve_actor(workspace: Workspace | None) -> Actor | None:
 def current_actor() -> Actor | None:
     """The current actor, resolved again from the session (cheap: the workspace is cached), so a page reads the same
     answer whether app.py ran around it or a test runs the page script alone."""
-    from pages._cached import KEY_WORKSPACE, default_workspace_path, open_workspace
+    from pages._cached import default_workspace_path, open_workspace
 
     try:
         workspace = open_workspace(st.session_state.get(KEY_WORKSPACE) or default_workspace_path())
-    except (FileNotFoundError, ValueError):
+    except USER_ERRORS:
         workspace = None
     return resolve_actor(workspace)
 

@@ -6,11 +6,13 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
+from core.errors import USER_ERRORS
 from core.labelstore import LabelStore
 from core.predictions import PredictionTable
 from core.ranking import LabelIssueRanking, rank_label_issues
 from pages._access import current_actor, explain_hidden
 from pages._cached import PageContext, get_predictions, predictions_key
+from pages._text import md
 
 
 @st.cache_resource(show_spinner=False)
@@ -19,8 +21,13 @@ def _open_store(url: str) -> LabelStore:
 
 
 def label_store(ctx: PageContext) -> LabelStore:
-    """The workspace's label store, one per URL per server process (it migrates the schema on first open)."""
-    return _open_store(ctx.workspace.label_store_url)
+    """The workspace's label store, one per URL per server process (it migrates the schema on first open); when it
+    cannot be opened (an unknown URL scheme, a schema newer than this TaxaLens), says why and stops the page."""
+    try:
+        return _open_store(ctx.workspace.label_store_url)
+    except USER_ERRORS as exc:
+        st.error(f"Cannot open the label store of {md(ctx.workspace.root)}: {md(exc)}")
+        st.stop()
 
 
 @st.cache_resource(show_spinner="Ranking likely label errors…", max_entries=8)

@@ -10,8 +10,9 @@ from pathlib import Path
 import streamlit as st
 
 from core.serving import Exposure, allow_anonymous, find_workspaces, workspace_roots
-from pages._access import KEY_ACTOR_PROBLEM, current_actor, secrets_section, sign_in_configured
+from pages._access import current_actor, secrets_section, sign_in_configured
 from pages._cached import default_workspace_path
+from pages._state import KEY_ACTOR_PROBLEM
 from pages._text import md
 
 

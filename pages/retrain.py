@@ -11,10 +11,11 @@ from pathlib import Path
 
 import streamlit as st
 
+from core.errors import USER_ERRORS
 from core.train_runs import list_runs, read_log_tail, start_training_run, stop_run
 from core.workspace import Workspace
 from pages._access import explain_hidden, may
-from pages._cached import page_context
+from pages._cached import start_page
 from pages._text import md
 
 ARCHS = ("resnet10t", "resnet18", "resnet50", "convnext_atto", "convnext_tiny", "efficientnet_b0",
@@ -61,16 +62,13 @@ def _start_form(workspace: Workspace) -> None:
         try:
             run = start_training_run(workspace, name.strip(), data=None if data.startswith("(") else Path(data),
                                      options=options)
-        except (ValueError, FileNotFoundError) as exc:
+        except USER_ERRORS as exc:
             st.error(md(exc))
         else:
             st.success(f"Started run **{md(run.name)}** in {md(run.run_dir)}")
 
 
-st.title("Retrain")
-ctx = page_context()
-if ctx is None:
-    st.stop()
+ctx = start_page("Retrain")
 workspace = ctx.workspace
 st.caption("Train a new checkpoint from the workspace dataset or a curated label export (excluded samples are left "
            "out, relabels applied). The run continues in the background; this page follows it.")
