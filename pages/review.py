@@ -131,8 +131,8 @@ if kind == "not_reviewed_by_me" and reviewer is None:
     st.stop()
 
 ranking = label_issue_ranking(ctx, table)
-for message in ranking.messages:
-    (st.warning if "unreliable" in message else st.caption)(message)
+for message in ranking.messages:  # they name classes: user text
+    (st.warning if "unreliable" in message else st.caption)(md(message))
 queue = build_queue(ranking, spec, reviewed_by_me=store.reviewed_by(reviewer) if reviewer else set())
 if queue.empty:
     st.success("This queue is empty.")

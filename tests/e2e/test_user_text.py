@@ -116,7 +116,7 @@ def test_user_text_renders_literally_and_fetches_nothing(hostile, trap, tmp_path
         captions = page.locator('[data-testid="stImageCaption"]').filter(has_text=f"{hostile_class} → {hostile_class}")
         expect(captions.first).to_be_visible()  # the gallery's captions
 
-        visit("Weakest classes", "lowest-F1 classes")
+        visit("Weakest classes", "weakest classes by")
         visit("Misclassifications", "Sort the gallery")
         visit("Grad-CAM", "The maps show where")
         visit("Review queue", "Queue")
