@@ -21,7 +21,7 @@ two specimens). Resampling is exact and vectorised: units with identical content
 (or, for strata of many units in few types, one multinomial over the types), counted per type, and its per-class
 sums come from one sparse (types x sums) product. Intervals are BCa (bias-corrected and accelerated; acceleration
 from the leave-one-unit-out jackknife, computed per type) or plain percentile intervals;
-`benchmarks/bench_coverage.py` measures their coverage (BCa on specimens: 93-95% for accuracy, balanced accuracy
+`benchmarks/bench_coverage.py` measures their coverage (BCa on specimens: 92-94% for accuracy, balanced accuracy
 and macro-F1 with 4+ specimens per class).
 """
 
