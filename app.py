@@ -6,6 +6,7 @@ from collections.abc import Callable
 
 import streamlit as st
 
+from core.errors import TaxaLensError, user_message
 from pages._cached import (
     KEY_CHECKPOINTS,
     KEY_SPLIT,
@@ -64,8 +65,8 @@ def _sidebar() -> None:
         _kept_widget(st.text_input, "Workspace folder", KEY_WORKSPACE, help="A folder with taxalens.toml")
         try:
             workspace = open_workspace(st.session_state[KEY_WORKSPACE])
-        except (FileNotFoundError, ValueError) as exc:
-            st.error(str(exc))
+        except (TaxaLensError, ValueError, OSError) as exc:
+            st.error(user_message(exc))
             return
         ensembles = {e.name: e for e in ensemble_specs(workspace)}
         names = [c.name for c in workspace.checkpoints] + list(ensembles)
@@ -85,4 +86,7 @@ def _sidebar() -> None:
 
 
 _sidebar()
-st.navigation(PAGES).run()
+try:
+    st.navigation(PAGES).run()
+except TaxaLensError as exc:  # a page that let one through: its message says what to do; never a traceback
+    st.error(user_message(exc))

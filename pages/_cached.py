@@ -11,7 +11,7 @@ import streamlit as st
 
 from core.dataset import Dataset
 from core.ensemble import EnsembleSpec, ensemble_tables, read_ensemble_specs
-from core.errors import TaxaLensError
+from core.errors import TaxaLensError, user_message
 from core.predictions import PredictionTable, load_predictions, relabel_table
 from core.workspace import Workspace, load_workspace
 
@@ -307,8 +307,8 @@ def page_context() -> PageContext | None:
     try:
         workspace = open_workspace(path)
         dataset = load_dataset(workspace)
-    except (FileNotFoundError, ValueError) as exc:
-        st.error(f"Cannot open workspace {path}: {exc}")
+    except (TaxaLensError, ValueError, OSError) as exc:
+        st.error(f"Cannot open workspace {path}: {user_message(exc)}")
         return None
     split = st.session_state.get(KEY_SPLIT, "val")
     ctx = PageContext(workspace, dataset, (), split if split in SPLITS else "val", ensemble_specs(workspace))
@@ -325,9 +325,9 @@ def require_table(ctx: PageContext, name: str | None = None) -> PredictionTable:
         st.stop()
     try:
         table = ctx.table(name)
-    except (ValueError, FileNotFoundError) as exc:  # a checkpoint file gone, or members that cannot be combined
+    except (TaxaLensError, ValueError, OSError) as exc:  # a checkpoint file gone or not one, members that differ
         what = "combine ensemble" if ctx.ensemble(name) is not None else "read the predictions of"
-        st.error(f"Cannot {what} **{name}**: {exc}")
+        st.error(f"Cannot {what} **{name}**: {user_message(exc)}")
         st.stop()
     if table is None:
         spec = ctx.ensemble(name)
@@ -343,8 +343,8 @@ def require_table(ctx: PageContext, name: str | None = None) -> PredictionTable:
             if st.button(f"Compute predictions with {member}", key=f"compute-{member}", type="primary"):
                 try:
                     compute_predictions(ctx.workspace, member)
-                except (ValueError, FileNotFoundError) as exc:
-                    st.error(str(exc))
+                except (TaxaLensError, ValueError, OSError) as exc:
+                    st.error(user_message(exc))
                     st.stop()
                 st.rerun()
         st.stop()

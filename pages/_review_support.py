@@ -5,22 +5,24 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
-from core.labelstore import LabelStore, validate_reviewer
+from core.labelstore import LabelStore, open_label_store, validate_reviewer
 from core.predictions import PredictionTable
 from core.ranking import LabelIssueRanking, rank_label_issues
+from core.workspace import Workspace
 from pages._cached import PageContext, get_predictions, predictions_key
 
 KEY_REVIEWER = "tl_reviewer"  # session state: who is reviewing (UI state; every action goes to the store)
 
 
 @st.cache_resource(show_spinner=False)
-def _open_store(url: str) -> LabelStore:
-    return LabelStore(url)
+def _open_store(url: str, _workspace: Workspace) -> LabelStore:
+    return open_label_store(_workspace)
 
 
 def label_store(ctx: PageContext) -> LabelStore:
-    """The workspace's label store, one per URL per server process (it migrates the schema on first open)."""
-    return _open_store(ctx.workspace.label_store_url)
+    """The workspace's label store, one per URL per server process (it migrates the schema on first open). Raises
+    `LabelStoreError` saying what to fix when it cannot be opened (app.py shows it)."""
+    return _open_store(ctx.workspace.label_store_url, ctx.workspace)
 
 
 @st.cache_resource(show_spinner="Ranking likely label errors…", max_entries=8)

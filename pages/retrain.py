@@ -11,6 +11,7 @@ from pathlib import Path
 
 import streamlit as st
 
+from core.errors import TaxaLensError, user_message
 from core.train_runs import list_runs, read_log_tail, start_training_run, stop_run
 from pages._cached import page_context
 
@@ -63,8 +64,8 @@ if submitted:
     try:
         run = start_training_run(workspace, name.strip(), data=None if data.startswith("(") else Path(data),
                                  options=options)
-    except (ValueError, FileNotFoundError) as exc:
-        st.error(str(exc))
+    except (TaxaLensError, ValueError, OSError) as exc:
+        st.error(user_message(exc))
     else:
         st.success(f"Started run **{run.name}** in `{run.run_dir}`")
 
