@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
+REPO = Path(__file__).resolve().parents[1]
 BCCD_CLASSES = ("Basophil", "Eosinophil", "Lymphocyte", "Monocyte", "Neutrophil")
 
 
@@ -187,3 +188,34 @@ BAD_INPUTS = (
     BadInput("curated-export-without-root", _curated_export_without_root, _train_export_without_root,
              ("curated.csv is a curated export", "its images are under {bccd}", "--root {bccd}")),
 )
+
+
+# ------------------------------------------------------------------------------ a folder the process may not read
+
+def build_unreadable_root(folder: Path) -> Path:
+    """A workspace whose dataset root is a folder with mode 000. Only a process without root's permission override
+    is refused by it: run the command under `as_ordinary_process`."""
+    locked = folder / "locked-images"
+    (locked / "Basophil").mkdir(parents=True)
+    locked.chmod(0)
+    return _toml(folder, f'[dataset]\nroot = "{locked}"\n')
+
+
+def as_ordinary_process(argv: list[str]) -> list[str]:
+    """`argv` run so that file permissions apply to it: as root (tests often run as root, where chmod 000 stops
+    nothing), without the capabilities that override them (CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH), via setpriv."""
+    import os
+    import shutil
+
+    if os.geteuid() != 0:
+        return argv
+    setpriv = shutil.which("setpriv")
+    if setpriv is None:
+        import pytest
+
+        pytest.skip("running as root without setpriv: no way to make a folder unreadable to this process")
+    caps = "-dac_override,-dac_read_search"
+    return [setpriv, f"--bounding-set={caps}", f"--inh-caps={caps}", *argv]
+
+
+UNREADABLE_PHRASES = ("cannot read", "locked-images", "permission denied", "give this account read access")

@@ -46,3 +46,22 @@ def test_an_unexpected_failure_is_one_line_too(monkeypatch, capsys):
     err = capsys.readouterr().err
     assert code == 1 and "Traceback" not in err and len(err.strip().splitlines()) == 1
     assert "KeyError" in err and "TAXALENS_DEBUG=1" in err
+
+
+def test_a_dataset_folder_it_may_not_read_is_one_clear_line(tmp_path):
+    """A real permission error (a mode-000 folder, the command run without root's override), through a real
+    `python -m cli` process."""
+    import subprocess
+    import sys
+
+    from tests.bad_inputs import REPO, UNREADABLE_PHRASES, as_ordinary_process, build_unreadable_root
+
+    workspace = build_unreadable_root(tmp_path / "ws")
+    argv = as_ordinary_process([sys.executable, "-m", "cli", "export", "--workspace", str(workspace), "--out",
+                                str(tmp_path / "curated.csv")])
+    done = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2, done.stderr
+    assert "Traceback" not in done.stderr and not ANSI.search(done.stderr)
+    (message,) = [line for line in done.stderr.splitlines() if line.startswith("error: ")]
+    for phrase in UNREADABLE_PHRASES:
+        assert phrase in message, (phrase, message)

@@ -76,3 +76,31 @@ def test_bad_input_is_an_error_message_not_a_traceback(case: BadInput, tmp_path,
     assert shown, (phrases, errors)
     for phrase in case.absent:
         assert all(phrase not in m for m in shown), (phrase, shown)
+
+
+_APP_IN_A_PROCESS = """
+import json, sys
+from streamlit.testing.v1 import AppTest
+app = AppTest.from_file(sys.argv[1], default_timeout=180)
+app.session_state["tl_workspace"] = sys.argv[2]
+app.run()
+print(json.dumps({"errors": [e.value for e in app.error], "exceptions": [e.value for e in app.exception]}))
+"""
+
+
+def test_a_dataset_folder_it_may_not_read_is_an_error_message(tmp_path):
+    """A real permission error (a mode-000 folder) in the dashboard: app.py runs in a process without root's
+    permission override, so the folder is as unreadable to it as to any account."""
+    import json
+    import subprocess
+    import sys
+
+    from tests.bad_inputs import REPO, UNREADABLE_PHRASES, as_ordinary_process, build_unreadable_root
+
+    workspace = build_unreadable_root(tmp_path / "ws")
+    argv = as_ordinary_process([sys.executable, "-c", _APP_IN_A_PROCESS, str(REPO / "app.py"), str(workspace)])
+    done = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    shown = json.loads(done.stdout.strip().splitlines()[-1])
+    assert not shown["exceptions"], shown["exceptions"]
+    assert any(all(p in m for p in UNREADABLE_PHRASES) for m in shown["errors"]), shown["errors"]
