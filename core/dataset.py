@@ -227,8 +227,6 @@ def _scan_image_folder(root: Path) -> tuple[pd.DataFrame, list, list[str]]:
 def _read_manifest(path: Path, root: Path, taxonomy: tuple[str, ...]) -> tuple[pd.DataFrame, list, list[str]]:
     frame = _read_csv_strict(path)
     missing = [c for c in ("path", "label") if c not in frame.columns]
-    if missing and len(frame.columns) == 1:
-        _refuse_foreign_delimiter(path, frame.columns[0])
     if missing:
         raise DatasetError(
             f"manifest {path} lacks column(s) {missing}; found {list(frame.columns)}. "
@@ -294,6 +292,8 @@ def _read_csv_strict(path: Path) -> pd.DataFrame:
     if not rows:
         raise DatasetError(f"manifest {path} is empty; expected a header `path,label`")
     header = [cell.strip() for cell in rows[0]]
+    if len(header) == 1:  # before counting cells: a `1,5` in a semicolon file would be blamed on the commas
+        _refuse_foreign_delimiter(path, header[0])
     bad = [i + 1 for i, row in enumerate(rows[1:], start=1) if len(row) != len(header)]
     if bad:
         raise DatasetError(f"manifest {path} is not a readable CSV: row(s) {bad[:5]} have a different number of "

@@ -215,8 +215,8 @@ def _card_from_metadata(meta: dict, path: str | Path) -> ModelCard:
         crop_pct = float(meta.get("crop_pct", 0.875))
     except (TypeError, ValueError) as exc:
         raise CheckpointError(f"{path}: metadata key `crop_pct` must be a number, got {meta['crop_pct']!r}") from exc
-    if not 0.0 < crop_pct <= 1.0:
-        raise CheckpointError(f"{path}: metadata key `crop_pct` must lie in (0, 1], got {crop_pct}")
+    if not 0.0 < crop_pct <= 2.0:  # timm's own configs go up to 1.15 (volo_d4_448)
+        raise CheckpointError(f"{path}: metadata key `crop_pct` must lie in (0, 2], got {crop_pct}")
     for key in ("interpolation", "crop_mode"):
         if not isinstance(meta.get(key, ""), str):
             raise CheckpointError(f"{path}: metadata key `{key}` must be a string, got {meta[key]!r}")

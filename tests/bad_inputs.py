@@ -104,7 +104,8 @@ def _manifest_rows(bccd: Path, per_class: dict[str, int]) -> list[str]:
 def _semicolons(folder: Path, bccd: Path) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     rows = _manifest_rows(bccd, {"Eosinophil": 4, "Monocyte": 4})
-    lines = ["path;label"] + [f"{row};{row.split('/')[0]}" for row in rows]
+    # as a spreadsheet in a decimal-comma locale saves "CSV": semicolons between cells, commas inside numbers
+    lines = ["path;label;diameter_um"] + [f"{row};{row.split('/')[0]};12,5" for row in rows]
     (folder / "manifest.csv").write_text("\n".join(lines) + "\n", encoding="utf-8")
     return _toml(folder, f'[dataset]\nmanifest = "manifest.csv"\nroot = "{bccd}"\n')
 
