@@ -286,7 +286,9 @@ def _load_safetensors(path: Path, arch: str | None, class_names: tuple[str, ...]
     try:
         state_dict = load_file(str(path))
     except (SafetensorError, OSError) as exc:
-        raise CheckpointError(f"{path} is not a readable .safetensors file: {exc}") from exc
+        detail = str(exc).splitlines()[0].rsplit(":", 1)[-1].strip() if str(exc) else type(exc).__name__
+        raise CheckpointError(f"{path} is not a readable .safetensors file (its header cannot be read: {detail}); "
+                              "check the path, or copy or download the file again") from exc
     if card is not None:
         if arch and arch != card.arch:
             card = replace(card, notes=card.notes + (f"--arch {arch} ignored: the checkpoint says {card.arch}",))
@@ -448,7 +450,7 @@ def _load_state_dict_strict(model: nn.Module, state_dict: dict, path: Path, clas
     except RuntimeError as exc:  # shape mismatches raise even when strict=False
         shapes = [line.strip() for line in str(exc).splitlines() if "size mismatch" in line][:3]
         raise CheckpointError(f"{path.name} does not fit the {model.__class__.__name__} architecture: "
-                              f"{shapes or str(exc)[:300]}; check --arch") from exc
+                              f"{shapes or str(exc).splitlines()[0]}; check --arch") from exc
     if result.missing_keys or result.unexpected_keys:
         raise CheckpointError(
             f"{path.name} does not fit the {model.__class__.__name__} architecture: "
