@@ -65,3 +65,17 @@ def test_a_dataset_folder_it_may_not_read_is_one_clear_line(tmp_path):
     (message,) = [line for line in done.stderr.splitlines() if line.startswith("error: ")]
     for phrase in UNREADABLE_PHRASES:
         assert phrase in message, (phrase, message)
+
+
+def test_a_message_with_terminal_escapes_and_newlines_prints_as_one_clean_line(monkeypatch, capsys):
+    """Whatever a library put in a message (colour codes, line breaks), the user reads one plain line."""
+    import cli.export
+    from core.errors import TaxaLensError
+
+    def coloured(args):
+        raise TaxaLensError("\x1b[31mlabels.db\x1b[0m is damaged;\nrestore it\r\n from a backup")
+
+    monkeypatch.setattr(cli.export, "_run", coloured)
+    code = main(["export", "--workspace", "w", "--out", "o.csv"])
+    assert code == 2
+    assert capsys.readouterr().err == "error: labels.db is damaged; restore it from a backup\n"
