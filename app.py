@@ -6,17 +6,15 @@ from collections.abc import Callable
 
 import streamlit as st
 
-from core.errors import TaxaLensError, user_message
+from core.errors import USER_ERRORS, TaxaLensError, user_message
 from pages._cached import (
-    KEY_CHECKPOINTS,
-    KEY_SPLIT,
-    KEY_WORKSPACE,
     SPLITS,
     default_workspace_path,
     ensemble_problem,
     ensemble_specs,
     open_workspace,
 )
+from pages._state import KEY_CHECKPOINTS, KEY_SPLIT, KEY_WORKSPACE
 
 st.set_page_config(page_title="TaxaLens", page_icon="🔬", layout="wide")
 
@@ -65,7 +63,7 @@ def _sidebar() -> None:
         _kept_widget(st.text_input, "Workspace folder", KEY_WORKSPACE, help="A folder with taxalens.toml")
         try:
             workspace = open_workspace(st.session_state[KEY_WORKSPACE])
-        except (TaxaLensError, ValueError, OSError) as exc:
+        except USER_ERRORS as exc:
             st.error(user_message(exc))
             return
         ensembles = {e.name: e for e in ensemble_specs(workspace)}

@@ -15,6 +15,11 @@ class TaxaLensError(Exception):
     """An error whose message names the file, key or setting at fault and the fix; shown to users as is."""
 
 
+# What the CLI and the pages catch and show as a message instead of a traceback: our own errors, and the built-in
+# ones library code raises for bad input (a bad value, a missing or unreadable file) with a message that names it.
+USER_ERRORS: tuple[type[Exception], ...] = (TaxaLensError, ValueError, OSError)
+
+
 def user_message(exc: BaseException) -> str:
     """`exc`'s message as a user sees it: ANSI escapes and control characters removed, whitespace (newlines
     included) collapsed, so a terminal or a page shows one clean paragraph."""

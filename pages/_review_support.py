@@ -5,13 +5,13 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
+from core.errors import USER_ERRORS, user_message
 from core.labelstore import LabelStore, open_label_store, validate_reviewer
 from core.predictions import PredictionTable
 from core.ranking import LabelIssueRanking, rank_label_issues
 from core.workspace import Workspace
 from pages._cached import PageContext, get_predictions, predictions_key
-
-KEY_REVIEWER = "tl_reviewer"  # session state: who is reviewing (UI state; every action goes to the store)
+from pages._state import KEY_REVIEWER
 
 
 @st.cache_resource(show_spinner=False)
@@ -20,9 +20,14 @@ def _open_store(url: str, _workspace: Workspace) -> LabelStore:
 
 
 def label_store(ctx: PageContext) -> LabelStore:
-    """The workspace's label store, one per URL per server process (it migrates the schema on first open). Raises
-    `LabelStoreError` saying what to fix when it cannot be opened (app.py shows it)."""
-    return _open_store(ctx.workspace.label_store_url, ctx.workspace)
+    """The workspace's label store, one per URL per server process (it migrates the schema on first open); when it
+    cannot be opened (an unknown URL scheme, a server out of reach, a damaged file, a schema newer than this
+    TaxaLens), says why and what to do, and stops the page."""
+    try:
+        return _open_store(ctx.workspace.label_store_url, ctx.workspace)
+    except USER_ERRORS as exc:
+        st.error(f"Cannot open the label store of {ctx.workspace.root}: {user_message(exc)}")
+        st.stop()
 
 
 @st.cache_resource(show_spinner="Ranking likely label errors…", max_entries=8)
@@ -55,6 +60,6 @@ def reviewer_input(*, label: str = "Reviewer") -> str | None:
                   help="Required to record decisions; every event in the audit log carries it")
     try:
         return validate_reviewer(st.session_state.get(KEY_REVIEWER))
-    except ValueError as exc:
+    except USER_ERRORS as exc:
         st.warning(str(exc))
         return None

@@ -41,11 +41,12 @@ def test_an_unexpected_failure_is_one_line_too(monkeypatch, capsys):
         raise KeyError("boom")
 
     monkeypatch.setattr(cli.export, "_run", broken)
-    monkeypatch.delenv("TAXALENS_DEBUG", raising=False)
     code = main(["export", "--workspace", "w", "--out", "o.csv"])
     err = capsys.readouterr().err
     assert code == 1 and "Traceback" not in err and len(err.strip().splitlines()) == 1
-    assert "KeyError" in err and "TAXALENS_DEBUG=1" in err
+    assert "KeyError" in err and "--verbose" in err
+    assert main(["export", "--workspace", "w", "--out", "o.csv", "--verbose"]) == 1
+    assert "Traceback" in capsys.readouterr().err  # asked for: the details, through the debug log
 
 
 def test_a_dataset_folder_it_may_not_read_is_one_clear_line(tmp_path):
