@@ -12,10 +12,8 @@ import sys
 import time
 from pathlib import Path
 
-import pandas as pd
-
 from core.dataset import Dataset
-from core.training_data import load_training_dataset
+from core.training_data import load_workspace_training_dataset
 
 STATUS_NAME = "status.json"  # the run folder's live status, read by the Retrain page
 
@@ -122,30 +120,13 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _dataset_from_args(args: argparse.Namespace) -> Dataset:
-    root, taxonomy, val_fraction, seed = args.root, None, args.val_fraction, args.seed
-    source = args.data
+    workspace = None
     if args.workspace:
         from core.workspace import load_workspace
 
         workspace = load_workspace(args.workspace)
-        taxonomy, val_fraction = workspace.taxonomy, workspace.val_fraction
-        if source is None:
-            source, root = workspace.dataset_source, workspace.dataset_root
-        elif root is None:
-            root = workspace.dataset_root or (workspace.dataset_source.parent if workspace.dataset_source.is_file()
-                                              else workspace.dataset_source)
-    if source is None:
-        raise ValueError("give --data DIR_OR_CSV (or --workspace DIR to train on its dataset)")
-    if taxonomy:
-        header = _header(Path(source))
-        taxonomy = tuple(c for c in taxonomy if c in header) if header is not None else ()
-    return load_training_dataset(source, root=root, taxonomy=taxonomy, val_fraction=val_fraction, seed=seed)
-
-
-def _header(path: Path) -> list[str] | None:
-    if not path.is_file():
-        return None
-    return [c.strip() for c in pd.read_csv(path, nrows=0, dtype=str).columns]
+    return load_workspace_training_dataset(workspace, args.data, root=args.root, val_fraction=args.val_fraction,
+                                           seed=args.seed)
 
 
 class _StatusWriter:

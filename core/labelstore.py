@@ -24,6 +24,7 @@ Semantics (one sample, events in id order):
 from __future__ import annotations
 
 import logging
+import os
 import re
 import threading
 import time
@@ -395,11 +396,69 @@ class LabelStore:
 
 
 def open_label_store(workspace_or_url: Any, **options: Any) -> LabelStore:
-    """Open the store of a `Workspace` (its `label_store_url`) or of a URL string."""
+    """Open the store of a `Workspace` (its `label_store_url`) or of a URL string.
+
+    Raises `LabelStoreError` naming the setting the URL came from and the fix for a URL of another database kind, a
+    server that cannot be reached and a file that is not a SQLite database (which is left as it is)."""
     url = getattr(workspace_or_url, "label_store_url", workspace_or_url)
     if not isinstance(url, str) or not url:
         raise ValueError(f"expected a Workspace or a label store URL, got {workspace_or_url!r}")
-    return LabelStore(url, **options)
+    setting = _url_setting(workspace_or_url)
+    try:
+        parsed = make_url(_normalise_url(url))
+    except sa.exc.ArgumentError as exc:
+        raise LabelStoreError(f"{setting} is {url[:80]!r}, not a database URL; use sqlite:///PATH/labels.db or "
+                              "postgresql://USER@HOST:PORT/DB") from exc
+    shown = parsed.render_as_string(hide_password=True)
+    if parsed.get_backend_name() not in ("sqlite", "postgresql"):
+        raise LabelStoreError(f"{setting} is {shown}, a {parsed.get_backend_name()} database, which TaxaLens cannot "
+                              "keep labels in; use sqlite:///PATH/labels.db (one machine) or "
+                              "postgresql://USER@HOST:PORT/DB (a team)")
+    try:
+        return LabelStore(url, **options)
+    except sa.exc.DBAPIError as exc:
+        raise LabelStoreError(f"cannot open the label store {shown} ({setting}): {_open_failure(exc, parsed)}") \
+            from exc
+
+
+# Why a database refused to open, by a phrase of the driver's message (psycopg, sqlite3), and what to do about it.
+_OPEN_FAILURES = (
+    ("connection refused", "nothing accepts connections at that host and port; start the PostgreSQL server there "
+                           "or correct the host and port in the URL"),
+    ("could not translate host name", "its host name does not resolve; correct the host in the URL"),
+    ("name or service not known", "its host name does not resolve; correct the host in the URL"),
+    ("timeout expired", "the server did not answer in time; check the host, the port and any firewall between"),
+    ("password authentication failed", "the server refused the user name or password; correct them in the URL"),
+    ("does not exist", "the server has no such database or user; create it or correct the URL"),
+    ("file is not a database", "{file} is not a SQLite database (damaged or overwritten); it was left untouched: "
+                               "move it aside and restore labels.db from a backup (where no file is, a new empty "
+                               "label log is created)"),
+    ("malformed", "{file} is damaged; it was left untouched: move it aside and restore labels.db from a backup"),
+    ("unable to open database file", "{file} cannot be opened; check that its folder exists and that this account "
+                                     "may write there"),
+)
+
+
+def _open_failure(exc: sa.exc.DBAPIError, url: sa.URL) -> str:
+    message = str(exc.orig).lower()
+    file = url.database or "the database file"
+    for phrase, advice in _OPEN_FAILURES:
+        if phrase in message:
+            return advice.format(file=file)
+    return (f"the database refused the connection ({type(exc.orig).__name__}); check that it runs and that the URL "
+            "is right")
+
+
+def _url_setting(workspace_or_url: Any) -> str:
+    """Where the label store URL was set, as a user would look for it."""
+    if os.environ.get("TAXALENS_LABEL_STORE_URL"):
+        return "the TAXALENS_LABEL_STORE_URL environment variable"
+    root = getattr(workspace_or_url, "root", None)
+    if root is None:
+        return "the label store URL"
+    if getattr(workspace_or_url, "label_store_url", "") == f"sqlite:///{Path(root) / 'labels.db'}":
+        return f"the workspace's own label log, no `url` under [labels] in {Path(root) / 'taxalens.toml'}"
+    return f"`url` under [labels] in {Path(root) / 'taxalens.toml'}"
 
 
 # ------------------------------------------------------------------------------------------------- derivation

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from core.errors import TaxaLensError
+from core.training_data import load_workspace_training_dataset
 from core.workspace import Workspace
 
 logger = logging.getLogger(__name__)
@@ -80,6 +81,7 @@ def start_training_run(workspace: Workspace, name: str, *, data: str | Path | No
     `data`: a curated export or other manifest (default: the workspace's dataset). `options`: train CLI options
     without the dashes (`{"epochs": 10, "img-size": 64, "pretrained": True}`; True adds a flag, None/False skip).
     The process gets its own session (`start_new_session`), so it outlives the Streamlit script and its reruns.
+    Raises `DatasetError` (before starting anything) for data the train command would refuse.
     """
     if not _NAME.match(name):
         raise TrainingRunError(f"checkpoint name {name!r} must be 1-64 letters, digits, '.', '_' or '-', starting "
@@ -91,6 +93,9 @@ def start_training_run(workspace: Workspace, name: str, *, data: str | Path | No
                                "another name")
     if data is not None and not Path(data).exists():
         raise FileNotFoundError(f"training data not found: {data}")
+    # The data checks of the train command, run here too (files looked up, not decoded), so that data no run could
+    # train on is refused on the page at once instead of as a failed run a minute later.
+    load_workspace_training_dataset(workspace, data, verify="none")
     run_dir = runs_root(workspace) / f"{time.strftime('%Y%m%d-%H%M%S')}-{name}"
     run_dir.mkdir(parents=True, exist_ok=False)
     argv = [python or sys.executable, "-m", "core", "train", "--workspace", str(workspace.root), "--out",

@@ -26,7 +26,7 @@ class CheckpointSpec:
     path: Path  # absolute path of the weights file
     arch: str | None = None  # timm architecture, when the file does not carry it
     classes: Path | None = None  # text file of class names (one per line), when the file does not carry them
-    trust: bool = False  # allow unsafe pickle loading for this file (explicit opt-in)
+    trust: bool = False  # allow loading a pickled object or TorchScript (code) from this file (explicit opt-in)
 
 
 @dataclass(frozen=True)
@@ -71,39 +71,99 @@ def load_workspace(path: str | Path) -> Workspace:
         config = tomllib.loads(config_path.read_text(encoding="utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise WorkspaceError(f"{config_path} is not valid TOML: {exc}") from exc
-    dataset = config.get("dataset") or {}
-    source = dataset.get("manifest") or dataset.get("root")
+    dataset = _table(config, "dataset", config_path)
+    source = _text(dataset, "manifest", "dataset", config_path) or _text(dataset, "root", "dataset", config_path)
     if not source:
         raise WorkspaceError(f"{config_path} needs [dataset] with `root` (an ImageFolder) or `manifest` (a CSV)")
     checkpoints = []
-    for i, entry in enumerate(config.get("checkpoints") or []):
-        if "path" not in entry:
+    entries = config.get("checkpoints") or []
+    if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
+        raise WorkspaceError(f"{config_path}: `checkpoints` must be a list of [[checkpoints]] tables (name = ..., "
+                             f"path = ...), got {_shown(entries)}")
+    for i, entry in enumerate(entries):
+        where = f"checkpoints[{i}]"
+        ckpt_source = _text(entry, "path", where, config_path)
+        if not ckpt_source:
             raise WorkspaceError(f"{config_path}: checkpoints[{i}] has no `path`")
-        ckpt_path = _resolve(root, entry["path"])
+        ckpt_path = _resolve(root, ckpt_source)
+        classes = _text(entry, "classes", where, config_path)
+        trust = entry.get("trust", False)
+        if not isinstance(trust, bool):
+            raise WorkspaceError(f"{config_path}: `trust` in {where} must be true or false, got {_shown(trust)}")
         checkpoints.append(CheckpointSpec(
-            name=str(entry.get("name") or ckpt_path.stem),
+            name=_text(entry, "name", where, config_path) or ckpt_path.stem,
             path=ckpt_path,
-            arch=entry.get("arch"),
-            classes=_resolve(root, entry["classes"]) if entry.get("classes") else None,
-            trust=bool(entry.get("trust", False)),
+            arch=_text(entry, "arch", where, config_path),
+            classes=_resolve(root, classes) if classes else None,
+            trust=trust,
         ))
     names = [c.name for c in checkpoints]
     if len(set(names)) != len(names):
         raise WorkspaceError(f"{config_path}: checkpoint names must be unique, got {names}")
-    labels = config.get("labels") or {}
-    url = os.environ.get("TAXALENS_LABEL_STORE_URL") or labels.get("url") or f"sqlite:///{root / 'labels.db'}"
+    labels = _table(config, "labels", config_path)
+    url = (os.environ.get("TAXALENS_LABEL_STORE_URL") or _text(labels, "url", "labels", config_path)
+           or f"sqlite:///{root / 'labels.db'}")
+    taxonomy = dataset.get("taxonomy") or []
+    if not isinstance(taxonomy, list) or not all(isinstance(t, str) and t.strip() for t in taxonomy):
+        raise WorkspaceError(f"{config_path}: `taxonomy` in [dataset] must be a list of column names, broadest "
+                             f'first (taxonomy = ["phylum", "order"]), got {_shown(taxonomy)}')
+    val_fraction = dataset.get("val_fraction", 0.2)
+    if isinstance(val_fraction, bool) or not isinstance(val_fraction, int | float) or not 0 <= val_fraction < 1:
+        raise WorkspaceError(f"{config_path}: `val_fraction` in [dataset] must be a number from 0 to below 1 (the "
+                             f"share of specimens held out, e.g. val_fraction = 0.2), got {_shown(val_fraction)}")
+    seed = dataset.get("seed", 0)
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise WorkspaceError(f"{config_path}: `seed` in [dataset] must be a whole number (seed = 0), got "
+                             f"{_shown(seed)}")
+    dataset_root = _text(dataset, "root", "dataset", config_path)
+    if not dataset.get("manifest") and dataset_root:
+        folder = _resolve(root, dataset_root)
+        if folder.is_file() and folder.suffix.lower() != ".csv":
+            raise WorkspaceError(f"{config_path}: `root` in [dataset] is {folder}, a file, not a folder; set `root` "
+                                 "to the folder that holds one sub-folder per class (or `manifest` to a CSV)")
     known = {"dataset", "checkpoints", "labels"}
     return Workspace(
         root=root,
         dataset_source=_resolve(root, source),
-        dataset_root=_resolve(root, dataset["root"]) if dataset.get("manifest") and dataset.get("root") else None,
-        taxonomy=tuple(dataset.get("taxonomy") or ()),
+        dataset_root=_resolve(root, dataset_root) if dataset.get("manifest") and dataset_root else None,
+        taxonomy=tuple(taxonomy),
         checkpoints=tuple(checkpoints),
         label_store_url=url,
-        val_fraction=float(dataset.get("val_fraction", 0.2)),
-        seed=int(dataset.get("seed", 0)),
+        val_fraction=float(val_fraction),
+        seed=seed,
         extras={k: v for k, v in config.items() if k not in known},
     )
+
+
+def _table(config: dict, key: str, config_path: Path) -> dict:
+    """`config[key]` as a table (empty when absent); a workspace error naming the key when it is something else."""
+    value = config.get(key)
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise WorkspaceError(f"{config_path}: `{key}` must be a table ([{key}] on a line of its own, followed by "
+                             f"key = value lines), got {_shown(value)}")
+    return value
+
+
+def _text(table: dict, key: str, where: str, config_path: Path) -> str | None:
+    """A text setting of `table` (None when absent or empty); a workspace error naming `where`.`key` otherwise."""
+    value = table.get(key)
+    if value is None or value == "":
+        return None
+    if not isinstance(value, str):
+        raise WorkspaceError(f'{config_path}: `{key}` in {_section(where)} must be text in quotes ({key} = "..."), '
+                             f"got {_shown(value)}")
+    return value
+
+
+def _section(where: str) -> str:
+    return where if "[" in where else f"[{where}]"
+
+
+def _shown(value: object) -> str:
+    text = repr(value)
+    return f"{type(value).__name__} {text[:60]}{'...' if len(text) > 60 else ''}"
 
 
 def add_checkpoint(workspace_root: str | Path, name: str, path: str | Path) -> None:

@@ -5,26 +5,28 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
-from core.errors import USER_ERRORS
-from core.labelstore import LabelStore, validate_reviewer
+from core.errors import USER_ERRORS, user_message
+from core.labelstore import LabelStore, open_label_store, validate_reviewer
 from core.predictions import PredictionTable
 from core.ranking import LabelIssueRanking, rank_label_issues
+from core.workspace import Workspace
 from pages._cached import PageContext, get_predictions, predictions_key
 from pages._state import KEY_REVIEWER
 
 
 @st.cache_resource(show_spinner=False)
-def _open_store(url: str) -> LabelStore:
-    return LabelStore(url)
+def _open_store(url: str, _workspace: Workspace) -> LabelStore:
+    return open_label_store(_workspace)
 
 
 def label_store(ctx: PageContext) -> LabelStore:
     """The workspace's label store, one per URL per server process (it migrates the schema on first open); when it
-    cannot be opened (an unknown URL scheme, a schema newer than this TaxaLens), says why and stops the page."""
+    cannot be opened (an unknown URL scheme, a server out of reach, a damaged file, a schema newer than this
+    TaxaLens), says why and what to do, and stops the page."""
     try:
-        return _open_store(ctx.workspace.label_store_url)
+        return _open_store(ctx.workspace.label_store_url, ctx.workspace)
     except USER_ERRORS as exc:
-        st.error(f"Cannot open the label store of {ctx.workspace.root}: {exc}")
+        st.error(f"Cannot open the label store of {ctx.workspace.root}: {user_message(exc)}")
         st.stop()
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import streamlit as st
 
-from core.errors import USER_ERRORS
+from core.errors import USER_ERRORS, user_message
 from core.train_runs import list_runs, read_log_tail, start_training_run, stop_run
 from pages._cached import start_page
 
@@ -62,7 +62,7 @@ if submitted:
         run = start_training_run(workspace, name.strip(), data=None if data.startswith("(") else Path(data),
                                  options=options)
     except USER_ERRORS as exc:
-        st.error(str(exc))
+        st.error(user_message(exc))
     else:
         st.success(f"Started run **{run.name}** in `{run.run_dir}`")
 
