@@ -15,6 +15,7 @@ COMMAND_MODULES = (
     "cli.export",
     "cli.predict",
     "cli.train",
+    "cli.verify_labels",
 )
 
 

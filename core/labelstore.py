@@ -276,8 +276,13 @@ class LabelStore:
                             config.attributes.pop("connection", None)
         return head
 
-    def _safe_url(self) -> str:
+    @property
+    def safe_url(self) -> str:
+        """The URL with any password hidden (for messages and logs)."""
         return make_url(self.url).render_as_string(hide_password=True)
+
+    def _safe_url(self) -> str:
+        return self.safe_url
 
     # -------------------------------------------------------------------------------------------------- writes
 
