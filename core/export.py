@@ -23,6 +23,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from core.access import Actor
 from core.dataset import FORMULA_TRIGGERS, Dataset
 from core.labelstore import EVENT_COLUMNS, LabelStore
 
@@ -117,20 +118,32 @@ def build_audit_log(store: LabelStore) -> pd.DataFrame:
     return log[list(EVENT_COLUMNS)]
 
 
-def curated_manifest_csv(dataset: Dataset, store: LabelStore) -> bytes:
-    """The curated manifest as CSV bytes (neutralised), e.g. for a download button."""
+def curated_manifest_csv(dataset: Dataset, store: LabelStore, *, actor: Actor | None = None) -> bytes:
+    """The curated manifest as CSV bytes (neutralised), e.g. for a download button.
+
+    `actor`: who asks (needs the `export` permission); None for a trusted caller (the command line, tests).
+    """
+    if actor is not None:
+        actor.require("export")
     curated, _ = build_curated_manifest(dataset, store)
     return _to_csv(curated).encode("utf-8")
 
 
-def audit_log_csv(store: LabelStore) -> bytes:
-    """The audit log as CSV bytes (neutralised)."""
+def audit_log_csv(store: LabelStore, *, actor: Actor | None = None) -> bytes:
+    """The audit log as CSV bytes (neutralised); `actor` as for `curated_manifest_csv`."""
+    if actor is not None:
+        actor.require("export")
     return _to_csv(build_audit_log(store)).encode("utf-8")
 
 
 def export_curated_labels(dataset: Dataset, store: LabelStore, out: str | Path, *,
-                          audit_out: str | Path | None = None) -> ExportSummary:
-    """Write the curated manifest to `out` (and the audit log to `audit_out`) atomically; returns a summary."""
+                          audit_out: str | Path | None = None, actor: Actor | None = None) -> ExportSummary:
+    """Write the curated manifest to `out` (and the audit log to `audit_out`) atomically; returns a summary.
+
+    `actor`: who asks (needs the `export` permission); None for a trusted caller (the command line, tests).
+    """
+    if actor is not None:
+        actor.require("export")
     out = Path(out)
     curated, warnings = build_curated_manifest(dataset, store)
     _write_atomic(out, _to_csv(curated))
