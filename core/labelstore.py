@@ -391,6 +391,8 @@ class LabelStore:
     def undo_last(self, reviewer: str | None = None, *, note: str = "", actor: Actor | None = None) -> LabelEvent:
         """Undo the reviewer's (the actor's) latest effective decision, whichever sample it was on (ValueError if
         none)."""
+        if actor is not None:
+            actor.require("record")
         reviewer = _as_actor(NewEvent("-", "undo", reviewer), actor).reviewer  # type: ignore[arg-type]
         target = self.last_undoable(reviewer)
         if target is None:
@@ -404,6 +406,8 @@ class LabelStore:
         Its author may undo it; undoing another reviewer's event needs the `undo_others` permission (a lead). The
         event must be an effective decision (not an undo, not undone already): ValueError otherwise.
         """
+        if actor is not None:
+            actor.require("record")
         with self._engine.connect() as conn:
             target = conn.execute(sa.select(label_events.c.sample_id).where(label_events.c.id == int(event_id))
                                   ).scalar()
