@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from core.dataset import EXCLUDED_STATUS, Dataset, DatasetError, load_dataset, unneutralise_cell
+from core.dataset import EXCLUDED_STATUS, Dataset, DatasetError, load_dataset, read_manifest_table
 
 
 def load_training_dataset(
@@ -45,15 +45,14 @@ def load_training_dataset(
 def _check_manifest_rows(path: Path) -> None:
     """Refuse a `specimen_id` column with gaps and a class that exclusions empty (before any image is opened)."""
     try:
-        frame = pd.read_csv(path, dtype=str, keep_default_na=False, skipinitialspace=True)
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError):
+        frame = read_manifest_table(path)  # the same reading as load_dataset's
+    except DatasetError:
         return  # load_dataset reports unreadable manifests with its own message
-    frame.columns = [str(c).strip() for c in frame.columns]
     kept = pd.Series(True, index=frame.index)
     if "status" in frame.columns:
         kept = frame["status"].str.strip().str.lower() != EXCLUDED_STATUS
     if "label" in frame.columns:
-        labels = frame["label"].str.strip().map(unneutralise_cell)
+        labels = frame["label"]
         before, after = labels.value_counts(), labels[kept].value_counts()
         emptied = sorted(set(before.index) - set(after.index) - {""})
         if emptied:
