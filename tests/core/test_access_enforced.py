@@ -64,6 +64,12 @@ def test_only_a_lead_adjudicates(store: LabelStore) -> None:
     ruling = store.record("a.png", "relabel", label="Calanus", adjudication=True, actor=LEAD)
     assert ruling.adjudication and ruling.reviewer == "lee@lab.org"
     assert store.state("a.png").decided_by == "lee@lab.org"
+    from core.agreement import adjudicate
+
+    with pytest.raises(AccessError, match="may not adjudicate"):
+        adjudicate(store, "a.png", "(excluded)", actor=ANN)
+    assert adjudicate(store, "a.png", "(excluded)", actor=LEAD).reviewer == "lee@lab.org"
+    assert store.state("a.png").status == "excluded"
 
 
 def test_only_the_author_or_a_lead_undoes_an_event(store: LabelStore) -> None:
