@@ -356,6 +356,7 @@ def test_sigkilled_writers_lose_nothing_committed_and_corrupt_nothing(store_url:
         store.record("s000", "confirm", reviewer="after", given_label="Daphnia")
         assert store.state("s000").decided_by == "after"
         _check_history_consistent(store)
+        assert store.integrity.ok and store.verify_chain().ok  # a killed writer leaves no half link
 
 
 # -------------------------------------------------------------------------------------------- agreement
