@@ -24,7 +24,7 @@ FORMULA_TRIGGERS = ("=", "+", "-", "@", "\t", "\r")
 CELL_GUARD = "'"
 EXCLUDED_STATUS = "excluded"  # a curated export's `status` for samples a reviewer took out of the data
 Verify = Literal["none", "header", "full"]
-_DRIVE = re.compile(r"[A-Za-z]:(/|$)")  # `C:/...` (or `C:\...`) is a Windows absolute path; `C:x.png` a file name
+_DRIVE = re.compile(r"[A-Za-z]:/")  # `C:/...` (or `C:\...`) is a Windows absolute path; `C:x.png` is a file name
 
 
 class DatasetError(TaxaLensError, ValueError):

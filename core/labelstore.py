@@ -148,7 +148,7 @@ class NewEvent:
 
     sample_id: str  # the dataset's sample id
     action: str  # one of ACTIONS
-    reviewer: str  # who does it; required
+    reviewer: str | None  # who does it; required, except that None means the actor given to `record_many`
     label: str | None = None  # relabel: the new class (required); confirm: the label confirmed (default: current)
     given_label: str | None = None  # the dataset's label, the sample's label until a reviewer decides one
     note: str = ""  # optional free text
@@ -309,8 +309,8 @@ class LabelStore:
         name the `reviewer`. Raises ValueError for a missing reviewer or bad input, AccessError for a role that may
         not do it or a reviewer other than the actor, LabelStoreIntegrityError when the log is damaged.
         """
-        return self.record_many([NewEvent(sample_id, action, reviewer, label, given_label, note,  # type: ignore[arg-type]
-                                          checkpoint, adjudication)], actor=actor)[0]
+        return self.record_many([NewEvent(sample_id, action, reviewer, label, given_label, note, checkpoint,
+                                          adjudication)], actor=actor)[0]
 
     def record_many(self, events: Iterable[NewEvent], *, actor: Actor | None = None) -> list[LabelEvent]:
         """Append several events in one transaction (all or none), applied in the given order.
@@ -393,7 +393,7 @@ class LabelStore:
         none)."""
         if actor is not None:
             actor.require("record")
-        reviewer = _as_actor(NewEvent("-", "undo", reviewer), actor).reviewer  # type: ignore[arg-type]
+        reviewer = validate_reviewer(_as_actor(NewEvent("-", "undo", reviewer), actor).reviewer)
         target = self.last_undoable(reviewer)
         if target is None:
             raise ValueError(f"nothing to undo: reviewer {reviewer!r} has no effective event")
@@ -413,7 +413,7 @@ class LabelStore:
                                   ).scalar()
         if target is None:
             raise ValueError(f"no label event with id {event_id}; see the audit log for the ids")
-        return self.record_many([NewEvent(target, "undo", reviewer, note=note, reverts_id=int(event_id))],  # type: ignore[arg-type]
+        return self.record_many([NewEvent(target, "undo", reviewer, note=note, reverts_id=int(event_id))],
                                 actor=actor)[0]
 
     def check_integrity(self, *, last: int = OPEN_CHECK_LINKS) -> IntegrityReport:
@@ -679,7 +679,7 @@ def _as_actor(new: NewEvent, actor: Actor | None) -> NewEvent:
         return new
     if new.reviewer is None or (isinstance(new.reviewer, str) and not new.reviewer.strip()):
         return replace(new, reviewer=actor.name)
-    if new.reviewer.strip() != actor.name:
+    if not isinstance(new.reviewer, str) or new.reviewer.strip() != actor.name:
         raise AccessError(f"{actor.name!r} may not record events as {new.reviewer!r}: events are recorded under the "
                           "identity of whoever makes them")
     return new

@@ -33,7 +33,7 @@ def test_a_viewer_records_nothing(store: LabelStore) -> None:
     with pytest.raises(AccessError, match="viewer and may not record"):
         store.record("a.png", "confirm", given_label="Daphnia", actor=VIEWER)
     with pytest.raises(AccessError, match="may not record"):
-        store.record_many([NewEvent("a.png", "confirm", None, given_label="Daphnia")], actor=VIEWER)  # type: ignore[arg-type]
+        store.record_many([NewEvent("a.png", "confirm", None, given_label="Daphnia")], actor=VIEWER)
     with pytest.raises(AccessError):
         store.undo_last(actor=VIEWER)
     assert store.count_events() == 0

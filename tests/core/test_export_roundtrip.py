@@ -80,7 +80,7 @@ def _round_trip(base: Path, empty: Path, names: list[str], labels: list[str], ta
 def test_any_text_round_trips_through_export_and_the_training_loader(tmp_path: Path, empty_store: Path,
                                                                      data) -> None:
     if data is None:
-        names = [n.replace("\x00", "0") for n in NASTY] + ["C:drive.png", "dot."]
+        names = [n.replace("\x00", "0") for n in NASTY] + ["C:drive.png", "D:", "dot."]
         labels = [NASTY[(i + 3) % len(NASTY)] if NASTY[(i + 3) % len(NASTY)].strip() else "x"
                   for i in range(len(names))]
         taxa = [NASTY[(i + 5) % len(NASTY)] for i in range(len(names))]
