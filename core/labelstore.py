@@ -250,15 +250,16 @@ class LabelStore:
         with self._engine.connect() as conn:
             return MigrationContext.configure(conn).get_current_revision()
 
-    def migrate(self) -> str:
-        """Bring the schema to the newest revision (no-op when current); returns the revision."""
+    def migrate(self, revision: str | None = None) -> str:
+        """Bring the schema to the newest revision, or up to `revision` (no-op when there); returns the revision."""
         from alembic import command
         from alembic.runtime.migration import MigrationContext
 
         config, known, head = _alembic_scripts()
+        target = revision or head
         current = self.schema_revision()
-        if current == head:
-            return head
+        if current == target:
+            return target
         if current is not None and current not in known:
             raise LabelStoreError(f"label store {self._safe_url()} is at schema revision {current!r}, unknown to this "
                                   f"TaxaLens (newest known: {head!r}); upgrade TaxaLens to open it")
@@ -267,14 +268,14 @@ class LabelStore:
             with conn.begin():
                 if self.dialect == "postgresql":
                     conn.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": _MIGRATION_LOCK_KEY})
-                if MigrationContext.configure(conn).get_current_revision() != head:  # another process may have won
+                if MigrationContext.configure(conn).get_current_revision() != target:  # another process may have won
                     with _MIGRATION_THREAD_LOCK:
                         config.attributes["connection"] = conn
                         try:
-                            command.upgrade(config, "head")
+                            command.upgrade(config, target)
                         finally:
                             config.attributes.pop("connection", None)
-        return head
+        return target
 
     @property
     def safe_url(self) -> str:
@@ -370,6 +371,8 @@ class LabelStore:
                 "written. Stop the dashboard, keep a copy of the database as it is, run `python -m cli verify-labels "
                 "--workspace DIR` to find the first broken link, and restore the label store from a backup taken "
                 "before it (reading and exporting still work meanwhile)"
+                + ("; a damaged SQLite file can also be rebuilt with `sqlite3 labels.db .recover | sqlite3 new.db`, "
+                   "then checked with verify-labels --url sqlite:///new.db" if self.integrity.database_problem else "")
             )
 
     def last_undoable(self, reviewer: str) -> LabelEvent | None:
@@ -454,7 +457,7 @@ class LabelStore:
             return None
         with self._engine.connect() as conn:
             findings = [str(r[0]) for r in conn.exec_driver_sql(f"PRAGMA {pragma}")]
-        return None if findings == ["ok"] else "; ".join(findings[:5])
+        return None if findings == ["ok"] else "; ".join(" ".join(f.split()) for f in findings[:5])
 
     @contextmanager
     def _write_transaction(self) -> Iterator[Connection]:
