@@ -269,6 +269,7 @@ class LabelStore:
                 if self.dialect == "postgresql":
                     conn.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": _MIGRATION_LOCK_KEY})
                 if MigrationContext.configure(conn).get_current_revision() != target:  # another process may have won
+                    logger.info("migrating label store %s from schema %s to %s", self._safe_url(), current, target)
                     with _MIGRATION_THREAD_LOCK:
                         config.attributes["connection"] = conn
                         try:
