@@ -25,6 +25,7 @@ COMMAND_MODULES = (
     "cli.export",
     "cli.predict",
     "cli.train",
+    "cli.verify_labels",
 )
 LOGGED_PACKAGES = ("core", "models", "cli")  # the loggers the handler serves; other libraries log warnings only
 HANDLER_NAME = "taxalens-cli"

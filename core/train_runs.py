@@ -22,6 +22,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from core.access import Actor
 from core.errors import TaxaLensError
 from core.training_data import load_workspace_training_dataset
 from core.workspace import Workspace
@@ -74,7 +75,8 @@ def runs_root(workspace: Workspace) -> Path:
 
 
 def start_training_run(workspace: Workspace, name: str, *, data: str | Path | None = None,
-                       options: dict[str, object] | None = None, python: str | None = None) -> TrainingRun:
+                       options: dict[str, object] | None = None, python: str | None = None,
+                       actor: Actor | None = None) -> TrainingRun:
     """Start `python -m core train` for `workspace` as a detached background process; returns the new run.
 
     `name`: the checkpoint name the finished run adds to the workspace (letters, digits, `.`, `_`, `-`; unused).
@@ -82,7 +84,10 @@ def start_training_run(workspace: Workspace, name: str, *, data: str | Path | No
     without the dashes (`{"epochs": 10, "img-size": 64, "pretrained": True}`; True adds a flag, None/False skip).
     The process gets its own session (`start_new_session`), so it outlives the Streamlit script and its reruns.
     Raises `DatasetError` (before starting anything) for data the train command would refuse.
+    `actor`: who asks (needs the `retrain` permission); None for a trusted caller (the command line, tests).
     """
+    if actor is not None:
+        actor.require("retrain")
     if not _NAME.match(name):
         raise TrainingRunError(f"checkpoint name {name!r} must be 1-64 letters, digits, '.', '_' or '-', starting "
                                "with a letter or digit")
@@ -156,8 +161,13 @@ def read_log_tail(run: TrainingRun, *, lines: int = 40, max_bytes: int = 64_000)
     return "\n".join(rows[-lines:])
 
 
-def stop_run(run: TrainingRun) -> bool:
-    """Send SIGTERM to the run's process group; True when a live process was signalled."""
+def stop_run(run: TrainingRun, *, actor: Actor | None = None) -> bool:
+    """Send SIGTERM to the run's process group; True when a live process was signalled.
+
+    `actor`: who asks (needs the `retrain` permission); None for a trusted caller.
+    """
+    if actor is not None:
+        actor.require("retrain")
     pid = _pid(run.run_dir)
     if not _alive(pid):
         return False
