@@ -11,6 +11,7 @@ from core.errors import TaxaLensError
 # Modules with `register(subparsers)`; each adds a subparser whose `func(args) -> int` runs the command.
 COMMAND_MODULES = (
     "cli.cam",
+    "cli.crossval",
     "cli.demo",
     "cli.export",
     "cli.predict",
