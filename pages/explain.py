@@ -6,7 +6,7 @@ import streamlit as st
 
 from core.images import ImageError, load_image_rgb
 from core.metrics import top_predictions
-from models.cam import CAM_METHODS, CamError, render_overlay
+from models.cam import CAM_METHODS, MIN_CAM_GRID, CamError, render_overlay
 from pages._cached import page_context, require_single_checkpoint, require_table
 from pages._cam import CamMaps, auto_layer, cam_maps
 from pages._gallery import sample_paths
@@ -108,6 +108,8 @@ first = next((m for m in maps if isinstance(m, CamMaps)), None)
 if first is not None:
     st.caption(f"Layer `{first.layer}` ({first.grid[0]}×{first.grid[1]} map) · predicted {row['pred']} with "
                f"{row['confidence']:.1%} confidence.")
-    if min(first.grid) <= 2:
+    if first.note:  # the automatic layer is below 7x7: the model has no finer map at this input size
+        st.info(first.note)
+    elif min(first.grid) < MIN_CAM_GRID:
         st.info(f"The layer's map is only {first.grid[0]}×{first.grid[1]} at this input size, so the heat map is "
                 "coarse; an earlier layer (type its name under Layer) trades class-specificity for detail.")
