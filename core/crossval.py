@@ -101,15 +101,17 @@ def crossval_folds(train_rows: pd.DataFrame, *, n_folds: int = DEFAULT_FOLDS, se
 
 
 def probe_crossval(table: PredictionTable, *, n_folds: int = DEFAULT_FOLDS, seed: int = 0,
-                   config: ProbeConfig = ProbeConfig(), progress: Progress | None = None) -> PredictionTable:
+                   config: ProbeConfig = ProbeConfig(), folds: CrossvalFolds | None = None,
+                   progress: Progress | None = None) -> PredictionTable:
     """Out-of-fold probabilities of a linear probe on `table.embeddings` (shape `(N, D)`, D > 0).
 
     Training rows (split not in val/test) get the probabilities of the probe fitted on the other folds' training
     rows; val/test rows the mean over the fold probes. Rows whose label is not one of `table.class_names`, and
     training rows `crossval_folds` cannot hold out, are left out. The probe standardises the embeddings and fits
     `sklearn.linear_model.LogisticRegression` (L2, class-balanced); its C is the one of `config.c_grid` with the
-    lowest out-of-fold log-loss. Returns a table in `table.class_names` order; `meta["messages"]` says what was left
-    out, `meta["C"]` the chosen C.
+    lowest out-of-fold log-loss. `folds`: a fixed assignment of the training rows (in table order; default
+    `crossval_folds(..., n_folds, seed)`). Returns a table in `table.class_names` order; `meta["messages"]` says
+    what was left out, `meta["C"]` the chosen C.
     """
     if table.embeddings.ndim != 2 or table.embeddings.shape[1] == 0:
         raise CrossvalError("the predictions carry no embeddings, so the probe has nothing to fit; recompute them "
@@ -120,8 +122,12 @@ def probe_crossval(table: PredictionTable, *, n_folds: int = DEFAULT_FOLDS, seed
     train_index = np.flatnonzero(is_train)
     if len(train_index) == 0:
         raise CrossvalError("no training rows with a label the model knows: nothing to cross-validate")
-    assignment = crossval_folds(frame.iloc[train_index], n_folds=n_folds, seed=seed)
+    assignment = folds if folds is not None else crossval_folds(frame.iloc[train_index], n_folds=n_folds, seed=seed)
+    if len(assignment.folds) != len(train_index):
+        raise CrossvalError(f"folds cover {len(assignment.folds)} rows but the table has {len(train_index)} training "
+                            "rows with known labels")
     folds = assignment.folds
+    n_folds = int(folds.max()) + 1
     other_index = np.flatnonzero(~is_train & known)
     x = table.embeddings.astype(np.float64)
     y = frame["label_idx"].to_numpy()
