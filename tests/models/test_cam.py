@@ -371,3 +371,16 @@ def test_explain_real_images(bccd_root):
     overlay = render_overlay(explanation.views[0], explanation.result.cams[0], opacity=0.4)
     assert overlay.shape == (64, 64, 3)
     assert not np.array_equal(overlay, explanation.views[0])
+
+
+def test_demo_checkpoint_default_map_resolves_the_organism(demo_workspace_readonly):
+    from core.workspace import load_workspace
+    from models.checkpoints import load_checkpoint
+
+    workspace = load_workspace(demo_workspace_readonly)
+    model, card = load_checkpoint(workspace.checkpoints[0].path, device="cpu")
+    cam_layer = find_cam_layer(model, input_size=tuple(card.input_size))
+    assert min(cam_layer.grid) >= 7 and not cam_layer.note, (cam_layer.name, cam_layer.grid, card.input_size)
+    path = workspace.load_dataset().samples["path"].iloc[0]
+    result = explain_images(model, card, [load_image_rgb(path)], [None]).result
+    assert result.grid == cam_layer.grid and result.layer == cam_layer.name
