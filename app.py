@@ -6,16 +6,15 @@ from collections.abc import Callable
 
 import streamlit as st
 
+from core.errors import USER_ERRORS, TaxaLensError, user_message
 from pages._cached import (
-    KEY_CHECKPOINTS,
-    KEY_SPLIT,
-    KEY_WORKSPACE,
     SPLITS,
     default_workspace_path,
     ensemble_problem,
     ensemble_specs,
     open_workspace,
 )
+from pages._state import KEY_CHECKPOINTS, KEY_SPLIT, KEY_WORKSPACE
 
 st.set_page_config(page_title="TaxaLens", page_icon="🔬", layout="wide")
 
@@ -64,8 +63,8 @@ def _sidebar() -> None:
         _kept_widget(st.text_input, "Workspace folder", KEY_WORKSPACE, help="A folder with taxalens.toml")
         try:
             workspace = open_workspace(st.session_state[KEY_WORKSPACE])
-        except (FileNotFoundError, ValueError) as exc:
-            st.error(str(exc))
+        except USER_ERRORS as exc:
+            st.error(user_message(exc))
             return
         ensembles = {e.name: e for e in ensemble_specs(workspace)}
         names = [c.name for c in workspace.checkpoints] + list(ensembles)
@@ -85,4 +84,7 @@ def _sidebar() -> None:
 
 
 _sidebar()
-st.navigation(PAGES).run()
+try:
+    st.navigation(PAGES).run()
+except TaxaLensError as exc:  # a page that let one through: its message says what to do; never a traceback
+    st.error(user_message(exc))

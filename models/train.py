@@ -81,8 +81,8 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.balance not in ("sampler", "loss", "none"):
             raise ValueError(f"balance must be 'sampler', 'loss' or 'none', got {self.balance!r}")
-        if self.img_size < 16 or self.epochs < 1 or self.batch_size < 1:
-            raise ValueError(f"img_size >= 16, epochs >= 1 and batch_size >= 1 are needed, got "
+        if self.img_size < 16 or self.epochs < 1 or self.batch_size < 2:  # a batch of one image breaks BatchNorm
+            raise ValueError(f"img_size >= 16, epochs >= 1 and batch_size >= 2 are needed, got "
                              f"{self.img_size}, {self.epochs}, {self.batch_size}")
         if not 0.0 < self.layer_decay <= 1.0:
             raise ValueError(f"layer_decay must lie in (0, 1], got {self.layer_decay}")

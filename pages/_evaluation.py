@@ -9,7 +9,6 @@ building the page.
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 
 import numpy as np
@@ -19,9 +18,10 @@ import streamlit as st
 
 from core import confusion as cm
 from core import figures, metrics, queries, specimens
+from core.errors import TaxaLensError
 from core.predictions import PredictionTable
 from core.scores import BootstrapConfig, ResamplingPlan, Unit, describe_intervals
-from pages._cached import PageContext, checkpoint_stamp, page_context, require_table
+from pages._cached import PageContext, checkpoint_stamp, require_table, start_page, table_token
 
 
 @dataclass(frozen=True)
@@ -35,22 +35,13 @@ class EvalData:
     checkpoint: str
 
 
-def _token(table: PredictionTable, *parts: str) -> str:
-    digest = hashlib.blake2b(digest_size=16)
-    frame = table.frame
-    for column in ("label_idx", "pred_idx", "confidence"):
-        digest.update(np.ascontiguousarray(frame[column].to_numpy()).tobytes())
-    digest.update("\0".join((*parts, *table.class_names, str(len(table)))).encode())
-    return digest.hexdigest()
-
-
 @st.cache_resource(show_spinner=False, max_entries=32)
 def _split_table(full_token: str, split: str, _full: PredictionTable) -> tuple[PredictionTable, str]:
     table = _full.for_split(split)
-    return table, _token(table, split)
+    return table, table_token(table, split)
 
 
-class _NoPredictions(LookupError):
+class _NoPredictions(TaxaLensError, LookupError):
     """Raised inside the cached lookup so that "not computed yet" is never cached (Streamlit caches no exception)."""
 
 
@@ -75,10 +66,7 @@ def _weights_stamp(ctx: PageContext) -> tuple:
 
 def open_evaluation_page(title: str) -> tuple[PageContext, EvalData]:
     """Title the page and return the sidebar's context and its evaluation data (or stop the script)."""
-    st.title(title)
-    ctx = page_context()
-    if ctx is None:
-        st.stop()
+    ctx = start_page(title)
     return ctx, require_eval_data(ctx)
 
 
@@ -93,7 +81,7 @@ def require_eval_data(ctx: PageContext) -> EvalData:
     if full is None:
         require_table(ctx)  # shows "add a checkpoint", the compute button or why an ensemble fails, then stops
         st.stop()
-    full_token = _token(full, "all", ctx.checkpoint or "")
+    full_token = table_token(full, "all", ctx.checkpoint or "")
     table, token = _split_table(full_token, ctx.split, full)
     if len(table) == 0:
         splits = sorted(full.frame["split"].unique().tolist())

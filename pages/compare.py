@@ -3,30 +3,20 @@ intervals, per-class F1 deltas, and the samples whose prediction flipped, openin
 
 from __future__ import annotations
 
-import hashlib
-
-import numpy as np
 import pandas as pd
 import streamlit as st
 
 from core.compare import METRICS, Comparison, compare_predictions
 from core.ensemble import EnsembleSpec, add_ensemble, ensemble_tables
+from core.errors import USER_ERRORS
 from core.figures import build_f1_delta_figure
 from core.predictions import PredictionTable
 from core.scores import METRIC_LABELS
-from pages._cached import page_context, require_table
+from pages._cached import require_table, start_page, table_token
 from pages._gallery import render_gallery, render_sample_view
 
 ENSEMBLE = "(ensemble of all checkpoints)"
 LABELS = {name: METRIC_LABELS[name] for name in METRICS}
-
-
-def _token(table: PredictionTable) -> str:
-    digest = hashlib.blake2b(digest_size=16)
-    for column in ("label", "pred", "sample_id"):
-        digest.update("\0".join(map(str, table.frame[column])).encode())
-    digest.update(np.ascontiguousarray(table.pred_probs).tobytes()[:1_000_000])
-    return digest.hexdigest()
 
 
 @st.cache_data(show_spinner="Bootstrapping…", max_entries=16)
@@ -40,10 +30,7 @@ def _ensemble(tokens: tuple[str, ...], method: str, names: tuple[str, ...], _tab
     return ensemble_tables(list(_tables), method=method, member_names=names, name=f"ensemble({', '.join(names)})")
 
 
-st.title("Compare checkpoints")
-ctx = page_context()
-if ctx is None:
-    st.stop()
+ctx = start_page("Compare checkpoints")
 checkpoints = [c.name for c in ctx.workspace.checkpoints]
 names = ctx.names  # checkpoints, then saved ensembles
 if len(checkpoints) < 2:
@@ -72,8 +59,8 @@ if name_b == ENSEMBLE:
         require_table(ctx, member)
         member_tables.append(ctx.table(member, split="all"))
     try:
-        full_b = _ensemble(tuple(_token(t) for t in member_tables), method, tuple(members), tuple(member_tables))
-    except ValueError as exc:
+        full_b = _ensemble(tuple(table_token(t) for t in member_tables), method, tuple(members), tuple(member_tables))
+    except USER_ERRORS as exc:
         st.error(str(exc))
         st.stop()
     table_b = full_b.for_split(ctx.split)
@@ -82,7 +69,7 @@ if name_b == ENSEMBLE:
         if st.button("Save", key="cmp-ens-save"):
             try:
                 add_ensemble(ctx.workspace.root, EnsembleSpec(ensemble_name.strip(), tuple(members), method))
-            except ValueError as exc:
+            except USER_ERRORS as exc:
                 st.error(str(exc))
             else:
                 st.success(f"Saved as `[[ensembles]]` **{ensemble_name}** in taxalens.toml")
@@ -95,8 +82,8 @@ else:
     label_b = name_b
 
 try:
-    result = _compare(_token(table_a), _token(table_b), int(n_boot), cluster, table_a, table_b)
-except ValueError as exc:
+    result = _compare(table_token(table_a), table_token(table_b), int(n_boot), cluster, table_a, table_b)
+except USER_ERRORS as exc:
     st.error(str(exc))
     st.stop()
 st.caption(f"A = **{name_a}**, B = **{label_b}** · split **{ctx.split}** · {result.n:,} samples compared"
