@@ -24,6 +24,6 @@ def test_a_label_store_that_cannot_be_opened_is_reported(unreachable_store_works
     monkeypatch.delenv("TAXALENS_LABEL_STORE_URL", raising=False)
     app = open_page(unreachable_store_workspace, page)  # fails on any exception the page lets escape
     errors = [e.value for e in app.error]
-    assert any(e.startswith("Cannot open the label store of ") and "uses 'mysql'" in e
-               and "sqlite:///FILE" in e for e in errors), errors
+    assert any(e.startswith("Cannot open the label store of ") and "a mysql database" in e
+               and "use sqlite:///PATH/labels.db" in e for e in errors), errors
     assert not app.button  # stopped before any review action is offered
