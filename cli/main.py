@@ -21,10 +21,12 @@ logger = logging.getLogger(__name__)
 # Modules with `register(subparsers)`; each adds a subparser whose `func(args) -> int` runs the command.
 COMMAND_MODULES = (
     "cli.cam",
+    "cli.crossval",
     "cli.demo",
     "cli.export",
     "cli.predict",
     "cli.train",
+    "cli.verify_labels",
 )
 LOGGED_PACKAGES = ("core", "models", "cli")  # the loggers the handler serves; other libraries log warnings only
 HANDLER_NAME = "taxalens-cli"

@@ -6,13 +6,13 @@ The data checks live in `core.training_data`; the handler imports `models.train`
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
 from pathlib import Path
 
 from core.dataset import Dataset
+from core.train_runs import StatusWriter
 from core.training_data import load_workspace_training_dataset
 
 STATUS_NAME = "status.json"  # the run folder's live status, read by the Retrain page
@@ -76,7 +76,7 @@ def _run(args: argparse.Namespace) -> int:
     context = init_distributed()
     out = Path(args.out)
     status_path = Path(args.status_file) if args.status_file else (out / STATUS_NAME if args.add_as else None)
-    status = _StatusWriter(status_path if context.is_main else None)
+    status = StatusWriter(status_path if context.is_main else None)
     status.update({"state": "starting", "pid": os.getpid(), "argv": sys.argv, "started_at": time.time()})
     try:
         dataset = _dataset_from_args(args)
@@ -129,27 +129,10 @@ def _dataset_from_args(args: argparse.Namespace) -> Dataset:
                                            seed=args.seed)
 
 
-class _StatusWriter:
-    """The run's status as one JSON file, replaced atomically on each update (none when `path` is None)."""
-
-    def __init__(self, path: Path | None) -> None:
-        self.path = path
-        self.state: dict = {}
-
-    def update(self, fields: dict) -> None:
-        self.state.update(fields)
-        if self.path is None:
-            return
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_name(self.path.name + ".tmp")
-        tmp.write_text(json.dumps(self.state, default=str), encoding="utf-8")
-        os.replace(tmp, self.path)
-
-
 class _Reporter:
     """Progress events -> stderr lines and the status file (step events at most every 2 s)."""
 
-    def __init__(self, status: _StatusWriter) -> None:
+    def __init__(self, status: StatusWriter) -> None:
         self.status = status
         self.last = 0.0
 

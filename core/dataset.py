@@ -6,6 +6,7 @@ import csv
 import hashlib
 import logging
 import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Literal
@@ -22,12 +23,15 @@ SPLIT_ALIASES = {"train": "train", "training": "train", "val": "val", "valid": "
 RESERVED_COLUMNS = ("sample_id", "path", "label", "split", "specimen_id")
 # A text cell starting with one of these runs as a formula in a spreadsheet; exports write it behind a `'`.
 FORMULA_TRIGGERS = ("=", "+", "-", "@", "\t", "\r")
+# The mark an export writes before a text cell that must be read back verbatim (`cell_needs_guard`).
+CELL_GUARD = "'"
 EXCLUDED_STATUS = "excluded"  # a curated export's `status` for samples a reviewer took out of the data
 # Columns only a curated export (core.export) writes: a manifest with them has paths relative to the dataset root.
 CURATED_MARKERS = ("original_label", "status")
 # Other delimiters people's spreadsheets save "CSV" with; a header split on one of them names path and label.
 _FOREIGN_DELIMITERS = {";": "semicolon", "\t": "tab", "|": "pipe"}
 Verify = Literal["none", "header", "full"]
+_DRIVE = re.compile(r"[A-Za-z]:/")  # `C:/...` (or `C:\...`) is a Windows absolute path; `C:x.png` is a file name
 
 
 class DatasetError(TaxaLensError, ValueError):
@@ -133,19 +137,52 @@ def _load_dataset(source: Path, *, root: str | Path | None, taxonomy: tuple[str,
     )
 
 
+def cell_needs_guard(text: str) -> bool:
+    """True for text an export writes behind CELL_GUARD: it starts with a formula trigger or with the guard itself,
+    or has whitespace at either end (which reading a hand-written manifest would otherwise strip)."""
+    return text.startswith((*FORMULA_TRIGGERS, CELL_GUARD)) or text[:1].isspace() or text[-1:].isspace()
+
+
+def read_cell(raw: str) -> str:
+    """A manifest text cell as its writer meant it.
+
+    A cell that is CELL_GUARD followed by text that needs the guard (`cell_needs_guard`) is that text, verbatim
+    (`'=x` -> `=x`, `''a` -> `'a`, `' a ` -> ` a `): exactly what an export wrote. Any other cell is stripped of
+    surrounding whitespace, so a hand-written `path, label` reads as meant, and `'quoted` stays `'quoted`.
+    """
+    cell = raw.lstrip()
+    if cell.startswith(CELL_GUARD) and cell_needs_guard(cell[1:]):
+        return cell[1:]
+    return cell.strip()
+
+
 def unneutralise_cell(value: object) -> object:
-    """Drop the `'` an export put before a formula-like text cell (`'=x` -> `=x`); other values pass through."""
-    if isinstance(value, str) and value.startswith("'") and value[1:].startswith(FORMULA_TRIGGERS):
-        return value[1:]
-    return value
+    """`read_cell` for text (drops the `'` an export put before a guarded cell); other values pass through."""
+    return read_cell(value) if isinstance(value, str) else value
+
+
+def read_manifest_table(path: str | Path) -> pd.DataFrame:
+    """A manifest or curated export as strings: strict CSV (every row as wide as the header), header and text cells
+    through `read_cell`, `path` cells stripped (their guard is a `./` prefix, normalised by `load_dataset`).
+
+    Raises DatasetError for a file that is not such a CSV.
+    """
+    frame = _read_csv_strict(Path(path))
+    text_columns = [c for c in frame.columns if c != "path"]
+    frame[text_columns] = frame[text_columns].map(read_cell)  # all cells are str
+    if "path" in frame.columns:
+        frame["path"] = frame["path"].str.strip()
+    return frame
 
 
 def resolve_sample_path(root: Path, relative: str) -> Path:
-    """Join `relative` to `root`, refusing absolute paths and any path that escapes the root. Spaces are kept (a
-    class folder may start with one); manifests strip their cells before calling this."""
+    """Join `relative` to `root`, refusing absolute paths and any path that escapes the root.
+
+    `relative` is used as given (a manifest's cells are stripped when read): a file name may begin or end with a space.
+    """
     text = str(relative).replace("\\", "/")
     pure = PurePosixPath(text)
-    if not text.strip() or pure.is_absolute() or (len(text) > 1 and text[1] == ":"):
+    if not text.strip() or pure.is_absolute() or _DRIVE.match(text):
         raise DatasetError(f"path {relative!r} is absolute; manifest paths must be relative to {root}")
     if ".." in pure.parts:
         raise DatasetError(f"path {relative!r} escapes the dataset root {root}")
@@ -230,7 +267,7 @@ def _scan_image_folder(root: Path) -> tuple[pd.DataFrame, list, list[str]]:
 
 
 def _read_manifest(path: Path, root: Path, taxonomy: tuple[str, ...]) -> tuple[pd.DataFrame, list, list[str]]:
-    frame = _read_csv_strict(path)
+    frame = read_manifest_table(path)
     missing = [c for c in ("path", "label") if c not in frame.columns]
     if missing:
         raise DatasetError(
@@ -240,9 +277,6 @@ def _read_manifest(path: Path, root: Path, taxonomy: tuple[str, ...]) -> tuple[p
     absent = [c for c in taxonomy if c not in frame.columns]
     if absent:
         raise DatasetError(f"taxonomy column(s) {absent} are not in manifest {path}; found {list(frame.columns)}")
-    text_columns = [c for c in frame.columns if c != "path"]  # paths are neutralised as `./=name.jpg` instead
-    frame[text_columns] = frame[text_columns].map(lambda v: unneutralise_cell(v.strip()))  # all cells are str
-    frame["path"] = frame["path"].str.strip()
     warnings: list[str] = []
     skipped = []
     if "status" in frame.columns:  # a curated export: excluded samples stay in the file but are not data
@@ -296,7 +330,7 @@ def _read_csv_strict(path: Path) -> pd.DataFrame:
     rows = [row for row in rows if any(cell.strip() for cell in row)]
     if not rows:
         raise DatasetError(f"manifest {path} is empty; expected a header `path,label`")
-    header = [cell.strip() for cell in rows[0]]
+    header = [read_cell(cell) for cell in rows[0]]
     if len(header) == 1:  # before counting cells: a `1,5` in a semicolon file would be blamed on the commas
         _refuse_foreign_delimiter(path, header[0])
     bad = [i + 1 for i, row in enumerate(rows[1:], start=1) if len(row) != len(header)]

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from core.dataset import EXCLUDED_STATUS, Dataset, DatasetError, load_dataset, unneutralise_cell
+from core.dataset import EXCLUDED_STATUS, Dataset, DatasetError, load_dataset, read_manifest_table
 from core.workspace import Workspace
 
 MIN_IMAGES_PER_CLASS = 2  # one to learn from and one more: a lone image gives a batch of one, which BatchNorm refuses
@@ -102,15 +102,14 @@ def _check_class_sizes(samples: pd.DataFrame, source: Path) -> None:
 def _check_manifest_rows(path: Path) -> None:
     """Refuse a `specimen_id` column with gaps and a class that exclusions empty (before any image is opened)."""
     try:
-        frame = pd.read_csv(path, dtype=str, keep_default_na=False, skipinitialspace=True)
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError):
+        frame = read_manifest_table(path)  # the same reading as load_dataset's
+    except DatasetError:
         return  # load_dataset reports unreadable manifests with its own message
-    frame.columns = [str(c).strip() for c in frame.columns]
     kept = pd.Series(True, index=frame.index)
     if "status" in frame.columns:
         kept = frame["status"].str.strip().str.lower() != EXCLUDED_STATUS
     if "label" in frame.columns:
-        labels = frame["label"].str.strip().map(unneutralise_cell)
+        labels = frame["label"]
         before, after = labels.value_counts(), labels[kept].value_counts()
         emptied = sorted(set(before.index) - set(after.index) - {""})
         if emptied:

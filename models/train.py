@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import math
 import os
 import time
@@ -31,6 +32,8 @@ from models.augment import BatchAugment
 from models.checkpoints import ModelCard, load_checkpoint, save_taxalens_checkpoint, select_device
 from models.distributed import DistContext, init_distributed
 from models.sampling import DistributedShuffleSampler, DistributedWeightedSampler, class_balance_weights
+
+logger = logging.getLogger(__name__)
 
 STATE_NAME = "last.pt"  # resumable training state (weights, optimizer, history), rewritten every epoch
 BEST_NAME = "best.safetensors"  # the best checkpoint so far, a TaxaLens checkpoint
@@ -313,6 +316,8 @@ def _end_epoch(run: _Run, record: dict, out_of_time: bool) -> str:
         per_epoch = (time.monotonic() - run.epochs_started) / max(epoch - run.first_epoch, 1)
         affordable = epoch + int((run.budget_s - (time.monotonic() - run.started)) // per_epoch)
         state.planned_epochs = max(epoch, min(state.planned_epochs, affordable))
+    logger.info("epoch %d/%d: val macro-F1 %.4f (best %.4f, epoch %d)", epoch, state.planned_epochs,
+                record["val_macro_f1"], state.best_macro_f1, state.best_epoch)
     stop_reason = "epochs"
     if out_of_time or (epoch >= state.planned_epochs and state.planned_epochs < config.epochs):
         stop_reason = "time_budget"

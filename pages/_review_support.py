@@ -11,6 +11,7 @@ from core.predictions import PredictionTable
 from core.ranking import LabelIssueRanking, rank_label_issues
 from core.workspace import Workspace
 from pages._cached import PageContext, get_predictions, predictions_key
+from pages._crossval_job import crossval_table
 from pages._state import KEY_REVIEWER
 
 
@@ -31,17 +32,18 @@ def label_store(ctx: PageContext) -> LabelStore:
 
 
 @st.cache_resource(show_spinner="Ranking likely label errors…", max_entries=8)
-def _ranking(predictions_key: str, split: str, _table: PredictionTable,
-             _reference: PredictionTable | None) -> LabelIssueRanking:
-    return rank_label_issues(_table, reference=_reference)
+def _ranking(predictions_key: str, split: str, crossval_key: str, _table: PredictionTable,
+             _reference: PredictionTable | None, _cv_table: PredictionTable | None) -> LabelIssueRanking:
+    return rank_label_issues(_table, reference=_reference, cv_table=_cv_table)
 
 
 def label_issue_ranking(ctx: PageContext, table: PredictionTable) -> LabelIssueRanking:
     """The ranking of the selected split's predictions (recomputed when the predictions file changes); embedding
-    neighbours are looked up among the training rows."""
+    neighbours are looked up among the training rows; training rows are ranked from the cross-validated table."""
     full = get_predictions(ctx.workspace, ctx.checkpoint)
     reference = full.for_split("train") if full is not None else None
-    return _ranking(predictions_key(ctx.workspace, ctx.checkpoint), ctx.split, table, reference)
+    cv_table, cv_key = crossval_table(ctx)
+    return _ranking(predictions_key(ctx.workspace, ctx.checkpoint), ctx.split, cv_key, table, reference, cv_table)
 
 
 @st.cache_resource(show_spinner=False, max_entries=8)

@@ -110,13 +110,13 @@ def test_an_unknown_checkpoint_lists_the_known_ones(tmp_path: Path):
 
 def test_add_checkpoint_appends_an_entry_that_reads_back(tmp_path: Path):
     root = _write(tmp_path / "ws", '[dataset]\nroot = "d"\n\n[[checkpoints]]\npath = "old.pt"\n')
-    add_checkpoint(root, 'retrain "2"', root / "runs" / "r1" / "best.safetensors")  # inside: stored relative
+    add_checkpoint(root, 'retrain (2)', root / "runs" / "r1" / "best.safetensors")  # inside: stored relative
     add_checkpoint(root, "outside", tmp_path / "elsewhere.safetensors")  # outside: stored absolute
     text = (root / CONFIG_NAME).read_text(encoding="utf-8")
     assert 'path = "runs/r1/best.safetensors"' in text and f'path = "{tmp_path.resolve()}/elsewhere' in text
     names = [(c.name, c.path) for c in load_workspace(root).checkpoints]
     assert names == [("old", root.resolve() / "old.pt"),
-                     ('retrain "2"', root.resolve() / "runs" / "r1" / "best.safetensors"),
+                     ('retrain (2)', root.resolve() / "runs" / "r1" / "best.safetensors"),
                      ("outside", tmp_path.resolve() / "elsewhere.safetensors")]
     assert text.startswith('[dataset]\nroot = "d"\n')  # what was there is kept as written
 
