@@ -31,8 +31,7 @@ def load_training_dataset(
 
     A curated export's rows with `status == "excluded"` are dropped (its `label` column already holds relabels).
     Raises `DatasetError` for: a `specimen_id` column with empty cells (the split could put one individual on both
-    sides), one specimen on both sides of a given split, a class that has no samples left after exclusions, and a
-    class with fewer than `MIN_IMAGES_PER_CLASS` images.
+    sides), one specimen on both sides of a given split, and a class that has no samples left after exclusions.
     """
     source = Path(source)
     if source.is_file():
@@ -44,7 +43,6 @@ def load_training_dataset(
     if excluded:
         notes.append(f"{excluded} sample(s) with status=excluded left out")
     _check_split_leaks(samples, source)
-    _check_class_sizes(samples, source)
     return replace(dataset, warnings=tuple(notes))
 
 
@@ -59,7 +57,9 @@ def load_workspace_training_dataset(
 ) -> Dataset:
     """What `python -m cli train` learns from: `data` (a folder, manifest or curated export) or else the workspace's
     dataset. With a workspace, its taxonomy and `val_fraction` apply and a manifest's paths are relative to its
-    dataset root unless `root` is given (a curated export is written relative to that root); `seed` seeds the split."""
+    dataset root unless `root` is given (a curated export is written relative to that root); `seed` seeds the split.
+    Besides `load_training_dataset`'s checks, refuses a class with fewer than `MIN_IMAGES_PER_CLASS` images: a run
+    could neither validate it nor take a batch of it alone."""
     source, taxonomy = data, None
     if workspace is not None:
         taxonomy, val_fraction = workspace.taxonomy, workspace.val_fraction
@@ -73,8 +73,10 @@ def load_workspace_training_dataset(
     if taxonomy:
         header = _header(Path(source))
         taxonomy = tuple(c for c in taxonomy if c in header) if header is not None else ()
-    return load_training_dataset(source, root=root, taxonomy=taxonomy, val_fraction=val_fraction, seed=seed,
-                                 verify=verify)
+    dataset = load_training_dataset(source, root=root, taxonomy=taxonomy, val_fraction=val_fraction, seed=seed,
+                                    verify=verify)
+    _check_class_sizes(dataset.samples, Path(source))
+    return dataset
 
 
 def _header(path: Path) -> list[str] | None:
