@@ -27,13 +27,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "train",
         help="train a timm classifier (from scratch, ImageNet weights or a checkpoint) into a TaxaLens checkpoint",
         description="Fine-tune a timm model on an ImageFolder, a manifest or a curated export (status=excluded rows "
-        "left out, relabels applied): AdamW with layer-wise lr decay, warmup + cosine, label smoothing, "
-        "class-balanced sampling, light/strong augmentation, early stopping on val macro-F1, resume. Under "
+        "left out, status=disputed rows too unless --include-disputed, relabels applied): AdamW with layer-wise lr "
+        "decay, warmup + cosine, label smoothing, class-balanced sampling, light/strong augmentation, early stopping "
+        "on val macro-F1, resume. Under "
         "`torchrun --nproc_per_node=N` it trains with DistributedDataParallel and rank 0 writes.",
     )
     parser.add_argument("--data", help="ImageFolder root, manifest CSV or curated export CSV")
     parser.add_argument("--root", help="folder the manifest's paths are relative to (a curated export: the dataset "
                         "root; default: the workspace's dataset root, else the CSV's folder)")
+    parser.add_argument("--include-disputed", action="store_true",
+                        help="a curated export's status=disputed rows (reviewers disagree, no ruling) train with their "
+                        "original label; by default they are left out")
     parser.add_argument("--workspace", help="workspace folder: its dataset (unless --data) and where --add-as goes")
     parser.add_argument("--out", required=True, help="run folder (best.safetensors, run.json, last.pt)")
     parser.add_argument("--arch", default="resnet10t", help="timm architecture (default: resnet10t)")
@@ -139,7 +143,8 @@ def _dataset_from_args(args: argparse.Namespace) -> Dataset:
     if taxonomy:
         header = _header(Path(source))
         taxonomy = tuple(c for c in taxonomy if c in header) if header is not None else ()
-    return load_training_dataset(source, root=root, taxonomy=taxonomy, val_fraction=val_fraction, seed=seed)
+    return load_training_dataset(source, root=root, taxonomy=taxonomy, val_fraction=val_fraction, seed=seed,
+                                 include_disputed=args.include_disputed)
 
 
 def _header(path: Path) -> list[str] | None:

@@ -3,7 +3,9 @@
 The curated manifest has `path,label,original_label,status,n_reviews,agreement,last_reviewer,updated_at` and then the
 dataset's own columns (`split`, `specimen_id`, taxonomy, extras). It is a manifest like any other: load it with
 `load_dataset(out, root=<dataset root>)` (paths stay relative to the dataset root, which they may not escape).
-Excluded samples stay in the file with `status=excluded`; nothing is silently dropped.
+Excluded samples stay in the file with `status=excluded`; nothing is silently dropped. A sample whose reviewers
+disagree with no lead's ruling yet is written as `status=disputed` with its original label (no vote wins by being
+last); `core.training_data` leaves disputed rows out of training unless asked to include them.
 
 Spreadsheet formula injection: a text cell starting with `=`, `+`, `-`, `@`, tab or carriage return is written with a
 leading `'` (OWASP's advice), which spreadsheets show but do not run. Paths are the exception: they get a leading
@@ -23,6 +25,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from core.agreement import DISPUTED_STATUS, is_disputed
 from core.dataset import FORMULA_TRIGGERS, Dataset
 from core.labelstore import EVENT_COLUMNS, LabelStore
 
@@ -58,7 +61,8 @@ def neutralise_path(path: str) -> str:
 def build_curated_manifest(dataset: Dataset, store: LabelStore) -> tuple[pd.DataFrame, tuple[str, ...]]:
     """The curated manifest of `dataset` under the events in `store` (unneutralised), and warnings.
 
-    Labels come from the derived sample states (`LabelStore.states`); unreviewed samples keep the dataset label.
+    Labels come from the derived sample states (`LabelStore.states`); unreviewed samples keep the dataset label, and
+    so do disputed ones (reviewers disagree, no ruling: `status=disputed`).
     Taxonomy columns of a relabelled sample are those of its new class (the most common taxonomy of that class in
     the dataset). A dataset that is itself a curated export keeps its `original_label`.
     """
@@ -84,8 +88,9 @@ def build_curated_manifest(dataset: Dataset, store: LabelStore) -> tuple[pd.Data
             last_reviewer.append("")
             updated_at.append("")
             continue
-        labels.append(state.label if state.label is not None else given)
-        status.append(state.status)
+        disputed = is_disputed(state)
+        labels.append(given if disputed or state.label is None else state.label)
+        status.append(DISPUTED_STATUS if disputed else state.status)
         n_reviews.append(state.n_reviews)
         agreement.append(None if state.agreement is None else round(state.agreement, 4))
         last_reviewer.append(state.last_reviewer or "")

@@ -1,7 +1,8 @@
 """What a training run learns from: an ImageFolder, a manifest or a curated export, with the checks it needs.
 
-Curated exports: `status == "excluded"` rows are skipped by `load_dataset`, relabels are already the `label` column;
-specimen-id gaps, classes emptied by exclusions and split leaks are refused before training starts.
+Curated exports: `status == "excluded"` rows are skipped by `load_dataset`, `status == "disputed"` rows (reviewers
+disagree, no ruling) are left out unless `include_disputed`, relabels are already the `label` column; specimen-id
+gaps, classes emptied by exclusions and split leaks are refused before training starts.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from core.agreement import DISPUTED_STATUS
 from core.dataset import EXCLUDED_STATUS, Dataset, DatasetError, load_dataset, unneutralise_cell
 
 
@@ -22,28 +24,47 @@ def load_training_dataset(
     val_fraction: float = 0.2,
     seed: int = 0,
     verify: str = "header",
+    include_disputed: bool = False,
 ) -> Dataset:
     """Load what a training run learns from: an ImageFolder, a manifest or a curated export (`core.export`).
 
-    A curated export's rows with `status == "excluded"` are dropped (its `label` column already holds relabels).
+    A curated export's rows with `status == "excluded"` are dropped (its `label` column already holds relabels), and
+    so are `status == "disputed"` rows (reviewers disagree, no ruling) unless `include_disputed` (they then train
+    with their original label).
     Raises `DatasetError` for: a `specimen_id` column with empty cells (the split could put one individual on both
     sides), one specimen on both sides of a given split, and a class that has no samples left after exclusions.
     """
     source = Path(source)
+    left_out = (EXCLUDED_STATUS,) if include_disputed else (EXCLUDED_STATUS, DISPUTED_STATUS)
     if source.is_file():
-        _check_manifest_rows(source)
+        _check_manifest_rows(source, left_out=left_out)
     dataset = load_dataset(source, root=root, taxonomy=taxonomy, val_fraction=val_fraction, seed=seed,
                            verify=verify)  # type: ignore[arg-type]
     samples, notes = dataset.samples, list(dataset.warnings)
     excluded = int((dataset.skipped["reason"] == "excluded").sum())
     if excluded:
         notes.append(f"{excluded} sample(s) with status=excluded left out")
+    if "status" in samples.columns:
+        disputed = samples["status"].str.strip().str.lower() == DISPUTED_STATUS
+        if disputed.any() and not include_disputed:
+            skipped = pd.DataFrame({"sample_id": samples.loc[disputed, "sample_id"], "reason": DISPUTED_STATUS,
+                                    "detail": "status=disputed in the curated manifest (reviewers disagree, no "
+                                              "ruling); include with --include-disputed"})
+            dataset = replace(dataset, samples=samples[~disputed].reset_index(drop=True),
+                              skipped=pd.concat([dataset.skipped, skipped[list(dataset.skipped.columns)]],
+                                                ignore_index=True))
+            samples = dataset.samples
+            notes.append(f"{int(disputed.sum())} sample(s) with status=disputed left out (reviewers disagree and no "
+                         "lead has ruled; --include-disputed trains on them with their original label)")
+        elif disputed.any():
+            notes.append(f"{int(disputed.sum())} disputed sample(s) included with their original label")
     _check_split_leaks(samples, source)
     return replace(dataset, warnings=tuple(notes))
 
 
-def _check_manifest_rows(path: Path) -> None:
-    """Refuse a `specimen_id` column with gaps and a class that exclusions empty (before any image is opened)."""
+def _check_manifest_rows(path: Path, *, left_out: tuple[str, ...] = (EXCLUDED_STATUS,)) -> None:
+    """Refuse a `specimen_id` column with gaps and a class that exclusions (rows whose status is in `left_out`)
+    empty, before any image is opened."""
     try:
         frame = pd.read_csv(path, dtype=str, keep_default_na=False, skipinitialspace=True)
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError):
@@ -51,7 +72,7 @@ def _check_manifest_rows(path: Path) -> None:
     frame.columns = [str(c).strip() for c in frame.columns]
     kept = pd.Series(True, index=frame.index)
     if "status" in frame.columns:
-        kept = frame["status"].str.strip().str.lower() != EXCLUDED_STATUS
+        kept = ~frame["status"].str.strip().str.lower().isin(left_out)
     if "label" in frame.columns:
         labels = frame["label"].str.strip().map(unneutralise_cell)
         before, after = labels.value_counts(), labels[kept].value_counts()
