@@ -6,8 +6,10 @@ from collections.abc import Callable
 
 import streamlit as st
 
+from core.curation import LABEL_MODES
 from pages._cached import (
     KEY_CHECKPOINTS,
+    KEY_LABEL_MODE,
     KEY_SPLIT,
     KEY_WORKSPACE,
     SPLITS,
@@ -16,6 +18,7 @@ from pages._cached import (
     ensemble_specs,
     open_workspace,
 )
+from pages._links import restore_sidebar_from_url, sync_url
 
 st.set_page_config(page_title="TaxaLens", page_icon="🔬", layout="wide")
 
@@ -82,7 +85,15 @@ def _sidebar() -> None:
         if st.session_state.get(KEY_SPLIT) not in SPLITS:
             st.session_state[KEY_SPLIT] = "val"
         _kept_widget(st.selectbox, "Split", KEY_SPLIT, options=SPLITS)
+        if st.session_state.get(KEY_LABEL_MODE) not in LABEL_MODES:
+            st.session_state[KEY_LABEL_MODE] = "given"
+        _kept_widget(st.radio, "Labels", KEY_LABEL_MODE, options=list(LABEL_MODES), format_func=LABEL_MODES.get,
+                     horizontal=True, help="as curated: the review decisions applied (relabels, exclusions; disputed "
+                     "samples listed apart) on every evaluation page")
 
 
+restore_sidebar_from_url()
 _sidebar()
-st.navigation(PAGES).run()
+page = st.navigation(PAGES)
+sync_url(page.url_path)
+page.run()

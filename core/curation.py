@@ -10,10 +10,16 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import pandas as pd
 
 from core.agreement import is_disputed
 from core.labelstore import SampleState
 from core.predictions import PredictionTable, build_prediction_table
+
+if TYPE_CHECKING:  # the headline metrics API (core.metrics today); only its estimates' fields are read here
+    from core.metrics import HeadlineMetrics
 
 LABEL_MODES: dict[str, str] = {"given": "as given", "curated": "as curated"}  # mode -> what the switch shows
 
@@ -73,3 +79,25 @@ def apply_curated_labels(table: PredictionTable, curated: CuratedLabels) -> Cura
         n_relabeled=sum(a != b for a, b in zip(labels, given, strict=True)),
         n_excluded=sum(excluded),
     )
+
+
+LABEL_MODE_COLUMNS = ("metric", "label", "given", "given_low", "given_high", "curated", "curated_low", "curated_high",
+                      "delta")
+
+
+def compare_label_modes(given: HeadlineMetrics, curated: HeadlineMetrics) -> pd.DataFrame:
+    """One row per headline metric (LABEL_MODE_COLUMNS): its value and bootstrap interval as given and as curated, and
+    `delta` = curated - given (NaN where either is undefined).
+
+    `given`, `curated`: the `compute_headline_metrics` results of one split under the two label modes.
+    """
+    rows = []
+    curated_of = {e.name: e for e in curated.estimates}
+    for estimate in given.estimates:
+        other = curated_of.get(estimate.name)
+        value = other.value if other is not None else None
+        delta = None if value is None or estimate.value is None else value - estimate.value
+        rows.append((estimate.name, estimate.label, estimate.value, estimate.low, estimate.high, value,
+                     None if other is None else other.low, None if other is None else other.high, delta))
+    return pd.DataFrame(rows, columns=list(LABEL_MODE_COLUMNS)).astype(
+        {c: "float64" for c in LABEL_MODE_COLUMNS[2:]})

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import streamlit as st
 
+from core.curation import LABEL_MODES
 from core.dataset import Dataset
 from core.ensemble import EnsembleSpec, ensemble_tables, read_ensemble_specs
 from core.errors import TaxaLensError
@@ -26,6 +27,7 @@ SPLITS = ("val", "train", "test", "all")
 KEY_WORKSPACE = "tl_workspace"
 KEY_CHECKPOINTS = "tl_checkpoints"  # checkpoint and ensemble names; the first is the primary one
 KEY_SPLIT = "tl_split"
+KEY_LABEL_MODE = "tl_label_mode"  # given | curated (core.curation.LABEL_MODES): the labels evaluation pages use
 
 
 def default_workspace_path() -> str:
@@ -241,6 +243,7 @@ class PageContext:
     checkpoints: tuple[str, ...]  # selected checkpoint and ensemble names, first is the primary one
     split: str  # val | train | test | all
     ensembles: tuple[EnsembleSpec, ...] = ()  # the workspace's usable [[ensembles]]
+    label_mode: str = "given"  # given | curated: the labels the evaluation pages score against
 
     @property
     def checkpoint(self) -> str | None:
@@ -311,7 +314,9 @@ def page_context() -> PageContext | None:
         st.error(f"Cannot open workspace {path}: {exc}")
         return None
     split = st.session_state.get(KEY_SPLIT, "val")
-    ctx = PageContext(workspace, dataset, (), split if split in SPLITS else "val", ensemble_specs(workspace))
+    mode = st.session_state.get(KEY_LABEL_MODE, "given")
+    ctx = PageContext(workspace, dataset, (), split if split in SPLITS else "val", ensemble_specs(workspace),
+                      mode if mode in LABEL_MODES else "given")
     names = ctx.names
     selected = tuple(n for n in st.session_state.get(KEY_CHECKPOINTS, names[:1]) if n in names)
     return replace(ctx, checkpoints=selected)

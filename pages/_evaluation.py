@@ -18,19 +18,24 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from core import figures, metrics
+from core.curation import CuratedTable, apply_curated_labels, compare_label_modes, curated_labels
+from core.labelstore import LabelStore
 from core.predictions import PredictionTable
 from pages._cached import PageContext, checkpoint_stamp, page_context, require_table
+from pages._review_support import label_store
 
 
 @dataclass(frozen=True)
 class EvalData:
     """The primary checkpoint's predictions on the selected split, with content tokens for cache keys."""
 
-    table: PredictionTable  # rows of the selected split
+    table: PredictionTable  # rows of the selected split (under curated labels in curated mode)
     token: str  # content hash of `table` (labels, predictions, confidences, split)
     full: PredictionTable  # every split (class distribution)
     full_token: str
     checkpoint: str
+    label_mode: str = "given"  # given | curated
+    curation: CuratedTable | None = None  # curated mode: the split's relabels, exclusions and disputed rows
 
 
 def _token(table: PredictionTable, *parts: str) -> str:
@@ -80,8 +85,24 @@ def open_evaluation_page(title: str) -> tuple[PageContext, EvalData]:
     return ctx, require_eval_data(ctx)
 
 
-def require_eval_data(ctx: PageContext) -> EvalData:
-    """The selected split's predictions; shows the compute button or the empty-split note and stops otherwise."""
+@st.cache_resource(show_spinner=False, max_entries=32)
+def _curated(token: str, last_event_id: int, _table: PredictionTable, _store: LabelStore) -> CuratedTable:
+    # keyed by the store's newest event id: a decision made anywhere shows on the next rerun
+    states = _store.states(_table.frame["sample_id"].astype(str))
+    return apply_curated_labels(_table, curated_labels(states))
+
+
+def curate(ctx: PageContext, table: PredictionTable, token: str) -> tuple[CuratedTable, str]:
+    """`table` under the label store's current labels, and the content token of the curated table."""
+    store = label_store(ctx)
+    event_id = store.last_event_id()
+    curated = _curated(token, event_id, table, store)
+    return curated, f"{token}|curated@{event_id}"
+
+
+def require_eval_data(ctx: PageContext, *, label_mode: str | None = None) -> EvalData:
+    """The selected split's predictions under the sidebar's label mode (or `label_mode`); shows the compute button or
+    the empty-split note and stops otherwise."""
     full = None
     if ctx.checkpoint:
         try:
@@ -98,7 +119,14 @@ def require_eval_data(ctx: PageContext) -> EvalData:
         st.warning(f"The **{ctx.split}** split has no samples (this dataset has: {', '.join(splits) or 'none'}). "
                    "Pick another split in the sidebar.")
         st.stop()
-    return EvalData(table=table, token=token, full=full, full_token=full_token, checkpoint=ctx.checkpoint or "")
+    mode = label_mode or ctx.label_mode
+    curation = None
+    if mode == "curated":
+        curated_full, full_token = curate(ctx, full, full_token)
+        curation, token = curate(ctx, table, token)
+        full, table = curated_full.table, curation.table
+    return EvalData(table=table, token=token, full=full, full_token=full_token, checkpoint=ctx.checkpoint or "",
+                    label_mode=mode, curation=curation)
 
 
 def show_data_notes(ctx: PageContext, data: EvalData) -> None:
@@ -122,11 +150,45 @@ def show_data_notes(ctx: PageContext, data: EvalData) -> None:
             lines.append(f"Model classes with no dataset samples ({len(mismatch.extra)}): "
                          + ", ".join(f"`{c}`" for c in mismatch.extra) + ".")
         st.warning("  \n".join(lines))
+    if data.curation is not None:
+        show_curation_notes(data)
     excluded = excluded_counts(data.token, data.table)
     if len(excluded):
         total = int(excluded.sum())
         st.info(f"{total:,} of {len(data.table):,} samples in this split carry a label that is not one of the model's "
                 f"classes ({', '.join(f'{k}: {v}' for k, v in excluded.items())}); they are excluded from metrics.")
+
+
+def label_mode_comparison(ctx: PageContext, data: EvalData) -> pd.DataFrame | None:
+    """Headline metrics of this split as given vs as curated (`core.curation.compare_label_modes`), or None while
+    the label store has no event."""
+    if label_store(ctx).last_event_id() == 0:
+        return None
+    other = require_eval_data(ctx, label_mode="given" if data.label_mode == "curated" else "curated")
+    given, curated = (data, other) if data.label_mode == "given" else (other, data)
+    return _compare_modes(given.token, curated.token, given.table, curated.table)
+
+
+@st.cache_data(show_spinner=False, max_entries=64)
+def _compare_modes(given_token: str, curated_token: str, _given: PredictionTable, _curated: PredictionTable
+                   ) -> pd.DataFrame:
+    return compare_label_modes(headline(given_token, _given), headline(curated_token, _curated))
+
+
+def show_curation_notes(data: EvalData) -> None:
+    """Say what curated labels changed in this split and list the disputed samples apart."""
+    curation = data.curation
+    if curation is None:
+        return
+    disputed = curation.disputed
+    st.info(f"Labels **as curated**: {curation.n_relabeled:,} relabelled, {curation.n_excluded:,} excluded"
+            + (f", {len(disputed):,} disputed (reviewers disagree, no ruling yet) left out of the scores and listed "
+               "below" if len(disputed) else "")
+            + ". Switch the sidebar's Labels to *as given* for the dataset's own labels.")
+    if len(disputed):
+        with st.expander(f"Disputed samples in this split ({len(disputed):,})"):
+            st.dataframe(disputed.frame[["sample_id", "label", "pred", "confidence"]], hide_index=True,
+                         key="ev-disputed", column_config={"label": st.column_config.TextColumn("given label")})
 
 
 @st.cache_data(show_spinner=False, max_entries=64)
