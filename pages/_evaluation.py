@@ -317,6 +317,20 @@ def filtered_rows(
     )
 
 
+def pairs_key(search: list[str], cell: tuple[int, int] | None) -> str:
+    """The widget key of the ranked-pairs table: a new one per class filter and open cell, so its checked row is
+    always the open cell (never a row of an earlier, unfiltered list that clicking would only uncheck)."""
+    return f"cm-pairs-{abs(hash((tuple(search), cell))) % 10**12}"
+
+
+def pair_row(pairs: pd.DataFrame, cell: tuple[int, int] | None) -> list[int]:
+    """Positions in the shown `pairs` of the open cell (empty when it is not listed)."""
+    if cell is None:
+        return []
+    hit = (pairs["true_idx"].to_numpy() == cell[0]) & (pairs["pred_idx"].to_numpy() == cell[1])
+    return [int(i) for i in hit.nonzero()[0][:1]]
+
+
 def cell_heading(n: int, true_class: str, pred_class: str) -> str:
     """The gallery heading of one confusion cell: "3 samples: true Daphnia → predicted Navicula"."""
     return f"{n} sample{'' if n == 1 else 's'}: true {true_class} → predicted {pred_class}"
