@@ -17,6 +17,7 @@ from pages._gallery import render_gallery, render_sample_view
 
 ENSEMBLE = "(ensemble of all checkpoints)"
 LABELS = {"macro_f1": "Macro-F1", "weighted_f1": "Weighted-F1", "accuracy": "Accuracy"}
+DIRECTIONS = {"right_to_wrong": "right → wrong", "wrong_to_right": "wrong → right"}
 
 
 def _token(table: PredictionTable) -> str:
@@ -129,11 +130,10 @@ with st.expander("Per-class table"):
 # Flips -------------------------------------------------------------------------------------------------------------
 st.subheader("Samples whose prediction flipped")
 counts = result.flip_counts()
-direction = st.radio(
-    "Direction", ("right_to_wrong", "wrong_to_right"), horizontal=True, key="cmp-direction",
-    format_func=lambda d: f"right → wrong ({counts['right_to_wrong']})" if d == "right_to_wrong"
-    else f"wrong → right ({counts['wrong_to_right']})",
-)
+# Fixed option labels: counts in the labels made the radio a new widget whenever B changed, with neither option shown
+# as selected. The counts go in the caption instead.
+direction = st.radio("Direction", tuple(DIRECTIONS), horizontal=True, key="cmp-direction", format_func=DIRECTIONS.get)
+st.caption(" · ".join(f"{label}: {counts[d]:,}" for d, label in DIRECTIONS.items()))
 flips = result.flips[result.flips["direction"] == direction]
 st.dataframe(flips.drop(columns=["direction"]), hide_index=True, key="cmp-flips",
              column_config={c: st.column_config.NumberColumn(format="%.3f") for c in
