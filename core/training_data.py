@@ -13,7 +13,7 @@ from pathlib import Path
 import pandas as pd
 
 from core.agreement import DISPUTED_STATUS
-from core.dataset import EXCLUDED_STATUS, Dataset, DatasetError, load_dataset, unneutralise_cell
+from core.dataset import EXCLUDED_STATUS, Dataset, DatasetError, load_dataset, resolve_sample_path, unneutralise_cell
 
 
 def load_training_dataset(
@@ -107,3 +107,34 @@ def _check_split_leaks(samples: pd.DataFrame, source: Path) -> None:
             "would measure memory of individuals; give all images of a specimen one split, or leave the split "
             "column empty to let TaxaLens assign a specimen-safe one"
         )
+
+
+def image_root_problem(manifest: str | Path, root: str | Path, *, probe: int = 20) -> str | None:
+    """Why the image paths of CSV `manifest` do not resolve under `root` (None when the first `probe` paths do).
+
+    A curated export's paths are relative to the dataset root it was exported from, wherever the CSV itself lies;
+    this names the root to pass (`--root`, the Retrain page's "Image root") before a run starts and fails.
+    """
+    manifest, root = Path(manifest), Path(root).expanduser()
+    try:
+        frame = pd.read_csv(manifest, dtype=str, keep_default_na=False, skipinitialspace=True, nrows=probe)
+    except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
+        return f"cannot read {manifest} as a CSV manifest: {exc}"
+    frame.columns = [str(c).strip() for c in frame.columns]
+    if "path" not in frame.columns or "label" not in frame.columns:
+        return (f"{manifest} has no `path` and `label` columns (found {list(frame.columns)}); export curated labels "
+                "with `python -m cli export` or the Adjudicate page")
+    if not root.is_dir():
+        return f"image root {root} is not a folder; give the folder the CSV's image paths are relative to"
+    missing = []
+    for relative in frame["path"].str.strip():
+        try:
+            if not resolve_sample_path(root.resolve(), relative.removeprefix("./")).is_file():
+                missing.append(relative)
+        except DatasetError:
+            missing.append(relative)
+    if len(missing) == len(frame) and len(frame):
+        return (f"none of the first {len(frame)} image paths of {manifest} (e.g. {missing[0]!r}) is a file under "
+                f"{root}; set the image root to the folder they are relative to (a curated export's paths are "
+                "relative to the dataset root it was exported from)")
+    return None

@@ -60,3 +60,18 @@ def test_bad_names_and_missing_data_are_refused(workspace, tmp_path: Path):
     with pytest.raises(FileNotFoundError, match="training data not found"):
         start_training_run(workspace, "ok", data=tmp_path / "nope.csv")
     assert not list_runs(workspace)
+
+
+def test_a_finished_run_is_reaped_not_left_defunct(workspace, tmp_path: Path):
+    # the run says "done" first and exits a moment later, as the train command does
+    fake = _fake_python(tmp_path, 'echo \'{"state": "done", "best_macro_f1": 0.5}\' > "$7/status.json"; sleep 1')
+    run = start_training_run(workspace, "quick", python=fake)
+    pid = int((run.run_dir / "pid").read_text())
+    proc = Path(f"/proc/{pid}")
+    deadline = time.monotonic() + 30
+    runs = list_runs(workspace)  # what the Retrain page reads every 2 s
+    while proc.exists() and time.monotonic() < deadline:
+        time.sleep(0.2)
+        runs = list_runs(workspace)
+    assert runs[0].state == "done"
+    assert not proc.exists(), (proc / "status").read_text()  # a zombie keeps /proc/<pid> with "State: Z"
