@@ -13,6 +13,7 @@ from core.compare import Comparison, build_f1_delta_figure, compare_predictions
 from core.ensemble import EnsembleSpec, add_ensemble, ensemble_tables
 from core.predictions import PredictionTable
 from pages._cached import page_context, require_table
+from pages._evaluation import curate
 from pages._gallery import render_gallery, render_sample_view
 
 ENSEMBLE = "(ensemble of all checkpoints)"
@@ -93,8 +94,16 @@ else:
     table_b = require_table(ctx, name_b)
     label_b = name_b
 
+token_a, token_b = _token(table_a), _token(table_b)
+if ctx.label_mode == "curated":  # both checkpoints scored against the review decisions
+    curated_a, token_a = curate(ctx, table_a, token_a)
+    curated_b, token_b = curate(ctx, table_b, token_b)
+    table_a, table_b = curated_a.table, curated_b.table
+    if len(curated_a.disputed):
+        st.info(f"Labels as curated: {len(curated_a.disputed):,} disputed sample(s) of this split are left out of "
+                "both checkpoints' scores until a lead rules on them.")
 try:
-    result = _compare(_token(table_a), _token(table_b), int(n_boot), cluster, table_a, table_b)
+    result = _compare(token_a, token_b, int(n_boot), cluster, table_a, table_b)
 except ValueError as exc:
     st.error(str(exc))
     st.stop()

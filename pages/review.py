@@ -189,14 +189,7 @@ with image_col:
         st.image(load_image_rgb(path) if path else None, caption=sample_id, width="stretch")
     except ImageError as exc:
         st.error(str(exc))
-    if path and st.toggle("Grad-CAM for the suggested and the given class", value=True, key="rv-cam"):
-        wanted = [(f"suggested: {suggested}", names.index(suggested))]
-        if given in names:
-            wanted.append((f"given: {given}", names.index(given)))
-        overlays = _cam_overlays(ctx, sample_id, path, [i for _, i in wanted])
-        for column, (title, _), overlay in zip(st.columns(len(wanted)), wanted, overlays, strict=True):
-            if overlay is not None:
-                column.image(overlay, caption=f"Grad-CAM · {title}", width="stretch")
+    cam_slot = st.container()  # filled last: the decision buttons render before any Grad-CAM work
 with facts_col:
     st.markdown(f"**Given label:** {given}  \n**Suggested:** {suggested} ({row['suggested_prob']:.1%}, model blended "
                 f"with its embedding neighbours)  \n"
@@ -246,6 +239,17 @@ if len(history):
         # st.dataframe renders every cell as text: notes never become HTML
         st.dataframe(history[["id", "created_at", "reviewer", "action", "previous_label", "new_label", "note",
                               "adjudication"]], hide_index=True)
+
+# Grad-CAM of this sample, after everything a decision needs is on screen (the maps are slow on a CPU).
+with cam_slot:
+    if path and st.toggle("Grad-CAM for the suggested and the given class", value=True, key="rv-cam"):
+        wanted = [(f"suggested: {suggested}", names.index(suggested))]
+        if given in names:
+            wanted.append((f"given: {given}", names.index(given)))
+        overlays = _cam_overlays(ctx, sample_id, path, [i for _, i in wanted])
+        for column, (title, _), overlay in zip(st.columns(len(wanted)), wanted, overlays, strict=True):
+            if overlay is not None:
+                column.image(overlay, caption=f"Grad-CAM · {title}", width="stretch")
 
 # Prepare the next sample while the reviewer decides: its image and maps land in the caches.
 if next_id is not None:

@@ -99,6 +99,8 @@ def test_adjudication_page_resolves_a_disagreement(review_workspace: Path) -> No
     disagreements = next(d.value for d in app.dataframe if "votes" in d.value.columns)
     assert disagreements["sample_id"].tolist() == [sample_id]
     assert disagreements.loc[0, "votes"] == f"ann: {other}; bob: {given}"
+    assert disagreements.loc[0, "status"] == "disputed"  # no ruling yet: neither vote wins
+    assert any("1 dispute(s)" in c.value for c in app.caption)
     pairs = next(d.value for d in app.dataframe if "cohen_kappa" in d.value.columns and "reviewer_a" in d.value)
     assert pairs[["reviewer_a", "reviewer_b", "n_samples", "percent_agreement"]].values.tolist() == [
         ["ann", "bob", 1, 0.0]]
