@@ -7,11 +7,8 @@ from collections.abc import Callable
 import streamlit as st
 
 from core.curation import LABEL_MODES
+from core.errors import USER_ERRORS, TaxaLensError, user_message
 from pages._cached import (
-    KEY_CHECKPOINTS,
-    KEY_LABEL_MODE,
-    KEY_SPLIT,
-    KEY_WORKSPACE,
     SPLITS,
     default_workspace_path,
     ensemble_problem,
@@ -19,6 +16,7 @@ from pages._cached import (
     open_workspace,
 )
 from pages._links import restore_sidebar_from_url, sync_url
+from pages._state import KEY_CHECKPOINTS, KEY_LABEL_MODE, KEY_SPLIT, KEY_WORKSPACE
 
 st.set_page_config(page_title="TaxaLens", page_icon="🔬", layout="wide")
 
@@ -67,8 +65,8 @@ def _sidebar() -> None:
         _kept_widget(st.text_input, "Workspace folder", KEY_WORKSPACE, help="A folder with taxalens.toml")
         try:
             workspace = open_workspace(st.session_state[KEY_WORKSPACE])
-        except (FileNotFoundError, ValueError) as exc:
-            st.error(str(exc))
+        except USER_ERRORS as exc:
+            st.error(user_message(exc))
             return
         ensembles = {e.name: e for e in ensemble_specs(workspace)}
         names = [c.name for c in workspace.checkpoints] + list(ensembles)
@@ -96,4 +94,7 @@ restore_sidebar_from_url()
 _sidebar()
 page = st.navigation(PAGES)
 sync_url(page.url_path)
-page.run()
+try:
+    page.run()
+except TaxaLensError as exc:  # a page that let one through: its message says what to do; never a traceback
+    st.error(user_message(exc))

@@ -2,7 +2,7 @@
 
 Curated exports: `status == "excluded"` rows are skipped by `load_dataset`, `status == "disputed"` rows (reviewers
 disagree, no ruling) are left out unless `include_disputed`, relabels are already the `label` column; specimen-id
-gaps, classes emptied by exclusions and split leaks are refused before training starts.
+gaps, classes emptied by exclusions, classes with a single image and split leaks are refused before training starts.
 """
 
 from __future__ import annotations
@@ -13,7 +13,17 @@ from pathlib import Path
 import pandas as pd
 
 from core.agreement import DISPUTED_STATUS
-from core.dataset import EXCLUDED_STATUS, Dataset, DatasetError, load_dataset, resolve_sample_path, unneutralise_cell
+from core.dataset import (
+    EXCLUDED_STATUS,
+    Dataset,
+    DatasetError,
+    load_dataset,
+    read_manifest_table,
+    resolve_sample_path,
+)
+from core.workspace import Workspace
+
+MIN_IMAGES_PER_CLASS = 2  # one to learn from and one more: a lone image gives a batch of one, which BatchNorm refuses
 
 
 def load_training_dataset(
@@ -32,7 +42,8 @@ def load_training_dataset(
     so are `status == "disputed"` rows (reviewers disagree, no ruling) unless `include_disputed` (they then train
     with their original label).
     Raises `DatasetError` for: a `specimen_id` column with empty cells (the split could put one individual on both
-    sides), one specimen on both sides of a given split, and a class that has no samples left after exclusions.
+    sides), one specimen on both sides of a given split, a class that has no samples left after exclusions, and a
+    class with fewer than `MIN_IMAGES_PER_CLASS` images.
     """
     source = Path(source)
     left_out = (EXCLUDED_STATUS,) if include_disputed else (EXCLUDED_STATUS, DISPUTED_STATUS)
@@ -59,22 +70,75 @@ def load_training_dataset(
         elif disputed.any():
             notes.append(f"{int(disputed.sum())} disputed sample(s) included with their original label")
     _check_split_leaks(samples, source)
+    _check_class_sizes(samples, source)
     return replace(dataset, warnings=tuple(notes))
+
+
+def load_workspace_training_dataset(
+    workspace: Workspace | None,
+    data: str | Path | None = None,
+    *,
+    root: str | Path | None = None,
+    val_fraction: float = 0.2,
+    seed: int = 0,
+    verify: str = "header",
+    include_disputed: bool = False,
+) -> Dataset:
+    """What `python -m cli train` learns from: `data` (a folder, manifest or curated export) or else the workspace's
+    dataset. With a workspace, its taxonomy and `val_fraction` apply and a manifest's paths are relative to its
+    dataset root unless `root` is given (a curated export is written relative to that root); `seed` seeds the split;
+    `include_disputed` as in `load_training_dataset`."""
+    source, taxonomy = data, None
+    if workspace is not None:
+        taxonomy, val_fraction = workspace.taxonomy, workspace.val_fraction
+        if source is None:
+            source, root = workspace.dataset_source, workspace.dataset_root
+        elif root is None:
+            root = workspace.dataset_root or (workspace.dataset_source.parent if workspace.dataset_source.is_file()
+                                              else workspace.dataset_source)
+    if source is None:
+        raise DatasetError("give --data DIR_OR_CSV (or --workspace DIR to train on its dataset)")
+    if taxonomy:
+        header = _header(Path(source))
+        taxonomy = tuple(c for c in taxonomy if c in header) if header is not None else ()
+    return load_training_dataset(source, root=root, taxonomy=taxonomy, val_fraction=val_fraction, seed=seed,
+                                 verify=verify, include_disputed=include_disputed)
+
+
+def _header(path: Path) -> list[str] | None:
+    if not path.is_file():
+        return None
+    try:
+        return [c.strip() for c in pd.read_csv(path, nrows=0, dtype=str).columns]
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError):
+        return None  # load_dataset reports unreadable manifests with its own message
+
+
+def _check_class_sizes(samples: pd.DataFrame, source: Path) -> None:
+    counts = samples["label"].value_counts()
+    small = counts[counts < MIN_IMAGES_PER_CLASS].sort_index()
+    if len(small):
+        shown = ", ".join(f"{name!r} ({int(n)} image)" for name, n in list(small.items())[:10])
+        more = f" and {len(small) - 10} more" if len(small) > 10 else ""
+        raise DatasetError(
+            f"class(es) {shown}{more} in {source} have fewer than {MIN_IMAGES_PER_CLASS} images, too few to train "
+            "on (nothing is left to validate it, and a batch of one image breaks BatchNorm); add images of it, "
+            "relabel them into another class, or exclude them (status=excluded in a curated export)"
+        )
 
 
 def _check_manifest_rows(path: Path, *, left_out: tuple[str, ...] = (EXCLUDED_STATUS,)) -> None:
     """Refuse a `specimen_id` column with gaps and a class that exclusions (rows whose status is in `left_out`)
     empty, before any image is opened."""
     try:
-        frame = pd.read_csv(path, dtype=str, keep_default_na=False, skipinitialspace=True)
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError):
+        frame = read_manifest_table(path)  # the same reading as load_dataset's
+    except DatasetError:
         return  # load_dataset reports unreadable manifests with its own message
-    frame.columns = [str(c).strip() for c in frame.columns]
     kept = pd.Series(True, index=frame.index)
     if "status" in frame.columns:
         kept = ~frame["status"].str.strip().str.lower().isin(left_out)
     if "label" in frame.columns:
-        labels = frame["label"].str.strip().map(unneutralise_cell)
+        labels = frame["label"]
         before, after = labels.value_counts(), labels[kept].value_counts()
         emptied = sorted(set(before.index) - set(after.index) - {""})
         if emptied:

@@ -25,6 +25,7 @@ from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget, FinerWe
 from torch import nn
 
 from models._cam_layers import (
+    MIN_CAM_GRID,
     CamError,
     CamLayer,
     find_cam_layer,
@@ -32,10 +33,11 @@ from models._cam_layers import (
     reshape_transform_for,
     spatial_layer_candidates,
 )
-from models.checkpoints import ModelCard
+from models.checkpoints import ModelCard, model_device
 
 __all__ = [
     "CAM_METHODS",
+    "MIN_CAM_GRID",
     "CamError",
     "CamLayer",
     "CamMethod",
@@ -132,6 +134,7 @@ class CamResult:
     method: str  # CAM_METHODS key
     layer: str  # dotted name of the module explained
     grid: tuple[int, int] = (0, 0)  # height, width of the layer's map: how coarse the maps really are
+    note: str = ""  # set when the automatic layer is coarser than 7x7 (the model's finest): say so to the user
 
     @property
     def pred_indices(self) -> np.ndarray:
@@ -177,13 +180,14 @@ def compute_cams(
         return CamResult(np.zeros((0, *images.shape[2:]), np.float32), np.zeros(0, np.int64),
                          np.zeros((0, 0), np.float32), spec.name, cam_layer.name)
     return CamResult(cams=np.concatenate(cams), class_indices=np.concatenate(classes),
-                     pred_probs=np.concatenate(probs), method=spec.name, layer=cam_layer.name, grid=grid)
+                     pred_probs=np.concatenate(probs), method=spec.name, layer=cam_layer.name, grid=grid,
+                     note=cam_layer.note)
 
 
 def _compute_batch(
     model: nn.Module, images: torch.Tensor, wanted: list[int | None], spec: CamMethod, cam_layer: CamLayer
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, tuple[int, int]]:
-    device = _model_device(model)
+    device = model_device(model)
     # A clone made outside inference mode is an ordinary tensor autograd can use, even if `images` was not.
     batch = images.detach().clone().to(device=device, dtype=torch.float32)
     with torch.no_grad():
@@ -240,12 +244,6 @@ def _frozen_parameters(model: nn.Module) -> Iterator[None]:
     finally:
         for parameter, flag in flags:
             parameter.requires_grad_(flag)
-
-
-def _model_device(model: nn.Module) -> torch.device:
-    for parameter in model.parameters():
-        return parameter.device
-    return torch.device("cpu")
 
 
 def preprocess_images(images: Sequence[Image.Image], card: ModelCard) -> torch.Tensor:

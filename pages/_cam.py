@@ -5,13 +5,12 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import streamlit as st
 
 from core.images import ImageError, load_image_rgb
-from pages._cached import PageContext, single_checkpoint_message
+from pages._cached import PageContext, file_mtime_ns, single_checkpoint_message
 
 MAX_ENTRIES = 4096  # cached maps (a 64 px map and view take ~16 kB; a 224 px pair ~200 kB)
 
@@ -26,6 +25,7 @@ class CamMaps:
     pred_probs: np.ndarray  # (K,) float32: the model's probabilities for the image
     layer: str  # module explained
     grid: tuple[int, int]  # height, width of that module's map
+    note: str = ""  # why the automatic layer's map is coarse (the model has no finer one), else ""
 
 
 @st.cache_data(show_spinner=False, max_entries=MAX_ENTRIES)
@@ -86,7 +86,7 @@ def cam_maps(
         for i, j in enumerate(rows):
             filled[j] = CamMaps(view=explanation.views[i], cam=np.round(result.cams[i] * 255).astype(np.uint8),
                                 class_index=int(result.class_indices[i]), pred_probs=result.pred_probs[i],
-                                layer=result.layer, grid=result.grid)
+                                layer=result.layer, grid=result.grid, note=result.note)
 
     def compute(position: int) -> CamMaps | str:
         if position not in filled:
@@ -94,7 +94,7 @@ def cam_maps(
         return filled[position]
 
     return [
-        _cam_entry(sha, str(sample_id), str(path or ""), _mtime(path), method, int(class_index), layer or "",
+        _cam_entry(sha, str(sample_id), str(path or ""), file_mtime_ns(path), method, int(class_index), layer or "",
                    functools.partial(compute, position))
         for position, (sample_id, path, class_index) in enumerate(zip(sample_ids, paths, class_indices, strict=True))
     ]
@@ -109,13 +109,6 @@ def auto_layer(checkpoint_sha: str, _model: object, input_size: tuple[int, int, 
         return find_cam_layer(_model, input_size=tuple(input_size)).name, ""
     except CamError as exc:
         return "", str(exc)
-
-
-def _mtime(path: str | None) -> int:
-    try:
-        return Path(path).stat().st_mtime_ns if path else -1
-    except OSError:
-        return -1
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,8 @@ from urllib.parse import urlencode
 import streamlit as st
 
 from core.curation import LABEL_MODES
-from pages._cached import KEY_CHECKPOINTS, KEY_LABEL_MODE, KEY_SPLIT, KEY_WORKSPACE, SPLITS, default_workspace_path
+from pages._cached import SPLITS, default_workspace_path
+from pages._state import KEY_CHECKPOINTS, KEY_LABEL_MODE, KEY_SPLIT, KEY_URL_RESTORED, KEY_WORKSPACE
 
 PARAM_WORKSPACE, PARAM_CHECKPOINTS, PARAM_SPLIT, PARAM_LABELS = "ws", "ckpt", "split", "labels"
 SIDEBAR_PARAMS = (PARAM_WORKSPACE, PARAM_CHECKPOINTS, PARAM_SPLIT, PARAM_LABELS)
@@ -27,7 +28,6 @@ PAGE_PARAMS: dict[str, tuple[str, ...]] = {
     "review": (PARAM_QUEUE, PARAM_CLASS, PARAM_TRUE, PARAM_PRED, PARAM_SAMPLE),
     "explain": (PARAM_SAMPLE,),
 }
-KEY_RESTORED = "tl_url_restored"  # session state: the sidebar keys were seeded from the URL once
 
 
 def workspace_link(path: str) -> str | None:
@@ -45,9 +45,9 @@ def workspace_from_link(value: str) -> str:
 
 def restore_sidebar_from_url() -> None:
     """Seed workspace, checkpoints, split and label mode from the URL, once per session (a reload or pasted link)."""
-    if st.session_state.get(KEY_RESTORED):
+    if st.session_state.get(KEY_URL_RESTORED):
         return
-    st.session_state[KEY_RESTORED] = True
+    st.session_state[KEY_URL_RESTORED] = True
     params = st.query_params
     if params.get(PARAM_WORKSPACE):
         st.session_state[KEY_WORKSPACE] = workspace_from_link(params[PARAM_WORKSPACE])

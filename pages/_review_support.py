@@ -5,12 +5,14 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
-from core.labelstore import LabelStore, validate_reviewer
+from core.errors import USER_ERRORS, user_message
+from core.labelstore import LabelStore, open_label_store, validate_reviewer
 from core.predictions import PredictionTable
 from core.ranking import LabelIssueRanking, rank_label_issues
+from core.workspace import Workspace
 from pages._cached import PageContext, get_predictions, predictions_key
-
-KEY_REVIEWER = "tl_reviewer"  # session state: who is reviewing (UI state; every action goes to the store)
+from pages._crossval_job import crossval_table
+from pages._state import KEY_REVIEWER
 
 # Keys Streamlit's frontend binds itself (static/js, 1.67): c opens "Clear caches", r reruns, Esc stops a
 # screencast, and a means "Always rerun" while the "File change" prompt shows. No review shortcut may use them.
@@ -30,27 +32,34 @@ SHORTCUTS: dict[str, str] = {
 
 
 @st.cache_resource(show_spinner=False)
-def _open_store(url: str) -> LabelStore:
-    return LabelStore(url)
+def _open_store(url: str, _workspace: Workspace) -> LabelStore:
+    return open_label_store(_workspace)
 
 
 def label_store(ctx: PageContext) -> LabelStore:
-    """The workspace's label store, one per URL per server process (it migrates the schema on first open)."""
-    return _open_store(ctx.workspace.label_store_url)
+    """The workspace's label store, one per URL per server process (it migrates the schema on first open); when it
+    cannot be opened (an unknown URL scheme, a server out of reach, a damaged file, a schema newer than this
+    TaxaLens), says why and what to do, and stops the page."""
+    try:
+        return _open_store(ctx.workspace.label_store_url, ctx.workspace)
+    except USER_ERRORS as exc:
+        st.error(f"Cannot open the label store of {ctx.workspace.root}: {user_message(exc)}")
+        st.stop()
 
 
 @st.cache_resource(show_spinner="Ranking likely label errors…", max_entries=8)
-def _ranking(predictions_key: str, split: str, _table: PredictionTable,
-             _reference: PredictionTable | None) -> LabelIssueRanking:
-    return rank_label_issues(_table, reference=_reference)
+def _ranking(predictions_key: str, split: str, crossval_key: str, _table: PredictionTable,
+             _reference: PredictionTable | None, _cv_table: PredictionTable | None) -> LabelIssueRanking:
+    return rank_label_issues(_table, reference=_reference, cv_table=_cv_table)
 
 
 def label_issue_ranking(ctx: PageContext, table: PredictionTable) -> LabelIssueRanking:
     """The ranking of the selected split's predictions (recomputed when the predictions file changes); embedding
-    neighbours are looked up among the training rows."""
+    neighbours are looked up among the training rows; training rows are ranked from the cross-validated table."""
     full = get_predictions(ctx.workspace, ctx.checkpoint)
     reference = full.for_split("train") if full is not None else None
-    return _ranking(predictions_key(ctx.workspace, ctx.checkpoint), ctx.split, table, reference)
+    cv_table, cv_key = crossval_table(ctx)
+    return _ranking(predictions_key(ctx.workspace, ctx.checkpoint), ctx.split, cv_key, table, reference, cv_table)
 
 
 @st.cache_resource(show_spinner=False, max_entries=8)
@@ -78,7 +87,7 @@ def current_reviewer() -> str | None:
     review and adjudication pages learn it: sign-in replaces the text box here."""
     try:
         return validate_reviewer(st.session_state.get(KEY_REVIEWER))
-    except ValueError:
+    except USER_ERRORS:
         return None
 
 
@@ -86,6 +95,6 @@ def reviewer_problem() -> str:
     """Why `current_reviewer()` is None."""
     try:
         validate_reviewer(st.session_state.get(KEY_REVIEWER))
-    except ValueError as exc:
+    except USER_ERRORS as exc:
         return str(exc)
     return ""

@@ -7,8 +7,8 @@ import streamlit as st
 from pages import _evaluation as ev
 from pages._gallery import render_gallery, render_sample_view
 from pages._links import PARAM_PRED, PARAM_SAMPLE, PARAM_TRUE, copy_link_control, set_page_params, url_param
+from pages._state import KEY_CONFUSION_CELL
 
-CELL_KEY = "cm-cell"  # (true_idx, pred_idx) of the open cell, in model class indices
 INSPECT_KEY = "cm-gallery-inspect"  # the gallery's inspected sample (render_gallery keeps it under `<key>-inspect`)
 NORMALISE = {"counts": "none", "share of true class (recall)": "true", "share of predicted class (precision)": "pred"}
 PAIRS_SHOWN = 200
@@ -19,18 +19,18 @@ def _open_cell_from_chart() -> None:
     points = st.session_state["cm-chart"].selection.points
     cells = [data for data in map(ev.selected_customdata, points) if len(data) >= 2]
     if cells:
-        st.session_state[CELL_KEY] = (int(cells[0][0]), int(cells[0][1]))
+        st.session_state[KEY_CONFUSION_CELL] = (int(cells[0][0]), int(cells[0][1]))
 
 
 def _open_cell_from_pairs(pairs, key: str) -> None:
     rows = st.session_state[key].selection.rows
     if rows:
         pair = pairs.iloc[rows[0]]
-        st.session_state[CELL_KEY] = (int(pair["true_idx"]), int(pair["pred_idx"]))
+        st.session_state[KEY_CONFUSION_CELL] = (int(pair["true_idx"]), int(pair["pred_idx"]))
 
 
 def _open_cell_by_name(index: dict[str, int]) -> None:
-    st.session_state[CELL_KEY] = (index[st.session_state["cm-true"]], index[st.session_state["cm-pred"]])
+    st.session_state[KEY_CONFUSION_CELL] = (index[st.session_state["cm-true"]], index[st.session_state["cm-pred"]])
 
 
 ctx, data = ev.open_evaluation_page("Confusion matrix")
@@ -53,11 +53,12 @@ if order_choice.startswith("taxonomy: "):
     order = "taxonomy"
     taxa = ev.taxa_of_classes(ev.dataset_key(ctx), ctx.dataset.samples, order_choice.removeprefix("taxonomy: "))
 
-if CELL_KEY not in st.session_state and url_param(PARAM_TRUE) in index and url_param(PARAM_PRED) in index:
-    st.session_state[CELL_KEY] = (index[url_param(PARAM_TRUE)], index[url_param(PARAM_PRED)])  # a link or reload
+if (KEY_CONFUSION_CELL not in st.session_state and url_param(PARAM_TRUE) in index
+        and url_param(PARAM_PRED) in index):  # a link or a reload
+    st.session_state[KEY_CONFUSION_CELL] = (index[url_param(PARAM_TRUE)], index[url_param(PARAM_PRED)])
     if url_param(PARAM_SAMPLE):
         st.session_state[INSPECT_KEY] = url_param(PARAM_SAMPLE)
-cell = st.session_state.get(CELL_KEY)
+cell = st.session_state.get(KEY_CONFUSION_CELL)
 if cell is not None and not (0 <= cell[0] < len(names) and 0 <= cell[1] < len(names)):
     cell = None
 outline = cell if len(names) <= OUTLINE_MAX_CLASSES else None

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import streamlit as st
 
-from core.images import ImageError, load_image_rgb
-from core.metrics import top_predictions
-from models.cam import CAM_METHODS, CamError, render_overlay
-from pages._cached import page_context, require_single_checkpoint, require_table
+from core.queries import top_predictions
+from models.cam import CAM_METHODS, MIN_CAM_GRID, CamError, render_overlay
+from pages._cached import require_single_checkpoint, require_table, start_page
 from pages._cam import CamMaps, auto_layer, cam_maps
-from pages._gallery import sample_paths
+from pages._gallery import sample_paths, show_image
 from pages._links import PARAM_SAMPLE, copy_link_control, set_page_params, url_param
 
 MAX_OPTIONS = 500  # sample ids listed at once; type in the filter to narrow a larger split
@@ -21,10 +20,7 @@ BOX = "cam-sample-box"  # the Sample selectbox's own widget key, re-seeded from 
 def _commit_sample() -> None:
     st.session_state[KEY_SAMPLE] = st.session_state[BOX]
 
-st.title("Grad-CAM")
-ctx = page_context()
-if ctx is None:
-    st.stop()
+ctx = start_page("Grad-CAM")
 require_single_checkpoint(ctx, "Grad-CAM")  # an ensemble has no model to explain
 table = require_table(ctx)
 names = list(table.class_names)
@@ -99,11 +95,7 @@ except CamError as exc:
 
 columns = st.columns(1 + len(targets))
 with columns[0]:
-    try:
-        st.image(load_image_rgb(path) if path else None, width="stretch",
-                 caption=f"{sample_id} · true {row['label']}")
-    except ImageError as exc:
-        st.error(str(exc))
+    show_image(path, f"{sample_id} · true {row['label']}")
 for column, (role, class_index), entry in zip(columns[1:], targets, maps, strict=True):
     with column:
         if not isinstance(entry, CamMaps):
@@ -121,6 +113,8 @@ first = next((m for m in maps if isinstance(m, CamMaps)), None)
 if first is not None:
     st.caption(f"Layer `{first.layer}` ({first.grid[0]}×{first.grid[1]} map) · predicted {row['pred']} with "
                f"{row['confidence']:.1%} confidence.")
-    if min(first.grid) <= 2:
+    if first.note:  # the automatic layer is below 7x7: the model has no finer map at this input size
+        st.info(first.note)
+    elif min(first.grid) < MIN_CAM_GRID:
         st.info(f"The layer's map is only {first.grid[0]}×{first.grid[1]} at this input size, so the heat map is "
                 "coarse; an earlier layer (type its name under Layer) trades class-specificity for detail.")

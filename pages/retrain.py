@@ -11,9 +11,11 @@ from pathlib import Path
 
 import streamlit as st
 
+from core.errors import USER_ERRORS, user_message
 from core.train_runs import list_runs, read_log_tail, start_training_run, stop_run
 from core.training_data import image_root_problem
-from pages._cached import page_context
+from pages._cached import start_page
+from pages._crossval_job import render_crossval_job
 
 ARCHS = ("resnet10t", "resnet18", "resnet50", "convnext_atto", "convnext_tiny", "efficientnet_b0",
          "mobilenetv3_small_050", "mobilenetv3_large_100", "vit_tiny_patch16_224", "vit_small_patch16_224")
@@ -35,10 +37,7 @@ def _save_upload(upload, folder: Path) -> Path:
     target.write_bytes(upload.getvalue())
     return target
 
-st.title("Retrain")
-ctx = page_context()
-if ctx is None:
-    st.stop()
+ctx = start_page("Retrain")
 workspace = ctx.workspace
 st.caption("Train a new checkpoint from the workspace dataset or a curated label export (excluded samples are left "
            "out, relabels applied). The run continues in the background; this page follows it.")
@@ -113,16 +112,18 @@ if submitted:
                 raise ValueError(problem)
             options["root"] = str(Path(image_root.strip()).expanduser().resolve())
         run = start_training_run(workspace, name.strip(), data=csv, options=options)
-    except (ValueError, FileNotFoundError) as exc:
-        st.error(str(exc))
+    except USER_ERRORS as exc:
+        st.error(user_message(exc))
     else:
         st.success(f"Started run **{run.name}** in `{run.run_dir}`"
                    + (f" on `{csv}` (images under `{options['root']}`)" if csv is not None else ""))
 
+render_crossval_job(ctx)  # label errors in the training split are found from out-of-fold probabilities
+
 
 @st.fragment(run_every=2.0)
 def _runs_panel() -> None:
-    runs = list_runs(workspace)
+    runs = list_runs(workspace, kind="train")
     if not runs:
         st.info("No training runs in this workspace yet.")
         return

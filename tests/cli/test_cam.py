@@ -10,11 +10,10 @@ import timm
 import torch
 from PIL import Image
 
-from cli.cam import _safe
 from cli.main import main
 from core.workspace import load_workspace
 from models.checkpoints import ModelCard, save_taxalens_checkpoint
-from models.inference import predict_workspace
+from models.inference import predict_workspace, safe_file_name
 
 CLASSES = ("Basophil", "Eosinophil", "Lymphocyte", "Monocyte", "Neutrophil")
 
@@ -53,7 +52,7 @@ def test_sample_with_several_targets(workspace, tmp_path):
     assert [r["sample_id"] for r in rows] == [sample] * 3
     assert rows[1]["explained_class"] == "Basophil" and rows[2]["explained_class"] == "Monocyte"
     assert rows[0]["explained_class"] == rows[0]["pred"]
-    assert {r["layer"] for r in rows} == {"layer4"}
+    assert {r["layer"] for r in rows} == {"layer2"}  # at 64 px: layer2 is 8x8, layer3 4x4, layer4 2x2
     for row in rows:
         image = np.asarray(Image.open(out / row["file"]))
         assert image.shape == (96, 96, 3)
@@ -66,7 +65,8 @@ def test_sample_with_several_targets(workspace, tmp_path):
                  "Monocyte", "--target", "Lymphocyte", "--method", "gradcam++", "--device", "cpu",
                  "--out", str(out)]) == 0
     files = [r["file"] for r in _index(out)]
-    expected = {r["file"] for r in rows} | {f"{_safe(sample)}__gradcam++__{c}.png" for c in ("Monocyte", "Lymphocyte")}
+    expected = {r["file"] for r in rows} | {f"{safe_file_name(sample)}__gradcam++__{c}.png"
+                                            for c in ("Monocyte", "Lymphocyte")}
     assert len(files) == len(set(files)) and set(files) == expected and files[-1].endswith("__Lymphocyte.png")
     assert sorted(files) == sorted(p.name for p in out.glob("*.png"))
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from core.metrics import rank_confused_pairs
+from core.confusion import rank_confused_pairs
 from pages._evaluation import cell_heading
 from tests.e2e.streamlit_server import CHROMIUM, CHROMIUM_ARGS, serve_app
 from tests.pages.eval_workspaces import build_drawn_workspace, load_table
