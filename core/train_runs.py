@@ -173,6 +173,7 @@ def list_runs(workspace: Workspace, *, kind: str | None = None) -> list[Training
 def read_run(run_dir: str | Path) -> TrainingRun:
     """A run's state from its files; an active state whose process is gone reads as `stopped`."""
     run_dir = Path(run_dir)
+    _reap(_pid(run_dir))  # a run that wrote "done" and exited must not stay <defunct> under the dashboard
     command = _read_json(run_dir / "command.json")
     status = _read_json(run_dir / "status.json")
     state = status.get("state", "starting")
@@ -247,15 +248,22 @@ def _pid(run_dir: Path) -> int | None:
         return None
 
 
-def _alive(pid: int | None) -> bool:
+def _reap(pid: int | None) -> bool:
+    """Collect the exit status of run process `pid` if this process started it and it has ended; True when reaped."""
     if not pid:
         return False
     try:
-        finished, _ = os.waitpid(pid, os.WNOHANG)  # reap it if this process started it (no zombie)
-        if finished == pid:
-            return False
+        finished, _ = os.waitpid(pid, os.WNOHANG)
     except ChildProcessError:
-        pass  # started by another dashboard process: not our child
+        return False  # started by another dashboard process (not our child), or reaped already
+    return finished == pid
+
+
+def _alive(pid: int | None) -> bool:
+    if not pid:
+        return False
+    if _reap(pid):
+        return False
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
