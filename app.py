@@ -7,7 +7,8 @@ from collections.abc import Callable
 
 import streamlit as st
 
-from core.errors import USER_ERRORS
+from core.curation import LABEL_MODES
+from core.errors import USER_ERRORS, TaxaLensError, user_message
 from core.workspace import Workspace
 from pages._access import KEY_LOCAL_NAME, resolve_actor, sign_in_configured
 from pages._cached import (
@@ -17,8 +18,9 @@ from pages._cached import (
     ensemble_specs,
     open_workspace,
 )
+from pages._links import restore_sidebar_from_url, sync_url
 from pages._serving import guard_exposure, require_access, sign_in_prompt, workspace_choices
-from pages._state import KEY_ACTOR_PROBLEM, KEY_CHECKPOINTS, KEY_SPLIT, KEY_WORKSPACE
+from pages._state import KEY_ACTOR_PROBLEM, KEY_CHECKPOINTS, KEY_LABEL_MODE, KEY_SPLIT, KEY_WORKSPACE
 from pages._text import md
 
 st.set_page_config(page_title="TaxaLens", page_icon="🔬", layout="wide")
@@ -125,10 +127,21 @@ def _sidebar() -> None:
         if st.session_state.get(KEY_SPLIT) not in SPLITS:
             st.session_state[KEY_SPLIT] = "val"
         _kept_widget(st.selectbox, "Split", KEY_SPLIT, options=SPLITS)
+        if st.session_state.get(KEY_LABEL_MODE) not in LABEL_MODES:
+            st.session_state[KEY_LABEL_MODE] = "given"
+        _kept_widget(st.radio, "Labels", KEY_LABEL_MODE, options=list(LABEL_MODES), format_func=LABEL_MODES.get,
+                     horizontal=True, help="as curated: the review decisions applied (relabels, exclusions; disputed "
+                     "samples listed apart) on every evaluation page")
 
 
 guard_exposure()
 _sign_in()
+restore_sidebar_from_url()
 _sidebar()
 require_access()  # with sign-in: an account that [access] gives no role sees no page
-st.navigation(PAGES).run()
+page = st.navigation(PAGES)
+sync_url(page.url_path)
+try:
+    page.run()
+except TaxaLensError as exc:  # a page that let one through: its message says what to do; never a traceback
+    st.error(md(user_message(exc)))

@@ -13,6 +13,7 @@ from itertools import combinations
 import numpy as np
 import pandas as pd
 
+from core.access import Actor
 from core.labelstore import EXCLUDED_VOTE, UNSURE_VOTE, LabelEvent, LabelStore, SampleState
 
 DISAGREEMENT_COLUMNS = ("sample_id", "votes", "n_reviews", "label", "status", "adjudicated", "decided_by")
@@ -20,21 +21,37 @@ PAIR_COLUMNS = ("reviewer_a", "reviewer_b", "n_samples", "percent_agreement", "c
 CLASS_COLUMNS = ("class_name", "n_samples", "n_pairs", "percent_agreement", "cohen_kappa")
 
 
-def list_disagreements(states: Mapping[str, SampleState], *, unresolved_only: bool = False) -> pd.DataFrame:
-    """Samples whose reviewers voted differently (DISAGREEMENT_COLUMNS), most reviewers first.
+DISPUTED_STATUS = "disputed"  # reviewers disagree and no lead has ruled: the given label stands, kept out of training
 
-    `votes` reads `ann: Volvox; bob: (excluded)`. `adjudicated` says whether a lead's ruling already decides it.
+
+def has_disagreement(state: SampleState) -> bool:
+    """Whether the reviewers' current votes on the sample differ (ruled on or not)."""
+    return len(set(state.votes.values())) >= 2
+
+
+def is_disputed(state: SampleState) -> bool:
+    """Reviewers disagree and no adjudication decides the sample: neither vote may silently win."""
+    return has_disagreement(state) and not state.adjudicated
+
+
+def list_disagreements(states: Mapping[str, SampleState], *, unresolved_only: bool = False) -> pd.DataFrame:
+    """Samples whose reviewers voted differently (DISAGREEMENT_COLUMNS): disputes (no ruling yet) first, then by
+    number of reviewers.
+
+    `votes` reads `ann: Volvox; bob: (excluded)`. `adjudicated` says whether a lead's ruling already decides it;
+    `status` is `disputed` (and `label` None: the given label stands) until it does.
     """
     rows = []
     for state in states.values():
-        if len(set(state.votes.values())) < 2 or (unresolved_only and state.adjudicated):
+        if not has_disagreement(state) or (unresolved_only and state.adjudicated):
             continue
+        disputed = is_disputed(state)
         rows.append({
             "sample_id": state.sample_id,
             "votes": "; ".join(f"{reviewer}: {vote}" for reviewer, vote in sorted(state.votes.items())),
             "n_reviews": state.n_reviews,
-            "label": state.label,
-            "status": state.status,
+            "label": None if disputed else state.label,
+            "status": DISPUTED_STATUS if disputed else state.status,
             "adjudicated": state.adjudicated,
             "decided_by": state.decided_by,
         })
@@ -84,22 +101,24 @@ def class_agreement(votes: pd.DataFrame, class_of: Mapping[str, str]) -> pd.Data
     return pd.DataFrame(rows, columns=list(CLASS_COLUMNS))
 
 
-def adjudicate(store: LabelStore, sample_id: str, decision: str, *, reviewer: str, given_label: str | None = None,
-               note: str = "", checkpoint: str | None = None) -> LabelEvent:
+def adjudicate(store: LabelStore, sample_id: str, decision: str, *, reviewer: str | None = None,
+               given_label: str | None = None, note: str = "", checkpoint: str | None = None,
+               actor: Actor | None = None) -> LabelEvent:
     """Record a lead's ruling on a sample as an adjudication event (which then decides the sample).
 
     `decision`: the class to keep, or `(excluded)` to exclude the image. A ruling equal to `given_label` is stored
-    as `confirm`, any other class as `relabel`.
+    as `confirm`, any other class as `relabel`. `actor`: who rules (needs the `adjudicate` permission; recorded as
+    the reviewer); None for a trusted caller, which names the `reviewer`.
     """
     if decision == UNSURE_VOTE:
         raise ValueError("an adjudication decides: pick a class or (excluded); leave the sample unadjudicated "
                          "when unsure")
     if decision == EXCLUDED_VOTE:
         return store.record(sample_id, "exclude", reviewer=reviewer, given_label=given_label, note=note,
-                            checkpoint=checkpoint, adjudication=True)
+                            checkpoint=checkpoint, adjudication=True, actor=actor)
     action = "confirm" if decision == given_label else "relabel"
     return store.record(sample_id, action, reviewer=reviewer, label=decision, given_label=given_label, note=note,
-                        checkpoint=checkpoint, adjudication=True)
+                        checkpoint=checkpoint, adjudication=True, actor=actor)
 
 
 def _check_votes(votes: pd.DataFrame) -> None:

@@ -11,12 +11,13 @@ from pathlib import Path
 import numpy as np
 import streamlit as st
 
+from core.curation import LABEL_MODES
 from core.dataset import Dataset
 from core.ensemble import EnsembleSpec, ensemble_tables, read_ensemble_specs
-from core.errors import USER_ERRORS, TaxaLensError
+from core.errors import USER_ERRORS, TaxaLensError, user_message
 from core.predictions import PredictionTable, load_predictions, relabel_table
 from core.workspace import CONFIG_NAME, Workspace, load_workspace
-from pages._state import KEY_CHECKPOINTS, KEY_SPLIT, KEY_WORKSPACE
+from pages._state import KEY_CHECKPOINTS, KEY_LABEL_MODE, KEY_SPLIT, KEY_WORKSPACE
 from pages._text import md, md_list
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -260,6 +261,7 @@ class PageContext:
     checkpoints: tuple[str, ...]  # selected checkpoint and ensemble names, first is the primary one
     split: str  # val | train | test | all
     ensembles: tuple[EnsembleSpec, ...] = ()  # the workspace's usable [[ensembles]]
+    label_mode: str = "given"  # given | curated: the labels the evaluation pages score against
 
     @property
     def checkpoint(self) -> str | None:
@@ -331,10 +333,12 @@ def page_context() -> PageContext | None:
         workspace = open_workspace(path)
         dataset = load_dataset(workspace)
     except USER_ERRORS as exc:
-        st.error(f"Cannot open workspace {md(path)}: {md(exc)}")
+        st.error(f"Cannot open workspace {md(path)}: {md(user_message(exc))}")
         return None
     split = st.session_state.get(KEY_SPLIT, "val")
-    ctx = PageContext(workspace, dataset, (), split if split in SPLITS else "val", ensemble_specs(workspace))
+    mode = st.session_state.get(KEY_LABEL_MODE, "given")
+    ctx = PageContext(workspace, dataset, (), split if split in SPLITS else "val", ensemble_specs(workspace),
+                      mode if mode in LABEL_MODES else "given")
     names = ctx.names
     selected = tuple(n for n in st.session_state.get(KEY_CHECKPOINTS, names[:1]) if n in names)
     return replace(ctx, checkpoints=selected)
@@ -357,9 +361,9 @@ def require_table(ctx: PageContext, name: str | None = None) -> PredictionTable:
         st.stop()
     try:
         table = ctx.table(name)
-    except USER_ERRORS as exc:  # a checkpoint file gone, or members that cannot be combined
+    except USER_ERRORS as exc:  # a checkpoint file gone or not one, or members that cannot be combined
         what = "combine ensemble" if ctx.ensemble(name) is not None else "read the predictions of"
-        st.error(f"Cannot {what} **{md(name)}**: {md(exc)}")
+        st.error(f"Cannot {what} **{md(name)}**: {md(user_message(exc))}")
         st.stop()
     if table is None:
         spec = ctx.ensemble(name)
@@ -376,7 +380,7 @@ def require_table(ctx: PageContext, name: str | None = None) -> PredictionTable:
                 try:
                     compute_predictions(ctx.workspace, member)
                 except USER_ERRORS as exc:
-                    st.error(md(exc))
+                    st.error(md(user_message(exc)))
                     st.stop()
                 st.rerun()
         st.stop()

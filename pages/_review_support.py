@@ -6,42 +6,63 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
-from core.errors import USER_ERRORS
-from core.labelstore import LabelStore
+from core.errors import USER_ERRORS, user_message
+from core.labelstore import LabelStore, open_label_store
 from core.predictions import PredictionTable
 from core.ranking import LabelIssueRanking, rank_label_issues
+from core.workspace import Workspace
 from pages._access import current_actor, explain_hidden
 from pages._cached import PageContext, get_predictions, predictions_key
+from pages._crossval_job import crossval_table
+from pages._state import KEY_ACTOR_PROBLEM
 from pages._text import md
+
+# Keys Streamlit's frontend binds itself (static/js, 1.67): c opens "Clear caches", r reruns, Esc stops a
+# screencast, and a means "Always rerun" while the "File change" prompt shows. No review shortcut may use them.
+STREAMLIT_KEYS = frozenset({"c", "r", "a", "escape"})
+# Review button key -> its keyboard shortcut (Streamlit's native `st.button(shortcut=...)`: bound per button while it
+# is rendered and enabled, never while the focus is in a text box, and shown on the button).
+SHORTCUTS: dict[str, str] = {
+    "rv-confirm": "k",  # keep the given label
+    "rv-accept": "s",  # the suggestion
+    "rv-relabel": "l",  # label as the picked class
+    "rv-unsure": "u",
+    "rv-exclude": "x",
+    "rv-undo": "z",
+    "rv-next": "n",
+    "rv-prev": "p",
+}
 
 
 @st.cache_resource(show_spinner=False)
-def _open_store(url: str) -> LabelStore:
-    return LabelStore(url)
+def _open_store(url: str, _workspace: Workspace) -> LabelStore:
+    return open_label_store(_workspace)
 
 
 def label_store(ctx: PageContext) -> LabelStore:
     """The workspace's label store, one per URL per server process (it migrates the schema on first open); when it
-    cannot be opened (an unknown URL scheme, a schema newer than this TaxaLens), says why and stops the page."""
+    cannot be opened (an unknown URL scheme, a server out of reach, a damaged file, a schema newer than this
+    TaxaLens), says why and what to do, and stops the page."""
     try:
-        return _open_store(ctx.workspace.label_store_url)
+        return _open_store(ctx.workspace.label_store_url, ctx.workspace)
     except USER_ERRORS as exc:
-        st.error(f"Cannot open the label store of {md(ctx.workspace.root)}: {md(exc)}")
+        st.error(f"Cannot open the label store of {md(ctx.workspace.root)}: {md(user_message(exc))}")
         st.stop()
 
 
 @st.cache_resource(show_spinner="Ranking likely label errors…", max_entries=8)
-def _ranking(predictions_key: str, split: str, _table: PredictionTable,
-             _reference: PredictionTable | None) -> LabelIssueRanking:
-    return rank_label_issues(_table, reference=_reference)
+def _ranking(predictions_key: str, split: str, crossval_key: str, _table: PredictionTable,
+             _reference: PredictionTable | None, _cv_table: PredictionTable | None) -> LabelIssueRanking:
+    return rank_label_issues(_table, reference=_reference, cv_table=_cv_table)
 
 
 def label_issue_ranking(ctx: PageContext, table: PredictionTable) -> LabelIssueRanking:
     """The ranking of the selected split's predictions (recomputed when the predictions file changes); embedding
-    neighbours are looked up among the training rows."""
+    neighbours are looked up among the training rows; training rows are ranked from the cross-validated table."""
     full = get_predictions(ctx.workspace, ctx.checkpoint)
     reference = full.for_split("train") if full is not None else None
-    return _ranking(predictions_key(ctx.workspace, ctx.checkpoint), ctx.split, table, reference)
+    cv_table, cv_key = crossval_table(ctx)
+    return _ranking(predictions_key(ctx.workspace, ctx.checkpoint), ctx.split, cv_key, table, reference, cv_table)
 
 
 @st.cache_resource(show_spinner=False, max_entries=8)
@@ -54,6 +75,12 @@ def given_labels(ctx: PageContext) -> dict[str, str]:
     return _given_labels(id(ctx.dataset), ctx.dataset.samples)
 
 
+def reviewer_input(*, label: str = "Reviewer") -> str | None:
+    """The reviewer: the current actor (signed-in account or the name typed once in the sidebar) when its role may
+    record; None, with why, otherwise. `label` is kept for callers; there is no text box on the page any more."""
+    return current_reviewer()
+
+
 def current_reviewer(action: str = "record", *, what: str = "Review buttons") -> str | None:
     """The identity recorded on events (the current actor's name) when its role may do `action`; else None, with a
     caption saying why `what` is hidden."""
@@ -62,3 +89,9 @@ def current_reviewer(action: str = "record", *, what: str = "Review buttons") ->
         return actor.name
     explain_hidden(action, what)
     return None
+
+
+
+def reviewer_problem() -> str:
+    """Why `current_reviewer()` is None."""
+    return str(st.session_state.get(KEY_ACTOR_PROBLEM) or "")

@@ -1,9 +1,8 @@
-"""Real-browser test plumbing: a `streamlit run app.py` on a free loopback port (optionally from a folder holding a
-`.streamlit/secrets.toml`) and the Chromium settings every browser test uses."""
+"""A real `streamlit run app.py` on a free loopback port (optionally run from a folder whose `.streamlit/` holds a
+test's secrets), for the browser tests and the browser benchmarks; the Chromium settings every browser test uses."""
 
 from __future__ import annotations
 
-import contextlib
 import os
 import socket
 import subprocess
@@ -11,6 +10,7 @@ import sys
 import time
 import urllib.request
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -49,21 +49,20 @@ def sync_playwright_or_skip():
     return sync_api
 
 
-@contextlib.contextmanager
-def serve_app(workspace: Path, *, port: int | None = None, cwd: Path | None = None, script_args: Sequence[str] = (),
-              env: dict[str, str] | None = None, log: Path | None = None) -> Iterator[str]:
-    """`streamlit run app.py` on 127.0.0.1 with `workspace` open; yields its URL. `cwd`: the folder it runs from (its
-    `.streamlit/` holds the test's secrets), default the repository."""
+@contextmanager
+def serve_app(workspace: Path, log_path: Path | None = None, *, env: dict[str, str] | None = None,
+              port: int | None = None, cwd: Path | None = None, script_args: Sequence[str] = ()) -> Iterator[str]:
+    """Serve app.py on `workspace` (TAXALENS_WORKSPACE) until the block ends; yields the base URL. `cwd`: the folder
+    the server runs from (its `.streamlit/secrets.toml` is the deployment's), default the repository."""
     port = port or free_port()
-    log_path = log or workspace / "streamlit.log"
-    environ = {**os.environ, "TAXALENS_WORKSPACE": str(workspace), "STREAMLIT_BROWSER_GATHER_USAGE_STATS": "false",
-               **(env or {})}
-    with log_path.open("w") as log_file:
+    environment = {**os.environ, "TAXALENS_WORKSPACE": str(workspace), "STREAMLIT_BROWSER_GATHER_USAGE_STATS": "false",
+                   "OMP_NUM_THREADS": "1", **(env or {})}
+    with open(log_path or workspace / "streamlit.log", "w") as log:
         process = subprocess.Popen(
             [sys.executable, "-m", "streamlit", "run", str(REPO / "app.py"), "--server.headless", "true",
              "--server.port", str(port), "--server.address", "127.0.0.1", "--server.fileWatcherType", "none",
              "--", *script_args],
-            cwd=cwd or REPO, env=environ, stdout=log_file, stderr=subprocess.STDOUT,
+            cwd=cwd or REPO, env=environment, stdout=log, stderr=subprocess.STDOUT,
         )
         url = f"http://127.0.0.1:{port}"
         try:
@@ -75,3 +74,4 @@ def serve_app(workspace: Path, *, port: int | None = None, cwd: Path | None = No
                 process.wait(timeout=15)
             except subprocess.TimeoutExpired:
                 process.kill()
+                process.wait()

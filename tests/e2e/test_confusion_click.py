@@ -19,7 +19,7 @@ pytestmark = pytest.mark.e2e
 def served_workspace(tmp_path_factory):
     """`streamlit run app.py` on a small demo workspace with predictions; yields (url, workspace root)."""
     root = build_drawn_workspace(tmp_path_factory.mktemp("e2e") / "demo")
-    with serve_app(root) as url:
+    with serve_app(root, root / "streamlit.log") as url:
         yield url, root
 
 

@@ -79,7 +79,7 @@ def served(tmp_path_factory, provider):
         'client_id = "taxalens-test"\n'
         'client_secret = "taxalens-test-secret"\n'
         f'server_metadata_url = "{provider}/.well-known/openid-configuration"\n', encoding="utf-8")
-    with serve_app(root, port=port, cwd=run_dir, log=base / "streamlit.log") as url:
+    with serve_app(root, base / "streamlit.log", port=port, cwd=run_dir) as url:
         yield url, provider, root, disputed, other
 
 

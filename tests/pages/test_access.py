@@ -3,6 +3,7 @@ the typed name is normalised (a refused name writes nothing), and app.py refuses
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -111,3 +112,18 @@ def test_allow_anonymous_serves_with_a_banner(access_workspace, network_address,
     assert app.title[0].value == "TaxaLens"
     assert any("identities are **not verified**" in w.value for w in app.warning)
     assert config.get_option("client.showErrorDetails") == "none"  # no traceback reaches a network user
+
+
+def test_a_link_opens_no_workspace_outside_the_roots(access_workspace, tmp_path, monkeypatch) -> None:
+    from streamlit.testing.v1 import AppTest
+
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    (outside / "taxalens.toml").write_text((access_workspace / "taxalens.toml").read_text(encoding="utf-8"))
+    monkeypatch.setenv("TAXALENS_WORKSPACE", str(access_workspace))
+    monkeypatch.setenv("TAXALENS_WORKSPACES", str(access_workspace.parent))
+    app = AppTest.from_file(str(REPO / "app.py"), default_timeout=180)
+    app.query_params["ws"] = os.path.relpath(outside, access_workspace)  # a pasted link naming a folder elsewhere
+    app.run()
+    assert not app.exception, [e.value for e in app.exception]
+    assert app.session_state["tl_workspace"] == str(access_workspace)  # the link's folder was not opened
