@@ -14,7 +14,7 @@ from core.agreement import (
 from core.errors import USER_ERRORS
 from core.export import audit_log_csv, curated_manifest_csv
 from core.labelstore import EXCLUDED_VOTE, UNSURE_VOTE
-from pages._access import explain_hidden, may
+from pages._access import current_actor, explain_hidden, may
 from pages._cached import start_page
 from pages._gallery import sample_paths, show_image
 from pages._review_support import current_reviewer, given_labels, label_store
@@ -32,7 +32,7 @@ def _select(frame) -> None:
 def _rule(store, sample_id: str, *, reviewer: str, given: str | None) -> None:
     try:
         event = adjudicate(store, sample_id, st.session_state["adj-decision"], reviewer=reviewer, given_label=given,
-                           note=st.session_state.get("adj-note", ""))
+                           note=st.session_state.get("adj-note", ""), actor=current_actor())
     except USER_ERRORS as exc:
         st.session_state[MESSAGE] = md(exc)
         return
@@ -104,10 +104,12 @@ st.caption("The curated manifest lists every sample with its current label and s
            "and marked, disputed ones keep their original label); paths are relative to the dataset root "
            f"({md(ctx.dataset.root)}: the image root a training run needs). Spreadsheet formulas are neutralised.")
 if may("export"):
+    exporter = current_actor()  # core checks the role again
     downloads = st.columns(2)
-    downloads[0].download_button("Curated label manifest (CSV)", data=curated_manifest_csv(ctx.dataset, store),
+    downloads[0].download_button("Curated label manifest (CSV)",
+                                 data=curated_manifest_csv(ctx.dataset, store, actor=exporter),
                                  file_name="curated_labels.csv", mime="text/csv", key="adj-export")
-    downloads[1].download_button("Audit log (CSV)", data=audit_log_csv(store), file_name="label_audit_log.csv",
-                                 mime="text/csv", key="adj-audit")
+    downloads[1].download_button("Audit log (CSV)", data=audit_log_csv(store, actor=exporter),
+                                 file_name="label_audit_log.csv", mime="text/csv", key="adj-audit")
 else:
     explain_hidden("export", "Downloads")

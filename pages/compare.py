@@ -12,7 +12,7 @@ from core.errors import USER_ERRORS
 from core.figures import build_f1_delta_figure
 from core.predictions import PredictionTable
 from core.scores import METRIC_LABELS
-from pages._access import may
+from pages._access import current_actor, may
 from pages._cached import require_table, start_page, table_token
 from pages._evaluation import curate
 from pages._gallery import render_gallery, render_sample_view
@@ -73,7 +73,8 @@ if name_b == ENSEMBLE:
             ensemble_name = st.text_input("Ensemble name", value=f"ensemble-{method}", key="cmp-ens-name")
             if st.button("Save", key="cmp-ens-save"):
                 try:
-                    add_ensemble(ctx.workspace.root, EnsembleSpec(ensemble_name.strip(), tuple(members), method))
+                    add_ensemble(ctx.workspace.root, EnsembleSpec(ensemble_name.strip(), tuple(members), method),
+                                 actor=current_actor())
                 except USER_ERRORS as exc:
                     st.error(md(exc))
                 else:

@@ -14,7 +14,7 @@ import streamlit as st
 from core.errors import USER_ERRORS, user_message
 from core.train_runs import list_runs, read_log_tail, start_training_run, stop_run
 from core.training_data import image_root_problem
-from pages._access import explain_hidden, may
+from pages._access import current_actor, explain_hidden, may
 from pages._cached import start_page
 from pages._crossval_job import render_crossval_job
 from pages._text import md
@@ -115,7 +115,7 @@ if may("retrain"):  # leads and admins start training and cross-validation runs;
                 if problem:
                     raise ValueError(problem)
                 options["root"] = str(Path(image_root.strip()).expanduser().resolve())
-            run = start_training_run(workspace, name.strip(), data=csv, options=options)
+            run = start_training_run(workspace, name.strip(), data=csv, options=options, actor=current_actor())
         except USER_ERRORS as exc:
             st.error(md(user_message(exc)))
         else:
@@ -147,7 +147,7 @@ def _runs_panel() -> None:
                         + (f" · ETA {eta / 60:.1f} min" if isinstance(eta, int | float) else ""))
                 st.progress(run.epoch_progress, text=text)
                 if may("retrain") and st.button("Stop", key=f"rt-stop-{run.run_dir.name}"):
-                    stop_run(run)
+                    stop_run(run, actor=current_actor())
             if epoch:
                 st.caption(f"last epoch {epoch.get('epoch')}: val macro-F1 {epoch.get('val_macro_f1', 0):.3f} "
                            f"(best {epoch.get('best_macro_f1', 0):.3f} at epoch {epoch.get('best_epoch')})")

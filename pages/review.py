@@ -14,6 +14,7 @@ from core.errors import USER_ERRORS
 from core.figures import build_top_predictions_figure
 from core.queries import top_predictions
 from core.ranking import QUEUE_KINDS, QueueSpec, build_queue, typical_examples
+from pages._access import current_actor
 from pages._cached import require_table, start_page
 from pages._crossval_job import render_crossval_job
 from pages._gallery import sample_paths, sample_thumbnail, show_image
@@ -52,7 +53,7 @@ def _act(store, sample_id: str, action: str, *, reviewer: str, given: str, label
         label = st.session_state.get(label_key)
     try:
         event = store.record(sample_id, action, reviewer=reviewer, label=label, given_label=given,
-                             note=st.session_state.get(NOTE, ""), checkpoint=checkpoint)
+                             note=st.session_state.get(NOTE, ""), checkpoint=checkpoint, actor=current_actor())
     except USER_ERRORS as exc:
         st.session_state[MESSAGE] = ("error", md(exc))
         return
@@ -63,7 +64,7 @@ def _act(store, sample_id: str, action: str, *, reviewer: str, given: str, label
 
 def _undo(store, reviewer: str) -> None:
     try:
-        event = store.undo_last(reviewer, note=st.session_state.get(NOTE, ""))
+        event = store.undo_last(reviewer, note=st.session_state.get(NOTE, ""), actor=current_actor())
     except USER_ERRORS as exc:
         st.session_state[MESSAGE] = ("error", md(exc))
         return

@@ -36,7 +36,8 @@ def test_a_link_restores_split_label_mode_and_checkpoints_and_the_url_follows(dr
 
     monkeypatch.setattr(PagesManager, "__init__", served_init)
 
-    app.sidebar.selectbox[0].set_value("val").run()  # a later change is written back, not overridden by the link
+    # a later change is written back, not overridden by the link
+    app.sidebar.selectbox(key="tl_split-widget").set_value("val").run()
     assert app.session_state["tl_split"] == "val" and app.query_params["split"] == "val"
 
 

@@ -81,7 +81,7 @@ def test_any_csv_is_accepted_with_the_image_root_it_needs_and_runs_show_a_badge(
     csv.write_text("path,label,status\n" + "".join(f"{p},Lymphocyte,confirmed\n" for p in images), encoding="utf-8")
     started = []
 
-    def fake_start(workspace, name, *, data=None, options=None):
+    def fake_start(workspace, name, *, data=None, options=None, actor=None):
         started.append((name, data, options))
         return SimpleNamespace(name=name, run_dir=tmp_path / "run")
 
