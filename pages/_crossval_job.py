@@ -11,6 +11,7 @@ from core.crossval import CROSSVAL_MODES, DEFAULT_FOLDS, find_crossval, load_cro
 from core.errors import USER_ERRORS, user_message
 from core.predictions import PredictionTable
 from core.train_runs import TrainingRun, launch_run, list_runs, read_log_tail, read_run, stop_run
+from pages._access import current_actor, explain_hidden, may
 from pages._cached import PageContext, load_dataset, predictions_file
 
 MODE_HELP = {"probe": "a linear probe on the stored embeddings per fold: seconds on a CPU",
@@ -65,8 +66,10 @@ def render_crossval_job(ctx: PageContext) -> None:
                                 key="cv-mode")
         folds = int(columns[1].number_input("Folds", 2, 20, DEFAULT_FOLDS, key="cv-folds"))
         busy = any(r.active for r in runs)
-        if columns[2].button("Compute", key="cv-start", type="primary", disabled=busy,
-                             help="Runs `python -m core crossval` in the background; this page follows it"):
+        if not may("retrain"):  # starting a cross-validation run is a lead's, like training
+            explain_hidden("retrain", "Starting cross-validation")
+        elif columns[2].button("Compute", key="cv-start", type="primary", disabled=busy,
+                               help="Runs `python -m core crossval` in the background; this page follows it"):
             try:
                 _start(ctx, name, mode, folds)
             except USER_ERRORS as exc:
@@ -81,7 +84,7 @@ def _start(ctx: PageContext, name: str, mode: str, folds: int) -> TrainingRun:
     run = launch_run(ctx.workspace, "crossval", f"crossval-{mode}-{name}"[:64].rstrip("-."),
                      ["--workspace", str(ctx.workspace.root), "--checkpoint", name],
                      options={"mode": mode, "folds": folds, "threads": 1 if mode == "probe" else None},
-                     record={"checkpoint": name, "mode": mode, "folds": folds})
+                     record={"checkpoint": name, "mode": mode, "folds": folds}, actor=current_actor())
     st.session_state.setdefault(_SEEN_ACTIVE, set()).add(str(run.run_dir))
     return run
 
@@ -102,8 +105,8 @@ def _show(run: TrainingRun) -> None:
         if event.get("epochs"):
             text += f" · epoch {event.get('epoch', '?')}/{event['epochs']}"
         st.progress(run.epoch_progress, text=text)
-        if st.button("Stop", key=f"cv-stop-{run.run_dir.name}"):
-            stop_run(run)
+        if may("retrain") and st.button("Stop", key=f"cv-stop-{run.run_dir.name}"):
+            stop_run(run, actor=current_actor())
     elif run.state == "done":
         st.success(f"{mode} cross-validation finished: {run.status.get('path', '')}")
         if str(run.run_dir) in seen:  # it ended while this session watched: rank again with the new table
