@@ -122,9 +122,10 @@ if may("retrain"):  # leads and admins start training and cross-validation runs;
             st.success(f"Started run **{md(run.name)}** in {md(run.run_dir)}"
                        + (f" on {md(csv)} (images under {md(options['root'])})" if csv is not None else ""))
 
-    render_crossval_job(ctx)  # label errors in the training split are found from out-of-fold probabilities
 else:
     explain_hidden("retrain", "Starting a training run")
+
+render_crossval_job(ctx)  # label errors in the training split are found from out-of-fold probabilities (its own gate)
 
 
 @st.fragment(run_every=2.0)
