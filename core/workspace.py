@@ -36,7 +36,8 @@ class Workspace:
     root: Path  # the workspace folder
     dataset_source: Path  # dataset folder or manifest CSV
     dataset_root: Path | None = None  # root that manifest paths are relative to (default: the manifest's folder)
-    taxonomy: tuple[str, ...] = ()  # taxonomy columns, broadest first
+    taxonomy: tuple[str, ...] = ()  # taxonomy columns of the manifest, broadest first
+    taxonomy_file: Path | None = None  # a taxonomy CSV (`class,<finest rank>,...`), instead of manifest columns
     checkpoints: tuple[CheckpointSpec, ...] = ()  # in the order listed
     label_store_url: str = ""  # SQLAlchemy URL; default sqlite file in the workspace
     val_fraction: float = 0.2  # share of specimens held out when the dataset has no split
@@ -90,6 +91,7 @@ def load_workspace(path: str | Path) -> Workspace:
     names = [c.name for c in checkpoints]
     if len(set(names)) != len(names):
         raise WorkspaceError(f"{config_path}: checkpoint names must be unique, got {names}")
+    taxonomy_columns, taxonomy_file = _taxonomy_setting(config_path, root, dataset.get("taxonomy"))
     labels = config.get("labels") or {}
     url = os.environ.get("TAXALENS_LABEL_STORE_URL") or labels.get("url") or f"sqlite:///{root / 'labels.db'}"
     known = {"dataset", "checkpoints", "labels"}
@@ -97,13 +99,26 @@ def load_workspace(path: str | Path) -> Workspace:
         root=root,
         dataset_source=_resolve(root, source),
         dataset_root=_resolve(root, dataset["root"]) if dataset.get("manifest") and dataset.get("root") else None,
-        taxonomy=tuple(dataset.get("taxonomy") or ()),
+        taxonomy=taxonomy_columns,
+        taxonomy_file=taxonomy_file,
         checkpoints=tuple(checkpoints),
         label_store_url=url,
         val_fraction=float(dataset.get("val_fraction", 0.2)),
         seed=int(dataset.get("seed", 0)),
         extras={k: v for k, v in config.items() if k not in known},
     )
+
+
+def _taxonomy_setting(config_path: Path, root: Path, value: object) -> tuple[tuple[str, ...], Path | None]:
+    """`[dataset] taxonomy`: a list of manifest columns (broadest first) or the path of a taxonomy CSV."""
+    if value is None:
+        return (), None
+    if isinstance(value, str):
+        return (), _resolve(root, value)
+    if isinstance(value, list) and all(isinstance(v, str) for v in value):
+        return tuple(value), None
+    raise WorkspaceError(f"{config_path}: [dataset] taxonomy must be a list of manifest columns (broadest first, e.g. "
+                         f'["order", "family"]) or a taxonomy CSV file (e.g. "taxonomy.csv"), got {value!r}')
 
 
 def add_checkpoint(workspace_root: str | Path, name: str, path: str | Path) -> None:
