@@ -12,6 +12,7 @@ import streamlit as st
 from core.compare import Comparison, build_f1_delta_figure, compare_predictions
 from core.ensemble import EnsembleSpec, add_ensemble, ensemble_tables
 from core.predictions import PredictionTable
+from pages import _taxonomy_support as tx
 from pages._cached import page_context, require_table
 from pages._gallery import render_gallery, render_sample_view
 
@@ -125,6 +126,23 @@ with st.expander("Per-class table"):
     st.dataframe(result.per_class, hide_index=True, key="cmp-per-class",
                  column_config={c: st.column_config.NumberColumn(format="%.3f") for c in result.per_class.columns
                                 if c not in ("class", "support")})
+
+# Along the taxonomy ------------------------------------------------------------------------------------------------
+taxonomy = tx.page_taxonomy(ctx, tuple(dict.fromkeys((*table_a.class_names, *table_b.class_names))), quiet=True)
+if taxonomy is not None:
+    st.subheader("Along the taxonomy")
+    by_rank, severity = tx.compare_ranks(_token(table_a), _token(table_b), tx.taxonomy_token(taxonomy), "sum",
+                                         int(n_boot), cluster, table_a, table_b, taxonomy)
+    st.dataframe(by_rank.assign(metric=by_rank["metric"].map(LABELS)), hide_index=True, key="cmp-ranks",
+                 column_config={c: st.column_config.NumberColumn(format="%.3f") for c in by_rank.columns
+                                if c not in ("rank", "metric")})
+    st.caption("A and B rolled up to every rank (predicted group = largest summed probability), each with the paired "
+               "bootstrap of B − A.")
+    st.dataframe(severity.drop(columns=["measure"]), hide_index=True, key="cmp-severity",
+                 column_config={c: st.column_config.NumberColumn(format="%.3f") for c in severity.columns
+                                if c not in ("measure", "label")})
+    st.caption("Mistake severity = mean height of the lowest common ancestor over errors (lower is better); "
+               "share_b_better = share of paired resamples of images where B's is lower.")
 
 # Flips -------------------------------------------------------------------------------------------------------------
 st.subheader("Samples whose prediction flipped")
