@@ -40,6 +40,12 @@ SEVERITY_MEASURES: dict[str, str] = {
 # Rolling up
 
 
+def rollup_all(table: PredictionTable, taxonomy: Taxonomy, *, rule: RollupRule = "sum"
+               ) -> tuple[PredictionTable, ...]:
+    """`rollup_table` at every level, class level first."""
+    return tuple(rollup_table(table, taxonomy, level, rule=rule) for level in range(len(taxonomy.levels)))
+
+
 def rollup_table(table: PredictionTable, taxonomy: Taxonomy, rank: str | int, *,
                  rule: RollupRule = "sum") -> PredictionTable:
     """`table` with the groups at `rank` as its classes: `pred_probs` summed within each group, `label` the label's
@@ -109,14 +115,25 @@ class RankMetrics:
 
 
 def metrics_by_rank(table: PredictionTable, taxonomy: Taxonomy, *, rule: RollupRule = "sum", n_boot: int = 1000,
-                    seed: int | None = 0) -> tuple[RankMetrics, ...]:
-    """Headline metrics with bootstrap intervals at the class level and at every rank, finest first."""
+                    seed: int | None = 0, class_level: HeadlineMetrics | None = None,
+                    rolled: Sequence[PredictionTable] | None = None) -> tuple[RankMetrics, ...]:
+    """Headline metrics with bootstrap intervals at the class level and at every rank, finest first.
+
+    `class_level`: the class-level result already computed with the same `n_boot` and `seed` (the Overview's), not
+    recomputed; `rolled`: the tables rolled up to each level by `rollup_table` with the same `rule` (level 0 first),
+    when the caller holds them.
+    """
     taxonomy.require_classes(table.class_names)
+    if rolled is not None and len(rolled) != len(taxonomy.levels):
+        raise ValueError(f"rolled holds {len(rolled)} tables for {len(taxonomy.levels)} levels")
     out = []
     for level, rank in enumerate(taxonomy.levels):
-        rolled = rollup_table(table, taxonomy, level, rule=rule)
-        out.append(RankMetrics(rank, level, len(rolled.class_names),
-                               metrics.compute_headline_metrics(rolled, n_boot=n_boot, seed=seed)))
+        level_table = rolled[level] if rolled is not None else rollup_table(table, taxonomy, level, rule=rule)
+        if level == 0 and class_level is not None:
+            headline = class_level
+        else:
+            headline = metrics.compute_headline_metrics(level_table, n_boot=n_boot, seed=seed)
+        out.append(RankMetrics(rank, level, len(level_table.class_names), headline))
     return tuple(out)
 
 
@@ -319,11 +336,12 @@ class FoldedConfusion:
     blocks: tuple[tuple[str, int, int], ...]  # runs of groups sharing a parent at the next rank up: (parent, a, b)
 
 
-def fold_confusion(table: PredictionTable, taxonomy: Taxonomy, rank: str | int, *,
-                   rule: RollupRule = "sum") -> FoldedConfusion:
-    """The confusion of `table` rolled up to `rank` (`rollup_table`), with the parent blocks for outlines."""
+def fold_confusion(table: PredictionTable, taxonomy: Taxonomy, rank: str | int, *, rule: RollupRule = "sum",
+                   rolled: PredictionTable | None = None) -> FoldedConfusion:
+    """The confusion of `table` rolled up to `rank` (`rollup_table`; or `rolled`, that table when the caller holds
+    it), with the parent blocks for outlines."""
     level = taxonomy.level_of(rank)
-    rolled = rollup_table(table, taxonomy, level, rule=rule)
+    rolled = rolled if rolled is not None else rollup_table(table, taxonomy, level, rule=rule)
     if level == 0:
         order = taxonomy.taxonomic_order(table.class_names)
         names = tuple(table.class_names[i] for i in order)
@@ -335,10 +353,11 @@ def fold_confusion(table: PredictionTable, taxonomy: Taxonomy, rank: str | int, 
 
 
 def folded_cell_rows(table: PredictionTable, taxonomy: Taxonomy, rank: str | int, true_group: str, pred_group: str,
-                     *, rule: RollupRule = "sum") -> pd.DataFrame:
+                     *, rule: RollupRule = "sum", rolled: PredictionTable | None = None) -> pd.DataFrame:
     """Every evaluated row of `table` whose label is under `true_group` and whose prediction (per `rule`) is under
-    `pred_group` at `rank`; class-level columns of `table.frame` plus `row`, most confident first."""
-    rolled = rollup_table(table, taxonomy, rank, rule=rule)
+    `pred_group` at `rank`; class-level columns of `table.frame` plus `row`, most confident first. `rolled`: the
+    table rolled up to `rank` with `rule`, when the caller holds it."""
+    rolled = rolled if rolled is not None else rollup_table(table, taxonomy, rank, rule=rule)
     names = rolled.class_names
     if true_group not in names or pred_group not in names:
         level_name = taxonomy.levels[taxonomy.level_of(rank)]
@@ -390,12 +409,14 @@ class DecisionRuleEffect:
     n_changed: int  # rows whose prediction the rule changed
 
 
-def decision_rule_effect(table: PredictionTable, taxonomy: Taxonomy, *, n_boot: int = 1000,
-                         seed: int | None = 0) -> DecisionRuleEffect:
+def decision_rule_effect(table: PredictionTable, taxonomy: Taxonomy, *, n_boot: int = 1000, seed: int | None = 0,
+                         before: Sequence[RankMetrics] | None = None) -> DecisionRuleEffect:
     """What the hierarchy-aware decision rule would change: accuracy and macro-F1 at every rank, mistake severity
-    and mean distance, before (argmax) and after (`decide_by_risk`)."""
+    and mean distance, before (argmax) and after (`decide_by_risk`). `before`: `metrics_by_rank(table, taxonomy,
+    rule="argmax")` with the same `n_boot` and `seed`, when the caller holds it."""
     after = decide_by_risk(table, taxonomy)
-    before_ranks = metrics_by_rank(table, taxonomy, rule="argmax", n_boot=n_boot, seed=seed)
+    before_ranks = before if before is not None else metrics_by_rank(table, taxonomy, rule="argmax", n_boot=n_boot,
+                                                                     seed=seed)
     after_ranks = metrics_by_rank(after, taxonomy, rule="argmax", n_boot=n_boot, seed=seed)
     rows = []
     for b, a in zip(before_ranks, after_ranks, strict=True):

@@ -16,6 +16,7 @@ from core import taxonomy_metrics as tm
 from core.errors import TaxaLensError
 from core.predictions import PredictionTable
 from core.taxonomy import Taxonomy, load_taxonomy
+from pages import _evaluation as ev
 from pages._cached import PageContext
 
 N_BOOT = 1000
@@ -57,9 +58,24 @@ def page_taxonomy(ctx: PageContext, class_names: tuple[str, ...], *, quiet: bool
     return taxonomy
 
 
+@st.cache_resource(show_spinner=False, max_entries=32)
+def rolled_all(token: str, tax: str, rule: str, _table: PredictionTable, _taxonomy: Taxonomy
+               ) -> tuple[PredictionTable, ...]:
+    """The table rolled up to every level (shared by the rank table, the per-class tables and the folded matrix)."""
+    return tm.rollup_all(_table, _taxonomy, rule=rule)
+
+
 @st.cache_data(show_spinner="Scoring every rank…", max_entries=32)
+def rank_results(token: str, tax: str, rule: str, _table: PredictionTable, _taxonomy: Taxonomy
+                 ) -> tuple[tm.RankMetrics, ...]:
+    """Metrics at every rank; the class level is the Overview's cached headline (same token, same bootstrap)."""
+    return tm.metrics_by_rank(_table, _taxonomy, rule=rule, n_boot=N_BOOT, class_level=ev.headline(token, _table),
+                              rolled=rolled_all(token, tax, rule, _table, _taxonomy))
+
+
+@st.cache_data(show_spinner=False, max_entries=32)
 def rank_table(token: str, tax: str, rule: str, _table: PredictionTable, _taxonomy: Taxonomy) -> pd.DataFrame:
-    return tm.rank_metrics_frame(tm.metrics_by_rank(_table, _taxonomy, rule=rule, n_boot=N_BOOT))
+    return tm.rank_metrics_frame(rank_results(token, tax, rule, _table, _taxonomy))
 
 
 @st.cache_resource(show_spinner=False, max_entries=32)
@@ -67,10 +83,9 @@ def rank_figure(token: str, tax: str, rule: str, _table: PredictionTable, _taxon
     return taxonomy_figures.build_rank_metrics_figure(rank_table(token, tax, rule, _table, _taxonomy))
 
 
-@st.cache_resource(show_spinner=False, max_entries=32)
 def rolled(token: str, tax: str, rank: str, rule: str, _table: PredictionTable, _taxonomy: Taxonomy
            ) -> PredictionTable:
-    return tm.rollup_table(_table, _taxonomy, rank, rule=rule)
+    return rolled_all(token, tax, rule, _table, _taxonomy)[_taxonomy.level_of(rank)]
 
 
 @st.cache_data(show_spinner=False, max_entries=64)
@@ -108,7 +123,8 @@ def error_levels(token: str, tax: str, _table: PredictionTable, _taxonomy: Taxon
 @st.cache_resource(show_spinner=False, max_entries=32)
 def folded(token: str, tax: str, rank: str, rule: str, _table: PredictionTable, _taxonomy: Taxonomy
            ) -> tm.FoldedConfusion:
-    return tm.fold_confusion(_table, _taxonomy, rank, rule=rule)
+    return tm.fold_confusion(_table, _taxonomy, rank, rule=rule,
+                             rolled=rolled(token, tax, rank, rule, _table, _taxonomy))
 
 
 @st.cache_resource(show_spinner=False, max_entries=32)
@@ -122,12 +138,14 @@ def folded_figure(token: str, tax: str, rank: str, rule: str, normalise: str, hi
 @st.cache_data(show_spinner=False, max_entries=128)
 def folded_cell(token: str, tax: str, rank: str, rule: str, true_group: str, pred_group: str,
                 _table: PredictionTable, _taxonomy: Taxonomy) -> pd.DataFrame:
-    return tm.folded_cell_rows(_table, _taxonomy, rank, true_group, pred_group, rule=rule)
+    return tm.folded_cell_rows(_table, _taxonomy, rank, true_group, pred_group, rule=rule,
+                               rolled=rolled(token, tax, rank, rule, _table, _taxonomy))
 
 
 @st.cache_data(show_spinner="Applying the hierarchy-aware decision rule…", max_entries=16)
 def decision(token: str, tax: str, _table: PredictionTable, _taxonomy: Taxonomy) -> tm.DecisionRuleEffect:
-    return tm.decision_rule_effect(_table, _taxonomy, n_boot=N_BOOT)
+    return tm.decision_rule_effect(_table, _taxonomy, n_boot=N_BOOT,
+                                   before=rank_results(token, tax, "argmax", _table, _taxonomy))
 
 
 @st.cache_data(show_spinner="Comparing along the taxonomy…", max_entries=16)

@@ -273,3 +273,16 @@ def test_bccd_taxonomy_file_on_the_real_dataset(bccd_root, tmp_path):
     severity = T.mistake_severity(table, taxonomy, n_boot=100)
     assert severity.histogram["errors"].tolist() == [counts[["Basophil", "Eosinophil"]].sum(), counts["Monocyte"],
                                                      counts["Lymphocyte"]]
+
+
+def test_shared_inputs_give_the_same_results(tree):
+    table = _table(["a1", "a1", "a1", "b1", "c1", "d1"], ["a1", "a2", "b1", "c1", "d1", "d1"])
+    plain = T.metrics_by_rank(table, tree, n_boot=100)
+    class_level = metrics.compute_headline_metrics(table, n_boot=100)
+    shared = T.metrics_by_rank(table, tree, n_boot=100, class_level=class_level, rolled=T.rollup_all(table, tree))
+    assert T.rank_metrics_frame(plain).equals(T.rank_metrics_frame(shared))
+    before = T.metrics_by_rank(table, tree, rule="argmax", n_boot=100)
+    effect = T.decision_rule_effect(table, tree, n_boot=100, before=before)
+    assert effect.per_rank.equals(T.decision_rule_effect(table, tree, n_boot=100).per_rank)
+    folded = T.fold_confusion(table, tree, "genus", rolled=T.rollup_table(table, tree, "genus"))
+    assert folded.counts.tolist() == T.fold_confusion(table, tree, "genus").counts.tolist()
