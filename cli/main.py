@@ -14,6 +14,7 @@ COMMAND_MODULES = (
     "cli.demo",
     "cli.export",
     "cli.predict",
+    "cli.taxonomy",
     "cli.train",
 )
 

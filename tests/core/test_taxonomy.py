@@ -286,3 +286,33 @@ def test_shared_inputs_give_the_same_results(tree):
     assert effect.per_rank.equals(T.decision_rule_effect(table, tree, n_boot=100).per_rank)
     folded = T.fold_confusion(table, tree, "genus", rolled=T.rollup_table(table, tree, "genus"))
     assert folded.counts.tolist() == T.fold_confusion(table, tree, "genus").counts.tolist()
+
+
+def test_demo_taxonomy_has_four_ranks_with_shared_groups(tmp_path):
+    from core.dataset import load_dataset
+    from core.demo import generate_demo_dataset
+
+    generate_demo_dataset(tmp_path, scale=0.02)
+    dataset = load_dataset(tmp_path / "manifest.csv", taxonomy=["kingdom", "phylum", "order", "family"])
+    taxonomy = taxonomy_from_samples(dataset.samples, dataset.taxonomy_columns)
+    assert taxonomy.ranks == ("family", "order", "phylum", "kingdom")
+    taxonomy.require_classes(dataset.class_names)
+    assert taxonomy.lca_rank("Daphnia", "Calanus") == "phylum"  # both Arthropoda
+    assert taxonomy.lca_rank("Navicula", "Paramecium") == "kingdom"  # both Chromista
+    assert taxonomy.lca_rank("Volvox", "Daphnia") == "root"
+
+
+def test_workspace_taxonomy_setting(tmp_path, bccd_root):
+    import shutil
+
+    from core.taxonomy import load_taxonomy
+    from core.workspace import WorkspaceError, load_workspace
+
+    shutil.copyfile(SHARED / "bccd-taxonomy.csv", tmp_path / "tax.csv")
+    (tmp_path / "taxalens.toml").write_text(f'[dataset]\nroot = "{bccd_root}"\ntaxonomy = "tax.csv"\n')
+    workspace = load_workspace(tmp_path)
+    assert workspace.taxonomy_file == tmp_path / "tax.csv" and workspace.taxonomy == ()
+    assert load_taxonomy(workspace, workspace.load_dataset()).ranks == ("group", "lineage")
+    (tmp_path / "taxalens.toml").write_text(f'[dataset]\nroot = "{bccd_root}"\ntaxonomy = 3\n')
+    with pytest.raises(WorkspaceError, match="taxonomy must be a list of manifest columns .* or a taxonomy CSV"):
+        load_workspace(tmp_path)

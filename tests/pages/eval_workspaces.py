@@ -111,12 +111,12 @@ def add_checkpoint_copy(root: Path, name: str, *, fix_fraction: float | None = 0
 
 
 def build_drawn_workspace(root: Path, *, scale: float = 0.15, predictions: bool = True) -> Path:
-    """The drawn demo dataset (9 classes, specimens, phylum/order/family taxonomy) at a small scale, with synthetic
-    predictions (no model): fast page tests. The full demo with its trained model is `demo_workspace`."""
+    """The drawn demo dataset (9 classes, specimens, a kingdom/phylum/order/family taxonomy) at a small scale, with
+    synthetic predictions (no model): fast page tests. The full demo with its trained model is `demo_workspace`."""
     from core.demo import generate_demo_dataset
 
     generate_demo_dataset(root / "data", seed=0, scale=scale)
-    write_workspace(root, dataset="data/manifest.csv", taxonomy=("phylum", "order", "family"))
+    write_workspace(root, dataset="data/manifest.csv", taxonomy=("kingdom", "phylum", "order", "family"))
     if predictions:
         write_synthetic_predictions(root)
     return root

@@ -32,16 +32,16 @@ def _count(app) -> int:
 
 def test_taxonomy_page_on_demo_columns(drawn_workspace, open_page):
     taxonomy = _taxonomy(drawn_workspace)
-    assert taxonomy.ranks == ("family", "order", "phylum")
+    assert taxonomy.ranks == ("family", "order", "phylum", "kingdom")
     table = load_table(drawn_workspace).for_split("val")
     app = open_page(drawn_workspace, PAGE)
     expected = T.rank_metrics_frame(T.metrics_by_rank(table, taxonomy, n_boot=1000))
     shown = _frame(app, "rank", "macro_f1_low")
-    assert shown["rank"].tolist() == ["class", "family", "order", "phylum"]
+    assert shown["rank"].tolist() == ["class", "family", "order", "phylum", "kingdom"]
     np.testing.assert_allclose(shown["accuracy"], expected["accuracy"])
     np.testing.assert_allclose(shown["macro_f1_low"], expected["macro_f1_low"])
     lines = next(t.value for t in app.text if "groups): accuracy" in t.value).splitlines()
-    assert [line.split(" ")[0] for line in lines] == ["phylum", "order", "family", "class"]
+    assert [line.split(" ")[0] for line in lines] == ["kingdom", "phylum", "order", "family", "class"]
 
     severity = T.mistake_severity(table, taxonomy, n_boot=1000)
     metric = next(m for m in app.metric if m.label == "Mistake severity")
@@ -87,7 +87,7 @@ def test_confusion_folds_to_a_rank_and_opens_every_image_under_a_cell(drawn_work
     taxonomy = _taxonomy(drawn_workspace)
     table = load_table(drawn_workspace).for_split("val")
     app = open_page(drawn_workspace, "pages/confusion.py")
-    assert app.selectbox(key="cm-rank").options == ["class", "family", "order", "phylum"]
+    assert app.selectbox(key="cm-rank").options == ["class", "family", "order", "phylum", "kingdom"]
     app.selectbox(key="cm-rank").set_value("phylum").run()
     assert not app.exception
     folded = T.fold_confusion(table, taxonomy, "phylum")
