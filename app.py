@@ -6,16 +6,15 @@ from collections.abc import Callable
 
 import streamlit as st
 
+from core.errors import USER_ERRORS
 from pages._cached import (
-    KEY_CHECKPOINTS,
-    KEY_SPLIT,
-    KEY_WORKSPACE,
     SPLITS,
     default_workspace_path,
     ensemble_problem,
     ensemble_specs,
     open_workspace,
 )
+from pages._state import KEY_CHECKPOINTS, KEY_SPLIT, KEY_WORKSPACE
 
 st.set_page_config(page_title="TaxaLens", page_icon="🔬", layout="wide")
 
@@ -65,7 +64,7 @@ def _sidebar() -> None:
         _kept_widget(st.text_input, "Workspace folder", KEY_WORKSPACE, help="A folder with taxalens.toml")
         try:
             workspace = open_workspace(st.session_state[KEY_WORKSPACE])
-        except (FileNotFoundError, ValueError) as exc:
+        except USER_ERRORS as exc:
             st.error(str(exc))
             return
         ensembles = {e.name: e for e in ensemble_specs(workspace)}

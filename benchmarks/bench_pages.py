@@ -156,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
         results.append((title, first, statistics.median(times), max(times), TARGET_PAGE_S))
 
     # Cell click -> gallery: new off-diagonal cells, largest first (24 thumbnails each, never opened before).
-    from core.metrics import confusion_counts
+    from core.confusion import confusion_counts
     from core.workspace import load_workspace
     from models.inference import cached_predictions
 

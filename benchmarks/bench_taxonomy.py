@@ -68,6 +68,7 @@ def views(table, table_b, taxonomy) -> dict:
     computed once here, untimed, and timed as their own lines."""
     from core import metrics
     from core import taxonomy_metrics as tm
+    from core.queries import filter_predictions
     from core.taxonomy_figures import (
         build_decision_rule_figure,
         build_folded_confusion_figure,
@@ -110,7 +111,7 @@ def views(table, table_b, taxonomy) -> dict:
                                    rolled=rolled)
 
     def severity_filter():
-        rows = metrics.filter_predictions(table)
+        rows = filter_predictions(table)
         return tm.rows_beyond_rank(rows, tm.error_levels(table, taxonomy), taxonomy.level_of("order"))
 
     def decision():

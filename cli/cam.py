@@ -45,7 +45,7 @@ def _run(args: argparse.Namespace) -> int:
     from core.images import load_image_rgb
     from core.workspace import load_workspace
     from models.cam import explain_images, get_cam_method, render_overlay, resolve_class_index
-    from models.inference import load_workspace_model
+    from models.inference import load_workspace_model, safe_file_name
 
     method = get_cam_method(args.method)
     if not 0.0 <= args.opacity <= 1.0:
@@ -77,7 +77,7 @@ def _run(args: argparse.Namespace) -> int:
                                  display_size=args.size or None)
         sample_id = samples["sample_id"].iloc[i]
         class_name = card.class_names[result.class_indices[j]]
-        name = f"{_safe(sample_id)}__{method.name}__{_safe(class_name)}.png"
+        name = f"{safe_file_name(sample_id)}__{method.name}__{safe_file_name(class_name)}.png"
         Image.fromarray(overlay).save(out / name)
         pred = int(result.pred_indices[j])
         records.append({"file": name, "sample_id": sample_id, "label": samples["label"].iloc[i],
@@ -133,7 +133,3 @@ def _parse_cell(text: str) -> tuple[str, str]:
     if len(parts) != 2 or not all(parts):
         raise ValueError(f"--cell takes TRUE,PRED (two class names separated by a comma), got {text!r}")
     return parts[0], parts[1]
-
-
-def _safe(text: str) -> str:
-    return "".join(c if c.isalnum() or c in "-_." else "_" for c in str(text))

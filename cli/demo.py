@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import shutil
 import sys
 import time
 from pathlib import Path
 
 from core.demo import generate_demo_dataset
+
+logger = logging.getLogger(__name__)
 
 DEMO_ARCH = "resnet10t"
 DEMO_IMG_SIZE = 64
@@ -46,13 +49,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def build_demo_workspace(out: str | Path, *, seed: int = 0, scale: float = 1.0, epochs: int = 14,
-                         minutes: float = 2.0, log=None) -> Path:
-    """Create the demo workspace in `out` and return its folder; see `python -m core demo --help`."""
+                         minutes: float = 2.0) -> Path:
+    """Create the demo workspace in `out` and return its folder (progress goes to this module's logger); see
+    `python -m core demo --help`."""
     from core.workspace import load_workspace
     from models.inference import predict_workspace
     from models.train import TrainConfig, train_model
 
-    log = log or (lambda message: None)
     final = Path(out).resolve()
     out = final.with_name(final.name + ".partial")  # renamed into place when complete: no half-built workspace
     shutil.rmtree(out, ignore_errors=True)
@@ -61,7 +64,7 @@ def build_demo_workspace(out: str | Path, *, seed: int = 0, scale: float = 1.0, 
     started = time.monotonic()
     data = out / "data"
     samples = generate_demo_dataset(data, seed=seed, scale=scale)
-    log(f"drew {len(samples)} images in {time.monotonic() - started:.0f}s")
+    logger.info("drew %d images in %.0fs", len(samples), time.monotonic() - started)
     (out / "taxalens.toml").write_text(_TOML.format(name=DEMO_CHECKPOINT), encoding="utf-8")
     workspace = load_workspace(out)
     dataset = workspace.load_dataset()
@@ -71,18 +74,18 @@ def build_demo_workspace(out: str | Path, *, seed: int = 0, scale: float = 1.0, 
 
     def progress(event: dict) -> None:
         if event.get("event") == "epoch":
-            log(f"epoch {event.get('epoch')}: val macro-F1 {event.get('val_macro_f1', float('nan')):.3f}")
+            logger.info("epoch %s: val macro-F1 %.3f", event.get("epoch"), event.get("val_macro_f1", float("nan")))
 
     result = train_model(dataset, config, out / "runs" / "demo", progress=progress)
     checkpoint = out / "checkpoints" / f"{DEMO_CHECKPOINT}.safetensors"
     checkpoint.parent.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(result.checkpoint_path, checkpoint)
-    log(f"trained {DEMO_ARCH}: best val macro-F1 {result.best_macro_f1:.3f} at epoch {result.best_epoch}")
+    logger.info("trained %s: best val macro-F1 %.3f at epoch %s", DEMO_ARCH, result.best_macro_f1, result.best_epoch)
     table = predict_workspace(workspace, DEMO_CHECKPOINT, dataset=dataset)
     if final.exists():
         final.rmdir()
     out.rename(final)
-    log(f"predicted {len(table)} images; workspace ready in {time.monotonic() - started:.0f}s: {final}")
+    logger.info("predicted %d images; workspace ready in %.0fs: %s", len(table), time.monotonic() - started, final)
     return final
 
 
@@ -93,6 +96,5 @@ def _run(args: argparse.Namespace) -> int:
         return 0
     if args.force and out.exists():
         shutil.rmtree(out)
-    build_demo_workspace(out, seed=args.seed, scale=args.scale, epochs=args.epochs, minutes=args.minutes,
-                         log=lambda message: print(message, file=sys.stderr))
+    build_demo_workspace(out, seed=args.seed, scale=args.scale, epochs=args.epochs, minutes=args.minutes)
     return 0

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import logging
 import math
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
@@ -13,6 +14,8 @@ import pandas as pd
 
 from core.errors import TaxaLensError
 from core.images import IMAGE_SUFFIXES, ImageError, load_image_rgb
+
+logger = logging.getLogger(__name__)
 
 SPLIT_ALIASES = {"train": "train", "training": "train", "val": "val", "valid": "val", "validation": "val",
                  "dev": "val", "test": "test"}
@@ -92,6 +95,8 @@ def load_dataset(
     frame = _fill_specimen_ids(frame, warnings)
     frame = _assign_split(frame, val_fraction=val_fraction, seed=seed)
     class_names = tuple(sorted(frame["label"].unique()))
+    logger.debug("loaded %s: %d samples in %d classes, %d skipped, %d warnings", origin, len(frame), len(class_names),
+                 len(skipped), len(warnings))
     extra = tuple(c for c in frame.columns if c not in RESERVED_COLUMNS and c not in (taxonomy or ()))
     return Dataset(
         root=dataset_root,

@@ -6,6 +6,7 @@ The result is a `PredictionTable`, so an ensemble is evaluated, compared and bro
 from __future__ import annotations
 
 import json
+import logging
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -16,7 +17,10 @@ import numpy as np
 import pandas as pd
 
 from core.predictions import PredictionTable, build_prediction_table
+from core.scores import ClassCounts, class_scores
 from core.workspace import CONFIG_NAME, Workspace, load_workspace
+
+logger = logging.getLogger(__name__)
 
 Method = Literal["mean", "f1_weighted"]
 
@@ -82,19 +86,15 @@ def class_weights_from_f1(tables: Sequence[PredictionTable], class_names: Sequen
     A class no model scores above 0 on (or that `split` lacks) falls back to equal weights among the models
     that have it, so every class stays predictable.
     """
+    index = {name: i for i, name in enumerate(class_names)}
+    has_class = _membership(tables, class_names)
     weights = np.zeros((len(tables), len(class_names)), dtype=np.float64)
     for m, table in enumerate(tables):
         part = table.for_split(split)
-        y = part.frame["label"].to_numpy()
-        pred = part.frame["pred"].to_numpy()
-        for k, name in enumerate(class_names):
-            if name not in table.class_names:
-                continue
-            truth, guess = y == name, pred == name
-            tp = float(np.sum(truth & guess))
-            denominator = float(truth.sum() + guess.sum())
-            weights[m, k] = 2 * tp / denominator if denominator else 0.0
-    has_class = _membership(tables, class_names)
+        y = part.frame["label"].map(index).fillna(-1).to_numpy(dtype=np.int64)
+        pred = part.frame["pred"].map(index).fillna(-1).to_numpy(dtype=np.int64)
+        f1 = class_scores(ClassCounts.from_labels(y, pred, len(class_names)))["f1"]
+        weights[m] = np.where(has_class[m] > 0, f1, 0.0)
     empty = weights.sum(axis=0) == 0
     weights[:, empty] = has_class[:, empty]
     return weights

@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 
-from core.metrics import Normalise, normalise_confusion
+from core.confusion import Normalise, normalise_confusion
 
 # Blues that starts at a visible tint: only non-empty cells are drawn, so even a single error must show.
 CONFUSION_COLORSCALE = [[0.0, "#d4e4f7"], [0.35, "#7fb0dc"], [0.7, "#2f75b5"], [1.0, "#08306b"]]
@@ -76,9 +76,9 @@ def build_confusion_figure(
 ) -> go.Figure:
     """The confusion matrix as square scatter markers, one per cell with at least one sample.
 
-    `counts`: `(K, K)` int array, rows = true class, columns = predicted class (`core.metrics.confusion_counts`).
+    `counts`: `(K, K)` int array, rows = true class, columns = predicted class (`core.confusion.confusion_counts`).
     Colour is the count or the rate (`normalise` "true": share of the true class, "pred": share of the prediction).
-    `order`: permutation of class indices (`core.metrics.order_classes`), drawn top-to-bottom and left-to-right.
+    `order`: permutation of class indices (`core.confusion.order_classes`), drawn top-to-bottom and left-to-right.
     `hide_diagonal` drops correct predictions so the colour scale spans the errors. `highlight` outlines the row and
     column of the named classes (class search); `selected` (true_idx, pred_idx) outlines one cell.
     Each point's `customdata` is `[true_idx, pred_idx, count]` in model class indices, whatever the order.
@@ -203,17 +203,23 @@ def build_confusion_figure(
 def build_bottom_f1_figure(bottom: pd.DataFrame) -> go.Figure:
     """Horizontal bars of the weakest classes' F1, worst at the top, each over a full-width grey track.
 
-    `bottom`: rows of `core.metrics.bottom_classes` (class, f1, precision, recall, support). The track (trace 0)
-    and the F1 bar (trace 1) both carry `customdata` `[class name]`, so a click anywhere on a row names the class,
-    including classes whose F1 is 0 and whose bar has no width.
+    `bottom`: rows of `core.metrics.bottom_classes` (class, f1, precision, recall, support; with `f1_low` and
+    `f1_high` the bars carry error bars of the interval). The track (trace 0) and the F1 bar (trace 1) both carry
+    `customdata` `[class name]`, so a click anywhere on a row names the class, including classes whose F1 is 0 and
+    whose bar has no width.
     """
     frame = bottom.iloc[::-1]  # plotly draws the first bar at the bottom
     names = frame["class"].astype(str).tolist()
     customdata = frame[["class"]].astype(str).to_numpy()
+    intervals = {"f1_low", "f1_high"} <= set(frame.columns)
+    bounds = (
+        [f" (CI {low:.2f}–{high:.2f})" for low, high in zip(frame["f1_low"], frame["f1_high"], strict=True)]
+        if intervals else [""] * len(frame)
+    )
     hover = [
-        f"{c}<br>F1 {f:.3f} · precision {p:.3f} · recall {r:.3f}<br>support {s}"
-        for c, f, p, r, s in zip(
-            frame["class"], frame["f1"], frame["precision"], frame["recall"], frame["support"], strict=True
+        f"{c}<br>F1 {f:.3f}{b} · precision {p:.3f} · recall {r:.3f}<br>support {s}"
+        for c, f, b, p, r, s in zip(
+            frame["class"], frame["f1"], bounds, frame["precision"], frame["recall"], frame["support"], strict=True
         )
     ]
     track = go.Bar(
@@ -221,15 +227,21 @@ def build_bottom_f1_figure(bottom: pd.DataFrame) -> go.Figure:
         customdata=customdata, hovertext=hover, hovertemplate="%{hovertext}<extra></extra>", name="track",
         showlegend=False,
     )
+    error_x = None
+    if intervals:
+        f1 = frame["f1"].to_numpy(dtype=np.float64)
+        error_x = dict(type="data", symmetric=False, color="#555555", thickness=1.5, width=4,
+                       array=np.nan_to_num(frame["f1_high"].to_numpy(dtype=np.float64) - f1).tolist(),
+                       arrayminus=np.nan_to_num(f1 - frame["f1_low"].to_numpy(dtype=np.float64)).tolist())
     bars = go.Bar(
         x=frame["f1"].to_numpy(), y=names, orientation="h", marker_color="#E45756", customdata=customdata,
         text=[f"{f:.2f}" for f in frame["f1"]], textposition="outside", cliponaxis=False, hovertext=hover,
-        hovertemplate="%{hovertext}<extra></extra>", name="F1", showlegend=False,
+        hovertemplate="%{hovertext}<extra></extra>", name="F1", showlegend=False, error_x=error_x,
     )
     fig = go.Figure([track, bars])
     fig.update_layout(
         barmode="overlay",
-        xaxis=dict(title="F1", range=[0, 1.05]),
+        xaxis=dict(title="F1 (bars: 95% interval)" if intervals else "F1", range=[0, 1.05]),
         yaxis=dict(title=None, type="category"),
         height=max(260, 32 * len(frame) + 90),
         margin=dict(l=160, r=30, t=30, b=50),
@@ -265,7 +277,7 @@ def build_per_class_f1_figure(per_class: pd.DataFrame) -> go.Figure:
 
 
 def build_top_predictions_figure(top: pd.DataFrame, *, true_label: str | None = None) -> go.Figure:
-    """Horizontal bars of a sample's top-k classes (`core.metrics.top_predictions`); the true class in green."""
+    """Horizontal bars of a sample's top-k classes (`core.queries.top_predictions`); the true class in green."""
     frame = top.iloc[::-1]
     colours = ["#54A24B" if c == true_label else "#4C78A8" for c in frame["class"]]
     fig = go.Figure(
@@ -286,3 +298,27 @@ def build_top_predictions_figure(top: pd.DataFrame, *, true_label: str | None = 
         margin=dict(l=140, r=20, t=20, b=40),
     )
     return fig
+
+
+def build_f1_delta_figure(per_class: pd.DataFrame, *, name_a: str = "A", name_b: str = "B",
+                          max_classes: int = 60) -> go.Figure:
+    """Horizontal bars of per-class F1 delta (B - A), worst first; `per_class` from `core.compare.per_class_delta`.
+
+    With more than `max_classes` classes, the `max_classes` largest changes either way are shown.
+    """
+    frame = per_class
+    if len(frame) > max_classes:
+        order = frame["delta"].abs().sort_values(ascending=False, kind="stable").index[:max_classes]
+        frame = frame.loc[order].sort_values("delta", kind="stable")
+    colours = ["#c0392b" if d < 0 else "#2e86c1" if d > 0 else "#999999" for d in frame["delta"]]
+    hover = [f"{c}<br>F1 {name_a}: {a:.3f}<br>F1 {name_b}: {b:.3f}<br>support {s}"
+             for c, a, b, s in zip(frame["class"], frame["f1_a"], frame["f1_b"], frame["support"], strict=True)]
+    figure = go.Figure(go.Bar(x=frame["delta"], y=frame["class"], orientation="h", marker_color=colours,
+                              hovertext=hover, hoverinfo="text"))
+    figure.update_layout(
+        title=f"Per-class F1 change: {name_b} − {name_a}", xaxis_title="F1 delta", yaxis_title=None,
+        height=max(300, 22 * len(frame) + 120), margin={"l": 10, "r": 10, "t": 50, "b": 40},
+        yaxis={"categoryorder": "array", "categoryarray": list(frame["class"])},
+    )
+    figure.add_vline(x=0, line_color="#555555", line_width=1)
+    return figure

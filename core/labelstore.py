@@ -23,6 +23,7 @@ Semantics (one sample, events in id order):
 
 from __future__ import annotations
 
+import logging
 import re
 import threading
 import time
@@ -40,6 +41,8 @@ from sqlalchemy import event as sa_event
 from sqlalchemy.engine import Connection, Engine, make_url
 
 from core.errors import TaxaLensError
+
+logger = logging.getLogger(__name__)
 
 ACTIONS = ("confirm", "relabel", "unsure", "exclude", "undo")
 STATUSES = ("unreviewed", "confirmed", "relabeled", "unsure", "excluded")
@@ -217,6 +220,7 @@ class LabelStore:
                 if self.dialect == "postgresql":
                     conn.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": _MIGRATION_LOCK_KEY})
                 if MigrationContext.configure(conn).get_current_revision() != head:  # another process may have won
+                    logger.info("migrating label store %s from schema %s to %s", self._safe_url(), current, head)
                     with _MIGRATION_THREAD_LOCK:
                         config.attributes["connection"] = conn
                         try:

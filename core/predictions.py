@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import tempfile
 from dataclasses import dataclass
@@ -13,6 +14,8 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
+
+logger = logging.getLogger(__name__)
 
 SCALAR_COLUMNS = ("sample_id", "split", "label", "label_idx", "pred", "pred_idx", "confidence", "loss", "specimen_id")
 _META_KEY = b"taxalens"
@@ -96,6 +99,28 @@ def build_prediction_table(
     return PredictionTable(frame, pred_probs, embeddings, tuple(class_names), dict(meta or {}))
 
 
+def table_for_samples(
+    samples: pd.DataFrame,
+    pred_probs: np.ndarray,
+    embeddings: np.ndarray,
+    *,
+    class_names: tuple[str, ...] | list[str],
+    meta: dict | None = None,
+) -> PredictionTable:
+    """A table whose `sample_id`, `label`, `split` and `specimen_id` come from the dataset rows `samples`, one row per
+    row of `pred_probs` `(N, K)` and `embeddings` `(N, D)`, in the same order."""
+    return build_prediction_table(
+        samples["sample_id"].tolist(),
+        pred_probs,
+        embeddings,
+        labels=samples["label"].tolist(),
+        splits=samples["split"].tolist(),
+        specimen_ids=samples["specimen_id"].tolist(),
+        class_names=class_names,
+        meta=meta,
+    )
+
+
 def relabel_table(table: PredictionTable, samples: pd.DataFrame) -> PredictionTable:
     """Refresh `label`, `split` and `specimen_id` from the dataset's current `samples` (labels change, images don't).
 
@@ -104,17 +129,8 @@ def relabel_table(table: PredictionTable, samples: pd.DataFrame) -> PredictionTa
     current = samples.set_index("sample_id")
     keep = table.frame["sample_id"].isin(current.index).to_numpy()
     table = table.subset(keep) if not keep.all() else table
-    rows = current.loc[table.frame["sample_id"]]
-    return build_prediction_table(
-        table.frame["sample_id"].tolist(),
-        table.pred_probs,
-        table.embeddings,
-        labels=rows["label"].tolist(),
-        splits=rows["split"].tolist(),
-        specimen_ids=rows["specimen_id"].tolist(),
-        class_names=table.class_names,
-        meta=table.meta,
-    )
+    rows = current.loc[table.frame["sample_id"]].reset_index()
+    return table_for_samples(rows, table.pred_probs, table.embeddings, class_names=table.class_names, meta=table.meta)
 
 
 def prediction_cache_key(checkpoint_sha256: str, dataset_fingerprint: str, preprocessing: dict) -> str:
@@ -145,6 +161,7 @@ def save_predictions(table: PredictionTable, path: str | Path) -> Path:
     try:
         pq.write_table(arrow, tmp)
         os.replace(tmp, path)
+        logger.debug("wrote %d predictions (%d classes) to %s", n, k, path)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)

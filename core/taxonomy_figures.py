@@ -7,8 +7,8 @@ from __future__ import annotations
 import pandas as pd
 import plotly.graph_objects as go
 
+from core.confusion import Normalise
 from core.figures import build_confusion_figure
-from core.metrics import Normalise
 from core.taxonomy_metrics import FoldedConfusion
 
 _METRIC_COLOURS = {"accuracy": "#2f75b5", "macro_f1": "#e07b39"}

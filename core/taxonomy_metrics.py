@@ -17,6 +17,7 @@ import pandas as pd
 
 from core import metrics
 from core.compare import compare_predictions
+from core.confusion import confusion_counts
 from core.metrics import HeadlineMetrics, MetricEstimate
 from core.predictions import PredictionTable
 from core.taxonomy import Taxonomy
@@ -115,11 +116,14 @@ class RankMetrics:
 
 
 def metrics_by_rank(table: PredictionTable, taxonomy: Taxonomy, *, rule: RollupRule = "sum", n_boot: int = 1000,
-                    seed: int | None = 0, class_level: HeadlineMetrics | None = None,
+                    seed: int | None = 0, confidence_level: float = 0.95, method: str | None = None,
+                    class_level: HeadlineMetrics | None = None,
                     rolled: Sequence[PredictionTable] | None = None) -> tuple[RankMetrics, ...]:
-    """Headline metrics with bootstrap intervals at the class level and at every rank, finest first.
+    """Headline metrics with bootstrap intervals (`core.metrics.compute_headline_metrics`, the one bootstrap: class-
+    stratified, of specimens where they have several images) at the class level and at every rank, finest first.
+    `method`: "bca" or "percentile" (None: that function's default).
 
-    `class_level`: the class-level result already computed with the same `n_boot` and `seed` (the Overview's), not
+    `class_level`: the class-level result already computed with the same bootstrap settings (the Overview's), not
     recomputed; `rolled`: the tables rolled up to each level by `rollup_table` with the same `rule` (level 0 first),
     when the caller holds them.
     """
@@ -132,7 +136,9 @@ def metrics_by_rank(table: PredictionTable, taxonomy: Taxonomy, *, rule: RollupR
         if level == 0 and class_level is not None:
             headline = class_level
         else:
-            headline = metrics.compute_headline_metrics(level_table, n_boot=n_boot, seed=seed)
+            options = {} if method is None else {"method": method}
+            headline = metrics.compute_headline_metrics(level_table, n_boot=n_boot, seed=seed,
+                                                        confidence_level=confidence_level, **options)
         out.append(RankMetrics(rank, level, len(level_table.class_names), headline))
     return tuple(out)
 
@@ -315,7 +321,7 @@ def severity_per_class(table: PredictionTable, taxonomy: Taxonomy) -> pd.DataFra
 
 
 def rows_beyond_rank(rows: pd.DataFrame, levels: np.ndarray, rank_level: int) -> pd.DataFrame:
-    """The rows (with a `row` column indexing `levels`, as `core.metrics.filter_predictions` returns them) whose
+    """The rows (with a `row` column indexing `levels`, as `core.queries.filter_predictions` returns them) whose
     error crosses `rank_level`: label and prediction in different groups at that level (LCA above it)."""
     positions = rows["row"].to_numpy(dtype=np.int64)
     return rows[levels[positions] > rank_level].reset_index(drop=True)
@@ -345,9 +351,9 @@ def fold_confusion(table: PredictionTable, taxonomy: Taxonomy, rank: str | int, 
     if level == 0:
         order = taxonomy.taxonomic_order(table.class_names)
         names = tuple(table.class_names[i] for i in order)
-        counts = metrics.confusion_counts(rolled)[np.ix_(order, order)]
+        counts = confusion_counts(rolled)[np.ix_(order, order)]
     else:
-        names, counts = rolled.class_names, metrics.confusion_counts(rolled)
+        names, counts = rolled.class_names, confusion_counts(rolled)
     return FoldedConfusion(taxonomy.levels[level], level, counts, names,
                            tuple(taxonomy.parent_blocks(names, level)))
 

@@ -1,7 +1,9 @@
 """Background training runs of a workspace: start `python -m core train` detached, and read their state from files.
 
 A run lives in `<workspace>/.taxalens/runs/<id>/` with `command.json` (what was started), `log.txt` (the process's
-output), `status.json` (written by the train command: state, last epoch, ETA, outcome) and the training outputs.
+output: the train command's log lines and progress, between the dashboard's own start and stop lines; the Retrain
+page shows its tail), `status.json` (written by the train command: state, last epoch, ETA, outcome) and the
+training outputs.
 Everything a page shows comes from these files, so a page reload, another browser or a restarted dashboard sees
 the same runs. The train command itself adds the finished checkpoint to the workspace (`--add-as`).
 """
@@ -9,8 +11,10 @@ the same runs. The train command itself adds the finished checkpoint to the work
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
+import shlex
 import signal
 import subprocess
 import sys
@@ -18,12 +22,19 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from core.errors import TaxaLensError
 from core.workspace import Workspace
+
+logger = logging.getLogger(__name__)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 RUNS_DIR = "runs"
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 ACTIVE_STATES = ("starting", "running")
+
+
+class TrainingRunError(TaxaLensError, ValueError):
+    """A training run that cannot be started as asked (a bad or taken checkpoint name); the message says the fix."""
 
 
 @dataclass(frozen=True)
@@ -71,12 +82,13 @@ def start_training_run(workspace: Workspace, name: str, *, data: str | Path | No
     The process gets its own session (`start_new_session`), so it outlives the Streamlit script and its reruns.
     """
     if not _NAME.match(name):
-        raise ValueError(f"checkpoint name {name!r} must be 1-64 letters, digits, '.', '_' or '-', starting with a "
-                         "letter or digit")
+        raise TrainingRunError(f"checkpoint name {name!r} must be 1-64 letters, digits, '.', '_' or '-', starting "
+                               "with a letter or digit")
     if name in {c.name for c in workspace.checkpoints}:
-        raise ValueError(f"the workspace already has a checkpoint named {name!r}; choose another name")
+        raise TrainingRunError(f"the workspace already has a checkpoint named {name!r}; choose another name")
     if any(run.name == name and run.active for run in list_runs(workspace)):
-        raise ValueError(f"a run adding {name!r} is already in progress")
+        raise TrainingRunError(f"a run adding {name!r} is already in progress; stop it on the Retrain page or choose "
+                               "another name")
     if data is not None and not Path(data).exists():
         raise FileNotFoundError(f"training data not found: {data}")
     run_dir = runs_root(workspace) / f"{time.strftime('%Y%m%d-%H%M%S')}-{name}"
@@ -94,10 +106,12 @@ def start_training_run(workspace: Workspace, name: str, *, data: str | Path | No
     (run_dir / "command.json").write_text(json.dumps(command, indent=2, default=str), encoding="utf-8")
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")])),
            "PYTHONUNBUFFERED": "1"}
+    _append_log(run_dir, f"started at {time.strftime('%Y-%m-%d %H:%M:%S')}: {shlex.join(argv)}")
     with open(run_dir / "log.txt", "ab") as log:
         process = subprocess.Popen(argv, cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT,
                                    stdin=subprocess.DEVNULL, env=env, start_new_session=True)
     (run_dir / "pid").write_text(str(process.pid), encoding="utf-8")
+    logger.info("started training run %s (pid %d), log in %s", run_dir.name, process.pid, run_dir / "log.txt")
     return read_run(run_dir)
 
 
@@ -146,7 +160,14 @@ def stop_run(run: TrainingRun) -> bool:
         os.killpg(pid, signal.SIGTERM)  # the run's own session: its DataLoader workers stop with it
     except ProcessLookupError:
         return False
+    logger.info("stopped training run %s (pid %d)", run.run_dir.name, pid)
+    _append_log(run.run_dir, f"stopped from the dashboard at {time.strftime('%Y-%m-%d %H:%M:%S')} (SIGTERM)")
     return True
+
+
+def _append_log(run_dir: Path, line: str) -> None:
+    with open(run_dir / "log.txt", "a", encoding="utf-8") as log:
+        log.write(line + "\n")
 
 
 def _pid(run_dir: Path) -> int | None:

@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from core.errors import TaxaLensError
+from models.checkpoints import model_device
 
 
 class CamError(TaxaLensError, ValueError):
@@ -221,7 +222,7 @@ def _features_module(model: nn.Module, input_size: tuple[int, int, int]) -> tupl
 def _run_probe(model: nn.Module, forward: Callable, input_size: tuple[int, int, int]) -> object:
     try:
         with torch.no_grad():
-            return forward(torch.zeros((1, *input_size), device=_model_device(model)))
+            return forward(torch.zeros((1, *input_size), device=model_device(model)))
     except RuntimeError as exc:
         message = (f"{type(model).__name__} could not run on an input of size {tuple(input_size)} while looking for "
                    f"its Grad-CAM layer ({exc}); preprocess images with the checkpoint's own input size")
@@ -241,12 +242,6 @@ def _has_grid(shape: tuple[int, ...], *, nhwc: bool = False) -> bool:
 
 def _short(model: nn.Module, input_size: tuple[int, int, int]) -> list[str]:
     return spatial_layer_candidates(model, input_size)[:12]
-
-
-def _model_device(model: nn.Module) -> torch.device:
-    for parameter in model.parameters():
-        return parameter.device
-    return torch.device("cpu")
 
 
 class TokenGridReshape:

@@ -32,7 +32,7 @@ from models._cam_layers import (
     reshape_transform_for,
     spatial_layer_candidates,
 )
-from models.checkpoints import ModelCard
+from models.checkpoints import ModelCard, model_device
 
 __all__ = [
     "CAM_METHODS",
@@ -183,7 +183,7 @@ def compute_cams(
 def _compute_batch(
     model: nn.Module, images: torch.Tensor, wanted: list[int | None], spec: CamMethod, cam_layer: CamLayer
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, tuple[int, int]]:
-    device = _model_device(model)
+    device = model_device(model)
     # A clone made outside inference mode is an ordinary tensor autograd can use, even if `images` was not.
     batch = images.detach().clone().to(device=device, dtype=torch.float32)
     with torch.no_grad():
@@ -240,12 +240,6 @@ def _frozen_parameters(model: nn.Module) -> Iterator[None]:
     finally:
         for parameter, flag in flags:
             parameter.requires_grad_(flag)
-
-
-def _model_device(model: nn.Module) -> torch.device:
-    for parameter in model.parameters():
-        return parameter.device
-    return torch.device("cpu")
 
 
 def preprocess_images(images: Sequence[Image.Image], card: ModelCard) -> torch.Tensor:

@@ -6,8 +6,10 @@ import argparse
 import functools
 import hashlib
 import json
+import logging
 import pickle
 import zipfile
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
@@ -29,6 +31,8 @@ _PREFIXES = (
     "module.",  # DistributedDataParallel / DataParallel
     "_orig_mod.",  # torch.compile
 )
+
+logger = logging.getLogger(__name__)
 
 
 class CheckpointError(TaxaLensError, ValueError):
@@ -67,6 +71,16 @@ class ModelCard:
             "crop_mode": self.crop_mode,
         }
 
+    @classmethod
+    def from_data_config(cls, config: Mapping, *, arch: str, class_names: Sequence[str], **fields: object
+                         ) -> ModelCard:
+        """A card whose preprocessing comes from a timm data-config dict (`resolve_model_data_config`, or the
+        inverse of `data_config`); keys `config` lacks keep the defaults above. `fields`: the other card fields."""
+        card = cls(arch=arch, class_names=tuple(class_names), **fields)
+        converters = {"input_size": tuple, "mean": tuple, "std": tuple, "interpolation": str, "crop_pct": float,
+                      "crop_mode": str}
+        return replace(card, **{key: convert(config[key]) for key, convert in converters.items() if key in config})
+
     def preprocessing_key(self) -> dict:
         """What the predictions cache key must cover besides the weights."""
         return {"arch": self.arch, "classes": list(self.class_names), **self.data_config()}
@@ -80,6 +94,13 @@ def select_device(prefer: str | None = None) -> torch.device:
         return torch.device("cuda")
     if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
         return torch.device("mps")
+    return torch.device("cpu")
+
+
+def model_device(model: nn.Module) -> torch.device:
+    """The device of the model's first parameter (CPU for a model without parameters)."""
+    for parameter in model.parameters():
+        return parameter.device
     return torch.device("cpu")
 
 
@@ -141,6 +162,9 @@ def load_checkpoint(
     model = model.to(device).eval()
     if device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
+    logger.debug("loaded %s (%s, %s, %d classes) on %s", path, card.source_format, card.arch, card.num_classes, device)
+    for note in card.notes:
+        logger.info("%s: %s", path.name, note)
     return model, card
 
 
@@ -185,18 +209,11 @@ def _json_default(value: object) -> object:
 
 def _card_from_metadata(meta: dict, path: str | Path) -> ModelCard:
     try:
-        return ModelCard(
-            arch=meta["arch"],
-            class_names=tuple(meta["class_names"]),
-            input_size=tuple(meta["input_size"]),
-            mean=tuple(meta["mean"]),
-            std=tuple(meta["std"]),
-            interpolation=meta.get("interpolation", "bicubic"),
-            crop_pct=float(meta.get("crop_pct", 0.875)),
-            crop_mode=meta.get("crop_mode", "center"),
-            source_format="taxalens",
-            training=meta.get("training") or {},
-        )
+        missing = [key for key in ("input_size", "mean", "std") if key not in meta]  # written by every TaxaLens save
+        if missing:
+            raise KeyError(missing[0])
+        return ModelCard.from_data_config(meta, arch=meta["arch"], class_names=tuple(meta["class_names"]),
+                                          source_format="taxalens", training=meta.get("training") or {})
     except (KeyError, TypeError, ValueError) as exc:
         raise CheckpointError(f"{path}: TaxaLens metadata is incomplete ({exc!r}); re-save the checkpoint") from exc
 
@@ -310,17 +327,8 @@ def _build_from_state_dict(
                               "(--classes classes.txt, one name per line) or set `classes` in taxalens.toml")
     model = _build_timm(arch, len(class_names), path)
     _load_state_dict_strict(model, state_dict, path, class_names)
-    config = resolve_model_data_config(model)
-    card = ModelCard(
-        arch=arch,
-        class_names=tuple(class_names),
-        input_size=tuple(config["input_size"]),
-        mean=tuple(config["mean"]),
-        std=tuple(config["std"]),
-        interpolation=config.get("interpolation", "bicubic"),
-        crop_pct=float(config.get("crop_pct", 0.875)),
-        crop_mode=config.get("crop_mode", "center"),
-        source_format=source,
+    card = ModelCard.from_data_config(
+        resolve_model_data_config(model), arch=arch, class_names=class_names, source_format=source,
         notes=("preprocessing taken from timm's default config for this architecture",),
     )
     return model, card
@@ -374,16 +382,9 @@ def _card_for_module(
     if outputs is not None and outputs != len(class_names):
         raise CheckpointError(f"checkpoint head has {outputs} outputs but {len(class_names)} class names were given "
                               f"({path.name}); pass the class list the model was trained with (--classes classes.txt)")
-    card = ModelCard(
-        arch=arch or ("torchscript" if source == "torchscript" else type(model).__name__),
-        class_names=tuple(class_names),
-        input_size=tuple(config.get("input_size", (3, 224, 224))),
-        mean=tuple(config.get("mean", (0.485, 0.456, 0.406))),
-        std=tuple(config.get("std", (0.229, 0.224, 0.225))),
-        interpolation=config.get("interpolation", "bicubic"),
-        crop_pct=float(config.get("crop_pct", 0.875)),
-        crop_mode=config.get("crop_mode", "center"),
-        source_format=source,
+    card = ModelCard.from_data_config(
+        config, arch=arch or ("torchscript" if source == "torchscript" else type(model).__name__),
+        class_names=class_names, source_format=source,
     )
     return model, card
 

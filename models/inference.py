@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -20,14 +21,16 @@ from core.dataset import Dataset as SampleSet
 from core.images import ImageError, load_image_rgb
 from core.predictions import (
     PredictionTable,
-    build_prediction_table,
     load_predictions,
     prediction_cache_key,
     relabel_table,
     save_predictions,
+    table_for_samples,
 )
 from core.workspace import CheckpointSpec, Workspace
-from models.checkpoints import ModelCard, load_checkpoint, read_class_names, read_model_card
+from models.checkpoints import ModelCard, load_checkpoint, model_device, read_class_names, read_model_card
+
+logger = logging.getLogger(__name__)
 
 Progress = Callable[[int, int], None]
 
@@ -113,7 +116,7 @@ def run_inference(
     Workers decode and resize to uint8; the batch is normalised where the model runs. On CUDA: pinned memory,
     non-blocking copies, channels_last and fp16/bf16 autocast.
     """
-    device = next(model.parameters()).device if any(True for _ in model.parameters()) else torch.device("cpu")
+    device = model_device(model)
     dataset = ImageDataset(samples["path"].tolist(), build_decode_transform(card), tuple(card.input_size))
     workers = default_num_workers() if num_workers is None else num_workers
     loader = DataLoader(
@@ -161,17 +164,8 @@ def table_from_result(
     result: InferenceResult, samples: pd.DataFrame, card: ModelCard, meta: dict | None = None
 ) -> PredictionTable:
     """A predictions table for the decoded rows of `samples`."""
-    rows = samples.iloc[result.rows]
-    return build_prediction_table(
-        rows["sample_id"].tolist(),
-        result.pred_probs,
-        result.embeddings,
-        labels=rows["label"].tolist(),
-        splits=rows["split"].tolist(),
-        specimen_ids=rows["specimen_id"].tolist(),
-        class_names=card.class_names,
-        meta=meta,
-    )
+    return table_for_samples(samples.iloc[result.rows], result.pred_probs, result.embeddings,
+                             class_names=card.class_names, meta=meta)
 
 
 def spec_class_names(spec: CheckpointSpec, dataset: SampleSet) -> tuple[tuple[str, ...] | None, str | None]:
@@ -217,7 +211,7 @@ def predictions_path(workspace: Workspace, name: str, *, dataset: SampleSet | No
     dataset = dataset if dataset is not None else workspace.load_dataset()
     identity = _cache_identity(workspace, workspace.checkpoint(name), dataset)
     key = prediction_cache_key(identity["checkpoint"], identity["dataset"], identity["preprocessing"])
-    return workspace.cache_dir / "predictions" / f"{_safe_name(name)}-{key}.parquet"
+    return workspace.cache_dir / "predictions" / f"{safe_file_name(name)}-{key}.parquet"
 
 
 def predict_workspace(
@@ -239,7 +233,9 @@ def predict_workspace(
     dataset = dataset if dataset is not None else workspace.load_dataset()
     path = predictions_path(workspace, name, dataset=dataset)
     if path.is_file() and not force:
+        logger.debug("predictions of %s read from the cache %s", name, path)
         return relabel_table(load_predictions(path), dataset.samples)
+    logger.info("predicting %d images with %s", len(dataset.samples), name)
     model, card = load_workspace_model(workspace, name, dataset=dataset, device=device)
     result = run_inference(model, card, dataset.samples, batch_size=batch_size, num_workers=num_workers,
                            progress=progress)
@@ -249,6 +245,10 @@ def predict_workspace(
     table = table_from_result(result, dataset.samples, card, meta)
     save_predictions(table, path)
     result.failed.to_csv(path.with_suffix(".skipped.csv"), index=False)
+    if len(result.failed):
+        logger.warning("%d image(s) could not be decoded and are left out; listed in %s", len(result.failed),
+                       path.with_suffix(".skipped.csv"))
+    logger.debug("%d predictions of %s cached in %s", len(table), name, path)
     return table
 
 
@@ -259,8 +259,9 @@ def cached_predictions(workspace: Workspace, name: str, *, dataset: SampleSet | 
     return relabel_table(load_predictions(path), dataset.samples) if path.is_file() else None
 
 
-def _safe_name(name: str) -> str:
-    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
+def safe_file_name(text: str) -> str:
+    """`text` as one file-name part: letters, digits, `-`, `_` and `.` kept, anything else (`/`, spaces) as `_`."""
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in str(text))
 
 
 def write_run_summary(out_dir: Path, table: PredictionTable, failed: pd.DataFrame, card: ModelCard) -> None:

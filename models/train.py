@@ -26,6 +26,7 @@ from torch.utils.data import Dataset as TorchDataset
 from core.dataset import Dataset
 from core.errors import TaxaLensError
 from core.images import load_image_rgb
+from core.scores import ClassCounts, class_scores, headline_scores
 from models.augment import BatchAugment
 from models.checkpoints import ModelCard, load_checkpoint, save_taxalens_checkpoint, select_device
 from models.distributed import DistContext, init_distributed
@@ -132,6 +133,56 @@ def train_model(
 
 def _train(dataset: Dataset, config: TrainConfig, out_dir: Path, *, progress: Progress | None,
            resume: bool) -> TrainResult:
+    """The loop: one `train_one_epoch` and one `evaluate` per epoch, then bookkeeping, until a stop reason."""
+    run = _start_run(dataset, config, out_dir, progress=progress, resume=resume)
+    state = run.state
+    stop_reason = "epochs"
+    while state.epoch < state.planned_epochs:
+        epoch = state.epoch + 1
+        epoch_start = time.monotonic()
+        loss_sum, seen, out_of_time = train_one_epoch(run, epoch)
+        _sync_buffers(run.model, run.meta.context)
+        val = evaluate(run.model, run.val_loader, run.prepare, run.criterion, len(run.meta.class_names),
+                       run.amp_dtype, run.meta.device, run.meta.context)
+        record = {"epoch": epoch, "train_loss": _all_mean(loss_sum, seen, run.meta.context),
+                  **val.summary(run.meta.class_names), "lr": run.optimizer.param_groups[-1]["lr"],
+                  "seconds": time.monotonic() - epoch_start, "images_per_s": seen * run.meta.context.world_size /
+                  max(time.monotonic() - epoch_start, 1e-9), "partial": out_of_time}
+        stop_reason = _end_epoch(run, record, out_of_time)
+        if stop_reason != "epochs":
+            break
+    return _finish_run(run, stop_reason)
+
+
+@dataclass
+class _Run:
+    """What a training run holds between epochs (built by `_start_run`)."""
+
+    model: nn.Module  # the bare model (weights saved and restored)
+    train_model: nn.Module  # the model the steps call: `model`, or it wrapped in DistributedDataParallel
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+    criterion: nn.Module
+    prepare: _Prepare
+    augment: BatchAugment
+    sampler: DistributedWeightedSampler | DistributedShuffleSampler
+    train_loader: DataLoader
+    val_loader: DataLoader
+    amp_dtype: torch.dtype | None
+    meta: _RunMeta
+    state: _RunState
+    out_dir: Path
+    notify: Progress
+    started: float  # time.monotonic() at the start
+    budget_s: float  # the time budget in seconds (inf: none)
+    warmup_steps: int
+    first_epoch: int  # finished epochs when this process started (resume)
+    epochs_started: float  # time.monotonic() when the first epoch of this process started
+
+
+def _start_run(dataset: Dataset, config: TrainConfig, out_dir: Path, *, progress: Progress | None,
+               resume: bool) -> _Run:
+    """Model, data, optimizer and state of a run (restored from `last.pt` when resuming)."""
     context = init_distributed()
     notify = progress if (progress is not None and context.is_main) else _ignore
     started = time.monotonic()
@@ -168,7 +219,6 @@ def _train(dataset: Dataset, config: TrainConfig, out_dir: Path, *, progress: Pr
     train_loader = DataLoader(train_set, batch_size=config.batch_size, sampler=sampler, drop_last=drop_last,
                               **loader_kwargs)
     val_loader = DataLoader(val_set, batch_size=config.batch_size * 2, shuffle=False, **loader_kwargs)
-    steps_per_epoch = len(train_loader)
 
     optimizer = build_optimizer(model, lr=config.lr, weight_decay=config.weight_decay,
                                 layer_decay=config.layer_decay)
@@ -193,111 +243,123 @@ def _train(dataset: Dataset, config: TrainConfig, out_dir: Path, *, progress: Pr
         train_model_ = DistributedDataParallel(model, device_ids=[device.index] if cuda else None)
 
     prepare = _Prepare(device, data_config["mean"], data_config["std"], channels_last=cuda and config.channels_last)
-    augment = BatchAugment()
     meta = _RunMeta(arch=arch, class_names=class_names, data_config=data_config, data_hash=data_hash,
                     counts=counts, dataset=dataset, config=config, device=device, context=context,
                     notes=init_notes, cache=cache)
     if context.is_main:
         out_dir.mkdir(parents=True, exist_ok=True)
+    return _Run(
+        model=model, train_model=train_model_, optimizer=optimizer, scaler=scaler, criterion=criterion,
+        prepare=prepare, augment=BatchAugment(), sampler=sampler, train_loader=train_loader, val_loader=val_loader,
+        amp_dtype=amp_dtype, meta=meta, state=state, out_dir=out_dir, notify=notify, started=started,
+        budget_s=config.max_minutes * 60 if config.max_minutes is not None else math.inf,
+        warmup_steps=int(round(config.warmup_epochs * len(train_loader))), first_epoch=state.epoch,
+        epochs_started=time.monotonic(),
+    )
 
-    budget_s = config.max_minutes * 60 if config.max_minutes is not None else math.inf
-    warmup_steps = int(round(config.warmup_epochs * steps_per_epoch))
-    stop_reason = "epochs"
-    epoch_started_run = time.monotonic()
-    first_epoch = state.epoch
-    while state.epoch < state.planned_epochs:
-        epoch = state.epoch + 1
-        sampler.set_epoch(epoch)
-        torch.manual_seed(config.seed * 1000 + epoch * 10 + context.rank)  # augmentation draws, per rank
-        epoch_start = time.monotonic()
-        model.train()
-        loss_sum, seen, out_of_time = 0.0, 0, False
-        for step, (images_u8, targets, rare) in enumerate(train_loader, start=1):
-            factor = lr_factor(state.global_step, total_steps=state.planned_epochs * steps_per_epoch,
-                               warmup_steps=warmup_steps, min_ratio=config.min_lr_ratio)
-            for group in optimizer.param_groups:
-                group["lr"] = group["initial_lr"] * factor
-            inputs = prepare(images_u8, augment=augment, strong=rare)
-            targets = targets.to(device, non_blocking=True)
-            with torch.autocast(device_type=device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-                loss = criterion(train_model_(inputs), targets)
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-            state.global_step += 1
-            loss_sum += float(loss.detach()) * len(targets)
-            seen += len(targets)
-            out_of_time = _all_ranks_any(time.monotonic() - started > budget_s, context)
-            if step == steps_per_epoch or step % max(1, steps_per_epoch // 10) == 0 or out_of_time:
-                done_steps = state.global_step - first_epoch * steps_per_epoch
-                elapsed = time.monotonic() - epoch_started_run
-                remaining = state.planned_epochs * steps_per_epoch - state.global_step
-                notify({"event": "step", "epoch": epoch, "epochs": state.planned_epochs, "step": step,
+
+def train_one_epoch(run: _Run, epoch: int) -> tuple[float, int, bool]:
+    """One pass over the training loader (`epoch` is 1-based): the scheduled lr per step, mixed precision, progress
+    events. Returns (summed loss, images seen, out of time); stops early when the time budget is spent."""
+    config, context, state = run.meta.config, run.meta.context, run.state
+    steps_per_epoch = len(run.train_loader)
+    run.sampler.set_epoch(epoch)
+    torch.manual_seed(config.seed * 1000 + epoch * 10 + context.rank)  # augmentation draws, per rank
+    run.model.train()
+    loss_sum, seen, out_of_time = 0.0, 0, False
+    for step, (images_u8, targets, rare) in enumerate(run.train_loader, start=1):
+        factor = lr_factor(state.global_step, total_steps=state.planned_epochs * steps_per_epoch,
+                           warmup_steps=run.warmup_steps, min_ratio=config.min_lr_ratio)
+        for group in run.optimizer.param_groups:
+            group["lr"] = group["initial_lr"] * factor
+        inputs = run.prepare(images_u8, augment=run.augment, strong=rare)
+        targets = targets.to(run.meta.device, non_blocking=True)
+        with torch.autocast(device_type=run.meta.device.type, dtype=run.amp_dtype, enabled=run.amp_dtype is not None):
+            loss = run.criterion(run.train_model(inputs), targets)
+        run.optimizer.zero_grad(set_to_none=True)
+        run.scaler.scale(loss).backward()
+        run.scaler.step(run.optimizer)
+        run.scaler.update()
+        state.global_step += 1
+        loss_sum += float(loss.detach()) * len(targets)
+        seen += len(targets)
+        out_of_time = _all_ranks_any(time.monotonic() - run.started > run.budget_s, context)
+        if step == steps_per_epoch or step % max(1, steps_per_epoch // 10) == 0 or out_of_time:
+            done_steps = state.global_step - run.first_epoch * steps_per_epoch
+            elapsed = time.monotonic() - run.epochs_started
+            remaining = state.planned_epochs * steps_per_epoch - state.global_step
+            run.notify({"event": "step", "epoch": epoch, "epochs": state.planned_epochs, "step": step,
                         "steps": steps_per_epoch, "loss": loss_sum / max(seen, 1),
-                        "lr": optimizer.param_groups[-1]["lr"], "elapsed_s": time.monotonic() - started,
-                        "eta_s": _eta(elapsed, done_steps, remaining, budget_s - (time.monotonic() - started))})
-            if out_of_time:
-                break
-        _sync_buffers(model, context)
-        val = _evaluate(model, val_loader, prepare, criterion, len(class_names), amp_dtype, device, context)
-        record = {"epoch": epoch, "train_loss": _all_mean(loss_sum, seen, context), **val.summary(class_names),
-                  "lr": optimizer.param_groups[-1]["lr"],
-                  "seconds": time.monotonic() - epoch_start, "images_per_s": seen * context.world_size /
-                  max(time.monotonic() - epoch_start, 1e-9), "partial": out_of_time}
-        state.history.append(record)
-        state.epoch = epoch
-        improved = record["val_macro_f1"] > state.best_macro_f1 + 1e-6
-        if improved:
-            state.best_macro_f1, state.best_epoch = record["val_macro_f1"], epoch
-            state.best_state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
-        # Fit the cosine schedule to the time budget: fewer planned epochs when the budget cannot pay for all.
-        if budget_s < math.inf:
-            per_epoch = (time.monotonic() - epoch_started_run) / max(epoch - first_epoch, 1)
-            affordable = epoch + int((budget_s - (time.monotonic() - started)) // per_epoch)
-            state.planned_epochs = max(epoch, min(state.planned_epochs, affordable))
-        if out_of_time or (epoch >= state.planned_epochs and state.planned_epochs < config.epochs):
-            stop_reason = "time_budget"
-        elif epoch - state.best_epoch >= config.patience:
-            stop_reason = "early_stopping"
-        if context.is_main:
-            if improved:
-                save_taxalens_checkpoint(model, _card(meta, state, "running"), out_dir / BEST_NAME)
-            _save_state(state_path, model, optimizer, scaler, state, meta)
-            _write_run_json(out_dir / RUN_NAME, meta, state, "running", out_dir / BEST_NAME)
-        eta = _eta(time.monotonic() - epoch_started_run, state.global_step - first_epoch * steps_per_epoch,
-                   state.planned_epochs * steps_per_epoch - state.global_step,
-                   budget_s - (time.monotonic() - started))
-        notify({"event": "epoch", **record, "epochs": state.planned_epochs, "best_macro_f1": state.best_macro_f1,
-                "best_epoch": state.best_epoch, "elapsed_s": time.monotonic() - started, "eta_s": eta})
-        if stop_reason != "epochs":
+                        "lr": run.optimizer.param_groups[-1]["lr"], "elapsed_s": time.monotonic() - run.started,
+                        "eta_s": _eta(elapsed, done_steps, remaining, run.budget_s - (time.monotonic() - run.started))})
+        if out_of_time:
             break
-    if state.best_state is None:
-        raise TrainingError(f"no epoch finished in {out_dir} (epochs={config.epochs}, resumed at epoch "
-                            f"{first_epoch}); raise --epochs or start without --resume")
+    return loss_sum, seen, out_of_time
 
-    model.load_state_dict(state.best_state)
-    weights_sha256 = weights_digest(model)
+
+def _end_epoch(run: _Run, record: dict, out_of_time: bool) -> str:
+    """Record the epoch, keep the best weights, fit the schedule to the time budget, write the checkpoint, state
+    and run record; returns the stop reason ("epochs" to go on)."""
+    state, config, epoch = run.state, run.meta.config, record["epoch"]
+    steps_per_epoch = len(run.train_loader)
+    state.history.append(record)
+    state.epoch = epoch
+    improved = record["val_macro_f1"] > state.best_macro_f1 + 1e-6
+    if improved:
+        state.best_macro_f1, state.best_epoch = record["val_macro_f1"], epoch
+        state.best_state = {k: v.detach().to("cpu", copy=True) for k, v in run.model.state_dict().items()}
+    # Fit the cosine schedule to the time budget: fewer planned epochs when the budget cannot pay for all.
+    if run.budget_s < math.inf:
+        per_epoch = (time.monotonic() - run.epochs_started) / max(epoch - run.first_epoch, 1)
+        affordable = epoch + int((run.budget_s - (time.monotonic() - run.started)) // per_epoch)
+        state.planned_epochs = max(epoch, min(state.planned_epochs, affordable))
+    stop_reason = "epochs"
+    if out_of_time or (epoch >= state.planned_epochs and state.planned_epochs < config.epochs):
+        stop_reason = "time_budget"
+    elif epoch - state.best_epoch >= config.patience:
+        stop_reason = "early_stopping"
+    if run.meta.context.is_main:
+        if improved:
+            save_taxalens_checkpoint(run.model, _card(run.meta, state, "running"), run.out_dir / BEST_NAME)
+        _save_state(run.out_dir / STATE_NAME, run.model, run.optimizer, run.scaler, state, run.meta)
+        _write_run_json(run.out_dir / RUN_NAME, run.meta, state, "running", run.out_dir / BEST_NAME)
+    eta = _eta(time.monotonic() - run.epochs_started, state.global_step - run.first_epoch * steps_per_epoch,
+               state.planned_epochs * steps_per_epoch - state.global_step,
+               run.budget_s - (time.monotonic() - run.started))
+    run.notify({"event": "epoch", **record, "epochs": state.planned_epochs, "best_macro_f1": state.best_macro_f1,
+                "best_epoch": state.best_epoch, "elapsed_s": time.monotonic() - run.started, "eta_s": eta})
+    return stop_reason
+
+
+def _finish_run(run: _Run, stop_reason: str) -> TrainResult:
+    """Load the best weights, write the final checkpoint and run record, and say so."""
+    state, meta, out_dir = run.state, run.meta, run.out_dir
+    if state.best_state is None:
+        raise TrainingError(f"no epoch finished in {out_dir} (epochs={meta.config.epochs}, resumed at epoch "
+                            f"{run.first_epoch}); raise --epochs or start without --resume")
+    run.model.load_state_dict(state.best_state)
+    weights_sha256 = weights_digest(run.model)
     checkpoint_path = out_dir / BEST_NAME
     run_json = out_dir / RUN_NAME
-    if context.is_main:
-        save_taxalens_checkpoint(model, _card(meta, state, stop_reason), checkpoint_path)
+    if meta.context.is_main:
+        save_taxalens_checkpoint(run.model, _card(meta, state, stop_reason), checkpoint_path)
         _write_run_json(run_json, meta, state, stop_reason, checkpoint_path)
-    context.barrier()
-    notify({"event": "done", "checkpoint_path": str(checkpoint_path), "best_macro_f1": state.best_macro_f1,
-            "best_epoch": state.best_epoch, "stop_reason": stop_reason, "elapsed_s": time.monotonic() - started})
+    meta.context.barrier()
+    run.notify({"event": "done", "checkpoint_path": str(checkpoint_path), "best_macro_f1": state.best_macro_f1,
+                "best_epoch": state.best_epoch, "stop_reason": stop_reason,
+                "elapsed_s": time.monotonic() - run.started})
     return TrainResult(
         checkpoint_path=checkpoint_path,
         best_macro_f1=state.best_macro_f1,
         best_epoch=state.best_epoch,
         history=list(state.history),
-        config=config,
-        data_hash=data_hash,
+        config=meta.config,
+        data_hash=meta.data_hash,
         stop_reason=stop_reason,
         weights_sha256=weights_sha256,
         run_json=run_json,
-        extra={"class_counts": dict(zip(class_names, counts.tolist(), strict=True)), "device": str(device),
-               "world_size": context.world_size, "image_cache": cache},
+        extra={"class_counts": dict(zip(meta.class_names, meta.counts.tolist(), strict=True)),
+               "device": str(meta.device), "world_size": meta.context.world_size, "image_cache": meta.cache},
     )
 
 
@@ -589,32 +651,20 @@ class _EvalResult:
     n: int
 
     def summary(self, class_names: tuple[str, ...]) -> dict:
-        f1, support = per_class_f1(self.confusion)
-        present = support > 0
-        total = max(int(support.sum()), 1)
+        counts = ClassCounts.from_confusion(self.confusion)
+        f1, present = class_scores(counts)["f1"], counts.support > 0
+        scores = headline_scores(counts, ("accuracy", "macro_f1", "weighted_f1"))
         return {
             "val_loss": self.loss_sum / max(self.n, 1),
-            "val_accuracy": float(np.trace(self.confusion)) / total,
-            "val_macro_f1": float(f1[present].mean()) if present.any() else 0.0,
-            "val_weighted_f1": float((f1 * support).sum() / total),
+            **{f"val_{name}": float(value) for name, value in scores.items()},
             "val_per_class_f1": {name: round(float(f1[i]), 4) for i, name in enumerate(class_names) if present[i]},
         }
 
 
-def per_class_f1(confusion: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """F1 and support per class from a (K, K) confusion matrix (rows truth, columns prediction); 0 where undefined."""
-    confusion = np.asarray(confusion, dtype=np.float64)
-    tp = np.diag(confusion)
-    support = confusion.sum(axis=1)
-    predicted = confusion.sum(axis=0)
-    denominator = support + predicted
-    f1 = np.divide(2 * tp, denominator, out=np.zeros_like(tp), where=denominator > 0)
-    return f1, support
-
-
 @torch.no_grad()
-def _evaluate(model: nn.Module, loader: DataLoader, prepare: _Prepare, criterion: nn.Module, k: int,
-              amp_dtype: torch.dtype | None, device: torch.device, context: DistContext) -> _EvalResult:
+def evaluate(model: nn.Module, loader: DataLoader, prepare: _Prepare, criterion: nn.Module, k: int,
+             amp_dtype: torch.dtype | None, device: torch.device, context: DistContext) -> _EvalResult:
+    """Val loss and the `(K, K)` confusion of `model` over `loader` (summed over ranks under DDP)."""
     model.eval()
     confusion = torch.zeros((k, k), dtype=torch.float64)
     loss_sum, n = 0.0, 0

@@ -2,30 +2,26 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import sys
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+import numpy as np
 import streamlit as st
 
 from core.dataset import Dataset
 from core.ensemble import EnsembleSpec, ensemble_tables, read_ensemble_specs
-from core.errors import TaxaLensError
+from core.errors import USER_ERRORS, TaxaLensError
 from core.predictions import PredictionTable, load_predictions, relabel_table
-from core.workspace import Workspace, load_workspace
+from core.workspace import CONFIG_NAME, Workspace, load_workspace
+from pages._state import KEY_CHECKPOINTS, KEY_SPLIT, KEY_WORKSPACE
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEMO_WORKSPACE = REPO_ROOT / "demo_workspace"
 SPLITS = ("val", "train", "test", "all")
 
-# Session-state keys of the sidebar (UI state only; reviewer actions go to the label store). They hold the committed
-# values and are never widget keys: Streamlit drops a widget's state when a run does not render it (a page switch,
-# the first run of a `streamlit run`, which goes through the pages/ folder fallback), so app.py gives each sidebar
-# widget its own key, re-seeds it from these every run and copies it back in an on_change callback.
-KEY_WORKSPACE = "tl_workspace"
-KEY_CHECKPOINTS = "tl_checkpoints"  # checkpoint and ensemble names; the first is the primary one
-KEY_SPLIT = "tl_split"
 
 
 def default_workspace_path() -> str:
@@ -39,13 +35,35 @@ def default_workspace_path() -> str:
     return os.environ.get("TAXALENS_WORKSPACE") or str(DEMO_WORKSPACE)
 
 
-def _config_stamp(path: str) -> float:
-    config = Path(path) / "taxalens.toml"
-    return config.stat().st_mtime_ns if config.is_file() else 0.0
+def file_mtime_ns(path: str | Path | None) -> int:
+    """The file's modification time in ns, for cache keys of things read from it; -1 when `path` is None or
+    cannot be read."""
+    try:
+        return Path(path).stat().st_mtime_ns if path else -1
+    except OSError:
+        return -1
+
+
+def table_token(table: PredictionTable, *parts: str) -> str:
+    """A content hash of a predictions table for cache keys (pass the table itself unhashed, as `_table`): labels,
+    predictions, confidences, the first MB of the probabilities, the class names and `parts` (split, checkpoint
+    name). Numeric columns only: about 20 ms at 100,000 rows, where hashing the sample-id strings too would take
+    ten times that on every rerun, and the whole probability matrix far more."""
+    digest = hashlib.blake2b(digest_size=16)
+    frame = table.frame
+    for column in ("label_idx", "pred_idx", "confidence"):
+        digest.update(np.ascontiguousarray(frame[column].to_numpy()).tobytes())
+    digest.update(np.ascontiguousarray(table.pred_probs).reshape(-1).view(np.uint8)[:1_000_000].tobytes())
+    digest.update("\0".join((*parts, *table.class_names, str(len(table)))).encode())
+    return digest.hexdigest()
+
+
+def _config_stamp(path: str) -> int:
+    return file_mtime_ns(Path(path) / CONFIG_NAME)
 
 
 @st.cache_resource(show_spinner=False)
-def _open_workspace(path: str, stamp: float) -> Workspace:
+def _open_workspace(path: str, stamp: int) -> Workspace:
     return load_workspace(path)
 
 
@@ -55,7 +73,7 @@ def open_workspace(path: str) -> Workspace:
 
 
 @st.cache_resource(show_spinner="Reading the dataset…")
-def _load_dataset(path: str, stamp: float, manifest_stamp: float) -> Dataset:
+def _load_dataset(path: str, stamp: int, manifest_stamp: int) -> Dataset:
     return load_workspace(path).load_dataset()
 
 
@@ -73,9 +91,9 @@ def load_model(workspace_path: str, name: str, sha256: str):
     return load_workspace_model(workspace, name, dataset=load_dataset(workspace))
 
 
-def _manifest_stamp(workspace: Workspace) -> float:
+def _manifest_stamp(workspace: Workspace) -> int:
     source = workspace.dataset_source
-    return source.stat().st_mtime_ns if source.is_file() else 0.0
+    return file_mtime_ns(source) if source.is_file() else -1  # an ImageFolder: its file list is the dataset's key
 
 
 # Tables are held with cache_resource, not cache_data: cache_data would pickle a copy of a 100k x 300 probability
@@ -105,8 +123,8 @@ PREDICTIONS_PATH_TTL_S = 30
 
 
 @st.cache_resource(show_spinner=False, ttl=PREDICTIONS_PATH_TTL_S, max_entries=64)
-def _predictions_path(workspace_path: str, name: str, weights_stamp: tuple, config_stamp: float,
-                      manifest_stamp: float, dataset_id: int) -> Path:
+def _predictions_path(workspace_path: str, name: str, weights_stamp: tuple, config_stamp: int,
+                      manifest_stamp: int, dataset_id: int) -> Path:
     from models.inference import predictions_path
 
     workspace = load_workspace(workspace_path)
@@ -307,7 +325,7 @@ def page_context() -> PageContext | None:
     try:
         workspace = open_workspace(path)
         dataset = load_dataset(workspace)
-    except (FileNotFoundError, ValueError) as exc:
+    except USER_ERRORS as exc:
         st.error(f"Cannot open workspace {path}: {exc}")
         return None
     split = st.session_state.get(KEY_SPLIT, "val")
@@ -315,6 +333,15 @@ def page_context() -> PageContext | None:
     names = ctx.names
     selected = tuple(n for n in st.session_state.get(KEY_CHECKPOINTS, names[:1]) if n in names)
     return replace(ctx, checkpoints=selected)
+
+
+def start_page(title: str) -> PageContext:
+    """Title the page and return the sidebar's selection; when no workspace can be opened, say why and stop."""
+    st.title(title)
+    ctx = page_context()
+    if ctx is None:
+        st.stop()
+    return ctx
 
 
 def require_table(ctx: PageContext, name: str | None = None) -> PredictionTable:
@@ -325,7 +352,7 @@ def require_table(ctx: PageContext, name: str | None = None) -> PredictionTable:
         st.stop()
     try:
         table = ctx.table(name)
-    except (ValueError, FileNotFoundError) as exc:  # a checkpoint file gone, or members that cannot be combined
+    except USER_ERRORS as exc:  # a checkpoint file gone, or members that cannot be combined
         what = "combine ensemble" if ctx.ensemble(name) is not None else "read the predictions of"
         st.error(f"Cannot {what} **{name}**: {exc}")
         st.stop()
@@ -343,7 +370,7 @@ def require_table(ctx: PageContext, name: str | None = None) -> PredictionTable:
             if st.button(f"Compute predictions with {member}", key=f"compute-{member}", type="primary"):
                 try:
                     compute_predictions(ctx.workspace, member)
-                except (ValueError, FileNotFoundError) as exc:
+                except USER_ERRORS as exc:
                     st.error(str(exc))
                     st.stop()
                 st.rerun()

@@ -5,13 +5,12 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import streamlit as st
 
 from core.images import ImageError, load_image_rgb
-from pages._cached import PageContext, single_checkpoint_message
+from pages._cached import PageContext, file_mtime_ns, single_checkpoint_message
 
 MAX_ENTRIES = 4096  # cached maps (a 64 px map and view take ~16 kB; a 224 px pair ~200 kB)
 
@@ -94,7 +93,7 @@ def cam_maps(
         return filled[position]
 
     return [
-        _cam_entry(sha, str(sample_id), str(path or ""), _mtime(path), method, int(class_index), layer or "",
+        _cam_entry(sha, str(sample_id), str(path or ""), file_mtime_ns(path), method, int(class_index), layer or "",
                    functools.partial(compute, position))
         for position, (sample_id, path, class_index) in enumerate(zip(sample_ids, paths, class_indices, strict=True))
     ]
@@ -109,13 +108,6 @@ def auto_layer(checkpoint_sha: str, _model: object, input_size: tuple[int, int, 
         return find_cam_layer(_model, input_size=tuple(input_size)).name, ""
     except CamError as exc:
         return "", str(exc)
-
-
-def _mtime(path: str | None) -> int:
-    try:
-        return Path(path).stat().st_mtime_ns if path else -1
-    except OSError:
-        return -1
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,6 @@ building the page.
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 
 import numpy as np
@@ -17,9 +16,12 @@ import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
 
-from core import figures, metrics
+from core import confusion as cm
+from core import figures, metrics, queries, specimens
+from core.errors import TaxaLensError
 from core.predictions import PredictionTable
-from pages._cached import PageContext, checkpoint_stamp, page_context, require_table
+from core.scores import BootstrapConfig, ResamplingPlan, Unit, describe_intervals
+from pages._cached import PageContext, checkpoint_stamp, require_table, start_page, table_token
 
 
 @dataclass(frozen=True)
@@ -33,22 +35,13 @@ class EvalData:
     checkpoint: str
 
 
-def _token(table: PredictionTable, *parts: str) -> str:
-    digest = hashlib.blake2b(digest_size=16)
-    frame = table.frame
-    for column in ("label_idx", "pred_idx", "confidence"):
-        digest.update(np.ascontiguousarray(frame[column].to_numpy()).tobytes())
-    digest.update("\0".join((*parts, *table.class_names, str(len(table)))).encode())
-    return digest.hexdigest()
-
-
 @st.cache_resource(show_spinner=False, max_entries=32)
 def _split_table(full_token: str, split: str, _full: PredictionTable) -> tuple[PredictionTable, str]:
     table = _full.for_split(split)
-    return table, _token(table, split)
+    return table, table_token(table, split)
 
 
-class _NoPredictions(LookupError):
+class _NoPredictions(TaxaLensError, LookupError):
     """Raised inside the cached lookup so that "not computed yet" is never cached (Streamlit caches no exception)."""
 
 
@@ -73,10 +66,7 @@ def _weights_stamp(ctx: PageContext) -> tuple:
 
 def open_evaluation_page(title: str) -> tuple[PageContext, EvalData]:
     """Title the page and return the sidebar's context and its evaluation data (or stop the script)."""
-    st.title(title)
-    ctx = page_context()
-    if ctx is None:
-        st.stop()
+    ctx = start_page(title)
     return ctx, require_eval_data(ctx)
 
 
@@ -91,7 +81,7 @@ def require_eval_data(ctx: PageContext) -> EvalData:
     if full is None:
         require_table(ctx)  # shows "add a checkpoint", the compute button or why an ensemble fails, then stops
         st.stop()
-    full_token = _token(full, "all", ctx.checkpoint or "")
+    full_token = table_token(full, "all", ctx.checkpoint or "")
     table, token = _split_table(full_token, ctx.split, full)
     if len(table) == 0:
         splits = sorted(full.frame["split"].unique().tolist())
@@ -139,36 +129,56 @@ def excluded_counts(token: str, _table: PredictionTable) -> pd.Series:
     return metrics.excluded_labels(_table)
 
 
+INTERVALS = BootstrapConfig()  # every interval the evaluation pages show: 1,000 stratified resamples, 95%, BCa
+
+
+def interval_caption(unit: Unit) -> str:
+    """"95% CI (BCa), 1,000 specimen resamples, stratified by class" for the pages' intervals."""
+    return describe_intervals(INTERVALS, unit)
+
+
+@st.cache_resource(show_spinner=False, max_entries=8)
+def resampling(token: str, _table: PredictionTable) -> ResamplingPlan | None:
+    """The table's bootstrap plan (shared by the headline and per-class intervals), None without evaluated rows."""
+    return metrics.resampling_plan(_table)[0] if len(metrics.evaluated(_table)) else None
+
+
 @st.cache_data(show_spinner="Bootstrapping confidence intervals…", max_entries=64)
-def headline(token: str, _table: PredictionTable, *, n_boot: int = 1000, seed: int = 0) -> metrics.HeadlineMetrics:
-    return metrics.compute_headline_metrics(_table, n_boot=n_boot, seed=seed)
+def headline(token: str, _table: PredictionTable, *, n_boot: int = INTERVALS.n_boot, seed: int | None = INTERVALS.seed
+             ) -> metrics.HeadlineMetrics:
+    return metrics.compute_headline_metrics(_table, n_boot=n_boot, seed=seed, plan=resampling(token, _table),
+                                            confidence_level=INTERVALS.confidence_level, method=INTERVALS.method)
 
 
 @st.cache_resource(show_spinner=False, max_entries=16)
 def specimen_level(token: str, _table: PredictionTable) -> PredictionTable | None:
     """The specimen-level table (mean probability per specimen), or None when no specimen has two images."""
-    return metrics.specimen_table(_table) if metrics.has_specimens(_table) else None
+    return specimens.specimen_table(_table) if specimens.has_specimens(_table) else None
 
 
 @st.cache_data(show_spinner="Specimen-level metrics…", max_entries=64)
-def specimen_headline(token: str, _table: PredictionTable, *, n_boot: int = 1000) -> metrics.HeadlineMetrics | None:
+def specimen_headline(token: str, _table: PredictionTable, *, n_boot: int = INTERVALS.n_boot
+                      ) -> metrics.HeadlineMetrics | None:
     table = specimen_level(token, _table)
-    return None if table is None else metrics.compute_headline_metrics(table, n_boot=n_boot)
+    return None if table is None else metrics.compute_headline_metrics(
+        table, n_boot=n_boot, seed=INTERVALS.seed, confidence_level=INTERVALS.confidence_level,
+        method=INTERVALS.method)
 
 
 @st.cache_data(show_spinner=False, max_entries=64)
 def confusion(token: str, _table: PredictionTable) -> np.ndarray:
-    return metrics.confusion_counts(_table)
+    return cm.confusion_counts(_table)
 
 
-@st.cache_data(show_spinner=False, max_entries=64)
+@st.cache_data(show_spinner="Bootstrapping per-class intervals…", max_entries=64)
 def per_class(token: str, _table: PredictionTable) -> pd.DataFrame:
-    return metrics.per_class_table(_table, counts=confusion(token, _table))
+    return metrics.per_class_table(_table, counts=confusion(token, _table), intervals=INTERVALS,
+                                   plan=resampling(token, _table))
 
 
 @st.cache_data(show_spinner=False, max_entries=64)
 def confused_pairs(token: str, _table: PredictionTable, *, top: int | None = None) -> pd.DataFrame:
-    return metrics.rank_confused_pairs(confusion(token, _table), _table.class_names, top=top)
+    return cm.rank_confused_pairs(confusion(token, _table), _table.class_names, top=top)
 
 
 @st.cache_data(show_spinner=False, max_entries=64)
@@ -179,19 +189,19 @@ def distribution(full_token: str, _full: PredictionTable) -> tuple[pd.DataFrame,
 
 @st.cache_data(show_spinner=False, max_entries=256)
 def cell_rows(token: str, _table: PredictionTable, true_idx: int, pred_idx: int) -> pd.DataFrame:
-    return metrics.cell_samples(_table, true_idx, pred_idx)
+    return cm.cell_samples(_table, true_idx, pred_idx)
 
 
 @st.cache_data(show_spinner=False, max_entries=64)
 def class_order(token: str, _table: PredictionTable, order: str, taxa: tuple[tuple[str, str], ...] | None
                 ) -> np.ndarray:
-    return metrics.order_classes(confusion(token, _table), _table.class_names, order=order,
+    return cm.order_classes(confusion(token, _table), _table.class_names, order=order,
                                  taxa=dict(taxa) if taxa is not None else None)
 
 
 @st.cache_data(show_spinner=False, max_entries=64)
 def taxa_of_classes(dataset_key: str, _samples: pd.DataFrame, column: str) -> tuple[tuple[str, str], ...]:
-    return tuple(sorted(metrics.class_taxa(_samples, column).items()))
+    return tuple(sorted(queries.class_taxa(_samples, column).items()))
 
 
 def dataset_key(ctx: PageContext) -> str:
@@ -229,8 +239,8 @@ def per_class_figure(token: str, _table: PredictionTable) -> go.Figure:
 
 
 @st.cache_resource(show_spinner=False, max_entries=32)
-def bottom_figure(token: str, _table: PredictionTable, n: int) -> go.Figure:
-    return figures.build_bottom_f1_figure(metrics.bottom_classes(per_class(token, _table), n=n))
+def bottom_figure(token: str, _table: PredictionTable, n: int, rank_by: str = "f1") -> go.Figure:
+    return figures.build_bottom_f1_figure(metrics.bottom_classes(per_class(token, _table), n=n, rank_by=rank_by))
 
 
 @st.cache_data(show_spinner=False, max_entries=128)
@@ -248,7 +258,7 @@ def filtered_rows(
     sort_by: str,
     descending: bool,
 ) -> pd.DataFrame:
-    return metrics.filter_predictions(
+    return queries.filter_predictions(
         _table, true_classes=true_classes, pred_classes=pred_classes, confidence_range=confidence_range,
         specimen_ids=specimen_ids, taxa=dict(taxa) if taxa is not None else None, taxon_values=taxon_values,
         errors_only=errors_only, sort_by=sort_by, descending=descending,
@@ -272,5 +282,6 @@ def format_estimate(estimate: metrics.MetricEstimate) -> tuple[str, str]:
     """(value text, interval text) for a headline metric; "—" and the reason when it is undefined."""
     if estimate.value is None:
         return "—", estimate.note
-    interval = "" if estimate.low is None else f"95% CI {estimate.low:.3f} – {estimate.high:.3f}"
+    level = f"{INTERVALS.confidence_level * 100:g}%"
+    interval = "" if estimate.low is None else f"{level} CI {estimate.low:.3f} – {estimate.high:.3f}"
     return f"{estimate.value:.3f}", interval

@@ -5,15 +5,14 @@ from __future__ import annotations
 
 import io
 import math
-from pathlib import Path
 
 import pandas as pd
 import streamlit as st
 
 from core.images import ImageError, load_image_rgb
-from core.metrics import top_predictions
 from core.predictions import PredictionTable
-from pages._cached import PageContext
+from core.queries import top_predictions
+from pages._cached import PageContext, file_mtime_ns
 from pages._cam import gallery_cam_controls, gallery_overlays
 
 THUMB_PX = 160
@@ -51,11 +50,17 @@ def thumbnail_bytes(path: str, mtime_ns: int, size: int = THUMB_PX) -> bytes | N
     return buffer.getvalue()
 
 
-def _mtime(path: str | None) -> int:
+def show_image(path: str | None, caption: str) -> None:
+    """The image at `path` at the column's width, or why it cannot be shown (an `ImageError`'s message)."""
     try:
-        return Path(path).stat().st_mtime_ns if path else -1
-    except OSError:
-        return -1
+        st.image(load_image_rgb(path) if path else None, caption=caption, width="stretch")
+    except ImageError as exc:
+        st.error(str(exc))
+
+
+def sample_thumbnail(path: str | None) -> bytes | None:
+    """The cached thumbnail of the image at `path` (re-made when the file changes); None without a readable image."""
+    return thumbnail_bytes(path, file_mtime_ns(path)) if path else None
 
 
 def render_gallery(ctx: PageContext, table_rows: pd.DataFrame, *, key: str) -> str | None:
@@ -90,7 +95,7 @@ def render_gallery(ctx: PageContext, table_rows: pd.DataFrame, *, key: str) -> s
                                                      paths[offset : offset + COLUMNS],
                                                      overlays[offset : offset + COLUMNS], strict=False):
                 with cell:
-                    data = overlay if overlay is not None else thumbnail_bytes(path, _mtime(path)) if path else None
+                    data = overlay if overlay is not None else sample_thumbnail(path)
                     caption = f"{row['label']} → {row['pred']} · {row['confidence']:.0%}"
                     if data is None:
                         st.caption(f"(image unavailable) {caption}")
@@ -115,10 +120,7 @@ def render_sample_view(ctx: PageContext, table: PredictionTable, sample_id: str,
     left, right = st.columns([1, 1])
     path = sample_paths(ctx, [sample_id])[0]
     with left:
-        try:
-            st.image(load_image_rgb(path) if path else None, caption=sample_id, width="stretch")
-        except ImageError as exc:
-            st.error(str(exc))
+        show_image(path, sample_id)
     with right:
         st.markdown(f"**True:** {row['label']}  \n**Predicted:** {row['pred']} ({row['confidence']:.1%})  \n"
                     f"**Loss:** {row['loss']:.3f}  \n**Specimen:** {row['specimen_id']}  \n**Split:** {row['split']}")

@@ -5,12 +5,12 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
+from core.errors import USER_ERRORS
 from core.labelstore import LabelStore, validate_reviewer
 from core.predictions import PredictionTable
 from core.ranking import LabelIssueRanking, rank_label_issues
 from pages._cached import PageContext, get_predictions, predictions_key
-
-KEY_REVIEWER = "tl_reviewer"  # session state: who is reviewing (UI state; every action goes to the store)
+from pages._state import KEY_REVIEWER
 
 
 @st.cache_resource(show_spinner=False)
@@ -19,8 +19,13 @@ def _open_store(url: str) -> LabelStore:
 
 
 def label_store(ctx: PageContext) -> LabelStore:
-    """The workspace's label store, one per URL per server process (it migrates the schema on first open)."""
-    return _open_store(ctx.workspace.label_store_url)
+    """The workspace's label store, one per URL per server process (it migrates the schema on first open); when it
+    cannot be opened (an unknown URL scheme, a schema newer than this TaxaLens), says why and stops the page."""
+    try:
+        return _open_store(ctx.workspace.label_store_url)
+    except USER_ERRORS as exc:
+        st.error(f"Cannot open the label store of {ctx.workspace.root}: {exc}")
+        st.stop()
 
 
 @st.cache_resource(show_spinner="Ranking likely label errors…", max_entries=8)
@@ -53,6 +58,6 @@ def reviewer_input(*, label: str = "Reviewer") -> str | None:
                   help="Required to record decisions; every event in the audit log carries it")
     try:
         return validate_reviewer(st.session_state.get(KEY_REVIEWER))
-    except ValueError as exc:
+    except USER_ERRORS as exc:
         st.warning(str(exc))
         return None

@@ -19,7 +19,7 @@ from core.taxonomy import Taxonomy, load_taxonomy
 from pages import _evaluation as ev
 from pages._cached import PageContext
 
-N_BOOT = 1000
+N_BOOT = ev.INTERVALS.n_boot  # the evaluation pages' bootstrap size
 
 
 def _file_stamp(ctx: PageContext) -> float:
@@ -69,7 +69,9 @@ def rolled_all(token: str, tax: str, rule: str, _table: PredictionTable, _taxono
 def rank_results(token: str, tax: str, rule: str, _table: PredictionTable, _taxonomy: Taxonomy
                  ) -> tuple[tm.RankMetrics, ...]:
     """Metrics at every rank; the class level is the Overview's cached headline (same token, same bootstrap)."""
-    return tm.metrics_by_rank(_table, _taxonomy, rule=rule, n_boot=N_BOOT, class_level=ev.headline(token, _table),
+    return tm.metrics_by_rank(_table, _taxonomy, rule=rule, n_boot=ev.INTERVALS.n_boot, seed=ev.INTERVALS.seed,
+                              confidence_level=ev.INTERVALS.confidence_level, method=ev.INTERVALS.method,
+                              class_level=ev.headline(token, _table),
                               rolled=rolled_all(token, tax, rule, _table, _taxonomy))
 
 

@@ -5,11 +5,11 @@ from __future__ import annotations
 import streamlit as st
 
 from core.agreement import adjudicate, class_agreement, list_disagreements, reviewer_pair_agreement
+from core.errors import USER_ERRORS
 from core.export import audit_log_csv, curated_manifest_csv
-from core.images import ImageError, load_image_rgb
-from core.labelstore import EXCLUDED_VOTE
-from pages._cached import page_context
-from pages._gallery import sample_paths
+from core.labelstore import EXCLUDED_VOTE, UNSURE_VOTE
+from pages._cached import start_page
+from pages._gallery import sample_paths, show_image
 from pages._review_support import given_labels, label_store, reviewer_input
 
 SELECTED, MESSAGE = "adj-selected", "adj-message"
@@ -25,17 +25,14 @@ def _rule(store, sample_id: str, *, reviewer: str, given: str | None) -> None:
     try:
         event = adjudicate(store, sample_id, st.session_state["adj-decision"], reviewer=reviewer, given_label=given,
                            note=st.session_state.get("adj-note", ""))
-    except ValueError as exc:
+    except USER_ERRORS as exc:
         st.session_state[MESSAGE] = str(exc)
         return
     st.session_state[MESSAGE] = f"ruling recorded: {event.action} {event.new_label or ''} (event {event.id})"
     st.session_state["adj-note"] = ""
 
 
-st.title("Adjudicate & export")
-ctx = page_context()
-if ctx is None:
-    st.stop()
+ctx = start_page("Adjudicate & export")
 store = label_store(ctx)
 given_of = given_labels(ctx)
 lead = reviewer_input(label="Lead reviewer")
@@ -59,15 +56,12 @@ else:
     left, right = st.columns([1, 2])
     path = sample_paths(ctx, [selected])[0]
     with left:
-        try:
-            st.image(load_image_rgb(path) if path else None, caption=selected, width="stretch")
-        except ImageError as exc:
-            st.error(str(exc))
+        show_image(path, selected)
     with right:
         st.markdown(f"**Given label:** {given_of.get(selected)}  \n**Now:** {state.status} · {state.label}")
         for reviewer, vote in sorted(state.votes.items()):
             st.text(f"{reviewer}: {vote}")  # reviewer names are free text: shown as text, never markdown
-        options = sorted(set(ctx.dataset.class_names) | {v for v in state.votes.values() if v != "(unsure)"}
+        options = sorted(set(ctx.dataset.class_names) | {v for v in state.votes.values() if v != UNSURE_VOTE}
                          | {EXCLUDED_VOTE})
         label_now = state.label or given_of.get(selected)
         st.selectbox("Ruling", options, index=options.index(label_now) if label_now in options else 0,

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import streamlit as st
 
-from core.metrics import bottom_classes, confusions_of_class
+from core.confusion import confusions_of_class
+from core.metrics import bottom_classes, resampling_unit
+from core.scores import CLASS_METRIC_LABELS
 from pages import _evaluation as ev
 from pages._gallery import render_gallery, render_sample_view
 
 CLASS_KEY = "wc-class"
+RANKINGS = {"f1": "F1", "f1_high": "F1 upper bound"}
 
 
 def _pick_from_chart() -> None:
@@ -29,12 +32,16 @@ if with_support == 0:
     st.warning("No class has a sample with a known label in this split.")
     st.stop()
 n = st.slider("Classes shown", 1, min(50, with_support), min(10, with_support), key="wc-n") if with_support > 1 else 1
-bottom = bottom_classes(per_class, n=n)
-st.plotly_chart(ev.bottom_figure(data.token, table, n), key="wc-chart", on_select=_pick_from_chart,
+rank_by = st.radio("Rank by", RANKINGS, horizontal=True, key="wc-rank", format_func=RANKINGS.get,
+                   help="Upper bound: a class is weak for sure only when even its interval's top is low; F1 = 0 "
+                        "on 3 images ranks after F1 = 0 on 300.")
+bottom = bottom_classes(per_class, n=n, rank_by=rank_by)
+st.plotly_chart(ev.bottom_figure(data.token, table, n, rank_by), key="wc-chart", on_select=_pick_from_chart,
                 selection_mode="points")
 n_empty = int((per_class["support"] == 0).sum())
-st.caption(f"The {len(bottom)} lowest-F1 classes among {with_support} with samples in this split"
-           + (f"; {n_empty} without samples here are left out" if n_empty else "") + ". Click a bar.")
+st.caption(f"The {len(bottom)} weakest classes by {RANKINGS[rank_by]} among {with_support} with samples in this "
+           "split" + (f"; {n_empty} without samples here are left out" if n_empty else "") + ". Click a bar. "
+           f"Error bars: {ev.interval_caption(resampling_unit(table))}.")
 
 choices = bottom["class"].tolist()
 if st.session_state.get(CLASS_KEY) not in choices:
@@ -42,9 +49,9 @@ if st.session_state.get(CLASS_KEY) not in choices:
 chosen = st.selectbox("Class", choices, key=CLASS_KEY)
 row = per_class.set_index("class").loc[chosen]
 cols = st.columns(4)
-cols[0].metric("F1", f"{row['f1']:.3f}")
-cols[1].metric("Precision", f"{row['precision']:.3f}")
-cols[2].metric("Recall", f"{row['recall']:.3f}")
+for column, name in zip(cols[:3], ("f1", "precision", "recall"), strict=True):
+    column.metric(CLASS_METRIC_LABELS[name], f"{row[name]:.3f}")
+    column.caption(f"CI {row[f'{name}_low']:.3f} – {row[f'{name}_high']:.3f}")
 cols[3].metric("Support", f"{int(row['support']):,}")
 
 class_idx = list(table.class_names).index(chosen)

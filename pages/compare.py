@@ -3,29 +3,21 @@ intervals, per-class F1 deltas, and the samples whose prediction flipped, openin
 
 from __future__ import annotations
 
-import hashlib
-
-import numpy as np
 import pandas as pd
 import streamlit as st
 
-from core.compare import Comparison, build_f1_delta_figure, compare_predictions
+from core.compare import METRICS, Comparison, compare_predictions
 from core.ensemble import EnsembleSpec, add_ensemble, ensemble_tables
+from core.errors import USER_ERRORS
+from core.figures import build_f1_delta_figure
 from core.predictions import PredictionTable
+from core.scores import METRIC_LABELS
 from pages import _taxonomy_support as tx
-from pages._cached import page_context, require_table
+from pages._cached import require_table, start_page, table_token
 from pages._gallery import render_gallery, render_sample_view
 
 ENSEMBLE = "(ensemble of all checkpoints)"
-LABELS = {"macro_f1": "Macro-F1", "weighted_f1": "Weighted-F1", "accuracy": "Accuracy"}
-
-
-def _token(table: PredictionTable) -> str:
-    digest = hashlib.blake2b(digest_size=16)
-    for column in ("label", "pred", "sample_id"):
-        digest.update("\0".join(map(str, table.frame[column])).encode())
-    digest.update(np.ascontiguousarray(table.pred_probs).tobytes()[:1_000_000])
-    return digest.hexdigest()
+LABELS = {name: METRIC_LABELS[name] for name in METRICS}
 
 
 @st.cache_data(show_spinner="Bootstrapping…", max_entries=16)
@@ -39,10 +31,7 @@ def _ensemble(tokens: tuple[str, ...], method: str, names: tuple[str, ...], _tab
     return ensemble_tables(list(_tables), method=method, member_names=names, name=f"ensemble({', '.join(names)})")
 
 
-st.title("Compare checkpoints")
-ctx = page_context()
-if ctx is None:
-    st.stop()
+ctx = start_page("Compare checkpoints")
 checkpoints = [c.name for c in ctx.workspace.checkpoints]
 names = ctx.names  # checkpoints, then saved ensembles
 if len(checkpoints) < 2:
@@ -56,7 +45,7 @@ default_b = next((n for n in ctx.checkpoints[1:] if n != name_a), others[0])
 name_b = right.selectbox("Checkpoint B", [*others, ENSEMBLE], index=others.index(default_b), key="cmp-b",
                          help="Saved ensembles are listed by name; the last entry combines every checkpoint now")
 with st.expander("Options"):
-    cluster = st.radio("Resample", ("sample", "specimen"), horizontal=True, key="cmp-cluster",
+    cluster = st.radio("Resample", ("specimen", "sample"), horizontal=True, key="cmp-cluster",
                        help="specimen: whole individuals are resampled (their images are not independent)")
     n_boot = st.select_slider("Bootstrap resamples", (200, 500, 1000, 2000), value=1000, key="cmp-boot")
     method = st.radio("Ensemble method", ("mean", "f1_weighted"), horizontal=True, key="cmp-method",
@@ -71,8 +60,8 @@ if name_b == ENSEMBLE:
         require_table(ctx, member)
         member_tables.append(ctx.table(member, split="all"))
     try:
-        full_b = _ensemble(tuple(_token(t) for t in member_tables), method, tuple(members), tuple(member_tables))
-    except ValueError as exc:
+        full_b = _ensemble(tuple(table_token(t) for t in member_tables), method, tuple(members), tuple(member_tables))
+    except USER_ERRORS as exc:
         st.error(str(exc))
         st.stop()
     table_b = full_b.for_split(ctx.split)
@@ -81,7 +70,7 @@ if name_b == ENSEMBLE:
         if st.button("Save", key="cmp-ens-save"):
             try:
                 add_ensemble(ctx.workspace.root, EnsembleSpec(ensemble_name.strip(), tuple(members), method))
-            except ValueError as exc:
+            except USER_ERRORS as exc:
                 st.error(str(exc))
             else:
                 st.success(f"Saved as `[[ensembles]]` **{ensemble_name}** in taxalens.toml")
@@ -94,8 +83,8 @@ else:
     label_b = name_b
 
 try:
-    result = _compare(_token(table_a), _token(table_b), int(n_boot), cluster, table_a, table_b)
-except ValueError as exc:
+    result = _compare(table_token(table_a), table_token(table_b), int(n_boot), cluster, table_a, table_b)
+except USER_ERRORS as exc:
     st.error(str(exc))
     st.stop()
 st.caption(f"A = **{name_a}**, B = **{label_b}** · split **{ctx.split}** · {result.n:,} samples compared"
@@ -116,8 +105,9 @@ for column, (metric, label) in zip(columns, LABELS.items(), strict=True):
 table = result.metrics.assign(metric=result.metrics["metric"].map(LABELS))
 st.dataframe(table, hide_index=True, key="cmp-metrics",
              column_config={c: st.column_config.NumberColumn(format="%.3f") for c in table.columns[1:]})
-st.caption(f"{result.n_boot} paired resamples of {'specimens' if result.cluster == 'specimen' else 'images'}: each "
-           "resample scores both models on the same samples, so the delta interval reflects only where they differ.")
+st.caption(f"{result.caption}: each resample scores both models on the same "
+           f"{'specimens' if result.unit == 'specimen' else 'images'}, so the delta interval reflects only where they "
+           "differ.")
 
 # Per-class ---------------------------------------------------------------------------------------------------------
 st.subheader("Per-class F1 change")
@@ -131,7 +121,7 @@ with st.expander("Per-class table"):
 taxonomy = tx.page_taxonomy(ctx, tuple(dict.fromkeys((*table_a.class_names, *table_b.class_names))), quiet=True)
 if taxonomy is not None:
     st.subheader("Along the taxonomy")
-    by_rank, severity = tx.compare_ranks(_token(table_a), _token(table_b), tx.taxonomy_token(taxonomy), "sum",
+    by_rank, severity = tx.compare_ranks(table_token(table_a), table_token(table_b), tx.taxonomy_token(taxonomy), "sum",
                                          int(n_boot), cluster, table_a, table_b, taxonomy)
     st.dataframe(by_rank.assign(metric=by_rank["metric"].map(LABELS)), hide_index=True, key="cmp-ranks",
                  column_config={c: st.column_config.NumberColumn(format="%.3f") for c in by_rank.columns

@@ -9,8 +9,8 @@ from core.taxonomy import CLASS_LEVEL, Taxonomy
 from pages import _evaluation as ev
 from pages import _taxonomy_support as tx
 from pages._gallery import render_gallery, render_sample_view
+from pages._state import KEY_CONFUSION_CELL
 
-CELL_KEY = "cm-cell"  # (true_idx, pred_idx) of the open cell, in model class indices
 NORMALISE = {"counts": "none", "share of true class (recall)": "true", "share of predicted class (precision)": "pred"}
 PAIRS_SHOWN = 200
 OUTLINE_MAX_CLASSES = 60  # above this, the open cell is not outlined (re-drawing a large matrix per click is slow)
@@ -21,18 +21,18 @@ def _open_cell_from_chart() -> None:
     points = st.session_state["cm-chart"].selection.points
     cells = [data for data in map(ev.selected_customdata, points) if len(data) >= 2]
     if cells:
-        st.session_state[CELL_KEY] = (int(cells[0][0]), int(cells[0][1]))
+        st.session_state[KEY_CONFUSION_CELL] = (int(cells[0][0]), int(cells[0][1]))
 
 
 def _open_cell_from_pairs(pairs) -> None:
     rows = st.session_state["cm-pairs"].selection.rows
     if rows:
         pair = pairs.iloc[rows[0]]
-        st.session_state[CELL_KEY] = (int(pair["true_idx"]), int(pair["pred_idx"]))
+        st.session_state[KEY_CONFUSION_CELL] = (int(pair["true_idx"]), int(pair["pred_idx"]))
 
 
 def _open_cell_by_name(index: dict[str, int]) -> None:
-    st.session_state[CELL_KEY] = (index[st.session_state["cm-true"]], index[st.session_state["cm-pred"]])
+    st.session_state[KEY_CONFUSION_CELL] = (index[st.session_state["cm-true"]], index[st.session_state["cm-pred"]])
 
 
 # --- folding by rank -------------------------------------------------------------------------------------------------
@@ -109,7 +109,7 @@ if taxonomy is not None and fold_rank != CLASS_LEVEL:
     _folded_matrix(ctx, data, taxonomy, fold_rank, normalise, hide_diagonal)
     st.stop()
 
-cell = st.session_state.get(CELL_KEY)
+cell = st.session_state.get(KEY_CONFUSION_CELL)
 if cell is not None and not (0 <= cell[0] < len(names) and 0 <= cell[1] < len(names)):
     cell = None
 outline = cell if len(names) <= OUTLINE_MAX_CLASSES else None

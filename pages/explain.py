@@ -4,21 +4,17 @@ from __future__ import annotations
 
 import streamlit as st
 
-from core.images import ImageError, load_image_rgb
-from core.metrics import top_predictions
+from core.queries import top_predictions
 from models.cam import CAM_METHODS, CamError, render_overlay
-from pages._cached import page_context, require_single_checkpoint, require_table
+from pages._cached import require_single_checkpoint, require_table, start_page
 from pages._cam import CamMaps, auto_layer, cam_maps
-from pages._gallery import sample_paths
+from pages._gallery import sample_paths, show_image
 
 MAX_OPTIONS = 500  # sample ids listed at once; type in the filter to narrow a larger split
 DISPLAY_PX = 320
 KEY_SAMPLE = "cam-sample"
 
-st.title("Grad-CAM")
-ctx = page_context()
-if ctx is None:
-    st.stop()
+ctx = start_page("Grad-CAM")
 require_single_checkpoint(ctx, "Grad-CAM")  # an ensemble has no model to explain
 table = require_table(ctx)
 names = list(table.class_names)
@@ -86,11 +82,7 @@ except CamError as exc:
 
 columns = st.columns(1 + len(targets))
 with columns[0]:
-    try:
-        st.image(load_image_rgb(path) if path else None, width="stretch",
-                 caption=f"{sample_id} · true {row['label']}")
-    except ImageError as exc:
-        st.error(str(exc))
+    show_image(path, f"{sample_id} · true {row['label']}")
 for column, (role, class_index), entry in zip(columns[1:], targets, maps, strict=True):
     with column:
         if not isinstance(entry, CamMaps):

@@ -6,12 +6,9 @@ import pandas as pd
 import streamlit as st
 
 from core.summary import checkpoint_rows, class_count_table
-from pages._cached import ensemble_problem, missing_members, page_context, predictions_file
+from pages._cached import ensemble_problem, missing_members, predictions_file, start_page
 
-st.title("TaxaLens")
-ctx = page_context()
-if ctx is None:
-    st.stop()
+ctx = start_page("TaxaLens")
 
 dataset = ctx.dataset
 st.caption(f"Workspace `{ctx.workspace.root}` · dataset `{dataset.source}`")

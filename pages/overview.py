@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from core.metrics import METRIC_LABELS
+from core.scores import METRIC_LABELS
 from pages import _evaluation as ev
 
 ctx, data = ev.open_evaluation_page("Overview")
@@ -26,9 +26,17 @@ else:
         column.metric(estimate.label, value, help=interval or None)
         column.caption(interval)
     st.caption(
-        f"Image level: {image_level.n_evaluated:,} images, {image_level.n_classes_present} classes present; intervals "
-        f"from {image_level.n_boot} bootstrap resamples. Macro averages run over the classes present in this split."
+        f"Image level: {image_level.n_evaluated:,} images, {image_level.n_classes_present} classes present; "
+        f"{image_level.caption}. Macro averages run over the classes present in this split."
     )
+    if image_level.unit == "specimen":
+        st.caption(f"Why specimens: the {image_level.n_units:,} specimens here have several images each, and images "
+                   "of one individual succeed or fail together, so resampling images would count each specimen "
+                   "several times over and give intervals too narrow; whole specimens are resampled instead.")
+    if image_level.n_single_specimen_classes:
+        st.caption(f"{image_level.n_single_specimen_classes} class(es) have a single specimen in this split: their "
+                   "images are resampled instead, and no interval can show how another specimen of such a class "
+                   "would fare, so balanced accuracy and macro-F1 are less certain than their intervals say.")
     if specimen_level is not None and specimen_level.n_evaluated:
         st.markdown("**Image level vs specimen level** (specimen = mean probability over its images)")
         frame = image_level.as_frame()[["label", "value", "low", "high"]].rename(
@@ -39,7 +47,8 @@ else:
         frame["specimen high"] = spec["high"].to_numpy()
         st.dataframe(frame, hide_index=True, key="specimen-vs-image",
                      column_config={c: st.column_config.NumberColumn(format="%.3f") for c in frame.columns[1:]})
-        st.caption(f"{specimen_level.n_evaluated:,} specimens with a known label.")
+        st.caption(f"{specimen_level.n_evaluated:,} specimens with a known label; specimen intervals: "
+                   f"{specimen_level.caption}.")
 
 # Class distribution -----------------------------------------------------------------------------------------------
 st.subheader("Class distribution")
@@ -61,8 +70,8 @@ st.dataframe(
     hide_index=True,
     key="per-class-table",
     column_config={
-        "precision": st.column_config.NumberColumn(format="%.3f"),
-        "recall": st.column_config.NumberColumn(format="%.3f"),
+        **{column: st.column_config.NumberColumn(format="%.3f") for column in per_class.columns
+           if column.startswith(("precision", "recall", "f1_"))},
         "f1": st.column_config.NumberColumn("F1", format="%.3f"),
         "confused_as": st.column_config.TextColumn("most confused with", help="its samples are mostly predicted as"),
         "confused_as_count": st.column_config.NumberColumn("n"),
@@ -70,6 +79,9 @@ st.dataframe(
         "confused_from_count": st.column_config.NumberColumn("n "),
     },
 )
+st.caption(f"Per-class intervals: {ev.interval_caption(image_level.unit)}; where a score is 0 or 1 and no resample can "
+           "move it, the open side is the Wilson bound on the class's specimens, so F1 = 0 on 3 images and on 300 "
+           "read differently.")
 st.download_button(
     "Download per-class CSV",
     per_class.to_csv(index=False).encode(),

@@ -11,17 +11,15 @@ from pathlib import Path
 
 import streamlit as st
 
+from core.errors import USER_ERRORS
 from core.train_runs import list_runs, read_log_tail, start_training_run, stop_run
-from pages._cached import page_context
+from pages._cached import start_page
 
 ARCHS = ("resnet10t", "resnet18", "resnet50", "convnext_atto", "convnext_tiny", "efficientnet_b0",
          "mobilenetv3_small_050", "mobilenetv3_large_100", "vit_tiny_patch16_224", "vit_small_patch16_224")
 FROM_SCRATCH = "(none: train from the architecture)"
 
-st.title("Retrain")
-ctx = page_context()
-if ctx is None:
-    st.stop()
+ctx = start_page("Retrain")
 workspace = ctx.workspace
 st.caption("Train a new checkpoint from the workspace dataset or a curated label export (excluded samples are left "
            "out, relabels applied). The run continues in the background; this page follows it.")
@@ -63,7 +61,7 @@ if submitted:
     try:
         run = start_training_run(workspace, name.strip(), data=None if data.startswith("(") else Path(data),
                                  options=options)
-    except (ValueError, FileNotFoundError) as exc:
+    except USER_ERRORS as exc:
         st.error(str(exc))
     else:
         st.success(f"Started run **{run.name}** in `{run.run_dir}`")

@@ -9,19 +9,19 @@ from __future__ import annotations
 import numpy as np
 import streamlit as st
 
+from core.errors import USER_ERRORS
 from core.figures import build_top_predictions_figure
-from core.images import ImageError, load_image_rgb
-from core.metrics import top_predictions
+from core.queries import top_predictions
 from core.ranking import QUEUE_KINDS, QueueSpec, build_queue, typical_examples
-from pages._cached import page_context, require_table
-from pages._gallery import _mtime, sample_paths, thumbnail_bytes
+from pages._cached import require_table, start_page
+from pages._gallery import sample_paths, sample_thumbnail, show_image
 from pages._review_support import given_labels, label_issue_ranking, label_store, reviewer_input
+from pages._state import KEY_CONFUSION_CELL
 
 QUEUE_NAMES = {"likely_errors": "Likely label errors", "confusion_cell": "Confusion cell (from the confusion page)",
                "class": "One class", "low_confidence": "Lowest confidence",
                "not_reviewed_by_me": "Not yet reviewed by me"}
 CURRENT, MESSAGE, NOTE = "rv-current", "rv-message", "rv-note"
-CONFUSION_CELL = "cm-cell"  # set by the confusion page: (true_idx, pred_idx) in model class order
 STRIP = 4  # typical examples shown per class
 SHORTCUTS = {"c": "rv-confirm", "a": "rv-accept", "r": "rv-relabel", "u": "rv-unsure", "x": "rv-exclude",
              "z": "rv-undo", "n": "rv-next"}
@@ -35,7 +35,7 @@ def _act(store, sample_id: str, action: str, *, reviewer: str, given: str, label
     try:
         event = store.record(sample_id, action, reviewer=reviewer, label=label, given_label=given,
                              note=st.session_state.get(NOTE, ""), checkpoint=checkpoint)
-    except ValueError as exc:
+    except USER_ERRORS as exc:
         st.session_state[MESSAGE] = ("error", str(exc))
         return
     st.session_state[MESSAGE] = ("success", f"{event.action} recorded for {sample_id} (event {event.id})")
@@ -46,7 +46,7 @@ def _act(store, sample_id: str, action: str, *, reviewer: str, given: str, label
 def _undo(store, reviewer: str) -> None:
     try:
         event = store.undo_last(reviewer, note=st.session_state.get(NOTE, ""))
-    except ValueError as exc:
+    except USER_ERRORS as exc:
         st.session_state[MESSAGE] = ("error", str(exc))
         return
     st.session_state[MESSAGE] = ("success", f"undid event {event.reverts_id} on {event.sample_id}")
@@ -66,7 +66,7 @@ def _strip(ctx, rows, title: str) -> None:
         return
     cells = st.columns(STRIP)
     for cell, path in zip(cells, sample_paths(ctx, rows["sample_id"].tolist()), strict=False):
-        data = thumbnail_bytes(path, _mtime(path)) if path else None
+        data = sample_thumbnail(path)
         if data is not None:
             cell.image(data, width="stretch")
 
@@ -85,10 +85,7 @@ def _cam_overlays(ctx, sample_id: str, path: str, classes: list[int]) -> list:
             for m in maps]
 
 
-st.title("Review queue")
-ctx = page_context()
-if ctx is None:
-    st.stop()
+ctx = start_page("Review queue")
 table = require_table(ctx)
 store = label_store(ctx)
 names = list(table.class_names)
@@ -102,7 +99,7 @@ spec = QueueSpec(kind=kind)
 if kind == "class":
     spec = QueueSpec(kind=kind, class_name=top_row[2].selectbox("Class", names, key="rv-class"))
 elif kind == "confusion_cell":
-    cell = st.session_state.get(CONFUSION_CELL)
+    cell = st.session_state.get(KEY_CONFUSION_CELL)
     if not cell or not all(0 <= i < len(names) for i in cell):
         st.info("Open a cell on the Confusion matrix page first; its samples become this queue.")
         st.stop()
@@ -146,10 +143,7 @@ nav[2].caption(f"Sample {position + 1} of {len(ids)} · queue rank {int(row['ran
 path = sample_paths(ctx, [sample_id])[0]
 image_col, facts_col = st.columns([3, 2])
 with image_col:
-    try:
-        st.image(load_image_rgb(path) if path else None, caption=sample_id, width="stretch")
-    except ImageError as exc:
-        st.error(str(exc))
+    show_image(path, sample_id)
     if path and st.toggle("Grad-CAM for the suggested and the given class", value=True, key="rv-cam"):
         wanted = [(f"suggested: {suggested}", names.index(suggested))]
         if given in names:
@@ -220,7 +214,7 @@ st.iframe(
 if next_id is not None:
     next_path = sample_paths(ctx, [next_id])[0]
     if next_path:
-        thumbnail_bytes(next_path, _mtime(next_path))
+        sample_thumbnail(next_path)
         if st.session_state.get("rv-cam", True):
             next_row = queue.iloc[position + 1]
             wanted = [names.index(str(next_row["suggested"]))]

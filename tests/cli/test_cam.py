@@ -10,11 +10,10 @@ import timm
 import torch
 from PIL import Image
 
-from cli.cam import _safe
 from cli.main import main
 from core.workspace import load_workspace
 from models.checkpoints import ModelCard, save_taxalens_checkpoint
-from models.inference import predict_workspace
+from models.inference import predict_workspace, safe_file_name
 
 CLASSES = ("Basophil", "Eosinophil", "Lymphocyte", "Monocyte", "Neutrophil")
 
@@ -66,7 +65,8 @@ def test_sample_with_several_targets(workspace, tmp_path):
                  "Monocyte", "--target", "Lymphocyte", "--method", "gradcam++", "--device", "cpu",
                  "--out", str(out)]) == 0
     files = [r["file"] for r in _index(out)]
-    expected = {r["file"] for r in rows} | {f"{_safe(sample)}__gradcam++__{c}.png" for c in ("Monocyte", "Lymphocyte")}
+    expected = {r["file"] for r in rows} | {f"{safe_file_name(sample)}__gradcam++__{c}.png"
+                                            for c in ("Monocyte", "Lymphocyte")}
     assert len(files) == len(set(files)) and set(files) == expected and files[-1].endswith("__Lymphocyte.png")
     assert sorted(files) == sorted(p.name for p in out.glob("*.png"))
 

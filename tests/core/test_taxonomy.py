@@ -14,6 +14,7 @@ from core import metrics
 from core import taxonomy_metrics as T
 from core.errors import TaxaLensError
 from core.predictions import build_prediction_table
+from core.queries import filter_predictions
 from core.taxonomy import Taxonomy, TaxonomyError, build_taxonomy, read_taxonomy_csv, taxonomy_from_samples
 
 # a1, a2 in genus A; b1 in genus B (same family F1); c1 in family F2 (same order O1); d1 in order O2.
@@ -187,7 +188,7 @@ def test_mistake_severity_hand_computed(tree):
 
 def test_rows_beyond_rank_and_folded_cells(tree):
     table = _table(["a1", "a1", "a1", "b1", "c1", "d1"], ["a1", "a2", "b1", "c1", "d1", "d1"])
-    rows = metrics.filter_predictions(table)
+    rows = filter_predictions(table)
     levels = T.error_levels(table, tree)
     across_family = T.rows_beyond_rank(rows, levels, tree.level_of("family"))
     assert sorted(across_family["sample_id"]) == ["s3", "s4"]

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from core.errors import TaxaLensError
 from core.train_runs import list_runs, read_log_tail, read_run, start_training_run, stop_run
 from core.workspace import load_workspace
 
@@ -60,3 +61,27 @@ def test_bad_names_and_missing_data_are_refused(workspace, tmp_path: Path):
     with pytest.raises(FileNotFoundError, match="training data not found"):
         start_training_run(workspace, "ok", data=tmp_path / "nope.csv")
     assert not list_runs(workspace)
+
+
+def test_the_log_the_retrain_page_shows_holds_the_start_the_output_and_the_stop(workspace, tmp_path: Path):
+    run = start_training_run(workspace, "logged", options={"epochs": 2},
+                             python=_fake_python(tmp_path, 'echo "epoch 1/2: train loss 0.5" >&2\nsleep 60'))
+    deadline = time.monotonic() + 10
+    while "epoch 1/2" not in read_log_tail(run) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert stop_run(read_run(run.run_dir))
+    lines = read_log_tail(read_run(run.run_dir)).splitlines()
+    assert lines[0].startswith("started at ") and lines[0].endswith(" --epochs 2")  # the command, shell-quoted
+    assert "-m core train --workspace" in lines[0]
+    assert "epoch 1/2: train loss 0.5" in lines  # the process's stderr
+    assert lines[-1].startswith("stopped from the dashboard at ")
+
+
+def test_a_taken_name_is_a_taxalens_error_naming_the_fix(workspace, tmp_path: Path):
+    first = start_training_run(workspace, "twice", python=_fake_python(tmp_path, "sleep 60"))
+    try:
+        with pytest.raises(TaxaLensError, match="already in progress; stop it on the Retrain page"):
+            start_training_run(workspace, "twice", python=_fake_python(tmp_path, "sleep 60"))
+    finally:
+        stop_run(read_run(first.run_dir))
+    assert [r.name for r in list_runs(workspace)] == ["twice"]

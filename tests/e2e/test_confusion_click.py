@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from core.metrics import rank_confused_pairs
+from core.confusion import rank_confused_pairs
 from pages._evaluation import cell_heading
 from tests.pages.eval_workspaces import build_drawn_workspace, load_table
 

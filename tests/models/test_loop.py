@@ -10,13 +10,13 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks.bench_loop import LoopSettings, run_loop
+from models.loop import LoopSettings, run_loop
 
 
 @pytest.mark.slow
 def test_fixing_the_ranked_queue_raises_clean_val_macro_f1(tmp_path: Path):
     settings = LoopSettings(scale=0.5, noise=0.4, epochs=8, img_size=40, folds=2, seed=0, threads=1)
-    outcome = run_loop(settings, tmp_path, log=lambda message: None)
+    outcome = run_loop(settings, tmp_path)
     assert outcome.n_noisy > 100
     # the cross-validated ranking puts real errors at the top: far above the base rate of noisy labels
     assert outcome.precision_at_k > 1.3 * outcome.n_noisy / outcome.n_train

@@ -1,4 +1,5 @@
-"""Training: layer-wise lr decay groups, the schedule, the balanced sampler, a tiny run end to end, resume, errors."""
+"""Training: layer-wise lr decay groups, the schedule, a tiny run end to end, resume, errors (the balanced sampler:
+test_sampling.py; augmentation: test_augment.py)."""
 
 from __future__ import annotations
 
@@ -6,15 +7,12 @@ import json
 from dataclasses import replace
 from pathlib import Path
 
-import numpy as np
 import pytest
 import timm
 import torch
 
 from core.dataset import load_dataset
-from models.augment import OFF, BatchAugment
 from models.checkpoints import load_checkpoint, read_model_card
-from models.sampling import DistributedWeightedSampler, class_balance_weights, class_sampling_shares
 from models.train import (
     TrainConfig,
     TrainingError,
@@ -100,49 +98,6 @@ def test_lr_factor_warms_up_then_anneals_to_min():
     assert lr_factor(10, total_steps=100, warmup_steps=10, min_ratio=0.01) == pytest.approx(1.0)
     assert lr_factor(55, total_steps=100, warmup_steps=10, min_ratio=0.0) == pytest.approx(0.5)
     assert lr_factor(100, total_steps=100, warmup_steps=10, min_ratio=0.01) == pytest.approx(0.01)
-
-
-# -- class-balanced sampling ----------------------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize("power", [1.0, 0.5, 0.0])
-def test_balanced_sampler_draws_match_requested_shares(power: float):
-    counts = np.array([500, 120, 30, 5])
-    labels = np.repeat(np.arange(4), counts)
-    shares = class_sampling_shares(counts, power=power)
-    sampler = DistributedWeightedSampler(class_balance_weights(counts, power=power)[labels], num_samples=40_000)
-    drawn = np.bincount(labels[list(sampler)], minlength=4) / 40_000
-    assert np.allclose(drawn, shares, atol=0.01), (drawn, shares)
-    if power == 1.0:
-        assert np.allclose(shares, 0.25)
-    if power == 0.0:
-        assert np.allclose(shares, counts / counts.sum())
-
-
-def test_distributed_sampler_shards_one_draw_disjointly():
-    weights = np.linspace(1, 2, 50)
-    whole = list(DistributedWeightedSampler(weights, num_samples=100, seed=3))
-    ranks = [DistributedWeightedSampler(weights, num_samples=100, num_replicas=2, rank=r, seed=3) for r in (0, 1)]
-    rank0, rank1 = list(ranks[0]), list(ranks[1])
-    assert len(rank0) == len(rank1) == 50
-    assert whole == [i for pair in zip(rank0, rank1, strict=True) for i in pair]
-    ranks[0].set_epoch(1)
-    assert list(ranks[0]) != rank0  # a new draw every epoch
-
-
-# -- augmentation ---------------------------------------------------------------------------------------------------
-
-
-def test_augment_off_is_identity_and_strong_changes_images():
-    torch.manual_seed(0)
-    images = torch.rand(8, 3, 32, 32)
-    rare = torch.tensor([True, False] * 4)
-    assert torch.allclose(BatchAugment(OFF, OFF)(images, rare), images, atol=1e-5)
-    out = BatchAugment()(images, rare)
-    assert out.shape == images.shape and out.min() >= 0 and out.max() <= 1
-    assert (out - images).abs().mean() > 0.01
-    erased = BatchAugment(OFF, replace(OFF, erase_p=1.0)).erase(images, rare, fill=-7.0)
-    assert bool((erased[rare] == -7.0).any()) and not bool((erased[~rare] == -7.0).any())
 
 
 # -- a tiny run end to end ------------------------------------------------------------------------------------------

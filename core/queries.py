@@ -1,0 +1,71 @@
+"""Queries the pages run on a predictions table: filtered and sorted rows, a sample's top classes, class taxa."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Literal
+
+import numpy as np
+import pandas as pd
+
+from core.predictions import PredictionTable
+
+
+def filter_predictions(
+    table: PredictionTable,
+    *,
+    true_classes: Sequence[str] = (),
+    pred_classes: Sequence[str] = (),
+    confidence_range: tuple[float, float] = (0.0, 1.0),
+    specimen_ids: Sequence[str] = (),
+    taxa: Mapping[str, str] | None = None,
+    taxon_values: Sequence[str] = (),
+    errors_only: bool = True,
+    sort_by: Literal["confidence", "loss"] = "confidence",
+    descending: bool = True,
+) -> pd.DataFrame:
+    """Rows of `table.frame` (plus `row`, the position in the table) passing every filter, sorted.
+
+    Empty filter sequences mean "any". `errors_only` keeps evaluated rows whose prediction differs from the label.
+    `taxa` maps a sample's label to its taxon; `taxon_values` keeps labels whose taxon is listed.
+    """
+    if sort_by not in ("confidence", "loss"):
+        raise ValueError(f"sort_by must be 'confidence' or 'loss', got {sort_by!r}")
+    frame = table.frame
+    mask = np.ones(len(frame), dtype=bool)
+    if errors_only:
+        mask &= (frame["label_idx"].to_numpy() >= 0) & (frame["label_idx"].to_numpy() != frame["pred_idx"].to_numpy())
+    if true_classes:
+        mask &= frame["label"].isin(list(true_classes)).to_numpy()
+    if pred_classes:
+        mask &= frame["pred"].isin(list(pred_classes)).to_numpy()
+    low, high = confidence_range
+    confidence = frame["confidence"].to_numpy()
+    mask &= (confidence >= low) & (confidence <= high)
+    if specimen_ids:
+        mask &= frame["specimen_id"].isin(list(specimen_ids)).to_numpy()
+    if taxon_values:
+        if taxa is None:
+            raise ValueError("filtering by taxon needs `taxa` (label -> taxon)")
+        allowed = {label for label, taxon in taxa.items() if taxon in set(taxon_values)}
+        mask &= frame["label"].isin(allowed).to_numpy()
+    rows = frame.loc[mask].assign(row=np.flatnonzero(mask))
+    return rows.sort_values(sort_by, ascending=not descending, kind="stable", na_position="last").reset_index(drop=True)
+
+
+def top_predictions(table: PredictionTable, row: int, *, k: int = 5) -> pd.DataFrame:
+    """The `k` most probable classes for table row `row`: class, probability (highest first)."""
+    probs = table.pred_probs[row]
+    k = min(k, len(probs))
+    best = np.argsort(-probs, kind="stable")[:k]
+    return pd.DataFrame({"class": np.asarray(table.class_names, dtype=object)[best], "probability": probs[best]})
+
+
+def class_taxa(samples: pd.DataFrame, column: str) -> dict[str, str]:
+    """label -> its most common value in taxonomy `column` of the dataset's `samples` (for ordering and filters)."""
+    if column not in samples.columns:
+        raise ValueError(f"no taxonomy column {column!r}; the samples have {list(samples.columns)}")
+    rows = samples[["label", column]].astype(str)
+    counts = rows.groupby(["label", column], sort=True).size().reset_index(name="n")
+    best = counts.sort_values(["label", "n"], ascending=[True, False], kind="stable").drop_duplicates("label")
+    return dict(zip(best["label"], best[column], strict=True))

@@ -1,0 +1,603 @@
+"""Scores from per-class counts, and the one bootstrap behind every interval TaxaLens shows.
+
+Counts -> scores: `ClassCounts` holds true positives, support and predicted counts per class (any leading batch
+shape); `COUNT_SCORES` (accuracy, balanced accuracy, macro-F1, weighted-F1) and `class_scores` (precision, recall,
+F1 per class) turn them into numbers with scikit-learn's conventions. A new headline metric is one entry in
+`COUNT_SCORES` (and its label in `METRIC_LABELS`).
+
+The bootstrap: `ResamplingPlan` resamples a table's *units* stratified by class. The unit is the specimen when
+specimen ids are given and some specimen has several images (a cluster bootstrap: a specimen is drawn with all its
+images, because images of one individual are not independent), else the image. Each class keeps its number of
+units in every resample, so no class vanishes from a resample and macro averages run over the same classes as the
+point estimate. A specimen's class (its stratum) is the most common label among its images (ties: the lower class
+index); its images keep their own labels when scored, so a specimen whose images carry different labels is drawn
+whole, counted under its majority class.
+
+Resampling is exact and vectorised: units with identical content (same stratum, same multiset of (label,
+prediction, flags) cells) are merged into *types*; a stratum of m units is resampled as one multinomial draw of m
+over its types, weighted by how many units each type holds (the same distribution as drawing m unit indices with
+replacement), and per-class counts of a resample come from sparse (types x classes) products. Intervals are BCa
+(bias-corrected and accelerated; acceleration from the leave-one-unit-out jackknife, computed per type) or plain
+percentile intervals; `benchmarks/bench_coverage.py` measures their coverage.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+from scipy import sparse
+from scipy.special import ndtr, ndtri
+
+from core.errors import TaxaLensError
+
+logger = logging.getLogger(__name__)
+
+Unit = Literal["image", "specimen"]
+IntervalMethod = Literal["bca", "percentile"]
+
+METRIC_LABELS: dict[str, str] = {
+    "accuracy": "Accuracy",
+    "balanced_accuracy": "Balanced accuracy",
+    "macro_f1": "Macro-F1",
+    "weighted_f1": "Weighted-F1",
+    "top3_accuracy": "Top-3 accuracy",
+    "top5_accuracy": "Top-5 accuracy",
+}
+CLASS_METRIC_LABELS: dict[str, str] = {"precision": "Precision", "recall": "Recall", "f1": "F1"}
+DEFAULT_METHOD: IntervalMethod = "bca"  # the product's interval (see benchmarks/bench_coverage.py)
+BOOT_CHUNK_NUMBERS = 4_000_000  # resample counts are drawn in chunks of about this many numbers (memory bound)
+_MAX_MERGED_UNIT = 16  # units with more images than this are never merged into a type (bounds the padded key)
+
+
+class ScoresError(TaxaLensError, ValueError):
+    """Bad arguments to a score or bootstrap function; the message names the argument and its allowed values."""
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Counts -> scores
+
+
+def ratio(numerator: np.ndarray, denominator: np.ndarray) -> np.ndarray:
+    """`numerator / denominator` as float64, 0 where the denominator is 0 (scikit-learn's `zero_division=0`)."""
+    numerator = np.asarray(numerator, dtype=np.float64)
+    denominator = np.asarray(denominator, dtype=np.float64)
+    out = np.zeros(np.broadcast(numerator, denominator).shape)
+    return np.divide(numerator, denominator, out=out, where=denominator > 0)
+
+
+@dataclass(frozen=True)
+class ClassCounts:
+    """Per-class counts of one or many confusions: arrays of shape `(..., K)` (e.g. `(K,)` or `(B, K)`)."""
+
+    tp: np.ndarray  # samples of the class predicted as it
+    support: np.ndarray  # samples whose label is the class
+    predicted: np.ndarray  # samples predicted as the class
+
+    @classmethod
+    def from_labels(cls, y_true: np.ndarray, y_pred: np.ndarray, k: int) -> ClassCounts:
+        """Counts of integer labels and predictions, each `(N,)` with values in `range(k)`; a negative value (a label
+        or prediction outside the class list) counts nowhere on its side."""
+        y_true = np.asarray(y_true, dtype=np.int64)
+        y_pred = np.asarray(y_pred, dtype=np.int64)
+        return cls(
+            tp=np.bincount(y_true[(y_true == y_pred) & (y_true >= 0)], minlength=k).astype(np.float64),
+            support=np.bincount(y_true[y_true >= 0], minlength=k).astype(np.float64),
+            predicted=np.bincount(y_pred[y_pred >= 0], minlength=k).astype(np.float64),
+        )
+
+    @classmethod
+    def from_confusion(cls, confusion: np.ndarray) -> ClassCounts:
+        """Counts of a `(K, K)` confusion matrix (rows = true class, columns = predicted class)."""
+        confusion = np.asarray(confusion, dtype=np.float64)
+        return cls(tp=np.diag(confusion).copy(), support=confusion.sum(axis=1), predicted=confusion.sum(axis=0))
+
+
+def class_scores(counts: ClassCounts) -> dict[str, np.ndarray]:
+    """Precision, recall and F1 per class, shaped like the counts; 0 where undefined (scikit-learn's
+    `precision_recall_fscore_support(..., zero_division=0)`)."""
+    return {
+        "precision": ratio(counts.tp, counts.predicted),
+        "recall": ratio(counts.tp, counts.support),
+        "f1": ratio(2 * counts.tp, counts.support + counts.predicted),
+    }
+
+
+def _accuracy(counts: ClassCounts) -> np.ndarray:
+    return ratio(counts.tp.sum(axis=-1), counts.support.sum(axis=-1))
+
+
+def _balanced_accuracy(counts: ClassCounts) -> np.ndarray:
+    present = counts.support > 0
+    return ratio((ratio(counts.tp, counts.support) * present).sum(axis=-1), present.sum(axis=-1))
+
+
+def _macro_f1(counts: ClassCounts) -> np.ndarray:
+    present = counts.support > 0
+    return ratio((class_scores(counts)["f1"] * present).sum(axis=-1), present.sum(axis=-1))
+
+
+def _weighted_f1(counts: ClassCounts) -> np.ndarray:
+    return ratio((class_scores(counts)["f1"] * counts.support).sum(axis=-1), counts.support.sum(axis=-1))
+
+
+# Headline scores computed from per-class counts. Macro averages run over the classes present in the labels (a
+# model class without samples would otherwise add a 0); weighted-F1 weights by support. Each equals scikit-learn's
+# (tests/core/test_scores.py); 0 where undefined (no samples).
+COUNT_SCORES: dict[str, Callable[[ClassCounts], np.ndarray]] = {
+    "accuracy": _accuracy,
+    "balanced_accuracy": _balanced_accuracy,
+    "macro_f1": _macro_f1,
+    "weighted_f1": _weighted_f1,
+}
+
+
+def headline_scores(counts: ClassCounts, names: Sequence[str] = tuple(COUNT_SCORES)) -> dict[str, np.ndarray]:
+    """The `COUNT_SCORES` named in `names`, each of shape `counts.tp.shape[:-1]`."""
+    return {name: COUNT_SCORES[name](counts) for name in names}
+
+
+def top_k_hits(pred_probs: np.ndarray, y_true: np.ndarray, *, k: int) -> np.ndarray:
+    """Boolean `(N,)`: is `y_true[i]` among the `k` highest scores of row i.
+
+    Ties are broken as scikit-learn's `top_k_accuracy_score` does (a stable ascending argsort reversed, so among
+    equal scores the higher class index ranks first), so `hits.mean()` equals that function's result.
+    """
+    pred_probs = np.asarray(pred_probs)
+    y_true = np.asarray(y_true, dtype=np.int64)
+    n, n_classes = pred_probs.shape
+    if n == 0:
+        return np.zeros(0, dtype=bool)
+    out = np.empty(n, dtype=bool)
+    columns = np.arange(n_classes)
+    step = max(1, 2_000_000 // max(n_classes, 1))  # rows per chunk, bounds the temporary boolean arrays
+    for start in range(0, n, step):
+        probs = pred_probs[start : start + step]
+        truth = y_true[start : start + step]
+        score = probs[np.arange(len(truth)), truth][:, None]
+        ahead = (probs > score).sum(axis=1) + ((probs == score) & (columns[None, :] > truth[:, None])).sum(axis=1)
+        out[start : start + step] = ahead < k
+    return out
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The bootstrap
+
+
+@dataclass(frozen=True)
+class BootstrapConfig:
+    """How intervals are computed."""
+
+    n_boot: int = 1000  # resamples (0: no intervals)
+    confidence_level: float = 0.95  # e.g. 0.95 for 95% intervals
+    seed: int | None = 0  # makes the resamples reproducible
+    method: IntervalMethod = DEFAULT_METHOD  # "bca" or "percentile"
+
+    def __post_init__(self) -> None:
+        if self.n_boot < 0:
+            raise ScoresError(f"n_boot must be >= 0, got {self.n_boot}")
+        if not 0.0 < self.confidence_level < 1.0:
+            raise ScoresError(f"confidence_level must be in (0, 1), got {self.confidence_level}")
+        if self.method not in ("bca", "percentile"):
+            raise ScoresError(f"interval method must be 'bca' or 'percentile', got {self.method!r}")
+
+
+def describe_intervals(config: BootstrapConfig, unit: Unit) -> str:
+    """The caption of an interval: "95% CI (BCa), 1,000 specimen resamples, stratified by class"."""
+    level = f"{config.confidence_level * 100:g}%"
+    method = "BCa" if config.method == "bca" else "percentile"
+    return f"{level} CI ({method}), {config.n_boot:,} {unit} resamples, stratified by class"
+
+
+@dataclass(frozen=True)
+class Tally:
+    """Linear sums over units of one or many weightings (`R` rows: resamples, the full table, jackknife rows)."""
+
+    support: np.ndarray  # (R, K) samples per true class
+    tp: Mapping[str, np.ndarray]  # prediction column -> (R, K) true positives
+    predicted: Mapping[str, np.ndarray]  # prediction column -> (R, K) samples predicted per class
+    flags: Mapping[str, np.ndarray]  # flag name -> (R,) samples with the flag set
+    n: np.ndarray  # (R,) samples
+
+    def counts(self, column: str) -> ClassCounts:
+        """The class counts of prediction column `column`."""
+        return ClassCounts(tp=self.tp[column], support=self.support, predicted=self.predicted[column])
+
+    def rate(self, flag: str) -> np.ndarray:
+        """Share of samples with `flag` set, `(R,)`."""
+        return ratio(self.flags[flag], self.n)
+
+
+Statistic = Callable[[Tally], Mapping[str, np.ndarray]]  # a tally -> named arrays of shape (R, ...)
+
+
+class ResamplingPlan:
+    """The stratified (cluster) bootstrap of one table; see the module docstring.
+
+    `y_true`: `(N,)` int class indices in `range(k)`; `predictions`: named `(N,)` int arrays in `range(k)` (one per
+    model: paired comparisons resample the same units for both); `flags`: named `(N,)` booleans (e.g. top-3 hits);
+    `groups`: `(N,)` specimen ids, or None. The unit is the specimen when `groups` holds some id twice, else the
+    image (rows that are already specimens are images of this plan: pass `groups=None`).
+    """
+
+    def __init__(
+        self,
+        y_true: np.ndarray,
+        predictions: Mapping[str, np.ndarray],
+        *,
+        k: int,
+        flags: Mapping[str, np.ndarray] | None = None,
+        groups: np.ndarray | Sequence | None = None,
+    ) -> None:
+        y_true = np.asarray(y_true, dtype=np.int64)
+        n = len(y_true)
+        if n == 0:
+            raise ScoresError("cannot resample an empty table (no evaluated samples)")
+        flags = dict(flags or {})
+        preds = {name: np.asarray(values, dtype=np.int64) for name, values in predictions.items()}
+        for name, values in [*preds.items(), *flags.items()]:
+            if len(values) != n:
+                raise ScoresError(f"{name!r} has {len(values)} values for {n} labels")
+        self.k = k
+        self.columns = tuple(preds)
+        self.flag_names = tuple(flags)
+        unit_of_row = self._units(groups, n)
+        self.unit: Unit = "specimen" if unit_of_row is not None else "image"
+        if unit_of_row is None:
+            unit_of_row = np.arange(n)
+        n_units = int(unit_of_row.max()) + 1
+
+        # Cells: distinct (label, each prediction, each flag) combinations.
+        code = y_true.copy()
+        for name in self.columns:
+            code = code * k + preds[name]
+        for name in self.flag_names:
+            code = code * 2 + np.asarray(flags[name], dtype=np.int64)
+        cells, cell_of_row = np.unique(code, return_inverse=True)
+        cell_flags = {}
+        rest = cells
+        for name in reversed(self.flag_names):
+            cell_flags[name] = (rest % 2).astype(np.float64)
+            rest = rest // 2
+        cell_preds = {}
+        for name in reversed(self.columns):
+            cell_preds[name] = rest % k
+            rest = rest // k
+        cell_true = rest
+
+        # Strata: a unit's class is its most common label (ties: the lower class index). A class with one specimen
+        # cannot show its variation by resampling specimens (every resample holds that specimen), so its images
+        # become the units of its stratum.
+        stratum_of_unit = _majority_label(unit_of_row, y_true, n_units, k)
+        lone = np.bincount(stratum_of_unit, minlength=k)[stratum_of_unit] == 1
+        lone &= np.bincount(unit_of_row, minlength=n_units) > 1
+        if self.unit == "specimen" and lone.any():
+            split_rows = lone[unit_of_row]
+            unit_of_row = unit_of_row.copy()
+            unit_of_row[split_rows] = n_units + np.arange(int(split_rows.sum()))
+            unit_of_row = np.unique(unit_of_row, return_inverse=True)[1].ravel()
+            n_units = int(unit_of_row.max()) + 1
+            stratum_of_unit = _majority_label(unit_of_row, y_true, n_units, k)
+        self.n_image_units = int(lone.sum())  # specimens resampled as images (their class has no other specimen)
+
+        # Types: units with the same stratum and the same multiset of cells.
+        type_of_unit = self._types(unit_of_row, cell_of_row, stratum_of_unit)
+        n_types = int(type_of_unit.max()) + 1
+        self.multiplicity = np.bincount(type_of_unit, minlength=n_types).astype(np.float64)  # units per type
+        rep_unit = np.zeros(n_types, dtype=np.int64)
+        rep_unit[type_of_unit[::-1]] = np.arange(n_units)[::-1]  # first unit of each type
+        stratum_of_type = stratum_of_unit[rep_unit]
+        n_cells = len(cells)
+        unit_cells = sparse.csr_matrix((np.ones(n), (unit_of_row, cell_of_row)), shape=(n_units, n_cells))
+        type_cells = unit_cells[rep_unit]  # (T, cells) images of each cell in one unit of the type
+
+        cell_rows = np.arange(n_cells)
+
+        def to_class(cls_of_cell: np.ndarray, weight: np.ndarray | None = None) -> sparse.csr_matrix:
+            data = np.ones(n_cells) if weight is None else weight
+            return (type_cells @ sparse.csr_matrix((data, (cell_rows, cls_of_cell)), shape=(n_cells, k))).tocsr()
+
+        # One sparse (T, Q) map from type weights to every sum a tally holds: support, tp and predicted per column
+        # (K each), flags, images; a tally is one sparse product.
+        blocks = [to_class(cell_true)]
+        blocks += [to_class(cell_true, (cell_true == cell_preds[c]).astype(np.float64)) for c in self.columns]
+        blocks += [to_class(cell_preds[c]) for c in self.columns]
+        blocks += [sparse.csr_matrix((type_cells @ cell_flags[f]).reshape(-1, 1)) for f in self.flag_names]
+        blocks.append(sparse.csr_matrix(np.asarray(type_cells.sum(axis=1)).reshape(-1, 1)))
+        self._map = sparse.hstack(blocks, format="csr")
+        self.n_types = n_types
+        self.n_units = n_units
+        self.n_rows = n
+        self.units_per_class = np.bincount(stratum_of_unit, minlength=k)  # units resampled per class stratum
+        self.n_strata = int(len(np.unique(stratum_of_type)))
+        self._prepare_draws(stratum_of_type)
+        logger.debug("resampling plan: %d rows, %d %ss in %d strata, %d types, %d cells", n, n_units, self.unit,
+                     self.n_strata, n_types, n_cells)
+
+    @staticmethod
+    def _units(groups: np.ndarray | Sequence | None, n: int) -> np.ndarray | None:
+        if groups is None:
+            return None
+        groups = np.asarray(groups)
+        if len(groups) != n:
+            raise ScoresError(f"groups has {len(groups)} values for {n} labels")
+        codes, uniques = _factorize(groups)
+        return codes if len(uniques) < n else None
+
+    @staticmethod
+    def _types(unit_of_row: np.ndarray, cell_of_row: np.ndarray, stratum_of_unit: np.ndarray) -> np.ndarray:
+        """Type index per unit: equal for units of one stratum holding the same multiset of cells."""
+        n_units = len(stratum_of_unit)
+        sizes = np.bincount(unit_of_row, minlength=n_units)
+        width = int(min(sizes.max(), _MAX_MERGED_UNIT))
+        order = np.lexsort((cell_of_row, unit_of_row))
+        units_sorted = unit_of_row[order]
+        starts = np.r_[0, np.cumsum(sizes)[:-1]]
+        slot = np.arange(len(order)) - starts[units_sorted]
+        small = sizes[units_sorted] <= width
+        key = np.full((n_units, width + 2), -1, dtype=np.int64)
+        key[:, 0] = stratum_of_unit
+        key[:, 1] = np.where(sizes <= width, -1, np.arange(n_units))  # a large unit is a type of its own
+        key[units_sorted[small], slot[small] + 2] = cell_of_row[order][small]
+        _, type_of_unit = np.unique(key, axis=0, return_inverse=True)
+        return type_of_unit.ravel()
+
+    # ------------------------------------------------------------------------------------------------------------
+
+    def _prepare_draws(self, stratum_of_type: np.ndarray) -> None:
+        """Per stratum, how a resample is drawn: fixed (one unit or one type), as unit indices (most strata: a
+        uniform draw per unit is far cheaper than a binomial per type), or as one multinomial over its types
+        (strata of many units in few types, e.g. images of a large class)."""
+        order = np.argsort(stratum_of_type, kind="stable")
+        bounds = np.flatnonzero(np.r_[True, np.diff(stratum_of_type[order]) != 0, True])
+        self._fixed = []  # types whose weight is their multiplicity in every resample
+        self._multinomial = []  # (types, units, type probabilities)
+        pools, offsets, sizes, scale = [], [], [], np.ones(self.n_types)
+        pooled = 0
+        for start, stop in zip(bounds[:-1], bounds[1:], strict=True):
+            types = order[start:stop]
+            units = self.multiplicity[types]
+            m = int(units.sum())
+            if len(types) == 1 or m == 1:
+                self._fixed.append(types)
+            elif m - 1 > 40 * len(types):
+                self._multinomial.append((types, m, units / m))
+            else:
+                pools.append(np.repeat(types, units.astype(np.int64)))
+                offsets.append(np.full(m - 1, pooled))
+                sizes.append(np.full(m - 1, m))
+                scale[types] = m / (m - 1)
+                pooled += m
+        self._fixed_types = np.concatenate(self._fixed) if self._fixed else np.zeros(0, dtype=np.int64)
+        self._pool = np.concatenate(pools) if pools else np.zeros(0, dtype=np.int64)  # one entry per unit: its type
+        self._draw_offset = np.concatenate(offsets) if offsets else np.zeros(0, dtype=np.int64)
+        self._draw_size_int = np.concatenate(sizes).astype(np.int64) if sizes else np.zeros(0, np.int64)
+        self._draw_size = self._draw_size_int.astype(np.float32)  # stratum size per draw
+        self._scale = scale
+
+    def _split(self, sums: np.ndarray) -> Tally:
+        k, c = self.k, len(self.columns)
+        return Tally(
+            support=sums[:, :k],
+            tp={name: sums[:, k * (1 + i) : k * (2 + i)] for i, name in enumerate(self.columns)},
+            predicted={name: sums[:, k * (1 + c + i) : k * (2 + c + i)] for i, name in enumerate(self.columns)},
+            flags={name: sums[:, k * (1 + 2 * c) + i] for i, name in enumerate(self.flag_names)},
+            n=sums[:, -1],
+        )
+
+    def tally(self, weights: np.ndarray) -> Tally:
+        """Sums under `(R, T)` type weights (units drawn per type)."""
+        weights = np.atleast_2d(np.asarray(weights, dtype=np.float64))
+        return self._split(np.asarray((self._map.T @ np.ascontiguousarray(weights.T)).T))
+
+    def full(self) -> Tally:
+        """The tally of the table itself (every unit once)."""
+        return self.tally(self.multiplicity[None, :])
+
+    def resample(self, n_boot: int, seed: int | None) -> Iterator[Tally]:
+        """Tallies of `n_boot` stratified resamples, in chunks (memory bound by `BOOT_CHUNK_NUMBERS`).
+
+        Rescaled bootstrap: a stratum of m units gets m - 1 draws with replacement, each weighted m / (m - 1), so
+        the class keeps its total weight and small strata keep their full variance (with m draws a stratum's
+        variance shrinks by (m - 1) / m: half for two specimens); a stratum of one unit is fixed.
+        """
+        rng = np.random.default_rng(seed)
+        per_resample = max(self.n_types, len(self._draw_offset))
+        chunk = max(1, BOOT_CHUNK_NUMBERS // max(per_resample, 1))
+        t = self.n_types
+        for start in range(0, n_boot, chunk):
+            size = min(chunk, n_boot - start)
+            if len(self._pool):
+                uniform = rng.random((size, len(self._draw_offset)), dtype=np.float32)
+                local = (uniform * self._draw_size).astype(np.int64)
+                np.minimum(local, self._draw_size_int - 1, out=local)  # float32 rounding may reach m itself
+                picks = self._draw_offset + local
+                flat = (np.arange(size)[:, None] * t + self._pool[picks]).ravel()
+                weights = np.bincount(flat, minlength=size * t).reshape(size, t) * self._scale
+            else:
+                weights = np.zeros((size, t))
+            weights[:, self._fixed_types] = self.multiplicity[self._fixed_types]
+            for types, m, probabilities in self._multinomial:
+                weights[:, types] = rng.multinomial(m - 1, probabilities, size=size) * (m / (m - 1))
+            yield self.tally(weights)
+
+    def jackknife(self, chunk_types: int = 2048) -> Iterator[tuple[Tally, np.ndarray]]:
+        """Leave-one-unit-out tallies, one row per type (every unit of a type gives the same), with the units per
+        type as weights; in chunks of `chunk_types` types."""
+        total = np.asarray(self._map.T @ self.multiplicity).ravel()
+        for start in range(0, self.n_types, chunk_types):
+            rows = slice(start, min(start + chunk_types, self.n_types))
+            yield self._split(total[None, :] - self._map[rows].toarray()), self.multiplicity[rows]
+
+
+def _majority_label(unit_of_row: np.ndarray, y_true: np.ndarray, n_units: int, k: int) -> np.ndarray:
+    """Per unit, the most common label of its rows (ties: the lower class index)."""
+    pairs, pair_counts = np.unique(unit_of_row * k + y_true, return_counts=True)
+    pair_unit, pair_label = pairs // k, pairs % k
+    best = np.lexsort((pair_label, -pair_counts, pair_unit))
+    first = np.r_[True, pair_unit[best][1:] != pair_unit[best][:-1]]
+    out = np.empty(n_units, dtype=np.int64)
+    out[pair_unit[best][first]] = pair_label[best][first]
+    return out
+
+
+def _factorize(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    import pandas as pd
+
+    codes, uniques = pd.factorize(pd.Series(values), sort=False)
+    return codes.astype(np.int64), np.asarray(uniques)
+
+
+@dataclass(frozen=True)
+class BootstrapResult:
+    """Point values and intervals of named statistics (each an array of any shape, e.g. `()` or `(K,)`)."""
+
+    values: dict[str, np.ndarray]  # statistic -> point value on the table
+    low: dict[str, np.ndarray]  # statistic -> lower bound (NaN: no interval)
+    high: dict[str, np.ndarray]  # statistic -> upper bound
+    draws: dict[str, np.ndarray]  # statistic -> (n_boot, ...) resampled values
+    unit: Unit  # what was resampled
+    config: BootstrapConfig
+
+    @property
+    def caption(self) -> str:
+        return describe_intervals(self.config, self.unit)
+
+
+def bootstrap(plan: ResamplingPlan, statistic: Statistic, config: BootstrapConfig) -> BootstrapResult:
+    """Point values of `statistic` on the table and their intervals over `config.n_boot` stratified resamples."""
+    values = {name: v[0] for name, v in statistic(plan.full()).items()}
+    if config.n_boot == 0:
+        nan = {name: np.full(np.shape(v), np.nan) for name, v in values.items()}
+        return BootstrapResult(values, nan, dict(nan), {}, plan.unit, config)
+    parts: dict[str, list[np.ndarray]] = {name: [] for name in values}
+    for tally in plan.resample(config.n_boot, config.seed):
+        for name, v in statistic(tally).items():
+            parts[name].append(v)
+    draws = {name: np.concatenate(p) for name, p in parts.items()}
+    acceleration = _acceleration(plan, statistic, values) if config.method == "bca" else None
+    low, high = {}, {}
+    for name, value in values.items():
+        accel = None if acceleration is None else acceleration[name]
+        low[name], high[name] = interval(draws[name], value, config.confidence_level, acceleration=accel)
+    return BootstrapResult(values, low, high, draws, plan.unit, config)
+
+
+def _acceleration(plan: ResamplingPlan, statistic: Statistic, values: Mapping[str, np.ndarray]
+                  ) -> dict[str, np.ndarray]:
+    """BCa acceleration per statistic (elementwise) from the leave-one-unit-out jackknife.
+
+    a = sum(w d^3) / (6 sum(w d^2)^1.5), d = the jackknife mean minus each leave-one-out value, w = units per type.
+    The moments are accumulated chunk by chunk about the full-table value (then shifted to the jackknife mean), so
+    no `(types, ...)` array is ever held whole.
+    """
+    total_w = 0.0
+    sums: dict[str, list[np.ndarray]] = {}
+    for tally, w in plan.jackknife():
+        total_w += float(w.sum())
+        for name, theta in statistic(tally).items():
+            e = theta - values[name]
+            ww = w.reshape((-1,) + (1,) * (e.ndim - 1))
+            we = ww * e
+            we2 = we * e
+            moments = [we.sum(axis=0), we2.sum(axis=0), (we2 * e).sum(axis=0)]
+            if name in sums:
+                sums[name] = [a + b for a, b in zip(sums[name], moments, strict=True)]
+            else:
+                sums[name] = moments
+    out = {}
+    for name, (s1, s2, s3) in sums.items():
+        mu = s1 / total_w
+        m2 = s2 - total_w * mu**2  # sum of w (theta - mean)^2
+        m3 = s3 - 3 * mu * s2 + 2 * total_w * mu**3  # sum of w (theta - mean)^3
+        num, den = -m3, 6.0 * np.clip(m2, 0.0, None) ** 1.5
+        out[name] = np.divide(num, den, out=np.zeros_like(np.asarray(num, dtype=np.float64)), where=den > 0)
+    return out
+
+
+def interval(draws: np.ndarray, value: np.ndarray, confidence_level: float, *,
+             acceleration: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Elementwise interval of `(B, ...)` bootstrap `draws` around point `value` (shape `...`).
+
+    Without `acceleration`: the percentile interval. With it: BCa (Efron 1987): the percentiles are shifted by the
+    bias correction z0 = Phi^-1(share of draws below the point value, ties counted half) and the acceleration.
+    Where every draw is equal the interval is that value.
+    """
+    draws = np.asarray(draws, dtype=np.float64)
+    alpha = (1.0 - confidence_level) / 2.0
+    n_boot = draws.shape[0]
+    shape = draws.shape[1:]
+    levels = np.broadcast_to(np.array([alpha, 1.0 - alpha]).reshape((2,) + (1,) * len(shape)), (2,) + shape)
+    if acceleration is not None:
+        value = np.asarray(value, dtype=np.float64)
+        share = ((draws < value).sum(axis=0) + 0.5 * (draws == value).sum(axis=0)) / n_boot
+        z0 = ndtri(np.clip(share, 0.5 / n_boot, 1.0 - 0.5 / n_boot))
+        z = ndtri(np.array([alpha, 1.0 - alpha])).reshape((2,) + (1,) * len(shape))
+        a = np.asarray(acceleration, dtype=np.float64)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            adjusted = ndtr(z0 + (z0 + z) / (1.0 - a * (z0 + z)))
+        levels = np.where(np.isfinite(adjusted), adjusted, levels)
+    ordered = np.sort(draws, axis=0)
+    position = np.clip(levels, 0.0, 1.0) * (n_boot - 1)
+    below = np.floor(position).astype(np.int64)
+    above = np.minimum(below + 1, n_boot - 1)
+    frac = position - below
+    low_high = (np.take_along_axis(ordered, below, axis=0) * (1 - frac)
+                + np.take_along_axis(ordered, above, axis=0) * frac)
+    return low_high[0], low_high[1]
+
+
+def wilson_interval(successes: np.ndarray, n: np.ndarray, confidence_level: float) -> tuple[np.ndarray, np.ndarray]:
+    """Wilson score interval of a proportion (elementwise); (0, 1) where `n` is 0."""
+    successes = np.asarray(successes, dtype=np.float64)
+    n = np.asarray(n, dtype=np.float64)
+    z = float(ndtri(1.0 - (1.0 - confidence_level) / 2.0))
+    safe = np.where(n > 0, n, 1.0)
+    p = successes / safe
+    centre = (p + z * z / (2 * safe)) / (1 + z * z / safe)
+    half = z * np.sqrt(p * (1 - p) / safe + z * z / (4 * safe * safe)) / (1 + z * z / safe)
+    return np.where(n > 0, centre - half, 0.0), np.where(n > 0, centre + half, 1.0)
+
+
+def class_interval_bounds(plan: ResamplingPlan, config: BootstrapConfig, *, column: str = "pred"
+                          ) -> dict[str, np.ndarray]:
+    """Per-class intervals of precision, recall and F1 of prediction `column`: `(K,)` arrays keyed
+    `precision_low`, `precision_high`, `recall_low`, ... (NaN for classes without samples).
+
+    The bootstrap interval of each score, except where the score sits at 0 or 1 with nothing to resample off it
+    (no true positive, or every sample right): a bootstrap cannot leave that value, so the open side takes the
+    Wilson score bound of the proportion on the class's units (its specimens; for precision, its predicted images
+    divided by the table's images per unit), and F1's bound is the F1 of those precision and recall bounds. This is
+    what tells F1 = 0 on 3 images (upper bound about 0.7) from F1 = 0 on 300 (upper bound about 0.02).
+    """
+
+    def statistic(tally: Tally) -> dict[str, np.ndarray]:
+        return class_scores(tally.counts(column))
+
+    result = bootstrap(plan, statistic, config)
+    counts = plan.full().counts(column)
+    tp, support, predicted = counts.tp[0], counts.support[0], counts.predicted[0]
+    images_per_unit = plan.n_rows / plan.n_units
+    n_recall = np.where(plan.units_per_class > 0, plan.units_per_class, support / images_per_unit)
+    n_precision = predicted / images_per_unit
+    level = config.confidence_level
+    out = {f"{name}_{side}": np.array(getattr(result, side)[name], dtype=np.float64)
+           for name in ("precision", "recall", "f1") for side in ("low", "high")}
+    none_right, all_right = tp == 0, (tp == support) & (support > 0)
+    all_precise = (tp == predicted) & (predicted > 0)
+    r_low, r_high = wilson_interval(np.where(none_right, 0.0, n_recall), n_recall, level)
+    p_low, p_high = wilson_interval(np.where(none_right, 0.0, n_precision), n_precision, level)
+    out["recall_high"] = np.where(none_right, np.maximum(out["recall_high"], r_high), out["recall_high"])
+    out["recall_low"] = np.where(all_right, np.minimum(out["recall_low"], r_low), out["recall_low"])
+    out["precision_high"] = np.where(none_right, np.maximum(out["precision_high"], p_high), out["precision_high"])
+    out["precision_low"] = np.where(all_precise, np.minimum(out["precision_low"], p_low), out["precision_low"])
+    f1_high = ratio(2 * p_high * r_high, p_high + r_high)
+    f1_low = ratio(2 * np.where(all_precise, p_low, 1.0) * r_low, np.where(all_precise, p_low, 1.0) + r_low)
+    out["f1_high"] = np.where(none_right, np.maximum(out["f1_high"], f1_high), out["f1_high"])
+    out["f1_low"] = np.where(all_right & all_precise, np.minimum(out["f1_low"], f1_low), out["f1_low"])
+    for key in out:
+        out[key] = np.where(support > 0, out[key], np.nan)
+    return out

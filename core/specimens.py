@@ -1,0 +1,55 @@
+"""Specimen level: one row per individual (mean probability over its images, majority label)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from core.predictions import PredictionTable, build_prediction_table
+
+
+def has_specimens(table: PredictionTable) -> bool:
+    """True when some specimen has more than one image (specimen-level metrics then differ from image-level)."""
+    ids = table.frame["specimen_id"]
+    return bool(len(ids)) and ids.nunique() < len(ids)
+
+
+def specimen_table(table: PredictionTable) -> PredictionTable:
+    """One row per specimen: the mean probability vector over its images, the most common label of its images.
+
+    `sample_id` becomes the specimen id; `split` is the split of its first image (splits keep specimens together);
+    `meta["n_label_conflicts"]` counts specimens whose images carry more than one label.
+    """
+    frame = table.frame
+    if len(frame) == 0:
+        return PredictionTable(
+            frame=frame.copy(),
+            pred_probs=table.pred_probs[:0],
+            embeddings=np.zeros((0, 0), dtype=np.float32),
+            class_names=table.class_names,
+            meta={**table.meta, "level": "specimen", "n_label_conflicts": 0},
+        )
+    codes, specimens = pd.factorize(frame["specimen_id"], sort=False)
+    n_specimens = len(specimens)
+    order = np.argsort(codes, kind="stable")
+    sorted_codes = codes[order]
+    starts = np.flatnonzero(np.r_[True, sorted_codes[1:] != sorted_codes[:-1]])
+    sums = np.add.reduceat(table.pred_probs[order].astype(np.float64), starts, axis=0)
+    sizes = np.diff(np.r_[starts, len(order)])
+    mean_probs = (sums / sizes[:, None]).astype(np.float32)
+    label_counts = frame.groupby([codes, frame["label"].to_numpy()], sort=False).size()
+    label_counts = label_counts.reset_index().set_axis(["code", "label", "n"], axis=1)
+    conflicts = int((label_counts.groupby("code").size() > 1).sum())
+    majority = label_counts.sort_values(["code", "n", "label"], ascending=[True, False, True]).drop_duplicates("code")
+    labels = majority.set_index("code")["label"].reindex(np.arange(n_specimens)).tolist()
+    first_split = frame["split"].to_numpy()[order[starts]]
+    return build_prediction_table(
+        [str(s) for s in specimens],
+        mean_probs,
+        np.zeros((n_specimens, 0), dtype=np.float32),
+        labels=labels,
+        splits=list(first_split),
+        specimen_ids=[str(s) for s in specimens],
+        class_names=table.class_names,
+        meta={**table.meta, "level": "specimen", "n_label_conflicts": conflicts},
+    )

@@ -1,0 +1,17 @@
+"""Session-state keys that more than one page (or app.py and a page) reads or writes: each declared here, once.
+
+Session state holds UI state only; anything a reviewer did goes to the label store. The sidebar's keys hold committed
+values and are never widget keys: Streamlit drops a widget's state when a run does not render it (a page switch, the
+first run of a `streamlit run`, which goes through the pages/ folder fallback), so app.py gives each sidebar widget
+its own key, re-seeds it from these every run and copies it back in an on_change callback. Keys one page keeps to
+itself stay in that page.
+"""
+
+from __future__ import annotations
+
+KEY_WORKSPACE = "tl_workspace"  # the open workspace folder (sidebar)
+KEY_CHECKPOINTS = "tl_checkpoints"  # checkpoint and ensemble names (sidebar); the first is the primary one
+KEY_SPLIT = "tl_split"  # val | train | test | all (sidebar)
+KEY_REVIEWER = "tl_reviewer"  # who is reviewing (review and adjudication pages)
+KEY_CONFUSION_CELL = "cm-cell"  # (true_idx, pred_idx) in model class order: opened on the confusion page, queued
+# by the review page's "confusion cell" queue

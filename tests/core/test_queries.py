@@ -1,0 +1,37 @@
+"""Tests of core.queries: the filters of the misclassification browser, a sample's top classes, class taxa."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+
+from core.queries import class_taxa, filter_predictions, top_predictions
+from tests.core.tables import hand_table as _table
+
+
+def test_filter_predictions_and_top_predictions():
+    table = _table(
+        ["ant", "ant", "bee", "bee", "cricket"], ["bee", "ant", "ant", "cricket", "ant"],
+        specimens=["x", "x", "y", "z", "z"],
+    )
+    errors = filter_predictions(table)
+    assert sorted(errors["sample_id"]) == ["s0", "s2", "s3", "s4"]
+    only = filter_predictions(table, true_classes=["bee"], pred_classes=["cricket"])
+    assert only["sample_id"].tolist() == ["s3"]
+    assert filter_predictions(table, specimen_ids=["z"])["sample_id"].tolist() == ["s3", "s4"]
+    taxa = {"ant": "Formicidae", "bee": "Apidae", "cricket": "Gryllidae"}
+    assert filter_predictions(table, taxa=taxa, taxon_values=["Apidae"])["label"].unique().tolist() == ["bee"]
+    assert filter_predictions(table, confidence_range=(0.8, 1.0)).empty
+    everything = filter_predictions(table, errors_only=False, sort_by="loss")
+    assert len(everything) == 5 and everything["loss"].is_monotonic_decreasing
+    top = top_predictions(table, 0, k=2)
+    assert top["class"].iloc[0] == "bee" and top["probability"].iloc[0] == pytest.approx(0.7)
+    with pytest.raises(ValueError, match="sort_by"):
+        filter_predictions(table, sort_by="name")
+
+
+def test_class_taxa_majority_value():
+    samples = pd.DataFrame({"label": ["a", "a", "a", "b"], "order": ["X", "Y", "X", "Z"]})
+    assert class_taxa(samples, "order") == {"a": "X", "b": "Z"}
+    with pytest.raises(ValueError, match="no taxonomy column 'family'"):
+        class_taxa(samples, "family")

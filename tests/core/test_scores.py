@@ -1,0 +1,179 @@
+"""Tests of core.scores: counts -> scores against scikit-learn, the stratified (specimen) bootstrap, coverage."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+from sklearn.metrics import (
+    accuracy_score,
+    balanced_accuracy_score,
+    f1_score,
+    precision_recall_fscore_support,
+    top_k_accuracy_score,
+)
+
+from core.scores import (
+    DEFAULT_METHOD,
+    BootstrapConfig,
+    ClassCounts,
+    ResamplingPlan,
+    bootstrap,
+    class_interval_bounds,
+    class_scores,
+    headline_scores,
+    interval,
+    top_k_hits,
+    wilson_interval,
+)
+from core.simulation import Population, measure_coverage
+from tests.core.tables import random_table as _random_table
+
+
+def sklearn_balanced_accuracy(y_true: np.ndarray, y_pred: np.ndarray) -> float:
+    with warnings.catch_warnings():  # "y_pred contains classes not in y_true": expected, those classes are skipped
+        warnings.simplefilter("ignore", UserWarning)
+        return balanced_accuracy_score(y_true, y_pred)
+
+
+def test_top_k_hits_tie_rule_matches_sklearn():
+    probs = np.array([[0.25, 0.25, 0.25, 0.25]] * 4)
+    y = np.array([0, 1, 2, 3])
+    # All tied: sklearn ranks the highest index first, so top-2 holds classes 3 and 2.
+    np.testing.assert_array_equal(top_k_hits(probs, y, k=2), [False, False, True, True])
+    assert top_k_hits(probs, y, k=2).mean() == top_k_accuracy_score(y, probs, k=2, labels=range(4))
+
+
+def test_bootstrap_statistics_from_counts_match_sklearn_on_resamples():
+    table = _random_table(n=120, k=6, seed=3)
+    y, p = table.frame["label_idx"].to_numpy(), table.frame["pred_idx"].to_numpy()
+    rng = np.random.default_rng(0)
+    for _ in range(5):
+        idx = rng.integers(0, len(y), len(y))
+        yt, yp = y[idx], p[idx]
+        support = np.bincount(yt, minlength=6)[None].astype(float)
+        predicted = np.bincount(yp, minlength=6)[None].astype(float)
+        tp = np.bincount(yt[yt == yp], minlength=6)[None].astype(float)
+        got = headline_scores(ClassCounts(tp, support, predicted))
+        present = np.unique(yt)
+        assert got["accuracy"][0] == pytest.approx(accuracy_score(yt, yp))
+        assert got["balanced_accuracy"][0] == pytest.approx(sklearn_balanced_accuracy(yt, yp))
+        assert got["macro_f1"][0] == pytest.approx(f1_score(yt, yp, labels=present, average="macro"))
+        assert got["weighted_f1"][0] == pytest.approx(f1_score(yt, yp, average="weighted"))
+
+
+def test_class_scores_and_headline_scores_match_sklearn_on_a_confusion():
+    rng = np.random.default_rng(11)
+    y = rng.integers(0, 5, 300)
+    y[y == 4] = 3  # class 4 has no samples but is predicted
+    p = np.where(rng.random(300) < 0.6, y, rng.integers(0, 5, 300))
+    counts = ClassCounts.from_labels(y, p, 5)
+    scores = class_scores(counts)
+    precision, recall, f1, support = precision_recall_fscore_support(y, p, labels=range(5), zero_division=0)
+    np.testing.assert_allclose(scores["precision"], precision)
+    np.testing.assert_allclose(scores["recall"], recall)
+    np.testing.assert_allclose(scores["f1"], f1)
+    np.testing.assert_array_equal(counts.support, support)
+    confusion = ClassCounts.from_confusion(np.bincount(y * 5 + p, minlength=25).reshape(5, 5))
+    headline = headline_scores(confusion)
+    assert headline["accuracy"] == pytest.approx(accuracy_score(y, p))
+    assert headline["balanced_accuracy"] == pytest.approx(sklearn_balanced_accuracy(y, p))
+    assert headline["macro_f1"] == pytest.approx(f1_score(y, p, labels=np.unique(y), average="macro"))
+    assert headline["weighted_f1"] == pytest.approx(f1_score(y, p, average="weighted"))
+
+
+def _clustered(n_specimens=60, views=3, seed=0):
+    """Labels, predictions and specimen ids where all images of a specimen are right or all wrong."""
+    rng = np.random.default_rng(seed)
+    labels = np.repeat(rng.integers(0, 3, n_specimens), views)
+    right = np.repeat(rng.random(n_specimens) < 0.7, views)
+    preds = np.where(right, labels, (labels + 1) % 3)
+    return labels, preds, np.repeat(np.arange(n_specimens), views)
+
+
+def _accuracy_draws(plan: ResamplingPlan, n_boot: int, seed: int) -> np.ndarray:
+    config = BootstrapConfig(n_boot=n_boot, seed=seed, method="percentile")
+    return bootstrap(plan, lambda t: headline_scores(t.counts("pred"), ["accuracy"]), config).draws["accuracy"]
+
+
+def test_every_resample_keeps_each_class_and_its_specimens():
+    y, p, specimens = _clustered()
+    for groups in (None, specimens):
+        plan = ResamplingPlan(y, {"pred": p}, k=3, groups=groups)
+        for tally in plan.resample(50, seed=1):
+            # Every specimen has 3 images, so a class keeping its specimens keeps its image count exactly.
+            np.testing.assert_allclose(tally.support, np.broadcast_to(np.bincount(y, minlength=3), tally.support.shape))
+    assert ResamplingPlan(y, {"pred": p}, k=3, groups=specimens).unit == "specimen"
+    assert ResamplingPlan(y, {"pred": p}, k=3, groups=np.arange(len(y))).unit == "image"  # no repeated specimen
+
+
+def test_specimen_resampling_has_the_spread_of_drawing_specimen_indices():
+    y, p, specimens = _clustered(n_specimens=90)
+    plan = ResamplingPlan(y, {"pred": p}, k=3, groups=specimens)
+    draws = _accuracy_draws(plan, 4000, seed=2)
+    # Brute force: per class, draw m - 1 of its m specimens with replacement, weight m / (m - 1), score the rows.
+    rng = np.random.default_rng(3)
+    label_of, right_of = y[::3], (y == p)[::3]
+    brute = []
+    for _ in range(4000):
+        hits = total = 0.0
+        for c in range(3):
+            members = np.flatnonzero(label_of == c)
+            m = len(members)
+            picked = rng.choice(members, size=m - 1)
+            hits += right_of[picked].sum() * 3 * m / (m - 1)
+            total += 3 * m
+        brute.append(hits / total)
+    assert draws.mean() == pytest.approx(np.mean(brute), abs=0.003)
+    assert draws.std() == pytest.approx(np.std(brute), rel=0.06)
+    image_draws = _accuracy_draws(ResamplingPlan(y, {"pred": p}, k=3), 4000, seed=2)
+    assert draws.std() > 1.4 * image_draws.std()  # images of a specimen agree: resampling images is too narrow
+
+
+def test_a_mixed_label_specimen_counts_under_its_majority_class_and_a_lone_specimen_is_resampled_by_image():
+    y = np.array([0, 0, 1, 0, 0, 1, 1, 1, 2, 2, 2])
+    p = np.array([0, 1, 1, 0, 0, 1, 0, 1, 2, 0, 2])
+    specimens = np.array([0, 0, 0, 1, 1, 2, 2, 3, 4, 4, 4])  # specimen 0: two images of class 0, one of class 1
+    plan = ResamplingPlan(y, {"pred": p}, k=3, groups=specimens)
+    # Class 0: specimens 0 and 1; class 1: specimens 2 and 3; class 2: specimen 4 alone -> its 3 images.
+    np.testing.assert_array_equal(plan.units_per_class, [2, 2, 3])
+    assert plan.n_image_units == 1 and plan.n_units == 7
+    supports = np.concatenate([t.support for t in plan.resample(400, seed=0)])
+    assert set(np.unique(supports[:, 2])) == {3.0}  # class 2 keeps its 3 images
+    assert len(np.unique(supports[:, 1])) > 1  # specimen 0 carries a class-1 image: class 1's support varies
+
+
+def test_percentile_and_bca_intervals_hold_the_point_and_follow_the_draws():
+    draws = np.random.default_rng(0).normal(0.5, 0.1, size=(4000, 1))
+    low, high = interval(draws, np.array([0.5]), 0.95)
+    assert low[0] == pytest.approx(0.5 - 1.96 * 0.1, abs=0.01) and high[0] == pytest.approx(0.5 + 1.96 * 0.1, abs=0.01)
+    same_low, same_high = interval(draws, np.array([0.5]), 0.95, acceleration=np.array([0.0]))
+    assert same_low[0] == pytest.approx(low[0], abs=0.005)  # no bias, no skew: BCa equals the percentile interval
+    shifted_low, shifted_high = interval(draws, np.array([0.55]), 0.95, acceleration=np.array([0.0]))
+    assert shifted_low[0] > low[0] + 0.05 and shifted_high[0] > high[0] + 0.05  # bias-corrected towards the point
+
+
+def test_per_class_f1_zero_on_3_images_and_on_300_read_differently():
+    y = np.r_[np.zeros(300, int), np.ones(3, int), np.full(300, 2)]
+    p = np.r_[np.full(300, 2), np.full(3, 2), np.full(300, 2)]  # classes 0 and 1 never right
+    plan = ResamplingPlan(y, {"pred": p}, k=3)
+    bounds = class_interval_bounds(plan, BootstrapConfig(n_boot=300))
+    assert bounds["f1_low"][0] == 0 and bounds["f1_low"][1] == 0
+    assert bounds["f1_high"][0] < 0.03  # zero on 300 images: surely weak
+    assert bounds["f1_high"][1] > 0.5  # zero on 3 images: could be fair
+    assert bounds["recall_high"][1] == pytest.approx(wilson_interval(0, 3, 0.95)[1])
+    assert bounds["recall_low"][2] < 1.0 == bounds["recall_high"][2]  # all right: the Wilson lower bound
+
+
+def test_intervals_cover_the_population_value_of_a_clustered_imbalanced_population():
+    # A seeded simulation (benchmarks/bench_coverage.py runs the large one): specimens of 2-5 correlated images.
+    population = Population()
+    by_specimen = measure_coverage(population, unit="specimen", method=DEFAULT_METHOD, n_sets=60, n_boot=200, seed=4)
+    by_image = measure_coverage(population, unit="image", method=DEFAULT_METHOD, n_sets=60, n_boot=200, seed=4)
+    for name in ("accuracy", "balanced_accuracy", "macro_f1"):
+        assert by_specimen.covered[name] >= 0.88, (name, by_specimen.covered)
+    assert by_specimen.covered["rare_f1"] >= 0.8, by_specimen.covered
+    assert by_image.covered["accuracy"] <= by_specimen.covered["accuracy"] - 0.08, (by_image.covered,
+                                                                                   by_specimen.covered)
+    assert by_specimen.width["accuracy"] > 1.3 * by_image.width["accuracy"]
