@@ -6,7 +6,7 @@ from collections.abc import Callable
 
 import streamlit as st
 
-from core.errors import USER_ERRORS
+from core.errors import USER_ERRORS, TaxaLensError, user_message
 from pages._cached import (
     SPLITS,
     default_workspace_path,
@@ -65,7 +65,7 @@ def _sidebar() -> None:
         try:
             workspace = open_workspace(st.session_state[KEY_WORKSPACE])
         except USER_ERRORS as exc:
-            st.error(str(exc))
+            st.error(user_message(exc))
             return
         ensembles = {e.name: e for e in ensemble_specs(workspace)}
         names = [c.name for c in workspace.checkpoints] + list(ensembles)
@@ -85,4 +85,7 @@ def _sidebar() -> None:
 
 
 _sidebar()
-st.navigation(PAGES).run()
+try:
+    st.navigation(PAGES).run()
+except TaxaLensError as exc:  # a page that let one through: its message says what to do; never a traceback
+    st.error(user_message(exc))

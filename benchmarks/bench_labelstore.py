@@ -2,6 +2,7 @@
 
 Usage: python benchmarks/bench_labelstore.py [--writers 8] [--events 500] [--samples 2000]
                                              [--backends sqlite,postgresql]
+       python benchmarks/bench_labelstore.py --integrity 100000   (cost of the integrity checks at that size)
 
 Every event is its own transaction (one reviewer click). SQLite runs in WAL with synchronous=NORMAL (the store's
 default); PostgreSQL is a private server with durable defaults (fsync on, synchronous_commit on).
@@ -19,6 +20,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+
+from sqlalchemy.engine import make_url  # noqa: E402
 
 from core.labelstore import LabelStore, NewEvent  # noqa: E402
 
@@ -74,13 +77,52 @@ def bench_writers(url: str, *, writers: int, events: int, samples: int) -> dict:
             "n_samples": len(states), "state_ms": per_sample * 1000, "bulk5000_s": bulk}
 
 
+def bench_integrity(url: str, n_events: int, *, batch: int = 5000) -> dict:
+    """Fill a store with `n_events` (record_many batches), then time opening it and each integrity check."""
+    with LabelStore(url) as store:
+        began = time.perf_counter()
+        for start in range(0, n_events, batch):
+            store.record_many([NewEvent(f"img{i % 20000:06d}.png", "relabel" if i % 3 else "confirm", f"r{i % 7}",
+                                        label=CLASSES[i % 5] if i % 3 else None, given_label="Daphnia",
+                                        note=f"event {i}") for i in range(start, min(start + batch, n_events))])
+        fill = time.perf_counter() - began
+    began = time.perf_counter()
+    store = LabelStore(url)
+    open_s = time.perf_counter() - began
+    assert store.integrity is not None and store.integrity.ok
+    timings = {"events": n_events, "fill_s": fill, "open_s": open_s}
+    for name, check in (("open_check_s", store.check_integrity), ("verify_chain_s", store.verify_chain)):
+        began = time.perf_counter()
+        assert check().ok
+        timings[name] = time.perf_counter() - began
+    if store.dialect == "sqlite":
+        with store.engine.connect() as conn:
+            began = time.perf_counter()
+            conn.exec_driver_sql("PRAGMA quick_check").all()
+            timings["quick_check_s"] = time.perf_counter() - began
+        timings["file_mb"] = Path(make_url(url).database).stat().st_size / 1e6
+    store.close()
+    return timings
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--writers", type=int, default=8)
     parser.add_argument("--events", type=int, default=500, help="events per writer")
     parser.add_argument("--samples", type=int, default=2000, help="distinct samples the writers touch")
     parser.add_argument("--backends", default="sqlite,postgresql")
+    parser.add_argument("--integrity", type=int, metavar="N",
+                        help="instead: fill a SQLite store with N events and time opening it and its checks")
     args = parser.parse_args()
+    if args.integrity:
+        with tempfile.TemporaryDirectory() as tmp:
+            r = bench_integrity(f"sqlite:///{tmp}/labels.db", args.integrity)
+        print("| events | file MB | fill s | open (migrate check + quick check + last 64 links) s | open check alone s "
+              "| PRAGMA quick_check s | verify whole chain s |")
+        print("|---|---|---|---|---|---|---|")
+        print(f"| {r['events']} | {r['file_mb']:.1f} | {r['fill_s']:.1f} | {r['open_s']:.3f} | {r['open_check_s']:.3f} "
+              f"| {r['quick_check_s']:.3f} | {r['verify_chain_s']:.2f} |")
+        return 0
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for backend in args.backends.split(","):

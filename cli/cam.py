@@ -69,6 +69,8 @@ def _run(args: argparse.Namespace) -> int:
     explanation = explain_images(model, card, [images[i] for i in rows], classes, method=method.name,
                                  layer=args.layer, batch_size=args.batch_size)
     result = explanation.result
+    if result.note:
+        print(f"note: {result.note}", file=sys.stderr)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     records = []
@@ -94,7 +96,8 @@ def _run(args: argparse.Namespace) -> int:
         writer = csv.DictWriter(handle, fieldnames=list(records[-1]), extrasaction="ignore")
         writer.writeheader()
         writer.writerows(records)
-    print(f"wrote {len(written)} overlay(s) ({method.label}, layer {result.layer}) to {out}")
+    print(f"wrote {len(written)} overlay(s) ({method.label}, layer {result.layer}, a {result.grid[0]}x{result.grid[1]} "
+          f"map) to {out}")
     return 0
 
 

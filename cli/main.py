@@ -14,18 +14,20 @@ import logging
 import sys
 from typing import TextIO
 
-from core.errors import USER_ERRORS
+from core.errors import USER_ERRORS, user_message
 
 logger = logging.getLogger(__name__)
 
 # Modules with `register(subparsers)`; each adds a subparser whose `func(args) -> int` runs the command.
 COMMAND_MODULES = (
     "cli.cam",
+    "cli.crossval",
     "cli.demo",
     "cli.export",
     "cli.predict",
     "cli.taxonomy",
     "cli.train",
+    "cli.verify_labels",
 )
 LOGGED_PACKAGES = ("core", "models", "cli")  # the loggers the handler serves; other libraries log warnings only
 HANDLER_NAME = "taxalens-cli"
@@ -92,11 +94,22 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one command; returns the exit status. A user's mistake (`USER_ERRORS`: a `TaxaLensError`, a bad value, a
+    missing or unreadable file) is one line on stderr and status 2; anything else is a bug, one line and status 1.
+    Neither prints a traceback unless `--verbose` asks for debug logging."""
     args = build_parser().parse_args(argv)
     configure_logging(args.verbosity)
     try:
         return int(args.func(args) or 0)
     except USER_ERRORS as exc:  # our errors carry the fix in their message
         logger.debug("%s failed", args.command, exc_info=True)
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {user_message(exc)}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # noqa: BLE001 - the last line of defence: no traceback reaches a user
+        logger.debug("%s failed unexpectedly", args.command, exc_info=True)
+        print(f"error: TaxaLens failed unexpectedly ({type(exc).__name__}: {user_message(exc)[:300]}); this is a "
+              "bug, please report it with the output of the same command run with --verbose", file=sys.stderr)
+        return 1

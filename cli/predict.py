@@ -25,7 +25,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--workers", type=int, default=None, help="DataLoader worker processes (default: by cores)")
     parser.add_argument("--device", help="cuda, cuda:1, mps or cpu (default: the best available)")
     parser.add_argument("--trust-checkpoint", action="store_true",
-                        help="allow unpickling a full Python object; only for files you trust (it can run code)")
+                        help="allow loading a pickled Python object or TorchScript; only for files you trust "
+                        "(both are code that runs when loaded)")
     parser.set_defaults(func=_run)
 
 

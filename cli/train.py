@@ -6,16 +6,14 @@ The data checks live in `core.training_data`; the handler imports `models.train`
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
 from pathlib import Path
 
-import pandas as pd
-
 from core.dataset import Dataset
-from core.training_data import load_training_dataset
+from core.train_runs import StatusWriter
+from core.training_data import load_workspace_training_dataset
 
 STATUS_NAME = "status.json"  # the run folder's live status, read by the Retrain page
 
@@ -78,7 +76,7 @@ def _run(args: argparse.Namespace) -> int:
     context = init_distributed()
     out = Path(args.out)
     status_path = Path(args.status_file) if args.status_file else (out / STATUS_NAME if args.add_as else None)
-    status = _StatusWriter(status_path if context.is_main else None)
+    status = StatusWriter(status_path if context.is_main else None)
     status.update({"state": "starting", "pid": os.getpid(), "argv": sys.argv, "started_at": time.time()})
     try:
         dataset = _dataset_from_args(args)
@@ -122,53 +120,19 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _dataset_from_args(args: argparse.Namespace) -> Dataset:
-    root, taxonomy, val_fraction, seed = args.root, None, args.val_fraction, args.seed
-    source = args.data
+    workspace = None
     if args.workspace:
         from core.workspace import load_workspace
 
         workspace = load_workspace(args.workspace)
-        taxonomy, val_fraction = workspace.taxonomy, workspace.val_fraction
-        if source is None:
-            source, root = workspace.dataset_source, workspace.dataset_root
-        elif root is None:
-            root = workspace.dataset_root or (workspace.dataset_source.parent if workspace.dataset_source.is_file()
-                                              else workspace.dataset_source)
-    if source is None:
-        raise ValueError("give --data DIR_OR_CSV (or --workspace DIR to train on its dataset)")
-    if taxonomy:
-        header = _header(Path(source))
-        taxonomy = tuple(c for c in taxonomy if c in header) if header is not None else ()
-    return load_training_dataset(source, root=root, taxonomy=taxonomy, val_fraction=val_fraction, seed=seed)
-
-
-def _header(path: Path) -> list[str] | None:
-    if not path.is_file():
-        return None
-    return [c.strip() for c in pd.read_csv(path, nrows=0, dtype=str).columns]
-
-
-class _StatusWriter:
-    """The run's status as one JSON file, replaced atomically on each update (none when `path` is None)."""
-
-    def __init__(self, path: Path | None) -> None:
-        self.path = path
-        self.state: dict = {}
-
-    def update(self, fields: dict) -> None:
-        self.state.update(fields)
-        if self.path is None:
-            return
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_name(self.path.name + ".tmp")
-        tmp.write_text(json.dumps(self.state, default=str), encoding="utf-8")
-        os.replace(tmp, self.path)
+    return load_workspace_training_dataset(workspace, args.data, root=args.root, val_fraction=args.val_fraction,
+                                           seed=args.seed)
 
 
 class _Reporter:
     """Progress events -> stderr lines and the status file (step events at most every 2 s)."""
 
-    def __init__(self, status: _StatusWriter) -> None:
+    def __init__(self, status: StatusWriter) -> None:
         self.status = status
         self.last = 0.0
 

@@ -21,8 +21,12 @@ import unicodedata
 from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import IntEnum
+from typing import TYPE_CHECKING
 
 from core.errors import TaxaLensError
+
+if TYPE_CHECKING:
+    from core.workspace import Workspace
 
 MAX_IDENTITY_LENGTH = 120  # characters of a reviewer identity
 _REFUSED_CATEGORIES = {"Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp"}  # control, format (zero-width...), unassigned
@@ -156,6 +160,11 @@ def read_access_rules(table: Mapping | None, *, source: str = "taxalens.toml") -
         raise AccessConfigError(f"{source}: unknown key(s) in [access]: {sorted(table)}; known: "
                                 f"{[r.label for r in Role] + ['default', 'local']}")
     return AccessRules(grants=tuple(grants), default=default, local=local)  # type: ignore[arg-type]
+
+
+def workspace_access_rules(workspace: Workspace) -> AccessRules:
+    """The `[access]` table of an opened workspace (`Workspace.extras["access"]`), parsed by `read_access_rules`."""
+    return read_access_rules(workspace.extras.get("access"), source=str(workspace.root / "taxalens.toml"))
 
 
 def signed_in_actor(email: object, rules: AccessRules) -> Actor:

@@ -13,6 +13,7 @@ from itertools import combinations
 import numpy as np
 import pandas as pd
 
+from core.access import Actor
 from core.labelstore import EXCLUDED_VOTE, UNSURE_VOTE, LabelEvent, LabelStore, SampleState
 
 DISAGREEMENT_COLUMNS = ("sample_id", "votes", "n_reviews", "label", "status", "adjudicated", "decided_by")
@@ -84,22 +85,24 @@ def class_agreement(votes: pd.DataFrame, class_of: Mapping[str, str]) -> pd.Data
     return pd.DataFrame(rows, columns=list(CLASS_COLUMNS))
 
 
-def adjudicate(store: LabelStore, sample_id: str, decision: str, *, reviewer: str, given_label: str | None = None,
-               note: str = "", checkpoint: str | None = None) -> LabelEvent:
+def adjudicate(store: LabelStore, sample_id: str, decision: str, *, reviewer: str | None = None,
+               given_label: str | None = None, note: str = "", checkpoint: str | None = None,
+               actor: Actor | None = None) -> LabelEvent:
     """Record a lead's ruling on a sample as an adjudication event (which then decides the sample).
 
     `decision`: the class to keep, or `(excluded)` to exclude the image. A ruling equal to `given_label` is stored
-    as `confirm`, any other class as `relabel`.
+    as `confirm`, any other class as `relabel`. `actor`: who rules (needs the `adjudicate` permission; recorded as
+    the reviewer); None for a trusted caller, which names the `reviewer`.
     """
     if decision == UNSURE_VOTE:
         raise ValueError("an adjudication decides: pick a class or (excluded); leave the sample unadjudicated "
                          "when unsure")
     if decision == EXCLUDED_VOTE:
         return store.record(sample_id, "exclude", reviewer=reviewer, given_label=given_label, note=note,
-                            checkpoint=checkpoint, adjudication=True)
+                            checkpoint=checkpoint, adjudication=True, actor=actor)
     action = "confirm" if decision == given_label else "relabel"
     return store.record(sample_id, action, reviewer=reviewer, label=decision, given_label=given_label, note=note,
-                        checkpoint=checkpoint, adjudication=True)
+                        checkpoint=checkpoint, adjudication=True, actor=actor)
 
 
 def _check_votes(votes: pd.DataFrame) -> None:

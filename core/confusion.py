@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping, Sequence
 from typing import Literal
 
@@ -11,6 +12,8 @@ from scipy.cluster.hierarchy import leaves_list, linkage
 from scipy.spatial.distance import squareform
 
 from core.predictions import PredictionTable
+
+logger = logging.getLogger(__name__)
 
 Normalise = Literal["none", "true", "pred"]
 ClassOrder = Literal["frequency", "name", "taxonomy", "similarity"]

@@ -6,6 +6,7 @@ import csv
 import hashlib
 import logging
 import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Literal
@@ -22,8 +23,15 @@ SPLIT_ALIASES = {"train": "train", "training": "train", "val": "val", "valid": "
 RESERVED_COLUMNS = ("sample_id", "path", "label", "split", "specimen_id")
 # A text cell starting with one of these runs as a formula in a spreadsheet; exports write it behind a `'`.
 FORMULA_TRIGGERS = ("=", "+", "-", "@", "\t", "\r")
+# The mark an export writes before a text cell that must be read back verbatim (`cell_needs_guard`).
+CELL_GUARD = "'"
 EXCLUDED_STATUS = "excluded"  # a curated export's `status` for samples a reviewer took out of the data
+# Columns only a curated export (core.export) writes: a manifest with them has paths relative to the dataset root.
+CURATED_MARKERS = ("original_label", "status")
+# Other delimiters people's spreadsheets save "CSV" with; a header split on one of them names path and label.
+_FOREIGN_DELIMITERS = {";": "semicolon", "\t": "tab", "|": "pipe"}
 Verify = Literal["none", "header", "full"]
+_DRIVE = re.compile(r"[A-Za-z]:/")  # `C:/...` (or `C:\...`) is a Windows absolute path; `C:x.png` is a file name
 
 
 class DatasetError(TaxaLensError, ValueError):
@@ -79,6 +87,19 @@ def load_dataset(
     source = Path(source)
     if not source.exists():
         raise FileNotFoundError(f"dataset not found: {source}")
+    _refuse_unlikely_root(source)
+    if root:
+        _refuse_unlikely_root(Path(root))
+    try:
+        return _load_dataset(source, root=root, taxonomy=taxonomy, val_fraction=val_fraction, seed=seed, verify=verify)
+    except PermissionError as exc:
+        where = exc.filename or source
+        raise DatasetError(f"cannot read {where} (permission denied) while loading the dataset {source}; give this "
+                           "account read access to it, or point the dataset root elsewhere") from exc
+
+
+def _load_dataset(source: Path, *, root: str | Path | None, taxonomy: tuple[str, ...] | list[str] | None,
+                  val_fraction: float, seed: int, verify: Verify) -> Dataset:
     if source.is_dir():
         frame, skipped, warnings = _scan_image_folder(source)
         dataset_root, origin = source.resolve(), "imagefolder"
@@ -89,7 +110,13 @@ def load_dataset(
         dataset_root = Path(root).resolve() if root else source.resolve().parent
         frame, skipped, warnings = _read_manifest(source, dataset_root, tuple(taxonomy or ()))
         origin = str(source)
-    frame, more_skipped, more_warnings = _validate_rows(frame, dataset_root, verify)
+    try:
+        frame, more_skipped, more_warnings = _validate_rows(frame, dataset_root, verify)
+    except NoImagesError as exc:
+        if origin != "imagefolder" and all(c in frame.columns for c in CURATED_MARKERS):
+            raise DatasetError(_curated_root_message(source, dataset_root, frame, root_given=root is not None)) \
+                from exc
+        raise
     skipped += more_skipped
     warnings += more_warnings
     frame = _fill_specimen_ids(frame, warnings)
@@ -110,18 +137,52 @@ def load_dataset(
     )
 
 
+def cell_needs_guard(text: str) -> bool:
+    """True for text an export writes behind CELL_GUARD: it starts with a formula trigger or with the guard itself,
+    or has whitespace at either end (which reading a hand-written manifest would otherwise strip)."""
+    return text.startswith((*FORMULA_TRIGGERS, CELL_GUARD)) or text[:1].isspace() or text[-1:].isspace()
+
+
+def read_cell(raw: str) -> str:
+    """A manifest text cell as its writer meant it.
+
+    A cell that is CELL_GUARD followed by text that needs the guard (`cell_needs_guard`) is that text, verbatim
+    (`'=x` -> `=x`, `''a` -> `'a`, `' a ` -> ` a `): exactly what an export wrote. Any other cell is stripped of
+    surrounding whitespace, so a hand-written `path, label` reads as meant, and `'quoted` stays `'quoted`.
+    """
+    cell = raw.lstrip()
+    if cell.startswith(CELL_GUARD) and cell_needs_guard(cell[1:]):
+        return cell[1:]
+    return cell.strip()
+
+
 def unneutralise_cell(value: object) -> object:
-    """Drop the `'` an export put before a formula-like text cell (`'=x` -> `=x`); other values pass through."""
-    if isinstance(value, str) and value.startswith("'") and value[1:].startswith(FORMULA_TRIGGERS):
-        return value[1:]
-    return value
+    """`read_cell` for text (drops the `'` an export put before a guarded cell); other values pass through."""
+    return read_cell(value) if isinstance(value, str) else value
+
+
+def read_manifest_table(path: str | Path) -> pd.DataFrame:
+    """A manifest or curated export as strings: strict CSV (every row as wide as the header), header and text cells
+    through `read_cell`, `path` cells stripped (their guard is a `./` prefix, normalised by `load_dataset`).
+
+    Raises DatasetError for a file that is not such a CSV.
+    """
+    frame = _read_csv_strict(Path(path))
+    text_columns = [c for c in frame.columns if c != "path"]
+    frame[text_columns] = frame[text_columns].map(read_cell)  # all cells are str
+    if "path" in frame.columns:
+        frame["path"] = frame["path"].str.strip()
+    return frame
 
 
 def resolve_sample_path(root: Path, relative: str) -> Path:
-    """Join `relative` to `root`, refusing absolute paths and any path that escapes the root."""
-    text = str(relative).strip().replace("\\", "/")
+    """Join `relative` to `root`, refusing absolute paths and any path that escapes the root.
+
+    `relative` is used as given (a manifest's cells are stripped when read): a file name may begin or end with a space.
+    """
+    text = str(relative).replace("\\", "/")
     pure = PurePosixPath(text)
-    if not text or pure.is_absolute() or (len(text) > 1 and text[1] == ":"):
+    if not text.strip() or pure.is_absolute() or _DRIVE.match(text):
         raise DatasetError(f"path {relative!r} is absolute; manifest paths must be relative to {root}")
     if ".." in pure.parts:
         raise DatasetError(f"path {relative!r} escapes the dataset root {root}")
@@ -129,6 +190,52 @@ def resolve_sample_path(root: Path, relative: str) -> Path:
     if not joined.is_relative_to(root):  # a symlink pointing outside
         raise DatasetError(f"path {relative!r} resolves to {joined}, outside the dataset root {root}")
     return joined
+
+
+class NoImagesError(DatasetError):
+    """Not one row of a dataset points at a usable image."""
+
+
+def _refuse_unlikely_root(path: Path) -> None:
+    """A filesystem root or a home folder is never a dataset: scanning it would walk the whole disk (or its
+    unreadable system folders) before failing."""
+    resolved = path.expanduser().resolve()
+    if resolved.is_dir() and (resolved.parent == resolved or resolved == Path.home().resolve()):
+        what = "the filesystem root" if resolved.parent == resolved else "your home folder"
+        raise DatasetError(f"dataset root {resolved} is {what}, not a dataset; point the dataset (`root` or "
+                           "`manifest` under [dataset] in taxalens.toml, or --data/--root) at the folder that holds "
+                           "one sub-folder per class, or at a CSV manifest")
+
+
+def _curated_root_message(source: Path, root: Path, frame: pd.DataFrame, *, root_given: bool) -> str:
+    """Why a curated export finds no images under `root`, naming the root that holds them when one is found."""
+    found = _find_export_root(source, list(frame["path"][:20]))
+    need = (f"its images are under {found}: pass --root {found} (or set `root` under [dataset] in taxalens.toml)"
+            if found is not None else
+            "pass the `root` of the dataset it was exported from (--root DIR, or `root` under [dataset] in "
+            "taxalens.toml; `python -m cli export` prints it)")
+    where = f"the root given, {root}" if root_given else f"the CSV's own folder {root}"
+    return (f"{source} is a curated export whose paths are relative to the dataset root it was exported from, and "
+            f"none of its {len(frame)} images is under {where}; {need}")
+
+
+def _find_export_root(source: Path, sample_paths: list[str]) -> Path | None:
+    """The dataset root of a workspace in the export's folder or above it, when the export's first paths are there."""
+    from core.workspace import WorkspaceError, load_workspace  # workspace imports this module
+
+    for folder in list(source.resolve().parents)[:4]:
+        if not (folder / "taxalens.toml").is_file():
+            continue
+        try:
+            workspace = load_workspace(folder)
+        except WorkspaceError:
+            continue
+        candidates = [workspace.dataset_root, workspace.dataset_source if workspace.dataset_source.is_dir() else
+                      workspace.dataset_source.parent]
+        for candidate in candidates:
+            if candidate is not None and any((candidate / p).is_file() for p in sample_paths):
+                return candidate
+    return None
 
 
 def _skip_frame(rows: list[tuple[str, str, str]]) -> pd.DataFrame:
@@ -160,7 +267,7 @@ def _scan_image_folder(root: Path) -> tuple[pd.DataFrame, list, list[str]]:
 
 
 def _read_manifest(path: Path, root: Path, taxonomy: tuple[str, ...]) -> tuple[pd.DataFrame, list, list[str]]:
-    frame = _read_csv_strict(path)
+    frame = read_manifest_table(path)
     missing = [c for c in ("path", "label") if c not in frame.columns]
     if missing:
         raise DatasetError(
@@ -170,9 +277,6 @@ def _read_manifest(path: Path, root: Path, taxonomy: tuple[str, ...]) -> tuple[p
     absent = [c for c in taxonomy if c not in frame.columns]
     if absent:
         raise DatasetError(f"taxonomy column(s) {absent} are not in manifest {path}; found {list(frame.columns)}")
-    text_columns = [c for c in frame.columns if c != "path"]  # paths are neutralised as `./=name.jpg` instead
-    frame[text_columns] = frame[text_columns].map(lambda v: unneutralise_cell(v.strip()))  # all cells are str
-    frame["path"] = frame["path"].str.strip()
     warnings: list[str] = []
     skipped = []
     if "status" in frame.columns:  # a curated export: excluded samples stay in the file but are not data
@@ -204,6 +308,18 @@ def _read_manifest(path: Path, root: Path, taxonomy: tuple[str, ...]) -> tuple[p
     return frame.reset_index(drop=True), skipped, warnings
 
 
+def _refuse_foreign_delimiter(path: Path, header: str) -> None:
+    """A one-column header such as `path;label`: the file was saved with another delimiter; say which."""
+    for delimiter, name in _FOREIGN_DELIMITERS.items():
+        cells = [c.strip().lower() for c in header.split(delimiter)]
+        if "path" in cells and "label" in cells:
+            raise DatasetError(
+                f"manifest {path} is {name}-separated (header {header[:80]!r}); TaxaLens reads comma-separated CSV: "
+                "save it again as CSV with commas (in a spreadsheet: CSV UTF-8, comma delimited), or replace each "
+                f"{name} between cells with a comma"
+            )
+
+
 def _read_csv_strict(path: Path) -> pd.DataFrame:
     """All cells as strings; a row whose cell count differs from the header's is an error naming the row."""
     try:
@@ -214,7 +330,9 @@ def _read_csv_strict(path: Path) -> pd.DataFrame:
     rows = [row for row in rows if any(cell.strip() for cell in row)]
     if not rows:
         raise DatasetError(f"manifest {path} is empty; expected a header `path,label`")
-    header = [cell.strip() for cell in rows[0]]
+    header = [read_cell(cell) for cell in rows[0]]
+    if len(header) == 1:  # before counting cells: a `1,5` in a semicolon file would be blamed on the commas
+        _refuse_foreign_delimiter(path, header[0])
     bad = [i + 1 for i, row in enumerate(rows[1:], start=1) if len(row) != len(header)]
     if bad:
         raise DatasetError(f"manifest {path} is not a readable CSV: row(s) {bad[:5]} have a different number of "
@@ -249,7 +367,8 @@ def _validate_rows(frame: pd.DataFrame, root: Path, verify: Verify) -> tuple[pd.
         paths.append(str(path))
     frame = frame.loc[usable].assign(path=paths)
     if frame.empty:
-        raise DatasetError(f"no usable images under {root} ({len(skipped)} skipped)")
+        reasons = pd.Series([reason for _, reason, _ in skipped]).value_counts().to_dict() if skipped else {}
+        raise NoImagesError(f"no usable images under {root} ({len(skipped)} skipped: {reasons})")
     return frame, skipped, warnings
 
 

@@ -5,20 +5,21 @@ The result is a `PredictionTable`, so an ensemble is evaluated, compared and bro
 
 from __future__ import annotations
 
-import json
 import logging
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 import pandas as pd
 
 from core.predictions import PredictionTable, build_prediction_table
 from core.scores import ClassCounts, class_scores
-from core.workspace import CONFIG_NAME, Workspace, load_workspace
+from core.workspace import CONFIG_NAME, Workspace, toml_string, update_workspace_config, validate_entry_name
+
+if TYPE_CHECKING:
+    from core.access import Actor
 
 logger = logging.getLogger(__name__)
 
@@ -57,26 +58,33 @@ def read_ensemble_specs(workspace: Workspace) -> tuple[EnsembleSpec, ...]:
     return tuple(specs)
 
 
-def add_ensemble(workspace_root: str | Path, spec: EnsembleSpec) -> None:
-    """Append `spec` as an `[[ensembles]]` table to the workspace's `taxalens.toml` (checked by re-reading it)."""
-    if not re.match(r"^[A-Za-z0-9][A-Za-z0-9 ._()+-]{0,99}$", spec.name):
-        raise ValueError(f"ensemble name {spec.name!r}: use letters, digits, spaces and . _ ( ) + -")
+def add_ensemble(workspace_root: str | Path, spec: EnsembleSpec, *, actor: Actor | None = None) -> None:
+    """Append `spec` as an `[[ensembles]]` table to the workspace's `taxalens.toml` (atomically, under its lock).
+
+    `actor`: who asks (needs the `edit_workspace` permission); None for a trusted caller (the command line, tests).
+    """
+    if actor is not None:
+        actor.require("edit_workspace")
+    name = validate_entry_name(spec.name, kind="ensemble")
     if len(spec.members) < 2:
         raise ValueError(f"an ensemble needs at least two members, got {list(spec.members)}")
-    workspace = load_workspace(workspace_root)
-    taken = {c.name for c in workspace.checkpoints} | {e.name for e in read_ensemble_specs(workspace)}
-    if spec.name in taken:
-        raise ValueError(f"the workspace already has a checkpoint or ensemble named {spec.name!r}")
-    unknown = [m for m in spec.members if m not in {c.name for c in workspace.checkpoints}]
-    if unknown:
-        raise ValueError(f"ensemble {spec.name!r} names unknown checkpoint(s) {unknown}; known: "
-                         f"{sorted(c.name for c in workspace.checkpoints)}")
-    path = Path(workspace_root) / CONFIG_NAME
-    members = ", ".join(json.dumps(m) for m in spec.members)  # a JSON string is a valid TOML basic string
-    entry = (f"\n[[ensembles]]\nname = {json.dumps(spec.name)}\nmembers = [{members}]\n"
-             f"method = {json.dumps(spec.method)}\nweights_split = {json.dumps(spec.weights_split)}\n")
-    path.write_text(path.read_text(encoding="utf-8").rstrip("\n") + "\n" + entry, encoding="utf-8")
-    read_ensemble_specs(load_workspace(workspace_root))  # fail loudly if the result does not parse
+    if spec.method not in ("mean", "f1_weighted"):
+        raise ValueError(f"ensemble {name!r}: method must be 'mean' or 'f1_weighted', got {spec.method!r}")
+
+    def _append(text: str, workspace: Workspace) -> str:
+        taken = {c.name for c in workspace.checkpoints} | {e.name for e in read_ensemble_specs(workspace)}
+        if name in taken:
+            raise ValueError(f"the workspace already has a checkpoint or ensemble named {name!r}")
+        unknown = [m for m in spec.members if m not in {c.name for c in workspace.checkpoints}]
+        if unknown:
+            raise ValueError(f"ensemble {name!r} names unknown checkpoint(s) {unknown}; known: "
+                             f"{sorted(c.name for c in workspace.checkpoints)}")
+        members = ", ".join(toml_string(m) for m in spec.members)
+        entry = (f"\n[[ensembles]]\nname = {toml_string(name)}\nmembers = [{members}]\n"
+                 f"method = {toml_string(spec.method)}\nweights_split = {toml_string(spec.weights_split)}\n")
+        return text.rstrip("\n") + "\n" + entry
+
+    update_workspace_config(workspace_root, _append, check=read_ensemble_specs)
 
 
 def class_weights_from_f1(tables: Sequence[PredictionTable], class_names: Sequence[str], *,

@@ -5,11 +5,14 @@ dataset's own columns (`split`, `specimen_id`, taxonomy, extras). It is a manife
 `load_dataset(out, root=<dataset root>)` (paths stay relative to the dataset root, which they may not escape).
 Excluded samples stay in the file with `status=excluded`; nothing is silently dropped.
 
-Spreadsheet formula injection: a text cell starting with `=`, `+`, `-`, `@`, tab or carriage return is written with a
-leading `'` (OWASP's advice), which spreadsheets show but do not run. Paths are the exception: they get a leading
-`./` instead, which `load_dataset` normalises away, so a path like `-x.png` round-trips exactly. `load_dataset`
-also strips the `'` again (`core.dataset.unneutralise_cell`), so labels and taxonomy round-trip exactly too, and it
-moves `status=excluded` rows to its skip list (reason `excluded`).
+Any text round-trips: the CSV is RFC 4180 (lines end in CRLF, so a cell holding `\r` or `\n` is quoted, as are
+cells with commas or quotes). Spreadsheet formula injection: a text cell (header cells included) starting with `=`,
+`+`, `-`, `@`, tab or carriage return is written with a leading `'` (OWASP's advice), which spreadsheets show but do
+not run; so is a cell starting with `'` itself or with whitespace at either end (`core.dataset.cell_needs_guard`).
+`load_dataset` drops that `'` again (`core.dataset.read_cell`), so labels, taxonomy and every other text column read
+back exactly. Paths are the exception: a risky first character (or `X:`, which reads as a drive) gets a leading `./`
+and trailing whitespace a trailing `/.`, both of which `load_dataset` normalises away, so a path like `-x.png`
+round-trips exactly. `load_dataset` moves `status=excluded` rows to its skip list (reason `excluded`).
 """
 
 from __future__ import annotations
@@ -23,7 +26,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from core.dataset import FORMULA_TRIGGERS, Dataset
+from core.access import Actor
+from core.dataset import CELL_GUARD, FORMULA_TRIGGERS, Dataset, cell_needs_guard
 from core.labelstore import EVENT_COLUMNS, LabelStore
 
 CURATED_COLUMNS = ("path", "label", "original_label", "status", "n_reviews", "agreement", "last_reviewer",
@@ -44,15 +48,19 @@ class ExportSummary:
 
 
 def neutralise_cell(value: object) -> object:
-    """Prefix `'` to text that a spreadsheet would run as a formula; other values pass through."""
-    if isinstance(value, str) and value.startswith(FORMULA_TRIGGERS):
-        return "'" + value
+    """Prefix `'` to text a spreadsheet would run as a formula, or that `read_cell` would not read back verbatim
+    (a leading `'`, whitespace at either end); other values pass through."""
+    if isinstance(value, str) and cell_needs_guard(value):
+        return CELL_GUARD + value
     return value
 
 
 def neutralise_path(path: str) -> str:
-    """A relative POSIX path that no spreadsheet runs: `./` before a risky first character (same file)."""
-    return "./" + path if path.startswith(FORMULA_TRIGGERS) else path
+    """A relative POSIX path that no spreadsheet runs and `load_dataset` reads back as the same file: `./` before a
+    risky first character, whitespace or `X:` (a drive to the reader), `/.` after trailing whitespace."""
+    if path.startswith(FORMULA_TRIGGERS) or path[:1].isspace() or path[1:2] == ":":
+        path = "./" + path
+    return path + "/." if path[-1:].isspace() else path
 
 
 def build_curated_manifest(dataset: Dataset, store: LabelStore) -> tuple[pd.DataFrame, tuple[str, ...]]:
@@ -117,20 +125,32 @@ def build_audit_log(store: LabelStore) -> pd.DataFrame:
     return log[list(EVENT_COLUMNS)]
 
 
-def curated_manifest_csv(dataset: Dataset, store: LabelStore) -> bytes:
-    """The curated manifest as CSV bytes (neutralised), e.g. for a download button."""
+def curated_manifest_csv(dataset: Dataset, store: LabelStore, *, actor: Actor | None = None) -> bytes:
+    """The curated manifest as CSV bytes (neutralised), e.g. for a download button.
+
+    `actor`: who asks (needs the `export` permission); None for a trusted caller (the command line, tests).
+    """
+    if actor is not None:
+        actor.require("export")
     curated, _ = build_curated_manifest(dataset, store)
     return _to_csv(curated).encode("utf-8")
 
 
-def audit_log_csv(store: LabelStore) -> bytes:
-    """The audit log as CSV bytes (neutralised)."""
+def audit_log_csv(store: LabelStore, *, actor: Actor | None = None) -> bytes:
+    """The audit log as CSV bytes (neutralised); `actor` as for `curated_manifest_csv`."""
+    if actor is not None:
+        actor.require("export")
     return _to_csv(build_audit_log(store)).encode("utf-8")
 
 
 def export_curated_labels(dataset: Dataset, store: LabelStore, out: str | Path, *,
-                          audit_out: str | Path | None = None) -> ExportSummary:
-    """Write the curated manifest to `out` (and the audit log to `audit_out`) atomically; returns a summary."""
+                          audit_out: str | Path | None = None, actor: Actor | None = None) -> ExportSummary:
+    """Write the curated manifest to `out` (and the audit log to `audit_out`) atomically; returns a summary.
+
+    `actor`: who asks (needs the `export` permission); None for a trusted caller (the command line, tests).
+    """
+    if actor is not None:
+        actor.require("export")
     out = Path(out)
     curated, warnings = build_curated_manifest(dataset, store)
     _write_atomic(out, _to_csv(curated))
@@ -181,7 +201,9 @@ def _to_csv(frame: pd.DataFrame) -> str:
             safe[column] = [neutralise_path(p) for p in safe[column]]
         elif safe[column].dtype == object or pd.api.types.is_string_dtype(safe[column]):
             safe[column] = [neutralise_cell(v) for v in safe[column]]
-    return safe.to_csv(index=False, lineterminator="\n")
+    safe.columns = [neutralise_cell(str(c)) for c in safe.columns]
+    # CRLF: the csv module quotes a cell holding any character of the line terminator, so `\r` and `\n` both are.
+    return safe.to_csv(index=False, lineterminator="\r\n")
 
 
 def _write_atomic(path: Path, text: str) -> None:

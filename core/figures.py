@@ -7,6 +7,7 @@ clicked scatter points but returns nothing for heatmap cells.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 
 import numpy as np
@@ -14,6 +15,8 @@ import pandas as pd
 import plotly.graph_objects as go
 
 from core.confusion import Normalise, normalise_confusion
+
+logger = logging.getLogger(__name__)
 
 # Blues that starts at a visible tint: only non-empty cells are drawn, so even a single error must show.
 CONFUSION_COLORSCALE = [[0.0, "#d4e4f7"], [0.35, "#7fb0dc"], [0.7, "#2f75b5"], [1.0, "#08306b"]]

@@ -3,9 +3,19 @@
 Semantics (one sample, events in id order):
 
 - Every write appends one row to `label_events`; nothing is ever updated or deleted (the database refuses it with
-  triggers, and this module has no UPDATE or DELETE statement).
+  triggers, an insert over an existing id too, and this module has no UPDATE or DELETE statement).
+- Events form a hash chain in id order (`core.labelchain`): each stores the SHA-256 of its predecessor and of its own
+  canonical content. Writers are serialised over the whole log (SQLite `BEGIN IMMEDIATE`; PostgreSQL one advisory
+  lock), so the chain stays linear; a unique index on `prev_hash` refuses a fork whatever a writer does. Opening
+  the store checks the newest links (and runs SQLite's `PRAGMA quick_check`); a store that fails refuses every write
+  until it is repaired (`python -m cli verify-labels` finds the first broken link).
 - `undo` by reviewer R reverts R's latest not-yet-undone, non-undo event on that sample (its id is stored in
-  `reverts_id`; an event can be undone once). There is no redo: decide again instead.
+  `reverts_id`; an event can be undone once). `undo_event(id)` reverts one named event: its author may, and a lead
+  may undo another reviewer's event, recorded under the lead's own name. There is no redo: decide again instead.
+- Access: every writer takes `actor: Actor | None`. Given an actor, its role must allow the write (`core.access`:
+  record, adjudicate, undo_others) and the recorded reviewer is `actor.name` (nobody writes as someone else).
+  `actor=None` is a trusted caller: the command line run by the owner of the server's files, tests, benchmarks;
+  the dashboard always passes the signed-in (or local) actor.
 - The *effective* events are the non-undo events that were not undone. If any effective event is an adjudication
   (a lead resolving a conflict), only the adjudications count ("the lead wins"); otherwise all effective events do.
   Within that layer the latest event sets the status (confirm -> confirmed, relabel -> relabeled, unsure -> unsure,
@@ -17,20 +27,20 @@ Semantics (one sample, events in id order):
 - `previous_label` of an event is the sample's label just before it (the derived label, else the dataset label the
   caller passed as `given_label`); `new_label` is the label the reviewer decided (confirm, relabel) or the sample's
   label after the event (unsure, exclude, undo); the two coincide unless an adjudication overrides the review.
-  Writes to one sample are serialised (SQLite `BEGIN IMMEDIATE`; PostgreSQL a per-sample advisory lock), so these
-  chains are consistent under concurrency.
+  Writes are serialised (see above), so these per-sample chains are consistent under concurrency too.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import re
 import threading
 import time
 from collections import defaultdict
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -40,7 +50,9 @@ import sqlalchemy as sa
 from sqlalchemy import event as sa_event
 from sqlalchemy.engine import Connection, Engine, make_url
 
+from core.access import AccessError, Actor
 from core.errors import TaxaLensError
+from core.labelchain import GENESIS_HASH, BrokenLink, event_hash, find_broken_link
 
 logger = logging.getLogger(__name__)
 
@@ -59,12 +71,14 @@ STATE_COLUMNS = ("sample_id", "label", "status", "n_reviews", "agreement", "last
 _STATUS_OF_ACTION = {"confirm": "confirmed", "relabel": "relabeled", "unsure": "unsure", "exclude": "excluded"}
 _LABEL_ACTIONS = frozenset({"confirm", "relabel"})
 _MIGRATION_LOCK_KEY = 7_263_519_804  # PostgreSQL advisory lock held while migrating
+_CHAIN_LOCK_KEY = 7_263_519_805  # PostgreSQL advisory lock held by every write: one chain head at a time
+OPEN_CHECK_LINKS = 64  # newest links checked when a store opens (plus PRAGMA quick_check on SQLite)
 _IN_CHUNK = 500  # sample ids per IN (...) clause
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 _METADATA = sa.MetaData()
 _ID = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
-# Mirrors migrations 0001-0002 (migrations own the schema; this is for building queries).
+# Mirrors migrations 0001-0003 (migrations own the schema; this is for building queries).
 label_events = sa.Table(
     "label_events",
     _METADATA,
@@ -79,11 +93,35 @@ label_events = sa.Table(
     sa.Column("checkpoint", sa.Text()),
     sa.Column("adjudication", sa.Boolean(), nullable=False),
     sa.Column("reverts_id", _ID),
+    sa.Column("prev_hash", sa.String(64)),
+    sa.Column("event_hash", sa.String(64)),
 )
 
 
 class LabelStoreError(TaxaLensError, RuntimeError):
     """The label store cannot be opened or used as asked (unknown schema, unsupported database, ...)."""
+
+
+class LabelStoreIntegrityError(LabelStoreError):
+    """The label log failed its integrity check (a broken hash-chain link or a damaged SQLite file)."""
+
+
+@dataclass(frozen=True)
+class IntegrityReport:
+    """The outcome of checking the label log (`LabelStore.check_integrity`, `LabelStore.verify_chain`)."""
+
+    ok: bool  # nothing wrong was found in what was checked
+    links_checked: int  # events whose link and content hash were recomputed
+    head_hash: str | None  # event_hash of the newest event checked (GENESIS_HASH for an empty log)
+    broken: BrokenLink | None = None  # the first broken link, if any
+    database_problem: str | None = None  # SQLite `PRAGMA quick_check` / `integrity_check` findings, if any
+
+    @property
+    def problem(self) -> str | None:
+        """One sentence saying what is wrong, or None."""
+        if self.database_problem:
+            return f"the database file is damaged ({self.database_problem})"
+        return self.broken.problem if self.broken else None
 
 
 @dataclass(frozen=True)
@@ -101,6 +139,8 @@ class LabelEvent:
     checkpoint: str | None  # the checkpoint whose suggestion was on screen
     adjudication: bool  # a lead's resolution; adjudications override ordinary reviews
     reverts_id: int | None  # for `undo`: the id of the event it reverts
+    prev_hash: str = ""  # event_hash of the event before it (core.labelchain.GENESIS_HASH for the first)
+    event_hash: str = ""  # SHA-256 of this event's canonical content (core.labelchain)
 
 
 @dataclass(frozen=True)
@@ -109,12 +149,13 @@ class NewEvent:
 
     sample_id: str  # the dataset's sample id
     action: str  # one of ACTIONS
-    reviewer: str  # who does it; required
+    reviewer: str | None  # who does it; required, except that None means the actor given to `record_many`
     label: str | None = None  # relabel: the new class (required); confirm: the label confirmed (default: current)
     given_label: str | None = None  # the dataset's label, the sample's label until a reviewer decides one
     note: str = ""  # optional free text
     checkpoint: str | None = None  # checkpoint whose suggestion was shown
     adjudication: bool = False  # a lead resolving a conflict
+    reverts_id: int | None = None  # undo: the event to revert (default: this reviewer's latest on the sample)
 
 
 @dataclass(frozen=True)
@@ -151,12 +192,14 @@ def validate_reviewer(reviewer: object) -> str:
 class LabelStore:
     """Review events in a SQLAlchemy database; `url` is `sqlite:///FILE` (default) or `postgresql://...`.
 
-    Opening runs the schema migrations (Alembic, `core/migrations`) when the database is behind. Use one store per
+    Opening runs the schema migrations (Alembic, `core/migrations`) when the database is behind, then a quick
+    integrity check (`check_integrity`: the newest `OPEN_CHECK_LINKS` links, and `PRAGMA quick_check` on SQLite); a
+    store that fails it opens for reading but refuses every write (`LabelStoreIntegrityError`). Use one store per
     process (after `fork`, open a new one) and close it (`close()` or `with`).
     """
 
     def __init__(self, url: str, *, busy_timeout_ms: int = 30_000, synchronous: str = "NORMAL",
-                 migrate: bool = True) -> None:
+                 migrate: bool = True, check_on_open: bool = True) -> None:
         self.url = _normalise_url(url)
         parsed = make_url(self.url)
         self.dialect = parsed.get_backend_name()
@@ -175,8 +218,14 @@ class LabelStore:
         else:
             raise LabelStoreError(f"label store URL {url!r} uses {self.dialect!r}; use sqlite:///FILE or "
                                   "postgresql://USER@HOST:PORT/DB")
+        self.integrity: IntegrityReport | None = None  # the check run on opening (None: not run)
         if migrate:
             self.migrate()
+            if check_on_open:
+                self.integrity = self.check_integrity()
+                if not self.integrity.ok:
+                    logger.error("label store %s failed its integrity check on opening: %s", self._safe_url(),
+                                 self.integrity.problem)
 
     # ----------------------------------------------------------------------------------------------- lifecycle
 
@@ -202,15 +251,16 @@ class LabelStore:
         with self._engine.connect() as conn:
             return MigrationContext.configure(conn).get_current_revision()
 
-    def migrate(self) -> str:
-        """Bring the schema to the newest revision (no-op when current); returns the revision."""
+    def migrate(self, revision: str | None = None) -> str:
+        """Bring the schema to the newest revision, or up to `revision` (no-op when there); returns the revision."""
         from alembic import command
         from alembic.runtime.migration import MigrationContext
 
         config, known, head = _alembic_scripts()
+        target = revision or head
         current = self.schema_revision()
-        if current == head:
-            return head
+        if current == target:
+            return target
         if current is not None and current not in known:
             raise LabelStoreError(f"label store {self._safe_url()} is at schema revision {current!r}, unknown to this "
                                   f"TaxaLens (newest known: {head!r}); upgrade TaxaLens to open it")
@@ -219,18 +269,23 @@ class LabelStore:
             with conn.begin():
                 if self.dialect == "postgresql":
                     conn.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": _MIGRATION_LOCK_KEY})
-                if MigrationContext.configure(conn).get_current_revision() != head:  # another process may have won
-                    logger.info("migrating label store %s from schema %s to %s", self._safe_url(), current, head)
+                if MigrationContext.configure(conn).get_current_revision() != target:  # another process may have won
+                    logger.info("migrating label store %s from schema %s to %s", self._safe_url(), current, target)
                     with _MIGRATION_THREAD_LOCK:
                         config.attributes["connection"] = conn
                         try:
-                            command.upgrade(config, "head")
+                            command.upgrade(config, target)
                         finally:
                             config.attributes.pop("connection", None)
-        return head
+        return target
+
+    @property
+    def safe_url(self) -> str:
+        """The URL with any password hidden (for messages and logs)."""
+        return make_url(self.url).render_as_string(hide_password=True)
 
     def _safe_url(self) -> str:
-        return make_url(self.url).render_as_string(hide_password=True)
+        return self.safe_url
 
     # -------------------------------------------------------------------------------------------------- writes
 
@@ -239,80 +294,181 @@ class LabelStore:
         sample_id: str,
         action: str,
         *,
-        reviewer: str,
+        reviewer: str | None = None,
         label: str | None = None,
         given_label: str | None = None,
         note: str = "",
         checkpoint: str | None = None,
         adjudication: bool = False,
+        actor: Actor | None = None,
     ) -> LabelEvent:
         """Append one event and return it as stored.
 
         `action`: confirm (the current label, or `label`), relabel (`label` required), unsure, exclude, undo (reverts
         this reviewer's latest effective event on the sample; ValueError when there is none). `given_label`: the
         dataset's label, recorded as `previous_label` while no reviewer has decided one. `adjudication=True` marks a
-        lead's resolution, which overrides ordinary reviews. Raises ValueError for a missing reviewer or bad input.
+        lead's resolution, which overrides ordinary reviews. `actor`: who acts (their role must allow it; the
+        reviewer recorded is `actor.name`, and `reviewer` may be left out); None for a trusted caller, which must
+        name the `reviewer`. Raises ValueError for a missing reviewer or bad input, AccessError for a role that may
+        not do it or a reviewer other than the actor, LabelStoreIntegrityError when the log is damaged.
         """
         return self.record_many([NewEvent(sample_id, action, reviewer, label, given_label, note, checkpoint,
-                                          adjudication)])[0]
+                                          adjudication)], actor=actor)[0]
 
-    def record_many(self, events: Iterable[NewEvent]) -> list[LabelEvent]:
-        """Append several events in one transaction (all or none), applied in the given order."""
-        todo = [_validate_new_event(e) for e in events]
+    def record_many(self, events: Iterable[NewEvent], *, actor: Actor | None = None) -> list[LabelEvent]:
+        """Append several events in one transaction (all or none), applied in the given order.
+
+        `actor` as for `record` (an event without a reviewer is recorded under `actor.name`).
+        """
+        todo = [_validate_new_event(_as_actor(e, actor)) for e in events]
         if not todo:
             return []
+        if actor is not None:
+            actor.require("record")
+            if any(e.adjudication for e in todo):
+                actor.require("adjudicate")
+        self._refuse_if_damaged()
         sample_ids = sorted({e.sample_id for e in todo})
         for attempt in range(4):
             try:
-                return self._record(todo, sample_ids)
+                return self._record(todo, sample_ids, actor)
             except sa.exc.OperationalError as exc:  # SQLite busy beyond busy_timeout (rare with BEGIN IMMEDIATE)
                 if self.dialect != "sqlite" or "locked" not in str(exc).lower() or attempt == 3:
                     raise
                 time.sleep(0.05 * 2**attempt)
         raise AssertionError("unreachable")
 
-    def _record(self, todo: list[NewEvent], sample_ids: list[str]) -> list[LabelEvent]:
+    def _record(self, todo: list[NewEvent], sample_ids: list[str], actor: Actor | None) -> list[LabelEvent]:
         written: list[LabelEvent] = []
-        with self._write_transaction(sample_ids) as conn:
+        with self._write_transaction() as conn:
+            head_id, head_hash = self._chain_head(conn)
             history = self._history_rows(conn, sample_ids)
             for new in todo:
                 rows = history[new.sample_id]
-                row = _plan_event(new, rows, now=datetime.now(UTC))
-                result = conn.execute(sa.insert(label_events).values(**{k: v for k, v in row.items() if k != "id"}))
-                row["id"] = int(result.inserted_primary_key[0])
+                row = _plan_event(new, rows, now=datetime.now(UTC), actor=actor)
+                head_id += 1
+                row["id"] = head_id
+                row["prev_hash"] = head_hash
+                row["event_hash"] = head_hash = event_hash(row, head_hash)
+                conn.execute(sa.insert(label_events).values(**row))
                 rows.append(row)
                 written.append(_event_from_row(row))
         return written
 
+    def _chain_head(self, conn: Connection) -> tuple[int, str]:
+        """(id, event_hash) of the newest event, after checking that its content still hashes to it."""
+        head = conn.execute(sa.select(label_events).order_by(label_events.c.id.desc()).limit(1)).mappings().first()
+        if head is None:
+            return 0, GENESIS_HASH
+        broken, _, _ = find_broken_link([head], expected_prev=None)
+        if broken is not None:
+            self.integrity = IntegrityReport(ok=False, links_checked=0, head_hash=None, broken=broken)
+            self._refuse_if_damaged()
+        return int(head["id"]), head["event_hash"]
+
+    def _refuse_if_damaged(self) -> None:
+        if self.integrity is not None and not self.integrity.ok:
+            raise LabelStoreIntegrityError(
+                f"label store {self._safe_url()} failed its integrity check: {self.integrity.problem}. Nothing was "
+                "written. Stop the dashboard, keep a copy of the database as it is, run `python -m cli verify-labels "
+                "--workspace DIR` to find the first broken link, and restore the label store from a backup taken "
+                "before it (reading and exporting still work meanwhile)"
+                + ("; a damaged SQLite file can also be rebuilt with `sqlite3 labels.db .recover | sqlite3 new.db`, "
+                   "then checked with verify-labels --url sqlite:///new.db" if self.integrity.database_problem else "")
+            )
+
     def last_undoable(self, reviewer: str) -> LabelEvent | None:
         """The reviewer's latest effective (not undone, non-undo) event on any sample: what `undo` there reverts."""
         reviewer = validate_reviewer(reviewer)
+        mine = label_events.c.reviewer == reviewer
         with self._engine.connect() as conn:
-            rows = [dict(r) for r in conn.execute(sa.select(label_events).where(label_events.c.reviewer == reviewer)
+            rows = [dict(r) for r in conn.execute(sa.select(label_events).where(mine)
                                                   .order_by(label_events.c.id)).mappings()]
-        undone = {r["reverts_id"] for r in rows if r["action"] == "undo"}
+            # Undone by anyone: the reviewer themself, or a lead undoing it by id.
+            undone = set(conn.execute(sa.select(label_events.c.reverts_id).where(
+                label_events.c.action == "undo",
+                label_events.c.reverts_id.in_(sa.select(label_events.c.id).where(mine)))).scalars())
         for row in reversed(rows):
             if row["action"] != "undo" and row["id"] not in undone:
                 return _event_from_row(row)
         return None
 
-    def undo_last(self, reviewer: str, *, note: str = "") -> LabelEvent:
-        """Undo the reviewer's latest effective decision, whichever sample it was on (ValueError if none)."""
+    def undo_last(self, reviewer: str | None = None, *, note: str = "", actor: Actor | None = None) -> LabelEvent:
+        """Undo the reviewer's (the actor's) latest effective decision, whichever sample it was on (ValueError if
+        none)."""
+        if actor is not None:
+            actor.require("record")
+        reviewer = validate_reviewer(_as_actor(NewEvent("-", "undo", reviewer), actor).reviewer)
         target = self.last_undoable(reviewer)
         if target is None:
             raise ValueError(f"nothing to undo: reviewer {reviewer!r} has no effective event")
-        return self.record(target.sample_id, "undo", reviewer=reviewer, note=note)
+        return self.record(target.sample_id, "undo", reviewer=reviewer, note=note, actor=actor)
+
+    def undo_event(self, event_id: int, *, reviewer: str | None = None, note: str = "",
+                   actor: Actor | None = None) -> LabelEvent:
+        """Undo one event by id, recorded under the undoer's own name.
+
+        Its author may undo it; undoing another reviewer's event needs the `undo_others` permission (a lead). The
+        event must be an effective decision (not an undo, not undone already): ValueError otherwise.
+        """
+        if actor is not None:
+            actor.require("record")
+        with self._engine.connect() as conn:
+            target = conn.execute(sa.select(label_events.c.sample_id).where(label_events.c.id == int(event_id))
+                                  ).scalar()
+        if target is None:
+            raise ValueError(f"no label event with id {event_id}; see the audit log for the ids")
+        return self.record_many([NewEvent(target, "undo", reviewer, note=note, reverts_id=int(event_id))],
+                                actor=actor)[0]
+
+    def check_integrity(self, *, last: int = OPEN_CHECK_LINKS) -> IntegrityReport:
+        """The quick check run on opening: the newest `last` links of the chain, and on SQLite `PRAGMA quick_check`
+        (which reads the whole file once: see benchmarks/bench_labelstore.py --integrity for its cost)."""
+        problem = self._sqlite_check("quick_check")
+        with self._engine.connect() as conn:
+            rows = [dict(r) for r in conn.execute(
+                sa.select(label_events).order_by(label_events.c.id.desc()).limit(last + 1)).mappings()]
+        rows.reverse()
+        whole = len(rows) <= last  # the window reaches the first event: it must chain onto the genesis value
+        broken, checked, head = find_broken_link(rows, expected_prev=GENESIS_HASH if whole else None)
+        return IntegrityReport(ok=broken is None and problem is None, links_checked=checked,
+                               head_hash=head if rows else GENESIS_HASH, broken=broken, database_problem=problem)
+
+    def verify_chain(self, *, batch: int = 5000) -> IntegrityReport:
+        """Recompute every link of the chain from the first event (and on SQLite `PRAGMA integrity_check`)."""
+        problem = self._sqlite_check("integrity_check")
+        checked, head, after_id = 0, GENESIS_HASH, None
+        with self._engine.connect() as conn:
+            while True:
+                query = sa.select(label_events).order_by(label_events.c.id).limit(batch)
+                if after_id is not None:
+                    query = query.where(label_events.c.id > after_id)
+                rows = [dict(r) for r in conn.execute(query).mappings()]
+                if not rows:
+                    break
+                broken, n, head_now = find_broken_link(rows, expected_prev=head, after_id=after_id)
+                checked += n
+                if broken is not None:
+                    return IntegrityReport(ok=False, links_checked=checked, head_hash=head, broken=broken,
+                                           database_problem=problem)
+                head, after_id = head_now or head, int(rows[-1]["id"])
+        return IntegrityReport(ok=problem is None, links_checked=checked, head_hash=head, database_problem=problem)
+
+    def _sqlite_check(self, pragma: str) -> str | None:
+        if self.dialect != "sqlite":
+            return None
+        with self._engine.connect() as conn:
+            findings = [str(r[0]) for r in conn.exec_driver_sql(f"PRAGMA {pragma}")]
+        return None if findings == ["ok"] else "; ".join(" ".join(f.split()) for f in findings[:5])
 
     @contextmanager
-    def _write_transaction(self, sample_ids: Sequence[str]) -> Iterator[Connection]:
+    def _write_transaction(self) -> Iterator[Connection]:
         with self._engine.connect() as conn:
-            conn.execution_options(taxalens_write=True)
+            conn.execution_options(taxalens_write=True)  # SQLite: BEGIN IMMEDIATE, one writer at a time
             with conn.begin():
                 if self.dialect == "postgresql":
-                    # Serialise writers per sample (sorted: no deadlocks); released at commit.
-                    for sample_id in sample_ids:
-                        conn.execute(sa.text("SELECT pg_advisory_xact_lock(hashtextextended(:s, 0))"),
-                                     {"s": sample_id})
+                    # One writer at a time extends the chain; released at commit, after the commit is visible.
+                    conn.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": _CHAIN_LOCK_KEY})
                 yield conn
 
     # --------------------------------------------------------------------------------------------------- reads
@@ -395,11 +551,69 @@ class LabelStore:
 
 
 def open_label_store(workspace_or_url: Any, **options: Any) -> LabelStore:
-    """Open the store of a `Workspace` (its `label_store_url`) or of a URL string."""
+    """Open the store of a `Workspace` (its `label_store_url`) or of a URL string.
+
+    Raises `LabelStoreError` naming the setting the URL came from and the fix for a URL of another database kind, a
+    server that cannot be reached and a file that is not a SQLite database (which is left as it is)."""
     url = getattr(workspace_or_url, "label_store_url", workspace_or_url)
     if not isinstance(url, str) or not url:
         raise ValueError(f"expected a Workspace or a label store URL, got {workspace_or_url!r}")
-    return LabelStore(url, **options)
+    setting = _url_setting(workspace_or_url)
+    try:
+        parsed = make_url(_normalise_url(url))
+    except sa.exc.ArgumentError as exc:
+        raise LabelStoreError(f"{setting} is {url[:80]!r}, not a database URL; use sqlite:///PATH/labels.db or "
+                              "postgresql://USER@HOST:PORT/DB") from exc
+    shown = parsed.render_as_string(hide_password=True)
+    if parsed.get_backend_name() not in ("sqlite", "postgresql"):
+        raise LabelStoreError(f"{setting} is {shown}, a {parsed.get_backend_name()} database, which TaxaLens cannot "
+                              "keep labels in; use sqlite:///PATH/labels.db (one machine) or "
+                              "postgresql://USER@HOST:PORT/DB (a team)")
+    try:
+        return LabelStore(url, **options)
+    except sa.exc.DBAPIError as exc:
+        raise LabelStoreError(f"cannot open the label store {shown} ({setting}): {_open_failure(exc, parsed)}") \
+            from exc
+
+
+# Why a database refused to open, by a phrase of the driver's message (psycopg, sqlite3), and what to do about it.
+_OPEN_FAILURES = (
+    ("connection refused", "nothing accepts connections at that host and port; start the PostgreSQL server there "
+                           "or correct the host and port in the URL"),
+    ("could not translate host name", "its host name does not resolve; correct the host in the URL"),
+    ("name or service not known", "its host name does not resolve; correct the host in the URL"),
+    ("timeout expired", "the server did not answer in time; check the host, the port and any firewall between"),
+    ("password authentication failed", "the server refused the user name or password; correct them in the URL"),
+    ("does not exist", "the server has no such database or user; create it or correct the URL"),
+    ("file is not a database", "{file} is not a SQLite database (damaged or overwritten); it was left untouched: "
+                               "move it aside and restore labels.db from a backup (where no file is, a new empty "
+                               "label log is created)"),
+    ("malformed", "{file} is damaged; it was left untouched: move it aside and restore labels.db from a backup"),
+    ("unable to open database file", "{file} cannot be opened; check that its folder exists and that this account "
+                                     "may write there"),
+)
+
+
+def _open_failure(exc: sa.exc.DBAPIError, url: sa.URL) -> str:
+    message = str(exc.orig).lower()
+    file = url.database or "the database file"
+    for phrase, advice in _OPEN_FAILURES:
+        if phrase in message:
+            return advice.format(file=file)
+    return (f"the database refused the connection ({type(exc.orig).__name__}); check that it runs and that the URL "
+            "is right")
+
+
+def _url_setting(workspace_or_url: Any) -> str:
+    """Where the label store URL was set, as a user would look for it."""
+    if os.environ.get("TAXALENS_LABEL_STORE_URL"):
+        return "the TAXALENS_LABEL_STORE_URL environment variable"
+    root = getattr(workspace_or_url, "root", None)
+    if root is None:
+        return "the label store URL"
+    if getattr(workspace_or_url, "label_store_url", "") == f"sqlite:///{Path(root) / 'labels.db'}":
+        return f"the workspace's own label log, no `url` under [labels] in {Path(root) / 'taxalens.toml'}"
+    return f"`url` under [labels] in {Path(root) / 'taxalens.toml'}"
 
 
 # ------------------------------------------------------------------------------------------------- derivation
@@ -464,7 +678,7 @@ def _effective_of(rows: Sequence[Mapping[str, Any]], reviewer: str) -> list[Mapp
     return [r for r in rows if r["reviewer"] == reviewer and r["action"] != "undo" and r["id"] not in undone]
 
 
-def _plan_event(new: NewEvent, rows: list[dict], *, now: datetime) -> dict:
+def _plan_event(new: NewEvent, rows: list[dict], *, now: datetime, actor: Actor | None = None) -> dict:
     """The row to insert for `new`, given the sample's existing rows (validated input)."""
     before = derive_state(new.sample_id, rows)
     # The dataset's label: as the caller gives it, else as the sample's first event recorded it.
@@ -473,13 +687,10 @@ def _plan_event(new: NewEvent, rows: list[dict], *, now: datetime) -> dict:
     reverts_id = None
     adjudication = new.adjudication
     if new.action == "undo":
-        mine = _effective_of(rows, new.reviewer)
-        if not mine:
-            raise ValueError(f"nothing to undo: reviewer {new.reviewer!r} has no effective event on sample "
-                             f"{new.sample_id!r}")
-        reverts_id = mine[-1]["id"]
+        target = _undo_target(new, rows, actor)
+        reverts_id = target["id"]
         adjudication = False
-        after = derive_state(new.sample_id, [*rows, {**mine[-1], "id": -1, "action": "undo", "reverts_id": reverts_id,
+        after = derive_state(new.sample_id, [*rows, {**target, "id": -1, "action": "undo", "reverts_id": reverts_id,
                                                    "reviewer": new.reviewer, "created_at": now}])
         new_label = after.label if after.label is not None else given
     elif new.action == "relabel":
@@ -505,6 +716,38 @@ def _plan_event(new: NewEvent, rows: list[dict], *, now: datetime) -> dict:
     }
 
 
+def _undo_target(new: NewEvent, rows: list[dict], actor: Actor | None) -> dict:
+    """The event an undo reverts: the named one (its author, or a lead, may), else the reviewer's latest."""
+    if new.reverts_id is None:
+        mine = _effective_of(rows, new.reviewer)
+        if not mine:
+            raise ValueError(f"nothing to undo: reviewer {new.reviewer!r} has no effective event on sample "
+                             f"{new.sample_id!r}")
+        return mine[-1]
+    target = next((r for r in rows if r["id"] == new.reverts_id), None)
+    if target is None:
+        raise ValueError(f"event {new.reverts_id} is not an event of sample {new.sample_id!r}")
+    undone = {r["reverts_id"] for r in rows if r["action"] == "undo"}
+    if target["action"] == "undo" or target["id"] in undone:
+        raise ValueError(f"event {new.reverts_id} is {'an undo' if target['action'] == 'undo' else 'undone already'}"
+                         "; there is no redo: record the decision again instead")
+    if target["reviewer"] != new.reviewer and actor is not None:
+        actor.require("undo_others")
+    return target
+
+
+def _as_actor(new: NewEvent, actor: Actor | None) -> NewEvent:
+    """`new` recorded under `actor.name` (AccessError when it names someone else); unchanged without an actor."""
+    if actor is None or not isinstance(new, NewEvent):
+        return new
+    if new.reviewer is None or (isinstance(new.reviewer, str) and not new.reviewer.strip()):
+        return replace(new, reviewer=actor.name)
+    if not isinstance(new.reviewer, str) or new.reviewer.strip() != actor.name:
+        raise AccessError(f"{actor.name!r} may not record events as {new.reviewer!r}: events are recorded under the "
+                          "identity of whoever makes them")
+    return new
+
+
 def _validate_new_event(new: NewEvent) -> NewEvent:
     if not isinstance(new, NewEvent):
         raise TypeError(f"expected NewEvent, got {type(new).__name__}")
@@ -520,11 +763,14 @@ def _validate_new_event(new: NewEvent) -> NewEvent:
         raise ValueError(f"relabel of sample {new.sample_id!r} needs the new class: pass label=")
     if new.action in ("unsure", "exclude", "undo") and label is not None:
         raise ValueError(f"{new.action} takes no label (got {label!r}); use relabel or confirm to set one")
+    if new.reverts_id is not None and (new.action != "undo" or isinstance(new.reverts_id, bool)
+                                       or not isinstance(new.reverts_id, int)):
+        raise ValueError(f"reverts_id={new.reverts_id!r}: only an undo names the event (an int id) it reverts")
     note = new.note or ""
     if not isinstance(note, str) or len(note) > MAX_NOTE_LENGTH:
         raise ValueError(f"note must be text of at most {MAX_NOTE_LENGTH} characters")
     return NewEvent(new.sample_id, new.action, reviewer, label, new.given_label, note, new.checkpoint,
-                    bool(new.adjudication))
+                    bool(new.adjudication), new.reverts_id)
 
 
 def _event_queries(sample_ids: Sequence[str] | None, reviewer: str | None) -> Iterator[sa.Select]:
@@ -552,6 +798,8 @@ def _event_from_row(row: Mapping[str, Any]) -> LabelEvent:
         checkpoint=row["checkpoint"],
         adjudication=bool(row["adjudication"]),
         reverts_id=None if row["reverts_id"] is None else int(row["reverts_id"]),
+        prev_hash=row.get("prev_hash") or "",
+        event_hash=row.get("event_hash") or "",
     )
 
 

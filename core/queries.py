@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping, Sequence
 from typing import Literal
 
@@ -9,6 +10,8 @@ import numpy as np
 import pandas as pd
 
 from core.predictions import PredictionTable
+
+logger = logging.getLogger(__name__)
 
 
 def filter_predictions(

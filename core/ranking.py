@@ -99,7 +99,8 @@ def out_of_sample_table(table: PredictionTable, *, cv_table: PredictionTable | N
     elif n_train:
         messages.append(f"{n_train} training-split sample(s) are not ranked: their probabilities are in-sample "
                         "(the model memorised their labels). Compute cross-validated probabilities over "
-                        "`core.ranking.grouped_folds` to rank them.")
+                        "`core.ranking.grouped_folds` to rank them (`python -m core crossval`, or "
+                        "\"Out-of-sample probabilities\" below).")
     frames = [part.frame.assign(source=source) for part, source in parts]
     widths = {part.embeddings.shape[1] for part, _ in parts}
     n_rows = sum(len(part) for part, _ in parts)

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 import pandas as pd
 
 from core.predictions import PredictionTable, build_prediction_table
+
+logger = logging.getLogger(__name__)
 
 
 def has_specimens(table: PredictionTable) -> bool:
@@ -40,6 +44,8 @@ def specimen_table(table: PredictionTable) -> PredictionTable:
     label_counts = frame.groupby([codes, frame["label"].to_numpy()], sort=False).size()
     label_counts = label_counts.reset_index().set_axis(["code", "label", "n"], axis=1)
     conflicts = int((label_counts.groupby("code").size() > 1).sum())
+    if conflicts:
+        logger.info("%d specimen(s) have images with different labels; each takes its majority label", conflicts)
     majority = label_counts.sort_values(["code", "n", "label"], ascending=[True, False, True]).drop_duplicates("code")
     labels = majority.set_index("code")["label"].reindex(np.arange(n_specimens)).tolist()
     first_split = frame["split"].to_numpy()[order[starts]]

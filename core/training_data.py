@@ -1,7 +1,8 @@
 """What a training run learns from: an ImageFolder, a manifest or a curated export, with the checks it needs.
 
 Curated exports: `status == "excluded"` rows are skipped by `load_dataset`, relabels are already the `label` column;
-specimen-id gaps, classes emptied by exclusions and split leaks are refused before training starts.
+specimen-id gaps, classes emptied by exclusions, classes with a single image and split leaks are refused before
+training starts.
 """
 
 from __future__ import annotations
@@ -11,7 +12,10 @@ from pathlib import Path
 
 import pandas as pd
 
-from core.dataset import EXCLUDED_STATUS, Dataset, DatasetError, load_dataset, unneutralise_cell
+from core.dataset import EXCLUDED_STATUS, Dataset, DatasetError, load_dataset, read_manifest_table
+from core.workspace import Workspace
+
+MIN_IMAGES_PER_CLASS = 2  # one to learn from and one more: a lone image gives a batch of one, which BatchNorm refuses
 
 
 def load_training_dataset(
@@ -27,7 +31,8 @@ def load_training_dataset(
 
     A curated export's rows with `status == "excluded"` are dropped (its `label` column already holds relabels).
     Raises `DatasetError` for: a `specimen_id` column with empty cells (the split could put one individual on both
-    sides), one specimen on both sides of a given split, and a class that has no samples left after exclusions.
+    sides), one specimen on both sides of a given split, a class that has no samples left after exclusions, and a
+    class with fewer than `MIN_IMAGES_PER_CLASS` images.
     """
     source = Path(source)
     if source.is_file():
@@ -39,21 +44,72 @@ def load_training_dataset(
     if excluded:
         notes.append(f"{excluded} sample(s) with status=excluded left out")
     _check_split_leaks(samples, source)
+    _check_class_sizes(samples, source)
     return replace(dataset, warnings=tuple(notes))
+
+
+def load_workspace_training_dataset(
+    workspace: Workspace | None,
+    data: str | Path | None = None,
+    *,
+    root: str | Path | None = None,
+    val_fraction: float = 0.2,
+    seed: int = 0,
+    verify: str = "header",
+) -> Dataset:
+    """What `python -m cli train` learns from: `data` (a folder, manifest or curated export) or else the workspace's
+    dataset. With a workspace, its taxonomy and `val_fraction` apply and a manifest's paths are relative to its
+    dataset root unless `root` is given (a curated export is written relative to that root); `seed` seeds the split."""
+    source, taxonomy = data, None
+    if workspace is not None:
+        taxonomy, val_fraction = workspace.taxonomy, workspace.val_fraction
+        if source is None:
+            source, root = workspace.dataset_source, workspace.dataset_root
+        elif root is None:
+            root = workspace.dataset_root or (workspace.dataset_source.parent if workspace.dataset_source.is_file()
+                                              else workspace.dataset_source)
+    if source is None:
+        raise DatasetError("give --data DIR_OR_CSV (or --workspace DIR to train on its dataset)")
+    if taxonomy:
+        header = _header(Path(source))
+        taxonomy = tuple(c for c in taxonomy if c in header) if header is not None else ()
+    return load_training_dataset(source, root=root, taxonomy=taxonomy, val_fraction=val_fraction, seed=seed,
+                                 verify=verify)
+
+
+def _header(path: Path) -> list[str] | None:
+    if not path.is_file():
+        return None
+    try:
+        return [c.strip() for c in pd.read_csv(path, nrows=0, dtype=str).columns]
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError):
+        return None  # load_dataset reports unreadable manifests with its own message
+
+
+def _check_class_sizes(samples: pd.DataFrame, source: Path) -> None:
+    counts = samples["label"].value_counts()
+    small = counts[counts < MIN_IMAGES_PER_CLASS].sort_index()
+    if len(small):
+        shown = ", ".join(f"{name!r} ({int(n)} image)" for name, n in list(small.items())[:10])
+        more = f" and {len(small) - 10} more" if len(small) > 10 else ""
+        raise DatasetError(
+            f"class(es) {shown}{more} in {source} have fewer than {MIN_IMAGES_PER_CLASS} images, too few to train "
+            "on (nothing is left to validate it, and a batch of one image breaks BatchNorm); add images of it, "
+            "relabel them into another class, or exclude them (status=excluded in a curated export)"
+        )
 
 
 def _check_manifest_rows(path: Path) -> None:
     """Refuse a `specimen_id` column with gaps and a class that exclusions empty (before any image is opened)."""
     try:
-        frame = pd.read_csv(path, dtype=str, keep_default_na=False, skipinitialspace=True)
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError):
+        frame = read_manifest_table(path)  # the same reading as load_dataset's
+    except DatasetError:
         return  # load_dataset reports unreadable manifests with its own message
-    frame.columns = [str(c).strip() for c in frame.columns]
     kept = pd.Series(True, index=frame.index)
     if "status" in frame.columns:
         kept = frame["status"].str.strip().str.lower() != EXCLUDED_STATUS
     if "label" in frame.columns:
-        labels = frame["label"].str.strip().map(unneutralise_cell)
+        labels = frame["label"]
         before, after = labels.value_counts(), labels[kept].value_counts()
         emptied = sorted(set(before.index) - set(after.index) - {""})
         if emptied:

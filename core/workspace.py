@@ -1,17 +1,40 @@
-"""Workspace configuration: `taxalens.toml` naming the dataset, the checkpoints and the label store."""
+"""Workspace configuration: `taxalens.toml` naming the dataset, the checkpoints and the label store.
+
+Every change to `taxalens.toml` goes through `update_workspace_config`: under a file lock, the edited text is written
+to a temporary file beside it, re-read and validated as a workspace, then moved over the old file (`os.replace`), so
+concurrent writers lose nothing and a reader never sees a half-written or invalid file.
+"""
 
 from __future__ import annotations
 
+import logging
 import os
+import re
+import tempfile
 import tomllib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+from filelock import FileLock, Timeout
 
 from core.dataset import Dataset, load_dataset
 from core.errors import TaxaLensError
 
+if TYPE_CHECKING:
+    from core.access import Actor
+
+logger = logging.getLogger(__name__)
+
 CONFIG_NAME = "taxalens.toml"
 CACHE_DIR = ".taxalens"
+LOCK_NAME = "taxalens.toml.lock"  # in CACHE_DIR: held while taxalens.toml is rewritten
+MAX_ENTRY_NAME_LENGTH = 100  # characters of a checkpoint or ensemble name
+# Letters and digits of any script, then also spaces and . _ ( ) + -: no quotes, brackets, `=`, `#`, backslashes,
+# newlines or other control characters, so a name is never TOML (or Markdown link) syntax.
+_ENTRY_NAME = re.compile(r"[^\W_][\w .()+-]*")
+_UNSAFE_RUN = re.compile(r"[^\w.()+-]+")
 
 
 class WorkspaceError(TaxaLensError, ValueError):
@@ -26,7 +49,7 @@ class CheckpointSpec:
     path: Path  # absolute path of the weights file
     arch: str | None = None  # timm architecture, when the file does not carry it
     classes: Path | None = None  # text file of class names (one per line), when the file does not carry them
-    trust: bool = False  # allow unsafe pickle loading for this file (explicit opt-in)
+    trust: bool = False  # allow loading a pickled object or TorchScript (code) from this file (explicit opt-in)
 
 
 @dataclass(frozen=True)
@@ -72,39 +95,64 @@ def load_workspace(path: str | Path) -> Workspace:
         config = tomllib.loads(config_path.read_text(encoding="utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise WorkspaceError(f"{config_path} is not valid TOML: {exc}") from exc
-    dataset = config.get("dataset") or {}
-    source = dataset.get("manifest") or dataset.get("root")
+    dataset = _table(config, "dataset", config_path)
+    source = _text(dataset, "manifest", "dataset", config_path) or _text(dataset, "root", "dataset", config_path)
     if not source:
         raise WorkspaceError(f"{config_path} needs [dataset] with `root` (an ImageFolder) or `manifest` (a CSV)")
     checkpoints = []
-    for i, entry in enumerate(config.get("checkpoints") or []):
-        if "path" not in entry:
+    entries = config.get("checkpoints") or []
+    if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
+        raise WorkspaceError(f"{config_path}: `checkpoints` must be a list of [[checkpoints]] tables (name = ..., "
+                             f"path = ...), got {_shown(entries)}")
+    for i, entry in enumerate(entries):
+        where = f"checkpoints[{i}]"
+        ckpt_source = _text(entry, "path", where, config_path)
+        if not ckpt_source:
             raise WorkspaceError(f"{config_path}: checkpoints[{i}] has no `path`")
-        ckpt_path = _resolve(root, entry["path"])
+        ckpt_path = _resolve(root, ckpt_source)
+        classes = _text(entry, "classes", where, config_path)
+        trust = entry.get("trust", False)
+        if not isinstance(trust, bool):
+            raise WorkspaceError(f"{config_path}: `trust` in {where} must be true or false, got {_shown(trust)}")
         checkpoints.append(CheckpointSpec(
-            name=str(entry.get("name") or ckpt_path.stem),
+            name=_text(entry, "name", where, config_path) or ckpt_path.stem,
             path=ckpt_path,
-            arch=entry.get("arch"),
-            classes=_resolve(root, entry["classes"]) if entry.get("classes") else None,
-            trust=bool(entry.get("trust", False)),
+            arch=_text(entry, "arch", where, config_path),
+            classes=_resolve(root, classes) if classes else None,
+            trust=trust,
         ))
     names = [c.name for c in checkpoints]
     if len(set(names)) != len(names):
         raise WorkspaceError(f"{config_path}: checkpoint names must be unique, got {names}")
+    labels = _table(config, "labels", config_path)
+    url = (os.environ.get("TAXALENS_LABEL_STORE_URL") or _text(labels, "url", "labels", config_path)
+           or f"sqlite:///{root / 'labels.db'}")
     taxonomy_columns, taxonomy_file = _taxonomy_setting(config_path, root, dataset.get("taxonomy"))
-    labels = config.get("labels") or {}
-    url = os.environ.get("TAXALENS_LABEL_STORE_URL") or labels.get("url") or f"sqlite:///{root / 'labels.db'}"
+    val_fraction = dataset.get("val_fraction", 0.2)
+    if isinstance(val_fraction, bool) or not isinstance(val_fraction, int | float) or not 0 <= val_fraction < 1:
+        raise WorkspaceError(f"{config_path}: `val_fraction` in [dataset] must be a number from 0 to below 1 (the "
+                             f"share of specimens held out, e.g. val_fraction = 0.2), got {_shown(val_fraction)}")
+    seed = dataset.get("seed", 0)
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise WorkspaceError(f"{config_path}: `seed` in [dataset] must be a whole number (seed = 0), got "
+                             f"{_shown(seed)}")
+    dataset_root = _text(dataset, "root", "dataset", config_path)
+    if not dataset.get("manifest") and dataset_root:
+        folder = _resolve(root, dataset_root)
+        if folder.is_file() and folder.suffix.lower() != ".csv":
+            raise WorkspaceError(f"{config_path}: `root` in [dataset] is {folder}, a file, not a folder; set `root` "
+                                 "to the folder that holds one sub-folder per class (or `manifest` to a CSV)")
     known = {"dataset", "checkpoints", "labels"}
     return Workspace(
         root=root,
         dataset_source=_resolve(root, source),
-        dataset_root=_resolve(root, dataset["root"]) if dataset.get("manifest") and dataset.get("root") else None,
+        dataset_root=_resolve(root, dataset_root) if dataset.get("manifest") and dataset_root else None,
         taxonomy=taxonomy_columns,
         taxonomy_file=taxonomy_file,
         checkpoints=tuple(checkpoints),
         label_store_url=url,
-        val_fraction=float(dataset.get("val_fraction", 0.2)),
-        seed=int(dataset.get("seed", 0)),
+        val_fraction=float(val_fraction),
+        seed=seed,
         extras={k: v for k, v in config.items() if k not in known},
     )
 
@@ -113,29 +161,141 @@ def _taxonomy_setting(config_path: Path, root: Path, value: object) -> tuple[tup
     """`[dataset] taxonomy`: a list of manifest columns (broadest first) or the path of a taxonomy CSV."""
     if value is None:
         return (), None
-    if isinstance(value, str):
-        return (), _resolve(root, value)
-    if isinstance(value, list) and all(isinstance(v, str) for v in value):
+    if isinstance(value, str) and value.strip():
+        return (), _resolve(root, value.strip())
+    if isinstance(value, list) and all(isinstance(v, str) and v.strip() for v in value):
         return tuple(value), None
-    raise WorkspaceError(f"{config_path}: [dataset] taxonomy must be a list of manifest columns (broadest first, e.g. "
-                         f'["order", "family"]) or a taxonomy CSV file (e.g. "taxonomy.csv"), got {value!r}')
+    raise WorkspaceError(f"{config_path}: `taxonomy` in [dataset] must be a list of manifest columns, broadest first "
+                         f'(taxonomy = ["phylum", "order"]), or a taxonomy CSV file (taxonomy = "taxonomy.csv"), got '
+                         f"{_shown(value)}")
 
 
-def add_checkpoint(workspace_root: str | Path, name: str, path: str | Path) -> None:
-    """Append a checkpoint entry to the workspace's `taxalens.toml` (used when a training run finishes)."""
-    config_path = Path(workspace_root) / CONFIG_NAME
-    text = config_path.read_text(encoding="utf-8")
+def _table(config: dict, key: str, config_path: Path) -> dict:
+    """`config[key]` as a table (empty when absent); a workspace error naming the key when it is something else."""
+    value = config.get(key)
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise WorkspaceError(f"{config_path}: `{key}` must be a table ([{key}] on a line of its own, followed by "
+                             f"key = value lines), got {_shown(value)}")
+    return value
+
+
+def _text(table: dict, key: str, where: str, config_path: Path) -> str | None:
+    """A text setting of `table` (None when absent or empty); a workspace error naming `where`.`key` otherwise."""
+    value = table.get(key)
+    if value is None or value == "":
+        return None
+    if not isinstance(value, str):
+        raise WorkspaceError(f'{config_path}: `{key}` in {_section(where)} must be text in quotes ({key} = "..."), '
+                             f"got {_shown(value)}")
+    return value
+
+
+def _section(where: str) -> str:
+    return where if "[" in where else f"[{where}]"
+
+
+def _shown(value: object) -> str:
+    text = repr(value)
+    return f"{type(value).__name__} {text[:60]}{'...' if len(text) > 60 else ''}"
+
+
+def validate_entry_name(name: object, *, kind: str = "checkpoint") -> str:
+    """Return `name` when it may name a checkpoint or ensemble, else raise WorkspaceError saying why.
+
+    Allowed: 1 to MAX_ENTRY_NAME_LENGTH letters or digits (any script), spaces and `. _ ( ) + -`, starting with a
+    letter or digit and not ending with a space.
+    """
+    if not isinstance(name, str) or not name:
+        raise WorkspaceError(f"a {kind} name is required, got {name!r}")
+    if len(name) > MAX_ENTRY_NAME_LENGTH:
+        raise WorkspaceError(f"{kind} name {name[:40]!r}... is {len(name)} characters long; use at most "
+                             f"{MAX_ENTRY_NAME_LENGTH}")
+    if not _ENTRY_NAME.fullmatch(name) or name != name.rstrip():
+        suggestion = _UNSAFE_RUN.sub("-", name).strip("-_ .") or kind
+        raise WorkspaceError(f"{kind} name {name!r} may use only letters, digits, spaces and . _ ( ) + - (starting "
+                             f"with a letter or digit, no trailing space); rename it, e.g. {suggestion!r}")
+    return name
+
+
+def toml_string(text: str) -> str:
+    """`text` as a TOML basic string (quotes, backslashes and every control character escaped)."""
+    escaped = []
+    for ch in text:
+        if ch in ('"', "\\"):
+            escaped.append("\\" + ch)
+        elif ord(ch) < 0x20 or ord(ch) == 0x7F:
+            escaped.append(f"\\u{ord(ch):04X}")
+        else:
+            escaped.append(ch)
+    return '"' + "".join(escaped) + '"'
+
+
+def update_workspace_config(workspace_root: str | Path, edit: Callable[[str, Workspace], str], *,
+                            check: Callable[[Workspace], object] | None = None,
+                            lock_timeout_s: float = 60.0) -> Workspace:
+    """Change `taxalens.toml` atomically; returns the workspace as written.
+
+    Under a file lock (`.taxalens/taxalens.toml.lock`), `edit(current text, current workspace)` returns the new text;
+    it is written to a temporary file beside the config, re-read as a workspace (and passed to `check`, which raises
+    to refuse it), then `os.replace`d over the config. Anything `edit` or the checks raise leaves the file as it was.
+    """
+    root = Path(workspace_root).expanduser().resolve()
+    config_path = root / CONFIG_NAME
+    if not config_path.is_file():
+        raise WorkspaceError(f"{root} is not a TaxaLens workspace: {CONFIG_NAME} not found")
+    (root / CACHE_DIR).mkdir(exist_ok=True)
+    try:
+        with FileLock(str(root / CACHE_DIR / LOCK_NAME), timeout=lock_timeout_s):
+            current = load_workspace(root)
+            text = edit(config_path.read_text(encoding="utf-8"), current)
+            fd, tmp = tempfile.mkstemp(dir=root, prefix=f".{CONFIG_NAME}.", suffix=".tmp")
+            try:
+                with os.fdopen(fd, "w", encoding="utf-8", newline="") as handle:
+                    handle.write(text)
+                    handle.flush()
+                    os.fsync(handle.fileno())
+                os.chmod(tmp, config_path.stat().st_mode & 0o7777)
+                try:
+                    written = load_workspace(tmp)
+                except WorkspaceError as exc:
+                    raise WorkspaceError(f"refused to change {config_path}: the result would not be a valid "
+                                         f"workspace ({exc}); the file is unchanged") from exc
+                if check is not None:
+                    check(written)
+                os.replace(tmp, config_path)
+            finally:
+                if os.path.exists(tmp):
+                    os.unlink(tmp)
+    except Timeout as exc:
+        raise WorkspaceError(f"{config_path} is being changed by another process (lock {exc.lock_file} held for "
+                             f"{lock_timeout_s:.0f} s); try again, or remove the lock file if no TaxaLens process "
+                             "is running") from exc
+    logger.info("updated %s", config_path)
+    return load_workspace(root)
+
+
+def add_checkpoint(workspace_root: str | Path, name: str, path: str | Path, *, actor: Actor | None = None) -> None:
+    """Append a checkpoint entry to the workspace's `taxalens.toml` (used when a training run finishes).
+
+    `actor`: who asks (needs the `edit_workspace` permission); None for a trusted caller (the command line, tests).
+    """
+    if actor is not None:
+        actor.require("edit_workspace")
+    name = validate_entry_name(name, kind="checkpoint")
     try:
         rel = Path(path).resolve().relative_to(Path(workspace_root).resolve()).as_posix()
     except ValueError:
         rel = str(Path(path).resolve())
-    entry = f'\n[[checkpoints]]\nname = "{_toml_escape(name)}"\npath = "{_toml_escape(rel)}"\n'
-    config_path.write_text(text.rstrip("\n") + "\n" + entry, encoding="utf-8")
-    load_workspace(workspace_root)  # fail loudly if the result does not parse
 
+    def _append(text: str, current: Workspace) -> str:
+        if name in {c.name for c in current.checkpoints}:
+            raise WorkspaceError(f"the workspace already has a checkpoint named {name!r}; choose another name")
+        entry = f"\n[[checkpoints]]\nname = {toml_string(name)}\npath = {toml_string(rel)}\n"
+        return text.rstrip("\n") + "\n" + entry
 
-def _toml_escape(text: str) -> str:
-    return text.replace("\\", "\\\\").replace('"', '\\"')
+    update_workspace_config(workspace_root, _append)
 
 
 def _resolve(root: Path, value: str) -> Path:

@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import difflib
 import math
+import weakref
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from torch import nn
 
 from core.errors import TaxaLensError
 from models.checkpoints import model_device
+
+MIN_CAM_GRID = 7  # the automatic layer is the deepest whose map is at least this many cells high and wide
 
 
 class CamError(TaxaLensError, ValueError):
@@ -27,6 +30,8 @@ class CamLayer:
     layout: str  # "nchw" (CNN map), "nhwc" (Swin map) or "tokens" (B, prefix + gh*gw, C) of a ViT
     family: str  # the rule that chose it: "resnet", "vit", ...; "override" when named by the user; "generic"
     num_prefix_tokens: int = 0  # class/distillation/register tokens before the patch grid ("tokens" only)
+    grid: tuple[int, int] = (0, 0)  # height, width of its map at the probed input size ((0, 0): not probed)
+    note: str = ""  # said to the user when the automatic choice is coarser than MIN_CAM_GRID (the model's finest)
 
 
 def _timm_classes(module_name: str, *class_names: str) -> tuple[type, ...]:
@@ -44,6 +49,21 @@ def _last_child_name(model: nn.Module, attr: str) -> str:
     return f"{attr}.{len(container) - 1}"
 
 
+def _children_deepest_first(attr: str, *, skip_last: bool = False) -> Callable[[nn.Module], list[str]]:
+    """Stage names `attr.N-1 ... attr.0` of a container (without its last child when that is the rule's layer)."""
+    def names(model: nn.Module) -> list[str]:
+        container = getattr(model, attr, None)
+        if container is None:
+            return []
+        count = len(container) - (1 if skip_last else 0)
+        return [f"{attr}.{i}" for i in range(count - 1, -1, -1)]
+    return names
+
+
+def _no_stages(model: nn.Module) -> list[str]:
+    return []
+
+
 def _vit_layer(model: nn.Module) -> str:
     # The class token reads the patch tokens only through the last block's attention, so the last block's *output*
     # patch tokens get no gradient; its first norm (the attention input) is the standard ViT Grad-CAM layer.
@@ -56,29 +76,39 @@ class _FamilyRule:
     classes: tuple[type, ...]  # timm model classes of the family
     layer: Callable[[nn.Module], str]  # dotted name of the layer to hook
     layout: str  # layout of that layer's output
+    # earlier stage outputs, deepest first: where the automatic choice moves when the layer's map is below 7x7
+    stages: Callable[[nn.Module], list[str]] = _no_stages
 
 
 def _family_rules() -> tuple[_FamilyRule, ...]:
     return (
         # ResNet / ResNeXt / SE-ResNet...: the last stage's output, i.e. the map that global pooling reads.
-        _FamilyRule("resnet", _timm_classes("resnet", "ResNet"), lambda m: "layer4", "nchw"),
+        _FamilyRule("resnet", _timm_classes("resnet", "ResNet"), lambda m: "layer4", "nchw",
+                    lambda m: ["layer3", "layer2", "layer1"]),
         # ResNeXt-ts, RepVGG, GERNet... (timm's "bring your own blocks" nets): after the final 1x1 conv.
-        _FamilyRule("byobnet", _timm_classes("byobnet", "ByobNet"), lambda m: "final_conv", "nchw"),
+        _FamilyRule("byobnet", _timm_classes("byobnet", "ByobNet"), lambda m: "final_conv", "nchw",
+                    _children_deepest_first("stages")),
         # ConvNeXt: stages are NCHW; the head norm comes after pooling, so the last stage is the pooled map.
-        _FamilyRule("convnext", _timm_classes("convnext", "ConvNeXt"), lambda m: _last_child_name(m, "stages"), "nchw"),
+        _FamilyRule("convnext", _timm_classes("convnext", "ConvNeXt"), lambda m: _last_child_name(m, "stages"), "nchw",
+                    _children_deepest_first("stages", skip_last=True)),
         # EfficientNet: conv_head + bn2 (norm and activation) run before pooling.
-        _FamilyRule("efficientnet", _timm_classes("efficientnet", "EfficientNet"), lambda m: "bn2", "nchw"),
+        _FamilyRule("efficientnet", _timm_classes("efficientnet", "EfficientNet"), lambda m: "bn2", "nchw",
+                    _children_deepest_first("blocks")),
         # MobileNetV3/V4: conv_head runs *after* pooling, so the spatial map is the output of the blocks.
-        _FamilyRule("mobilenet", _timm_classes("mobilenetv3", "MobileNetV3"), lambda m: "blocks", "nchw"),
+        _FamilyRule("mobilenet", _timm_classes("mobilenetv3", "MobileNetV3"), lambda m: "blocks", "nchw",
+                    _children_deepest_first("blocks")),
         # RegNet: s1..s4 then final_conv (an Identity unless linear_out), which is what pooling reads.
-        _FamilyRule("regnet", _timm_classes("regnet", "RegNet"), lambda m: "final_conv", "nchw"),
+        _FamilyRule("regnet", _timm_classes("regnet", "RegNet"), lambda m: "final_conv", "nchw",
+                    lambda m: ["s4", "s3", "s2", "s1"]),
         # ViT, DeiT (incl. distilled), EVA/EVA-02: tokens; prefix tokens are dropped by the reshape transform.
+        # Every block keeps the same patch grid, so there is no finer stage to fall back to.
         _FamilyRule("vit", _timm_classes("vision_transformer", "VisionTransformer") + _timm_classes("eva", "Eva")
                     + _timm_classes("vision_transformer_relpos", "VisionTransformerRelPos")
                     + _timm_classes("beit", "Beit"), _vit_layer, "tokens"),
         # Swin v1/v2 in timm keep NHWC maps; the final norm's output is what average pooling reads.
         _FamilyRule("swin", _timm_classes("swin_transformer", "SwinTransformer")
-                    + _timm_classes("swin_transformer_v2", "SwinTransformerV2"), lambda m: "norm", "nhwc"),
+                    + _timm_classes("swin_transformer_v2", "SwinTransformerV2"), lambda m: "norm", "nhwc",
+                    _children_deepest_first("layers")),
     )
 
 
@@ -134,7 +164,10 @@ def _is_pass_through(module: nn.Module) -> bool:
 def find_cam_layer(model: nn.Module, *, layer: str | None = None, input_size: tuple[int, int, int]) -> CamLayer:
     """The layer to explain: `layer` (a dotted module name) when given, else the family's rule, else a probe.
 
-    `input_size` (C, H, W) is the model's input, used to probe output shapes for overrides and unknown families.
+    The family's rule names the map global pooling reads; when that map is smaller than `MIN_CAM_GRID` x
+    `MIN_CAM_GRID` at `input_size`, the deepest earlier stage whose map reaches it is taken instead (a 2x2 map is
+    four blurred quadrants), and when no stage reaches it, the finest map the model has, with a `note` saying so.
+    `input_size` (C, H, W) is the model's input, used to probe output shapes.
     Raises `CamError` naming the layers that could be used when `layer` is unknown or has no spatial output, or
     when the architecture has no layer with a spatial map that can be found automatically.
     """
@@ -147,10 +180,60 @@ def find_cam_layer(model: nn.Module, *, layer: str | None = None, input_size: tu
     if family is not None:
         rule = next(r for r in _family_rules() if r.family == family)
         name = rule.layer(model)
-        module = dict(model.named_modules()).get(name)
-        if module is not None:
-            return _make_layer(model, name, module, rule.layout, family)
+        modules = dict(model.named_modules())
+        if name in modules:
+            return _auto_family_layer(model, rule, name, modules, tuple(input_size))
     return _generic_layer(model, input_size)
+
+
+# model -> {(input_size): chosen layer}: the choice needs a forward pass, and compute_cams asks on every batch
+_AUTO_CHOICES: weakref.WeakKeyDictionary[nn.Module, dict[tuple[int, ...], CamLayer]] = weakref.WeakKeyDictionary()
+
+
+def _auto_family_layer(model: nn.Module, rule: _FamilyRule, name: str, modules: dict[str, nn.Module],
+                       input_size: tuple[int, int, int]) -> CamLayer:
+    cached = _AUTO_CHOICES.get(model, {}).get(input_size)
+    if cached is not None:
+        return cached
+    candidates = [name] + [n for n in rule.stages(model) if n in modules and n != name]
+    shapes = probe_layer_outputs(model, input_size)
+    grids = {n: _grid_of(shapes[n], rule.layout, model, input_size) for n in candidates if n in shapes}
+    if not grids:  # the rule's layer did not run (an unusual variant): trust the rule as before
+        chosen = _make_layer(model, name, modules[name], rule.layout, rule.family)
+    else:
+        chosen_name, note = _pick_grid(grids, model, input_size)
+        chosen = replace(_make_layer(model, chosen_name, modules[chosen_name], rule.layout, rule.family),
+                         grid=grids[chosen_name], note=note)
+    _AUTO_CHOICES.setdefault(model, {})[input_size] = chosen
+    return chosen
+
+
+def _pick_grid(grids: dict[str, tuple[int, int]], model: nn.Module, input_size: tuple[int, int, int]
+               ) -> tuple[str, str]:
+    """The first (deepest) layer of `grids` whose map is at least MIN_CAM_GRID on both sides, else the finest."""
+    for name, grid in grids.items():
+        if min(grid) >= MIN_CAM_GRID:
+            return name, ""
+    finest = max(grids, key=lambda n: grids[n][0] * grids[n][1])  # max keeps the first (deepest) of equals
+    h, w = grids[finest]
+    return finest, (f"{type(model).__name__} has no map of at least {MIN_CAM_GRID}x{MIN_CAM_GRID} at a "
+                    f"{input_size[1]}x{input_size[2]} input; its finest, {finest!r} ({h}x{w}), is used, so the heat "
+                    "map is coarse (a larger input size gives finer maps)")
+
+
+def _grid_of(shape: tuple[int, ...], layout: str, model: nn.Module, input_size: tuple[int, int, int]
+             ) -> tuple[int, int]:
+    if layout == "tokens":
+        patch_embed = getattr(model, "patch_embed", None)
+        if patch_embed is not None and hasattr(patch_embed, "dynamic_feat_size"):
+            return tuple(int(v) for v in patch_embed.dynamic_feat_size(tuple(input_size[1:])))
+        if patch_embed is not None and getattr(patch_embed, "grid_size", None) is not None:
+            return tuple(int(v) for v in patch_embed.grid_size)
+        side = math.isqrt(max(shape[1] - int(getattr(model, "num_prefix_tokens", 0) or 0), 0))
+        return side, side
+    if layout == "nhwc":
+        return int(shape[1]), int(shape[2])
+    return int(shape[2]), int(shape[3])
 
 
 def _override_layer(model: nn.Module, name: str, family: str | None, input_size: tuple[int, int, int]) -> CamLayer:

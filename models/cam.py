@@ -25,6 +25,7 @@ from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget, FinerWe
 from torch import nn
 
 from models._cam_layers import (
+    MIN_CAM_GRID,
     CamError,
     CamLayer,
     find_cam_layer,
@@ -36,6 +37,7 @@ from models.checkpoints import ModelCard, model_device
 
 __all__ = [
     "CAM_METHODS",
+    "MIN_CAM_GRID",
     "CamError",
     "CamLayer",
     "CamMethod",
@@ -132,6 +134,7 @@ class CamResult:
     method: str  # CAM_METHODS key
     layer: str  # dotted name of the module explained
     grid: tuple[int, int] = (0, 0)  # height, width of the layer's map: how coarse the maps really are
+    note: str = ""  # set when the automatic layer is coarser than 7x7 (the model's finest): say so to the user
 
     @property
     def pred_indices(self) -> np.ndarray:
@@ -177,7 +180,8 @@ def compute_cams(
         return CamResult(np.zeros((0, *images.shape[2:]), np.float32), np.zeros(0, np.int64),
                          np.zeros((0, 0), np.float32), spec.name, cam_layer.name)
     return CamResult(cams=np.concatenate(cams), class_indices=np.concatenate(classes),
-                     pred_probs=np.concatenate(probs), method=spec.name, layer=cam_layer.name, grid=grid)
+                     pred_probs=np.concatenate(probs), method=spec.name, layer=cam_layer.name, grid=grid,
+                     note=cam_layer.note)
 
 
 def _compute_batch(

@@ -7,7 +7,9 @@ import functools
 import hashlib
 import json
 import logging
+import math
 import pickle
+import re
 import zipfile
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
@@ -26,6 +28,14 @@ TAXALENS_FORMAT_VERSION = 1
 _META_KEY = "taxalens"
 # Containers written by training scripts, in order of preference (EMA weights evaluate better when present).
 _STATE_DICT_KEYS = ("state_dict_ema", "model_ema", "state_dict", "model", "module")
+# Input side lengths a checkpoint's metadata may ask for: smaller gives nothing to classify, larger is a typo or a
+# resource-exhaustion attempt (a 100,000 px input would allocate tens of GB before the first image).
+INPUT_SIDE_RANGE = (32, 1024)
+# The first bytes of what `torch.save` writes: a zip archive (PyTorch >= 1.6) or a pickle (protocol 2 to 5).
+_ZIP_MAGIC = b"PK\x03\x04"
+_PICKLE_MAGIC = tuple(b"\x80" + bytes([protocol]) for protocol in range(2, 6))
+# The class an unsafe pickle refers to, in torch's weights-only refusal ("Unsupported global: GLOBAL a.b.C was ...").
+_UNSUPPORTED_GLOBAL = re.compile(r"Unsupported global: GLOBAL ([\w.]+)")
 # Wrapper prefixes to strip from parameter names.
 _PREFIXES = (
     "module.",  # DistributedDataParallel / DataParallel
@@ -143,9 +153,12 @@ def load_checkpoint(
 
     Formats: the TaxaLens `.safetensors` (metadata carries everything), a plain `.safetensors` or timm `state_dict`
     (`arch` and `class_names` required), a timm training-script checkpoint (`state_dict_ema`/`state_dict`, `arch`),
-    TorchScript (`class_names` required). `torch.load(weights_only=True)` always; a pickled `nn.Module` is refused
-    unless `trust_checkpoint=True` (it can run arbitrary code when unpickled).
-    Raises `CheckpointError` with the fix when the file, arch or class list do not fit together.
+    TorchScript (`class_names` required). `torch.load(weights_only=True)` always; a pickled `nn.Module` and a
+    TorchScript archive are refused unless `trust_checkpoint=True` (both are code: unpickling runs whatever the file
+    names, and PyTorch's security policy treats TorchScript as a program). A TaxaLens file's metadata is validated
+    before any tensor is made.
+    Raises `CheckpointError` with the fix when the file is not a checkpoint, or the file, arch or class list do not
+    fit together.
     """
     path = Path(path)
     if not path.is_file():
@@ -154,7 +167,7 @@ def load_checkpoint(
     if path.suffix == ".safetensors":
         model, card = _load_safetensors(path, arch, names)
     elif _is_torchscript(path):
-        model, card = _load_torchscript(path, arch, names)
+        model, card = _load_torchscript(path, arch, names, trust_checkpoint)
     else:
         model, card = _load_torch_pickle(path, arch, names, trust_checkpoint)
     card = replace(card, sha256=file_sha256(path))
@@ -196,7 +209,17 @@ def read_model_card(path: str | Path) -> ModelCard | None:
         return None
     if _META_KEY not in metadata:
         return None
-    return _card_from_metadata(json.loads(metadata[_META_KEY]), path)
+    try:
+        meta = json.loads(metadata[_META_KEY])
+    except json.JSONDecodeError as exc:
+        raise CheckpointError(
+            f"{path}: the `{_META_KEY}` metadata in the header is not JSON (at character {exc.pos}); re-save the "
+            "checkpoint with TaxaLens (`python -m cli train` or save_taxalens_checkpoint)"
+        ) from exc
+    if not isinstance(meta, dict):
+        raise CheckpointError(f"{path}: the `{_META_KEY}` metadata in the header is a JSON {type(meta).__name__}, "
+                              "not an object; re-save the checkpoint with TaxaLens")
+    return _card_from_metadata(meta, path)
 
 
 def _json_default(value: object) -> object:
@@ -208,14 +231,73 @@ def _json_default(value: object) -> object:
 
 
 def _card_from_metadata(meta: dict, path: str | Path) -> ModelCard:
+    """The card of a TaxaLens header, every field checked (the header is untrusted input: it sizes tensors)."""
+    missing = [key for key in ("arch", "class_names", "input_size", "mean", "std") if key not in meta]
+    if missing:
+        raise CheckpointError(f"{path}: TaxaLens metadata lacks {missing}; re-save the checkpoint with TaxaLens")
     try:
-        missing = [key for key in ("input_size", "mean", "std") if key not in meta]  # written by every TaxaLens save
-        if missing:
-            raise KeyError(missing[0])
-        return ModelCard.from_data_config(meta, arch=meta["arch"], class_names=tuple(meta["class_names"]),
-                                          source_format="taxalens", training=meta.get("training") or {})
-    except (KeyError, TypeError, ValueError) as exc:
-        raise CheckpointError(f"{path}: TaxaLens metadata is incomplete ({exc!r}); re-save the checkpoint") from exc
+        crop_pct = float(meta.get("crop_pct", 0.875))
+    except (TypeError, ValueError) as exc:
+        raise CheckpointError(f"{path}: metadata key `crop_pct` must be a number, got {meta['crop_pct']!r}") from exc
+    if not 0.0 < crop_pct <= 2.0:  # timm's own configs go up to 1.15 (volo_d4_448)
+        raise CheckpointError(f"{path}: metadata key `crop_pct` must lie in (0, 2], got {crop_pct}")
+    for key in ("interpolation", "crop_mode"):
+        if not isinstance(meta.get(key, ""), str):
+            raise CheckpointError(f"{path}: metadata key `{key}` must be a string, got {meta[key]!r}")
+    training = meta.get("training") or {}
+    if not isinstance(training, dict):
+        raise CheckpointError(f"{path}: metadata key `training` must be an object, got {type(training).__name__}")
+    config = {"input_size": _valid_input_size(meta["input_size"], path),
+              "mean": _valid_channel_stats(meta["mean"], "mean", path),
+              "std": _valid_channel_stats(meta["std"], "std", path),
+              "crop_pct": crop_pct, **{key: meta[key] for key in ("interpolation", "crop_mode") if key in meta}}
+    return ModelCard.from_data_config(config, arch=_valid_arch(meta["arch"], path),
+                                      class_names=_valid_class_names(meta["class_names"], path),
+                                      source_format="taxalens", training=training)
+
+
+def _valid_arch(value: object, path: str | Path) -> str:
+    if not isinstance(value, str) or not value:
+        raise CheckpointError(f"{path}: metadata key `arch` must be a timm architecture name, got {value!r}")
+    if not timm.is_model(value):
+        raise CheckpointError(f"{path}: metadata key `arch` names {value[:80]!r}, which timm does not know; "
+                              "re-save the checkpoint with the timm name it was trained as (e.g. resnet50)")
+    return value
+
+
+def _valid_class_names(value: object, path: str | Path) -> tuple[str, ...]:
+    if not isinstance(value, list) or not value:
+        raise CheckpointError(f"{path}: metadata key `class_names` must be a non-empty list of names, got "
+                              f"{type(value).__name__}")
+    bad = [name for name in value if not isinstance(name, str) or not name.strip()]
+    if bad:
+        raise CheckpointError(f"{path}: metadata key `class_names` holds {len(bad)} empty or non-text name(s) "
+                              f"(e.g. {bad[0]!r}); every class needs a name")
+    repeated = sorted({name for name in value if value.count(name) > 1})
+    if repeated:
+        raise CheckpointError(f"{path}: metadata key `class_names` repeats {repeated[:5]}; each output of the model "
+                              "needs its own class name")
+    return tuple(value)
+
+
+def _valid_input_size(value: object, path: str | Path) -> tuple[int, int, int]:
+    low, high = INPUT_SIDE_RANGE
+    ok = (isinstance(value, list) and len(value) == 3
+          and all(isinstance(v, int) and not isinstance(v, bool) for v in value))
+    if not ok or value[0] != 3 or not all(low <= side <= high for side in value[1:]):
+        raise CheckpointError(f"{path}: metadata key `input_size` must be [3, height, width] with sides from {low} "
+                              f"to {high} pixels, got {str(value)[:60]}")
+    return (value[0], value[1], value[2])
+
+
+def _valid_channel_stats(value: object, key: str, path: str | Path) -> tuple[float, float, float]:
+    ok = (isinstance(value, list) and len(value) == 3
+          and all(isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) for v in value))
+    if not ok or (key == "std" and min(value) <= 0):
+        rule = "three finite numbers above 0" if key == "std" else "three finite numbers"
+        raise CheckpointError(f"{path}: metadata key `{key}` must be {rule} (one per RGB channel), got "
+                              f"{str(value)[:60]}")
+    return (float(value[0]), float(value[1]), float(value[2]))
 
 
 def _load_safetensors(path: Path, arch: str | None, class_names: tuple[str, ...] | None) -> tuple[nn.Module, ModelCard]:
@@ -223,7 +305,9 @@ def _load_safetensors(path: Path, arch: str | None, class_names: tuple[str, ...]
     try:
         state_dict = load_file(str(path))
     except (SafetensorError, OSError) as exc:
-        raise CheckpointError(f"{path} is not a readable .safetensors file: {exc}") from exc
+        detail = str(exc).splitlines()[0].rsplit(":", 1)[-1].strip() if str(exc) else type(exc).__name__
+        raise CheckpointError(f"{path} is not a readable .safetensors file (its header cannot be read: {detail}); "
+                              "check the path, or copy or download the file again") from exc
     if card is not None:
         if arch and arch != card.arch:
             card = replace(card, notes=card.notes + (f"--arch {arch} ignored: the checkpoint says {card.arch}",))
@@ -237,22 +321,28 @@ def _load_safetensors(path: Path, arch: str | None, class_names: tuple[str, ...]
 def _load_torch_pickle(
     path: Path, arch: str | None, class_names: tuple[str, ...] | None, trust: bool
 ) -> tuple[nn.Module, ModelCard]:
+    _check_torch_file(path)
     try:
         # argparse.Namespace is how timm's train.py stores its `args`; it holds plain attributes and runs no code.
         with torch.serialization.safe_globals([argparse.Namespace]):
             obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
+        unsafe = _UNSUPPORTED_GLOBAL.search(str(exc))
+        if unsafe is None:  # not a class the file asks for: the pickle itself is broken
+            raise CheckpointError(f"{path} is damaged or not a PyTorch checkpoint: its pickle data cannot be read; "
+                                  "check the path, or copy or download the file again") from exc
         if not trust:
             raise CheckpointError(
-                f"{path} is a pickled Python object, not plain weights: loading it would run whatever code it carries "
-                f"({str(exc).splitlines()[0][:160]}). Re-save it as a state_dict or .safetensors, or, only if you "
-                "trust where it came from, pass --trust-checkpoint (or `trust = true` in taxalens.toml)."
+                f"{path} is a pickled Python object ({unsafe.group(1)}), not plain weights: loading it would run "
+                "whatever code it carries. Re-save it as a state_dict or .safetensors, or, only if you trust where "
+                "it came from, pass --trust-checkpoint (or `trust = true` in its [[checkpoints]] entry)"
             ) from exc
         obj = torch.load(path, map_location="cpu", weights_only=False)  # explicit opt-in, see message above
         if isinstance(obj, nn.Module):
             return _card_for_module(obj, path, arch, class_names, "pickle")
-    except (RuntimeError, EOFError, zipfile.BadZipFile) as exc:
-        raise CheckpointError(f"{path} is not a readable PyTorch checkpoint: {exc}") from exc
+    except (RuntimeError, EOFError, zipfile.BadZipFile, IndexError, KeyError, ValueError) as exc:
+        raise CheckpointError(f"{path} is damaged or not a PyTorch checkpoint: torch.load could not read it "
+                              f"({type(exc).__name__}); check the path, or copy or download the file again") from exc
     if isinstance(obj, nn.Module):
         return _card_for_module(obj, path, arch, class_names, "pickle")
     if not isinstance(obj, dict):
@@ -263,6 +353,30 @@ def _load_torch_pickle(
         if class_names is None and isinstance(obj.get("class_names"), list | tuple):
             class_names = tuple(obj["class_names"])
     return _build_from_state_dict(state_dict, path, arch, class_names, source)
+
+
+def _check_torch_file(path: Path) -> None:
+    """Refuse a file that is no `torch.save` output at all (text, an image, random bytes), before torch reads it:
+    such a file needs another path, never --trust-checkpoint."""
+    with open(path, "rb") as handle:
+        head = handle.read(4)
+    if head.startswith(_ZIP_MAGIC) or head[:2] in _PICKLE_MAGIC:
+        return
+    kind = "a text file" if _looks_like_text(path) else "binary data of no known kind"
+    raise CheckpointError(
+        f"{path} is not a checkpoint: it is {kind}, not the zip archive or pickle that torch.save writes; check the "
+        "path (TaxaLens reads .safetensors files, torch.save state_dicts and training checkpoints, and TorchScript)"
+    )
+
+
+def _looks_like_text(path: Path) -> bool:
+    with open(path, "rb") as handle:
+        sample = handle.read(4096)
+    try:
+        sample.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return not any(byte < 9 or 13 < byte < 32 for byte in sample)
 
 
 def _arg(obj: dict, name: str) -> str | None:
@@ -346,7 +460,7 @@ def _load_state_dict_strict(model: nn.Module, state_dict: dict, path: Path, clas
     except RuntimeError as exc:  # shape mismatches raise even when strict=False
         shapes = [line.strip() for line in str(exc).splitlines() if "size mismatch" in line][:3]
         raise CheckpointError(f"{path.name} does not fit the {model.__class__.__name__} architecture: "
-                              f"{shapes or str(exc)[:300]}; check --arch") from exc
+                              f"{shapes or str(exc).splitlines()[0]}; check --arch") from exc
     if result.missing_keys or result.unexpected_keys:
         raise CheckpointError(
             f"{path.name} does not fit the {model.__class__.__name__} architecture: "
@@ -362,13 +476,22 @@ def _is_torchscript(path: Path) -> bool:
         return any(name.endswith("constants.pkl") or "/code/" in name for name in archive.namelist())
 
 
-def _load_torchscript(path: Path, arch: str | None, class_names: tuple[str, ...] | None) -> tuple[nn.Module, ModelCard]:
+def _load_torchscript(path: Path, arch: str | None, class_names: tuple[str, ...] | None,
+                      trust: bool) -> tuple[nn.Module, ModelCard]:
+    if not trust:
+        raise CheckpointError(
+            f"{path} is TorchScript: a program, not plain weights (PyTorch's security policy treats TorchScript as "
+            "executable code; it can read and write files when loaded or run). Re-save the weights as a state_dict "
+            "or .safetensors, or, only if you trust where it came from, pass --trust-checkpoint (or `trust = true` "
+            "in its [[checkpoints]] entry)"
+        )
     if class_names is None:
         raise CheckpointError(f"{path} is TorchScript and does not carry class names; pass --classes classes.txt")
     try:
         model = torch.jit.load(str(path), map_location="cpu")
     except RuntimeError as exc:
-        raise CheckpointError(f"{path} is not a loadable TorchScript archive: {exc}") from exc
+        raise CheckpointError(f"{path} is a damaged TorchScript archive that torch.jit.load cannot read; copy or "
+                              "export it again") from exc
     return _card_for_module(model, path, arch, class_names, "torchscript")
 
 

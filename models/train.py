@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import math
 import os
 import time
@@ -31,6 +32,8 @@ from models.augment import BatchAugment
 from models.checkpoints import ModelCard, load_checkpoint, save_taxalens_checkpoint, select_device
 from models.distributed import DistContext, init_distributed
 from models.sampling import DistributedShuffleSampler, DistributedWeightedSampler, class_balance_weights
+
+logger = logging.getLogger(__name__)
 
 STATE_NAME = "last.pt"  # resumable training state (weights, optimizer, history), rewritten every epoch
 BEST_NAME = "best.safetensors"  # the best checkpoint so far, a TaxaLens checkpoint
@@ -78,8 +81,8 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.balance not in ("sampler", "loss", "none"):
             raise ValueError(f"balance must be 'sampler', 'loss' or 'none', got {self.balance!r}")
-        if self.img_size < 16 or self.epochs < 1 or self.batch_size < 1:
-            raise ValueError(f"img_size >= 16, epochs >= 1 and batch_size >= 1 are needed, got "
+        if self.img_size < 16 or self.epochs < 1 or self.batch_size < 2:  # a batch of one image breaks BatchNorm
+            raise ValueError(f"img_size >= 16, epochs >= 1 and batch_size >= 2 are needed, got "
                              f"{self.img_size}, {self.epochs}, {self.batch_size}")
         if not 0.0 < self.layer_decay <= 1.0:
             raise ValueError(f"layer_decay must lie in (0, 1], got {self.layer_decay}")
@@ -313,6 +316,8 @@ def _end_epoch(run: _Run, record: dict, out_of_time: bool) -> str:
         per_epoch = (time.monotonic() - run.epochs_started) / max(epoch - run.first_epoch, 1)
         affordable = epoch + int((run.budget_s - (time.monotonic() - run.started)) // per_epoch)
         state.planned_epochs = max(epoch, min(state.planned_epochs, affordable))
+    logger.info("epoch %d/%d: val macro-F1 %.4f (best %.4f, epoch %d)", epoch, state.planned_epochs,
+                record["val_macro_f1"], state.best_macro_f1, state.best_epoch)
     stop_reason = "epochs"
     if out_of_time or (epoch >= state.planned_epochs and state.planned_epochs < config.epochs):
         stop_reason = "time_budget"

@@ -13,7 +13,7 @@ import streamlit as st
 
 from core.dataset import Dataset
 from core.ensemble import EnsembleSpec, ensemble_tables, read_ensemble_specs
-from core.errors import USER_ERRORS, TaxaLensError
+from core.errors import USER_ERRORS, TaxaLensError, user_message
 from core.predictions import PredictionTable, load_predictions, relabel_table
 from core.workspace import CONFIG_NAME, Workspace, load_workspace
 from pages._state import KEY_CHECKPOINTS, KEY_SPLIT, KEY_WORKSPACE
@@ -326,7 +326,7 @@ def page_context() -> PageContext | None:
         workspace = open_workspace(path)
         dataset = load_dataset(workspace)
     except USER_ERRORS as exc:
-        st.error(f"Cannot open workspace {path}: {exc}")
+        st.error(f"Cannot open workspace {path}: {user_message(exc)}")
         return None
     split = st.session_state.get(KEY_SPLIT, "val")
     ctx = PageContext(workspace, dataset, (), split if split in SPLITS else "val", ensemble_specs(workspace))
@@ -352,9 +352,9 @@ def require_table(ctx: PageContext, name: str | None = None) -> PredictionTable:
         st.stop()
     try:
         table = ctx.table(name)
-    except USER_ERRORS as exc:  # a checkpoint file gone, or members that cannot be combined
+    except USER_ERRORS as exc:  # a checkpoint file gone or not one, or members that cannot be combined
         what = "combine ensemble" if ctx.ensemble(name) is not None else "read the predictions of"
-        st.error(f"Cannot {what} **{name}**: {exc}")
+        st.error(f"Cannot {what} **{name}**: {user_message(exc)}")
         st.stop()
     if table is None:
         spec = ctx.ensemble(name)
@@ -371,7 +371,7 @@ def require_table(ctx: PageContext, name: str | None = None) -> PredictionTable:
                 try:
                     compute_predictions(ctx.workspace, member)
                 except USER_ERRORS as exc:
-                    st.error(str(exc))
+                    st.error(user_message(exc))
                     st.stop()
                 st.rerun()
         st.stop()

@@ -25,6 +25,7 @@ class CamMaps:
     pred_probs: np.ndarray  # (K,) float32: the model's probabilities for the image
     layer: str  # module explained
     grid: tuple[int, int]  # height, width of that module's map
+    note: str = ""  # why the automatic layer's map is coarse (the model has no finer one), else ""
 
 
 @st.cache_data(show_spinner=False, max_entries=MAX_ENTRIES)
@@ -85,7 +86,7 @@ def cam_maps(
         for i, j in enumerate(rows):
             filled[j] = CamMaps(view=explanation.views[i], cam=np.round(result.cams[i] * 255).astype(np.uint8),
                                 class_index=int(result.class_indices[i]), pred_probs=result.pred_probs[i],
-                                layer=result.layer, grid=result.grid)
+                                layer=result.layer, grid=result.grid, note=result.note)
 
     def compute(position: int) -> CamMaps | str:
         if position not in filled:

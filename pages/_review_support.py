@@ -5,41 +5,45 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
-from core.errors import USER_ERRORS
-from core.labelstore import LabelStore, validate_reviewer
+from core.errors import USER_ERRORS, user_message
+from core.labelstore import LabelStore, open_label_store, validate_reviewer
 from core.predictions import PredictionTable
 from core.ranking import LabelIssueRanking, rank_label_issues
+from core.workspace import Workspace
 from pages._cached import PageContext, get_predictions, predictions_key
+from pages._crossval_job import crossval_table
 from pages._state import KEY_REVIEWER
 
 
 @st.cache_resource(show_spinner=False)
-def _open_store(url: str) -> LabelStore:
-    return LabelStore(url)
+def _open_store(url: str, _workspace: Workspace) -> LabelStore:
+    return open_label_store(_workspace)
 
 
 def label_store(ctx: PageContext) -> LabelStore:
     """The workspace's label store, one per URL per server process (it migrates the schema on first open); when it
-    cannot be opened (an unknown URL scheme, a schema newer than this TaxaLens), says why and stops the page."""
+    cannot be opened (an unknown URL scheme, a server out of reach, a damaged file, a schema newer than this
+    TaxaLens), says why and what to do, and stops the page."""
     try:
-        return _open_store(ctx.workspace.label_store_url)
+        return _open_store(ctx.workspace.label_store_url, ctx.workspace)
     except USER_ERRORS as exc:
-        st.error(f"Cannot open the label store of {ctx.workspace.root}: {exc}")
+        st.error(f"Cannot open the label store of {ctx.workspace.root}: {user_message(exc)}")
         st.stop()
 
 
 @st.cache_resource(show_spinner="Ranking likely label errors…", max_entries=8)
-def _ranking(predictions_key: str, split: str, _table: PredictionTable,
-             _reference: PredictionTable | None) -> LabelIssueRanking:
-    return rank_label_issues(_table, reference=_reference)
+def _ranking(predictions_key: str, split: str, crossval_key: str, _table: PredictionTable,
+             _reference: PredictionTable | None, _cv_table: PredictionTable | None) -> LabelIssueRanking:
+    return rank_label_issues(_table, reference=_reference, cv_table=_cv_table)
 
 
 def label_issue_ranking(ctx: PageContext, table: PredictionTable) -> LabelIssueRanking:
     """The ranking of the selected split's predictions (recomputed when the predictions file changes); embedding
-    neighbours are looked up among the training rows."""
+    neighbours are looked up among the training rows; training rows are ranked from the cross-validated table."""
     full = get_predictions(ctx.workspace, ctx.checkpoint)
     reference = full.for_split("train") if full is not None else None
-    return _ranking(predictions_key(ctx.workspace, ctx.checkpoint), ctx.split, table, reference)
+    cv_table, cv_key = crossval_table(ctx)
+    return _ranking(predictions_key(ctx.workspace, ctx.checkpoint), ctx.split, cv_key, table, reference, cv_table)
 
 
 @st.cache_resource(show_spinner=False, max_entries=8)

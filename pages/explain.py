@@ -5,7 +5,7 @@ from __future__ import annotations
 import streamlit as st
 
 from core.queries import top_predictions
-from models.cam import CAM_METHODS, CamError, render_overlay
+from models.cam import CAM_METHODS, MIN_CAM_GRID, CamError, render_overlay
 from pages._cached import require_single_checkpoint, require_table, start_page
 from pages._cam import CamMaps, auto_layer, cam_maps
 from pages._gallery import sample_paths, show_image
@@ -100,6 +100,8 @@ first = next((m for m in maps if isinstance(m, CamMaps)), None)
 if first is not None:
     st.caption(f"Layer `{first.layer}` ({first.grid[0]}×{first.grid[1]} map) · predicted {row['pred']} with "
                f"{row['confidence']:.1%} confidence.")
-    if min(first.grid) <= 2:
+    if first.note:  # the automatic layer is below 7x7: the model has no finer map at this input size
+        st.info(first.note)
+    elif min(first.grid) < MIN_CAM_GRID:
         st.info(f"The layer's map is only {first.grid[0]}×{first.grid[1]} at this input size, so the heat map is "
                 "coarse; an earlier layer (type its name under Layer) trades class-specificity for detail.")

@@ -11,9 +11,10 @@ from pathlib import Path
 
 import streamlit as st
 
-from core.errors import USER_ERRORS
+from core.errors import USER_ERRORS, user_message
 from core.train_runs import list_runs, read_log_tail, start_training_run, stop_run
 from pages._cached import start_page
+from pages._crossval_job import render_crossval_job
 
 ARCHS = ("resnet10t", "resnet18", "resnet50", "convnext_atto", "convnext_tiny", "efficientnet_b0",
          "mobilenetv3_small_050", "mobilenetv3_large_100", "vit_tiny_patch16_224", "vit_small_patch16_224")
@@ -62,14 +63,16 @@ if submitted:
         run = start_training_run(workspace, name.strip(), data=None if data.startswith("(") else Path(data),
                                  options=options)
     except USER_ERRORS as exc:
-        st.error(str(exc))
+        st.error(user_message(exc))
     else:
         st.success(f"Started run **{run.name}** in `{run.run_dir}`")
+
+render_crossval_job(ctx)  # label errors in the training split are found from out-of-fold probabilities
 
 
 @st.fragment(run_every=2.0)
 def _runs_panel() -> None:
-    runs = list_runs(workspace)
+    runs = list_runs(workspace, kind="train")
     if not runs:
         st.info("No training runs in this workspace yet.")
         return

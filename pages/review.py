@@ -14,6 +14,7 @@ from core.figures import build_top_predictions_figure
 from core.queries import top_predictions
 from core.ranking import QUEUE_KINDS, QueueSpec, build_queue, typical_examples
 from pages._cached import require_table, start_page
+from pages._crossval_job import render_crossval_job
 from pages._gallery import sample_paths, sample_thumbnail, show_image
 from pages._review_support import given_labels, label_issue_ranking, label_store, reviewer_input
 from pages._state import KEY_CONFUSION_CELL
@@ -114,6 +115,7 @@ if kind == "not_reviewed_by_me" and reviewer is None:
 ranking = label_issue_ranking(ctx, table)
 for message in ranking.messages:
     (st.warning if "unreliable" in message else st.caption)(message)
+render_crossval_job(ctx)  # out-of-fold probabilities, so the training split can be ranked
 queue = build_queue(ranking, spec, reviewed_by_me=store.reviewed_by(reviewer) if reviewer else set())
 if queue.empty:
     st.success("This queue is empty.")

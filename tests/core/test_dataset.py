@@ -172,3 +172,24 @@ def test_curated_manifest_cells_are_unguarded_and_excluded_rows_skipped(tmp_path
     skipped = dataset.skipped.set_index("sample_id")
     assert skipped.at["b.png", "reason"] == "excluded" and "Daphnia" in skipped.at["b.png", "detail"]
     assert dataset.class_names == ("'quoted", "=Weird", "Daphnia")
+
+
+def test_a_class_folder_starting_with_a_space_loads_and_keeps_its_name(tmp_path):
+    for i in range(3):
+        _image(tmp_path / " Daphnia" / f"{i}.png", colour=(i, 1, 1))
+        _image(tmp_path / "Volvox" / f"{i}.png", colour=(i, 2, 2))
+    _image(tmp_path / "Daphnia" / "other.png")  # a different class whose name lacks the space
+    dataset = load_dataset(tmp_path)
+    assert dataset.class_names == (" Daphnia", "Daphnia", "Volvox")
+    assert len(dataset.skipped) == 0
+    rows = dataset.samples[dataset.samples["label"] == " Daphnia"]
+    assert len(rows) == 3 and all(os.path.basename(os.path.dirname(p)) == " Daphnia" for p in rows["path"])
+
+
+def test_a_home_folder_is_not_a_dataset(tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    _image(tmp_path / "Daphnia" / "a.png")
+    with pytest.raises(DatasetError, match="is your home folder, not a dataset"):
+        load_dataset(tmp_path)
+    with pytest.raises(DatasetError, match="is the filesystem root"):
+        load_dataset("/", verify="none")

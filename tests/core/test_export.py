@@ -140,10 +140,11 @@ def test_formula_cells_are_neutralised_and_paths_still_load(bccd_root: Path, tmp
 
 
 def test_neutralise_cell_round_trip() -> None:
-    for text in ("=1+2", "+x", "-x", "@x", "\tx", "\rx"):
+    for text in ("=1+2", "+x", "-x", "@x", "\tx", "\rx", "'quoted", " x", "x "):
         assert neutralise_cell(text) == "'" + text and unneutralise_cell(neutralise_cell(text)) == text
-    for value in ("Daphnia", "'quoted", "", 3, None):
+    for value in ("Daphnia", "", 3, None):
         assert neutralise_cell(value) == value and unneutralise_cell(value) == value
+    assert unneutralise_cell("'quoted") == "'quoted"  # a hand-written leading quote is kept
 
 
 def test_events_on_samples_outside_the_dataset_are_reported(bccd_root: Path, tmp_path: Path) -> None:

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import sqlalchemy as sa
 
+from core.labelchain import GENESIS_HASH
 from core.labelstore import (
     EXCLUDED_VOTE,
     UNSURE_VOTE,
@@ -23,6 +24,8 @@ from core.labelstore import (
     open_label_store,
 )
 from tests.core import labelstore_workers as workers
+
+HEAD = "0003"  # the newest migration in core/migrations/versions
 
 
 @pytest.fixture
@@ -36,11 +39,11 @@ def store(store_url: str):
 
 def test_open_migrates_to_head_and_reopen_is_a_no_op(store_url: str) -> None:
     with LabelStore(store_url) as first:
-        assert first.schema_revision() == "0002"
+        assert first.schema_revision() == HEAD
         first.record("a.png", "confirm", reviewer="ann", given_label="Daphnia")
     with LabelStore(store_url) as again:
-        assert again.schema_revision() == "0002"
-        assert again.migrate() == "0002"
+        assert again.schema_revision() == HEAD
+        assert again.migrate() == HEAD
         assert again.count_events() == 1
         inspector = sa.inspect(again.engine)
         columns = {c["name"] for c in inspector.get_columns("label_events")}
@@ -289,6 +292,11 @@ def test_eight_concurrent_writer_processes_lose_nothing(store_url: str) -> None:
         undone = [e.reverts_id for e in events if e.action == "undo"]
         assert len(undone) == len(set(undone)) > 100
         _check_history_consistent(store)
+        # The chain stayed linear: every event chains onto the one before it in id order, from the genesis value.
+        assert [e.prev_hash for e in events] == [GENESIS_HASH] + [e.event_hash for e in events[:-1]]
+        report = store.verify_chain()
+        assert report.ok and report.links_checked == n_writers * n_events
+        assert report.head_hash == events[-1].event_hash
 
 
 def test_concurrent_first_open_migrates_once(tmp_path: Path) -> None:
@@ -303,7 +311,7 @@ def test_concurrent_first_open_migrates_once(tmp_path: Path) -> None:
         process.join(timeout=120)
         assert process.exitcode == 0
     with LabelStore(url) as store:
-        assert store.count_events() == 20 and store.schema_revision() == "0002"
+        assert store.count_events() == 20 and store.schema_revision() == HEAD
 
 
 def _wait_for(predicate, timeout: float = 120.0) -> None:
@@ -348,6 +356,7 @@ def test_sigkilled_writers_lose_nothing_committed_and_corrupt_nothing(store_url:
         store.record("s000", "confirm", reviewer="after", given_label="Daphnia")
         assert store.state("s000").decided_by == "after"
         _check_history_consistent(store)
+        assert store.integrity.ok and store.verify_chain().ok  # a killed writer leaves no half link
 
 
 # -------------------------------------------------------------------------------------------- agreement

@@ -110,12 +110,50 @@ def test_an_unknown_checkpoint_lists_the_known_ones(tmp_path: Path):
 
 def test_add_checkpoint_appends_an_entry_that_reads_back(tmp_path: Path):
     root = _write(tmp_path / "ws", '[dataset]\nroot = "d"\n\n[[checkpoints]]\npath = "old.pt"\n')
-    add_checkpoint(root, 'retrain "2"', root / "runs" / "r1" / "best.safetensors")  # inside: stored relative
+    add_checkpoint(root, 'retrain (2)', root / "runs" / "r1" / "best.safetensors")  # inside: stored relative
     add_checkpoint(root, "outside", tmp_path / "elsewhere.safetensors")  # outside: stored absolute
     text = (root / CONFIG_NAME).read_text(encoding="utf-8")
     assert 'path = "runs/r1/best.safetensors"' in text and f'path = "{tmp_path.resolve()}/elsewhere' in text
     names = [(c.name, c.path) for c in load_workspace(root).checkpoints]
     assert names == [("old", root.resolve() / "old.pt"),
-                     ('retrain "2"', root.resolve() / "runs" / "r1" / "best.safetensors"),
+                     ('retrain (2)', root.resolve() / "runs" / "r1" / "best.safetensors"),
                      ("outside", tmp_path.resolve() / "elsewhere.safetensors")]
     assert text.startswith('[dataset]\nroot = "d"\n')  # what was there is kept as written
+
+
+# (id, toml after a valid [dataset] root line (`^`: before it, at the top level), the phrase the error must carry)
+BAD_SETTINGS = [
+    ("val-fraction-text", 'val_fraction = "lots"\n', "`val_fraction` in [dataset] must be a number"),
+    ("val-fraction-one", "val_fraction = 1.0\n", "`val_fraction` in [dataset] must be a number"),
+    ("seed-float", "seed = 1.5\n", "`seed` in [dataset] must be a whole number"),
+    ("taxonomy-text", 'taxonomy = "phylum"\n', "`taxonomy` in [dataset] must be a list"),
+    ("manifest-number", "manifest = 3\n", "`manifest` in [dataset] must be text"),
+    ("checkpoints-table", '\n[checkpoints]\nname = "a"\n', "`checkpoints` must be a list of [[checkpoints]] tables"),
+    ("checkpoint-path-number", "\n[[checkpoints]]\npath = 5\n", "`path` in checkpoints[0] must be text"),
+    ("checkpoint-trust-text", '\n[[checkpoints]]\npath = "a.pth"\ntrust = "yes"\n',
+     "`trust` in checkpoints[0] must be true or false"),
+    ("labels-string", '^labels = "sqlite:///x.db"\n', "`labels` must be a table"),
+    ("labels-url-number", "\n[labels]\nurl = 5\n", "`url` in [labels] must be text"),
+]
+
+
+@pytest.mark.parametrize(("extra", "phrase"), [c[1:] for c in BAD_SETTINGS], ids=[c[0] for c in BAD_SETTINGS])
+def test_a_setting_of_the_wrong_type_is_named(tmp_path, extra, phrase):
+    (tmp_path / "data").mkdir()
+    top, extra = (extra[1:], "") if extra.startswith("^") else ("", extra)
+    (tmp_path / "taxalens.toml").write_text(f'{top}[dataset]\nroot = "data"\n{extra}', encoding="utf-8")
+    with pytest.raises(WorkspaceError) as info:
+        load_workspace(tmp_path)
+    assert phrase in str(info.value) and str(tmp_path / "taxalens.toml") in str(info.value)
+
+
+def test_valid_settings_still_load(tmp_path, monkeypatch):
+    monkeypatch.delenv("TAXALENS_LABEL_STORE_URL", raising=False)
+    (tmp_path / "data").mkdir()
+    (tmp_path / "taxalens.toml").write_text(
+        '[dataset]\nroot = "data"\nval_fraction = 0.3\nseed = 4\n\n[[checkpoints]]\npath = "a.pth"\ntrust = true\n'
+        '\n[labels]\nurl = "sqlite:///x.db"\n', encoding="utf-8")
+    workspace = load_workspace(tmp_path)
+    assert (workspace.val_fraction, workspace.seed) == (0.3, 4)
+    assert workspace.checkpoints[0].name == "a" and workspace.checkpoints[0].trust
+    assert workspace.label_store_url == "sqlite:///x.db"

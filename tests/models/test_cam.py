@@ -33,23 +33,28 @@ from models.checkpoints import ModelCard
 
 torch.set_num_threads(1)
 
-# (family, timm arch, create_model kwargs, input side, expected layer, expected layout): small random-init variants.
+# (family, timm arch, create_model kwargs, input side, expected automatic layer, expected layout): small random-init
+# variants at small inputs, where the family's pooled map is below 7x7, so the automatic layer is the deepest earlier
+# stage whose map reaches 7x7 (ViT-style models keep one patch grid: their finest, with a note).
 FAMILIES = {
-    "resnet": ("test_resnet", {}, 64, "layer4", "nchw"),
+    "resnet": ("test_resnet", {}, 64, "layer2", "nchw"),
     "resnext": ("resnext50_32x4d", {"layers": (1, 1, 1, 1), "channels": (16, 32, 64, 64), "stem_width": 16,
-                                    "cardinality": 4}, 64, "layer4", "nchw"),
-    "byobnet": ("test_byobnet", {}, 64, "final_conv", "nchw"),
-    "convnext": ("test_convnext", {}, 64, "stages.3", "nchw"),
-    "efficientnet": ("test_efficientnet", {}, 64, "bn2", "nchw"),
-    "mobilenet": ("mobilenetv3_small_050", {}, 64, "blocks", "nchw"),
-    "regnet": ("regnetx_002", {}, 48, "final_conv", "nchw"),
+                                    "cardinality": 4}, 64, "layer2", "nchw"),
+    "byobnet": ("test_byobnet", {}, 64, "stages.1", "nchw"),
+    "convnext": ("test_convnext", {}, 64, "stages.1", "nchw"),
+    "efficientnet": ("test_efficientnet", {}, 64, "blocks.2", "nchw"),
+    "mobilenet": ("mobilenetv3_small_050", {}, 64, "blocks.1", "nchw"),
+    "regnet": ("regnetx_002", {}, 48, "s1", "nchw"),
     "vit": ("test_vit", {"img_size": 64}, 64, "blocks.5.norm1", "tokens"),
     "deit": ("deit_tiny_distilled_patch16_224", {"img_size": 32, "depth": 2}, 32, "blocks.1.norm1", "tokens"),
     "eva": ("eva02_tiny_patch14_224", {"img_size": 28, "depth": 2}, 28, "blocks.1.norm1", "tokens"),
     "swin": ("swin_tiny_patch4_window7_224",
              {"img_size": 64, "window_size": 2, "embed_dim": 16, "depths": (1, 1, 1, 1), "num_heads": (1, 1, 1, 1)},
-             64, "norm", "nhwc"),
+             64, "layers.1", "nhwc"),
 }
+# The family rule's own layer (what global pooling reads), taken when its map is at least 7x7.
+POOLED_LAYERS = {"resnet": "layer4", "resnext": "layer4", "byobnet": "final_conv", "convnext": "stages.3",
+                 "efficientnet": "bn2", "mobilenet": "blocks", "regnet": "final_conv", "swin": "norm"}
 
 
 @functools.cache
@@ -82,6 +87,42 @@ def test_family_gets_its_layer(family):
     assert cam_layer.num_prefix_tokens == expected_prefix
 
 
+@pytest.mark.parametrize("family", list(POOLED_LAYERS))
+def test_the_pooled_map_is_kept_where_it_is_at_least_7x7(family):
+    arch, kwargs, side, _, layout = FAMILIES[family]
+    big = 32 * 8 if family != "regnet" else 32 * 7  # the last stage's map is 8x8 (regnet: 7x7)
+    torch.manual_seed(0)
+    model = timm.create_model(arch, pretrained=False, num_classes=5,
+                              **({**kwargs, "img_size": big} if "img_size" in kwargs else kwargs)).eval()
+    cam_layer = find_cam_layer(model, input_size=(3, big, big))
+    assert (cam_layer.name, cam_layer.layout) == (POOLED_LAYERS[family], layout)
+    assert min(cam_layer.grid) >= 7 and not cam_layer.note
+
+
+# Real architectures at their default input sizes (random init, nothing downloaded): the automatic map is >= 7x7.
+DEFAULT_SIZE_ARCHS = {"resnet18": ("layer4", (7, 7)), "convnext_atto": ("stages.3", (7, 7)),
+                      "efficientnet_b0": ("bn2", (7, 7)), "vit_tiny_patch16_224": ("blocks.11.norm1", (14, 14))}
+
+
+@pytest.mark.parametrize("arch", list(DEFAULT_SIZE_ARCHS))
+def test_default_map_is_at_least_7x7_at_the_default_input_size(arch):
+    torch.manual_seed(0)
+    model = timm.create_model(arch, pretrained=False, num_classes=5).eval()
+    input_size = tuple(model.pretrained_cfg["input_size"])
+    cam_layer = find_cam_layer(model, input_size=input_size)
+    assert (cam_layer.name, cam_layer.grid) == DEFAULT_SIZE_ARCHS[arch] and not cam_layer.note
+    result = compute_cams(model, _images(1, input_size[1]))
+    assert result.grid == cam_layer.grid and min(result.grid) >= 7
+
+
+def test_a_model_without_a_7x7_map_gets_its_finest_and_says_so():
+    model = _model("resnet")
+    cam_layer = find_cam_layer(model, input_size=(3, 16, 16))  # layer1 4x4 is the finest stage at 16 px
+    assert (cam_layer.name, cam_layer.grid) == ("layer1", (4, 4))
+    assert "finest" in cam_layer.note and "'layer1' (4x4)" in cam_layer.note
+    assert compute_cams(model, _images(1, 16)).note == cam_layer.note
+
+
 @pytest.mark.parametrize("method", list(CAM_METHODS))
 @pytest.mark.parametrize("family", list(FAMILIES))
 def test_every_method_on_every_family_gives_finite_maps_of_input_size(family, method):
@@ -91,8 +132,9 @@ def test_every_method_on_every_family_gives_finite_maps_of_input_size(family, me
     result = compute_cams(model, _images(n, side), [None, 3][:n], method=method)
     assert result.cams.shape == (n, side, side)
     assert result.cams.dtype == np.float32
-    expected_grid = {"regnet": (2, 2), "deit": (2, 2), "eva": (2, 2), "mobilenet": (2, 2)}.get(family)
-    assert result.grid == (expected_grid or result.grid) and min(result.grid) >= 1
+    expected_grid = {"regnet": (12, 12), "deit": (2, 2), "eva": (2, 2), "vit": (4, 4)}.get(family, (8, 8))
+    assert result.grid == expected_grid
+    assert bool(result.note) == (family in ("deit", "eva", "vit"))  # below 7x7 only where no stage is finer
     assert np.isfinite(result.cams).all()
     assert result.cams.min() >= 0.0 and result.cams.max() <= 1.0
     assert result.pred_probs.shape == (n, 5)
@@ -329,3 +371,16 @@ def test_explain_real_images(bccd_root):
     overlay = render_overlay(explanation.views[0], explanation.result.cams[0], opacity=0.4)
     assert overlay.shape == (64, 64, 3)
     assert not np.array_equal(overlay, explanation.views[0])
+
+
+def test_demo_checkpoint_default_map_resolves_the_organism(demo_workspace_readonly):
+    from core.workspace import load_workspace
+    from models.checkpoints import load_checkpoint
+
+    workspace = load_workspace(demo_workspace_readonly)
+    model, card = load_checkpoint(workspace.checkpoints[0].path, device="cpu")
+    cam_layer = find_cam_layer(model, input_size=tuple(card.input_size))
+    assert min(cam_layer.grid) >= 7 and not cam_layer.note, (cam_layer.name, cam_layer.grid, card.input_size)
+    path = workspace.load_dataset().samples["path"].iloc[0]
+    result = explain_images(model, card, [load_image_rgb(path)], [None]).result
+    assert result.grid == cam_layer.grid and result.layer == cam_layer.name

@@ -28,6 +28,8 @@ def _cli_args(fmt: str, files: dict) -> list[str]:
         args += ["--arch", TINY_ARCH]
     if fmt != "taxalens":
         args += ["--classes", str(files["classes"])]
+    if fmt == "torchscript":
+        args += ["--trust-checkpoint"]  # TorchScript is code: loading it is an explicit opt-in
     return args
 
 

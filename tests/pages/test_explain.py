@@ -48,7 +48,8 @@ def test_sample_shows_predicted_true_and_other_class(drawn_workspace, counted):
     assert captions[2].startswith(f"True: {wrong['label']} (")
     assert captions[3].startswith("Other: ")
     assert counted == [3]  # the three maps in one batch
-    assert any("Layer `layer4`" in c.value for c in app.caption)
+    # at 32 px, resnet10t's layer4 is 1x1 and layer3 2x2: the automatic layer is layer1, the deepest at least 7x7
+    assert any("Layer `layer1` (8×8 map)" in c.value for c in app.caption)
 
     app.slider(key="cam-opacity").set_value(0.8).run()  # re-rendering only: no new maps
     assert not app.exception and counted == [3]
