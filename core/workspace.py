@@ -158,10 +158,10 @@ def load_workspace(path: str | Path) -> Workspace:
 
 
 def _taxonomy_setting(config_path: Path, root: Path, value: object) -> tuple[tuple[str, ...], Path | None]:
-    """`[dataset] taxonomy`: a list of manifest columns (broadest first) or the path of a taxonomy CSV."""
+    """`[dataset] taxonomy`: a list of manifest columns (broadest first) or the path of a taxonomy CSV (`.csv`)."""
     if value is None:
         return (), None
-    if isinstance(value, str) and value.strip():
+    if isinstance(value, str) and value.strip().lower().endswith(".csv"):  # "phylum" is a column named wrongly
         return (), _resolve(root, value.strip())
     if isinstance(value, list) and all(isinstance(v, str) and v.strip() for v in value):
         return tuple(value), None

@@ -314,6 +314,7 @@ def test_workspace_taxonomy_setting(tmp_path, bccd_root):
     workspace = load_workspace(tmp_path)
     assert workspace.taxonomy_file == tmp_path / "tax.csv" and workspace.taxonomy == ()
     assert load_taxonomy(workspace, workspace.load_dataset()).ranks == ("group", "lineage")
-    (tmp_path / "taxalens.toml").write_text(f'[dataset]\nroot = "{bccd_root}"\ntaxonomy = 3\n')
-    with pytest.raises(WorkspaceError, match=r"`taxonomy` in \[dataset\] must be a list of manifest columns.*CSV"):
-        load_workspace(tmp_path)
+    for bad in ("3", '"phylum"'):  # a number; a column name given as text instead of a list
+        (tmp_path / "taxalens.toml").write_text(f'[dataset]\nroot = "{bccd_root}"\ntaxonomy = {bad}\n')
+        with pytest.raises(WorkspaceError, match=r"`taxonomy` in \[dataset\] must be a list of manifest columns.*CSV"):
+            load_workspace(tmp_path)
