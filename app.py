@@ -6,6 +6,7 @@ from collections.abc import Callable
 
 import streamlit as st
 
+from core.curation import LABEL_MODES
 from core.errors import USER_ERRORS, TaxaLensError, user_message
 from pages._cached import (
     SPLITS,
@@ -14,7 +15,8 @@ from pages._cached import (
     ensemble_specs,
     open_workspace,
 )
-from pages._state import KEY_CHECKPOINTS, KEY_SPLIT, KEY_WORKSPACE
+from pages._links import restore_sidebar_from_url, sync_url
+from pages._state import KEY_CHECKPOINTS, KEY_LABEL_MODE, KEY_SPLIT, KEY_WORKSPACE
 
 st.set_page_config(page_title="TaxaLens", page_icon="🔬", layout="wide")
 
@@ -82,10 +84,18 @@ def _sidebar() -> None:
         if st.session_state.get(KEY_SPLIT) not in SPLITS:
             st.session_state[KEY_SPLIT] = "val"
         _kept_widget(st.selectbox, "Split", KEY_SPLIT, options=SPLITS)
+        if st.session_state.get(KEY_LABEL_MODE) not in LABEL_MODES:
+            st.session_state[KEY_LABEL_MODE] = "given"
+        _kept_widget(st.radio, "Labels", KEY_LABEL_MODE, options=list(LABEL_MODES), format_func=LABEL_MODES.get,
+                     horizontal=True, help="as curated: the review decisions applied (relabels, exclusions; disputed "
+                     "samples listed apart) on every evaluation page")
 
 
+restore_sidebar_from_url()
 _sidebar()
+page = st.navigation(PAGES)
+sync_url(page.url_path)
 try:
-    st.navigation(PAGES).run()
+    page.run()
 except TaxaLensError as exc:  # a page that let one through: its message says what to do; never a traceback
     st.error(user_message(exc))

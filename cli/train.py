@@ -25,13 +25,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "train",
         help="train a timm classifier (from scratch, ImageNet weights or a checkpoint) into a TaxaLens checkpoint",
         description="Fine-tune a timm model on an ImageFolder, a manifest or a curated export (status=excluded rows "
-        "left out, relabels applied): AdamW with layer-wise lr decay, warmup + cosine, label smoothing, "
-        "class-balanced sampling, light/strong augmentation, early stopping on val macro-F1, resume. Under "
+        "left out, status=disputed rows too unless --include-disputed, relabels applied): AdamW with layer-wise lr "
+        "decay, warmup + cosine, label smoothing, class-balanced sampling, light/strong augmentation, early stopping "
+        "on val macro-F1, resume. Under "
         "`torchrun --nproc_per_node=N` it trains with DistributedDataParallel and rank 0 writes.",
     )
     parser.add_argument("--data", help="ImageFolder root, manifest CSV or curated export CSV")
     parser.add_argument("--root", help="folder the manifest's paths are relative to (a curated export: the dataset "
                         "root; default: the workspace's dataset root, else the CSV's folder)")
+    parser.add_argument("--include-disputed", action="store_true",
+                        help="a curated export's status=disputed rows (reviewers disagree, no ruling) train with their "
+                        "original label; by default they are left out")
     parser.add_argument("--workspace", help="workspace folder: its dataset (unless --data) and where --add-as goes")
     parser.add_argument("--out", required=True, help="run folder (best.safetensors, run.json, last.pt)")
     parser.add_argument("--arch", default="resnet10t", help="timm architecture (default: resnet10t)")
@@ -126,7 +130,7 @@ def _dataset_from_args(args: argparse.Namespace) -> Dataset:
 
         workspace = load_workspace(args.workspace)
     return load_workspace_training_dataset(workspace, args.data, root=args.root, val_fraction=args.val_fraction,
-                                           seed=args.seed)
+                                           seed=args.seed, include_disputed=args.include_disputed)
 
 
 class _Reporter:

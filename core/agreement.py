@@ -21,21 +21,37 @@ PAIR_COLUMNS = ("reviewer_a", "reviewer_b", "n_samples", "percent_agreement", "c
 CLASS_COLUMNS = ("class_name", "n_samples", "n_pairs", "percent_agreement", "cohen_kappa")
 
 
-def list_disagreements(states: Mapping[str, SampleState], *, unresolved_only: bool = False) -> pd.DataFrame:
-    """Samples whose reviewers voted differently (DISAGREEMENT_COLUMNS), most reviewers first.
+DISPUTED_STATUS = "disputed"  # reviewers disagree and no lead has ruled: the given label stands, kept out of training
 
-    `votes` reads `ann: Volvox; bob: (excluded)`. `adjudicated` says whether a lead's ruling already decides it.
+
+def has_disagreement(state: SampleState) -> bool:
+    """Whether the reviewers' current votes on the sample differ (ruled on or not)."""
+    return len(set(state.votes.values())) >= 2
+
+
+def is_disputed(state: SampleState) -> bool:
+    """Reviewers disagree and no adjudication decides the sample: neither vote may silently win."""
+    return has_disagreement(state) and not state.adjudicated
+
+
+def list_disagreements(states: Mapping[str, SampleState], *, unresolved_only: bool = False) -> pd.DataFrame:
+    """Samples whose reviewers voted differently (DISAGREEMENT_COLUMNS): disputes (no ruling yet) first, then by
+    number of reviewers.
+
+    `votes` reads `ann: Volvox; bob: (excluded)`. `adjudicated` says whether a lead's ruling already decides it;
+    `status` is `disputed` (and `label` None: the given label stands) until it does.
     """
     rows = []
     for state in states.values():
-        if len(set(state.votes.values())) < 2 or (unresolved_only and state.adjudicated):
+        if not has_disagreement(state) or (unresolved_only and state.adjudicated):
             continue
+        disputed = is_disputed(state)
         rows.append({
             "sample_id": state.sample_id,
             "votes": "; ".join(f"{reviewer}: {vote}" for reviewer, vote in sorted(state.votes.items())),
             "n_reviews": state.n_reviews,
-            "label": state.label,
-            "status": state.status,
+            "label": None if disputed else state.label,
+            "status": DISPUTED_STATUS if disputed else state.status,
             "adjudicated": state.adjudicated,
             "decided_by": state.decided_by,
         })

@@ -182,7 +182,7 @@ def resolve_sample_path(root: Path, relative: str) -> Path:
     """
     text = str(relative).replace("\\", "/")
     pure = PurePosixPath(text)
-    if not text.strip() or pure.is_absolute() or _DRIVE.match(text):
+    if not text or pure.is_absolute() or _DRIVE.match(text):  # "  " is a name (a POSIX file may be all spaces)
         raise DatasetError(f"path {relative!r} is absolute; manifest paths must be relative to {root}")
     if ".." in pure.parts:
         raise DatasetError(f"path {relative!r} escapes the dataset root {root}")

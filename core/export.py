@@ -3,7 +3,9 @@
 The curated manifest has `path,label,original_label,status,n_reviews,agreement,last_reviewer,updated_at` and then the
 dataset's own columns (`split`, `specimen_id`, taxonomy, extras). It is a manifest like any other: load it with
 `load_dataset(out, root=<dataset root>)` (paths stay relative to the dataset root, which they may not escape).
-Excluded samples stay in the file with `status=excluded`; nothing is silently dropped.
+Excluded samples stay in the file with `status=excluded`; nothing is silently dropped. A sample whose reviewers
+disagree with no lead's ruling yet is written as `status=disputed` with its original label (no vote wins by being
+last); `core.training_data` leaves disputed rows out of training unless asked to include them.
 
 Any text round-trips: the CSV is RFC 4180 (lines end in CRLF, so a cell holding `\r` or `\n` is quoted, as are
 cells with commas or quotes). Spreadsheet formula injection: a text cell (header cells included) starting with `=`,
@@ -27,6 +29,7 @@ from pathlib import Path
 import pandas as pd
 
 from core.access import Actor
+from core.agreement import DISPUTED_STATUS, is_disputed
 from core.dataset import CELL_GUARD, FORMULA_TRIGGERS, Dataset, cell_needs_guard
 from core.labelstore import EVENT_COLUMNS, LabelStore
 
@@ -66,7 +69,8 @@ def neutralise_path(path: str) -> str:
 def build_curated_manifest(dataset: Dataset, store: LabelStore) -> tuple[pd.DataFrame, tuple[str, ...]]:
     """The curated manifest of `dataset` under the events in `store` (unneutralised), and warnings.
 
-    Labels come from the derived sample states (`LabelStore.states`); unreviewed samples keep the dataset label.
+    Labels come from the derived sample states (`LabelStore.states`); unreviewed samples keep the dataset label, and
+    so do disputed ones (reviewers disagree, no ruling: `status=disputed`).
     Taxonomy columns of a relabelled sample are those of its new class (the most common taxonomy of that class in
     the dataset). A dataset that is itself a curated export keeps its `original_label`.
     """
@@ -92,8 +96,9 @@ def build_curated_manifest(dataset: Dataset, store: LabelStore) -> tuple[pd.Data
             last_reviewer.append("")
             updated_at.append("")
             continue
-        labels.append(state.label if state.label is not None else given)
-        status.append(state.status)
+        disputed = is_disputed(state)
+        labels.append(given if disputed or state.label is None else state.label)
+        status.append(DISPUTED_STATUS if disputed else state.status)
         n_reviews.append(state.n_reviews)
         agreement.append(None if state.agreement is None else round(state.agreement, 4))
         last_reviewer.append(state.last_reviewer or "")

@@ -507,6 +507,11 @@ class LabelStore:
         with self._engine.connect() as conn:
             return int(conn.execute(sa.select(sa.func.count()).select_from(label_events)).scalar_one())
 
+    def last_event_id(self) -> int:
+        """The id of the newest event (0 for an empty store): a cheap token that changes with every write."""
+        with self._engine.connect() as conn:
+            return int(conn.execute(sa.select(sa.func.max(label_events.c.id))).scalar_one() or 0)
+
     def sample_ids(self) -> set[str]:
         """Ids of all samples that have at least one event."""
         with self._engine.connect() as conn:

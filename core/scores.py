@@ -7,18 +7,22 @@ F1 per class) turn them into numbers with scikit-learn's conventions. A new head
 
 The bootstrap: `ResamplingPlan` resamples a table's *units* stratified by class. The unit is the specimen when
 specimen ids are given and some specimen has several images (a cluster bootstrap: a specimen is drawn with all its
-images, because images of one individual are not independent), else the image. Each class keeps its number of
-units in every resample, so no class vanishes from a resample and macro averages run over the same classes as the
-point estimate. A specimen's class (its stratum) is the most common label among its images (ties: the lower class
-index); its images keep their own labels when scored, so a specimen whose images carry different labels is drawn
-whole, counted under its majority class.
+images, because images of one individual are not independent), else the image. Each class keeps its weight (its
+number of units) in every resample, so no class vanishes from a resample and macro averages run over the same
+classes as the point estimate. A specimen's class (its stratum) is the most common label among its images (ties:
+the lower class index); its images keep their own labels when scored, so a specimen whose images carry different
+labels is drawn whole, counted under its majority class. A class with a single specimen has its images resampled
+instead (one specimen cannot be resampled; no interval can then show how another specimen of it would fare).
 
-Resampling is exact and vectorised: units with identical content (same stratum, same multiset of (label,
-prediction, flags) cells) are merged into *types*; a stratum of m units is resampled as one multinomial draw of m
-over its types, weighted by how many units each type holds (the same distribution as drawing m unit indices with
-replacement), and per-class counts of a resample come from sparse (types x classes) products. Intervals are BCa
-(bias-corrected and accelerated; acceleration from the leave-one-unit-out jackknife, computed per type) or plain
-percentile intervals; `benchmarks/bench_coverage.py` measures their coverage.
+It is the rescaled bootstrap (Rao & Wu 1988): a stratum of m units gets m - 1 draws with replacement, each weighted
+m / (m - 1), which keeps the stratum's full variance (m draws would shrink it by (m - 1) / m: by half for a class of
+two specimens). Resampling is exact and vectorised: units with identical content (same stratum, same multiset of
+(label, prediction, flags) cells) are merged into *types*; a resample is drawn as uniform unit indices per stratum
+(or, for strata of many units in few types, one multinomial over the types), counted per type, and its per-class
+sums come from one sparse (types x sums) product. Intervals are BCa (bias-corrected and accelerated; acceleration
+from the leave-one-unit-out jackknife, computed per type) or plain percentile intervals;
+`benchmarks/bench_coverage.py` measures their coverage (BCa on specimens: 92-94% for accuracy, balanced accuracy
+and macro-F1 with 4+ specimens per class).
 """
 
 from __future__ import annotations

@@ -118,18 +118,21 @@ def start_training_run(workspace: Workspace, name: str, *, data: str | Path | No
     if data is not None:
         argv += ["--data", str(Path(data).resolve())]
     return launch_run(workspace, "train", name, argv, options=options, python=python,
-                      record={"data": str(data) if data else None})
+                      record={"data": str(data) if data else None}, actor=actor)
 
 
 def launch_run(workspace: Workspace, kind: str, name: str, argv: list[str], *, options: dict[str, object] | None = None,
-               python: str | None = None, record: dict | None = None) -> TrainingRun:
+               python: str | None = None, record: dict | None = None, actor: Actor | None = None) -> TrainingRun:
     """Start `python -m core <kind> <argv> <options> --status-file RUN/status.json` detached; returns the run.
 
     `kind`: one of RUN_KINDS. `name`: what the run is called (letters, digits, `.`, `_`, `-`). `options`: CLI options
     without the dashes (True adds a flag, None/False skip). `RUN_DIR` in `argv` stands for the run's folder.
     `record`: extra fields for `command.json`. The process gets its own session
-    (`start_new_session`), so it outlives the Streamlit script and its reruns.
+    (`start_new_session`), so it outlives the Streamlit script and its reruns. `actor`: who asks (needs the
+    `retrain` permission: training and cross-validation runs alike); None for a trusted caller.
     """
+    if actor is not None:
+        actor.require("retrain")
     if kind not in RUN_KINDS:
         raise TrainingRunError(f"run kind {kind!r} is not one of {list(RUN_KINDS)}")
     if not _NAME.match(name):
@@ -170,6 +173,7 @@ def list_runs(workspace: Workspace, *, kind: str | None = None) -> list[Training
 def read_run(run_dir: str | Path) -> TrainingRun:
     """A run's state from its files; an active state whose process is gone reads as `stopped`."""
     run_dir = Path(run_dir)
+    _reap(_pid(run_dir))  # a run that wrote "done" and exited must not stay <defunct> under the dashboard
     command = _read_json(run_dir / "command.json")
     status = _read_json(run_dir / "status.json")
     state = status.get("state", "starting")
@@ -244,15 +248,22 @@ def _pid(run_dir: Path) -> int | None:
         return None
 
 
-def _alive(pid: int | None) -> bool:
+def _reap(pid: int | None) -> bool:
+    """Collect the exit status of run process `pid` if this process started it and it has ended; True when reaped."""
     if not pid:
         return False
     try:
-        finished, _ = os.waitpid(pid, os.WNOHANG)  # reap it if this process started it (no zombie)
-        if finished == pid:
-            return False
+        finished, _ = os.waitpid(pid, os.WNOHANG)
     except ChildProcessError:
-        pass  # started by another dashboard process: not our child
+        return False  # started by another dashboard process (not our child), or reaped already
+    return finished == pid
+
+
+def _alive(pid: int | None) -> bool:
+    if not pid:
+        return False
+    if _reap(pid):
+        return False
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

@@ -1,8 +1,8 @@
 """What a training run learns from: an ImageFolder, a manifest or a curated export, with the checks it needs.
 
-Curated exports: `status == "excluded"` rows are skipped by `load_dataset`, relabels are already the `label` column;
-specimen-id gaps, classes emptied by exclusions, classes with a single image and split leaks are refused before
-training starts.
+Curated exports: `status == "excluded"` rows are skipped by `load_dataset`, `status == "disputed"` rows (reviewers
+disagree, no ruling) are left out unless `include_disputed`, relabels are already the `label` column; specimen-id
+gaps, classes emptied by exclusions, classes with a single image and split leaks are refused before training starts.
 """
 
 from __future__ import annotations
@@ -12,7 +12,15 @@ from pathlib import Path
 
 import pandas as pd
 
-from core.dataset import EXCLUDED_STATUS, Dataset, DatasetError, load_dataset, read_manifest_table
+from core.agreement import DISPUTED_STATUS
+from core.dataset import (
+    EXCLUDED_STATUS,
+    Dataset,
+    DatasetError,
+    load_dataset,
+    read_manifest_table,
+    resolve_sample_path,
+)
 from core.workspace import Workspace
 
 MIN_IMAGES_PER_CLASS = 2  # one to learn from and one more: a lone image gives a batch of one, which BatchNorm refuses
@@ -26,25 +34,41 @@ def load_training_dataset(
     val_fraction: float = 0.2,
     seed: int = 0,
     verify: str = "header",
+    include_disputed: bool = False,
 ) -> Dataset:
     """Load what a training run learns from: an ImageFolder, a manifest or a curated export (`core.export`).
 
-    A curated export's rows with `status == "excluded"` are dropped (its `label` column already holds relabels).
+    A curated export's rows with `status == "excluded"` are dropped (its `label` column already holds relabels), and
+    so are `status == "disputed"` rows (reviewers disagree, no ruling) unless `include_disputed` (they then train
+    with their original label).
     Raises `DatasetError` for: a `specimen_id` column with empty cells (the split could put one individual on both
-    sides), one specimen on both sides of a given split, a class that has no samples left after exclusions, and a
-    class with fewer than `MIN_IMAGES_PER_CLASS` images.
+    sides), one specimen on both sides of a given split, and a class that has no samples left after exclusions.
     """
     source = Path(source)
+    left_out = (EXCLUDED_STATUS,) if include_disputed else (EXCLUDED_STATUS, DISPUTED_STATUS)
     if source.is_file():
-        _check_manifest_rows(source)
+        _check_manifest_rows(source, left_out=left_out)
     dataset = load_dataset(source, root=root, taxonomy=taxonomy, val_fraction=val_fraction, seed=seed,
                            verify=verify)  # type: ignore[arg-type]
     samples, notes = dataset.samples, list(dataset.warnings)
     excluded = int((dataset.skipped["reason"] == "excluded").sum())
     if excluded:
         notes.append(f"{excluded} sample(s) with status=excluded left out")
+    if "status" in samples.columns:
+        disputed = samples["status"].str.strip().str.lower() == DISPUTED_STATUS
+        if disputed.any() and not include_disputed:
+            skipped = pd.DataFrame({"sample_id": samples.loc[disputed, "sample_id"], "reason": DISPUTED_STATUS,
+                                    "detail": "status=disputed in the curated manifest (reviewers disagree, no "
+                                              "ruling); include with --include-disputed"})
+            dataset = replace(dataset, samples=samples[~disputed].reset_index(drop=True),
+                              skipped=pd.concat([dataset.skipped, skipped[list(dataset.skipped.columns)]],
+                                                ignore_index=True))
+            samples = dataset.samples
+            notes.append(f"{int(disputed.sum())} sample(s) with status=disputed left out (reviewers disagree and no "
+                         "lead has ruled; --include-disputed trains on them with their original label)")
+        elif disputed.any():
+            notes.append(f"{int(disputed.sum())} disputed sample(s) included with their original label")
     _check_split_leaks(samples, source)
-    _check_class_sizes(samples, source)
     return replace(dataset, warnings=tuple(notes))
 
 
@@ -56,10 +80,13 @@ def load_workspace_training_dataset(
     val_fraction: float = 0.2,
     seed: int = 0,
     verify: str = "header",
+    include_disputed: bool = False,
 ) -> Dataset:
     """What `python -m cli train` learns from: `data` (a folder, manifest or curated export) or else the workspace's
     dataset. With a workspace, its taxonomy and `val_fraction` apply and a manifest's paths are relative to its
-    dataset root unless `root` is given (a curated export is written relative to that root); `seed` seeds the split."""
+    dataset root unless `root` is given (a curated export is written relative to that root); `seed` seeds the split;
+    `include_disputed` as in `load_training_dataset`. Besides `load_training_dataset`'s checks, refuses a class with
+    fewer than `MIN_IMAGES_PER_CLASS` images: a run could neither validate it nor take a batch of it alone."""
     source, taxonomy = data, None
     if workspace is not None:
         taxonomy, val_fraction = workspace.taxonomy, workspace.val_fraction
@@ -73,8 +100,10 @@ def load_workspace_training_dataset(
     if taxonomy:
         header = _header(Path(source))
         taxonomy = tuple(c for c in taxonomy if c in header) if header is not None else ()
-    return load_training_dataset(source, root=root, taxonomy=taxonomy, val_fraction=val_fraction, seed=seed,
-                                 verify=verify)
+    dataset = load_training_dataset(source, root=root, taxonomy=taxonomy, val_fraction=val_fraction, seed=seed,
+                                    verify=verify, include_disputed=include_disputed)
+    _check_class_sizes(dataset.samples, Path(source))
+    return dataset
 
 
 def _header(path: Path) -> list[str] | None:
@@ -99,15 +128,16 @@ def _check_class_sizes(samples: pd.DataFrame, source: Path) -> None:
         )
 
 
-def _check_manifest_rows(path: Path) -> None:
-    """Refuse a `specimen_id` column with gaps and a class that exclusions empty (before any image is opened)."""
+def _check_manifest_rows(path: Path, *, left_out: tuple[str, ...] = (EXCLUDED_STATUS,)) -> None:
+    """Refuse a `specimen_id` column with gaps and a class that exclusions (rows whose status is in `left_out`)
+    empty, before any image is opened."""
     try:
         frame = read_manifest_table(path)  # the same reading as load_dataset's
     except DatasetError:
         return  # load_dataset reports unreadable manifests with its own message
     kept = pd.Series(True, index=frame.index)
     if "status" in frame.columns:
-        kept = frame["status"].str.strip().str.lower() != EXCLUDED_STATUS
+        kept = ~frame["status"].str.strip().str.lower().isin(left_out)
     if "label" in frame.columns:
         labels = frame["label"]
         before, after = labels.value_counts(), labels[kept].value_counts()
@@ -142,3 +172,34 @@ def _check_split_leaks(samples: pd.DataFrame, source: Path) -> None:
             "would measure memory of individuals; give all images of a specimen one split, or leave the split "
             "column empty to let TaxaLens assign a specimen-safe one"
         )
+
+
+def image_root_problem(manifest: str | Path, root: str | Path, *, probe: int = 20) -> str | None:
+    """Why the image paths of CSV `manifest` do not resolve under `root` (None when the first `probe` paths do).
+
+    A curated export's paths are relative to the dataset root it was exported from, wherever the CSV itself lies;
+    this names the root to pass (`--root`, the Retrain page's "Image root") before a run starts and fails.
+    """
+    manifest, root = Path(manifest), Path(root).expanduser()
+    try:
+        frame = pd.read_csv(manifest, dtype=str, keep_default_na=False, skipinitialspace=True, nrows=probe)
+    except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
+        return f"cannot read {manifest} as a CSV manifest: {exc}"
+    frame.columns = [str(c).strip() for c in frame.columns]
+    if "path" not in frame.columns or "label" not in frame.columns:
+        return (f"{manifest} has no `path` and `label` columns (found {list(frame.columns)}); export curated labels "
+                "with `python -m cli export` or the Adjudicate page")
+    if not root.is_dir():
+        return f"image root {root} is not a folder; give the folder the CSV's image paths are relative to"
+    missing = []
+    for relative in frame["path"].str.strip():
+        try:
+            if not resolve_sample_path(root.resolve(), relative.removeprefix("./")).is_file():
+                missing.append(relative)
+        except DatasetError:
+            missing.append(relative)
+    if len(missing) == len(frame) and len(frame):
+        return (f"none of the first {len(frame)} image paths of {manifest} (e.g. {missing[0]!r}) is a file under "
+                f"{root}; set the image root to the folder they are relative to (a curated export's paths are "
+                "relative to the dataset root it was exported from)")
+    return None

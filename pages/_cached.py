@@ -11,12 +11,13 @@ from pathlib import Path
 import numpy as np
 import streamlit as st
 
+from core.curation import LABEL_MODES
 from core.dataset import Dataset
 from core.ensemble import EnsembleSpec, ensemble_tables, read_ensemble_specs
 from core.errors import USER_ERRORS, TaxaLensError, user_message
 from core.predictions import PredictionTable, load_predictions, relabel_table
 from core.workspace import CONFIG_NAME, Workspace, load_workspace
-from pages._state import KEY_CHECKPOINTS, KEY_SPLIT, KEY_WORKSPACE
+from pages._state import KEY_CHECKPOINTS, KEY_LABEL_MODE, KEY_SPLIT, KEY_WORKSPACE
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEMO_WORKSPACE = REPO_ROOT / "demo_workspace"
@@ -259,6 +260,7 @@ class PageContext:
     checkpoints: tuple[str, ...]  # selected checkpoint and ensemble names, first is the primary one
     split: str  # val | train | test | all
     ensembles: tuple[EnsembleSpec, ...] = ()  # the workspace's usable [[ensembles]]
+    label_mode: str = "given"  # given | curated: the labels the evaluation pages score against
 
     @property
     def checkpoint(self) -> str | None:
@@ -329,7 +331,9 @@ def page_context() -> PageContext | None:
         st.error(f"Cannot open workspace {path}: {user_message(exc)}")
         return None
     split = st.session_state.get(KEY_SPLIT, "val")
-    ctx = PageContext(workspace, dataset, (), split if split in SPLITS else "val", ensemble_specs(workspace))
+    mode = st.session_state.get(KEY_LABEL_MODE, "given")
+    ctx = PageContext(workspace, dataset, (), split if split in SPLITS else "val", ensemble_specs(workspace),
+                      mode if mode in LABEL_MODES else "given")
     names = ctx.names
     selected = tuple(n for n in st.session_state.get(KEY_CHECKPOINTS, names[:1]) if n in names)
     return replace(ctx, checkpoints=selected)

@@ -8,6 +8,7 @@ from pathlib import Path
 import streamlit as st
 
 from core.crossval import CROSSVAL_MODES, DEFAULT_FOLDS, find_crossval, load_crossval
+from core.errors import USER_ERRORS, user_message
 from core.predictions import PredictionTable
 from core.train_runs import TrainingRun, launch_run, list_runs, read_log_tail, read_run, stop_run
 from pages._cached import PageContext, load_dataset, predictions_file
@@ -68,8 +69,8 @@ def render_crossval_job(ctx: PageContext) -> None:
                              help="Runs `python -m core crossval` in the background; this page follows it"):
             try:
                 _start(ctx, name, mode, folds)
-            except (ValueError, FileNotFoundError) as exc:
-                st.error(str(exc))
+            except USER_ERRORS as exc:
+                st.error(user_message(exc))
         if runs and runs[0].active:
             _follow(runs[0].run_dir)
         elif runs:

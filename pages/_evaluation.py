@@ -18,21 +18,26 @@ import streamlit as st
 
 from core import confusion as cm
 from core import figures, metrics, queries, specimens
+from core.curation import CuratedTable, apply_curated_labels, compare_label_modes, curated_labels
 from core.errors import TaxaLensError
+from core.labelstore import LabelStore
 from core.predictions import PredictionTable
 from core.scores import BootstrapConfig, ResamplingPlan, Unit, describe_intervals
 from pages._cached import PageContext, checkpoint_stamp, require_table, start_page, table_token
+from pages._review_support import label_store
 
 
 @dataclass(frozen=True)
 class EvalData:
     """The primary checkpoint's predictions on the selected split, with content tokens for cache keys."""
 
-    table: PredictionTable  # rows of the selected split
+    table: PredictionTable  # rows of the selected split (under curated labels in curated mode)
     token: str  # content hash of `table` (labels, predictions, confidences, split)
     full: PredictionTable  # every split (class distribution)
     full_token: str
     checkpoint: str
+    label_mode: str = "given"  # given | curated
+    curation: CuratedTable | None = None  # curated mode: the split's relabels, exclusions and disputed rows
 
 
 @st.cache_resource(show_spinner=False, max_entries=32)
@@ -70,8 +75,24 @@ def open_evaluation_page(title: str) -> tuple[PageContext, EvalData]:
     return ctx, require_eval_data(ctx)
 
 
-def require_eval_data(ctx: PageContext) -> EvalData:
-    """The selected split's predictions; shows the compute button or the empty-split note and stops otherwise."""
+@st.cache_resource(show_spinner=False, max_entries=32)
+def _curated(token: str, last_event_id: int, _table: PredictionTable, _store: LabelStore) -> CuratedTable:
+    # keyed by the store's newest event id: a decision made anywhere shows on the next rerun
+    states = _store.states(_table.frame["sample_id"].astype(str))
+    return apply_curated_labels(_table, curated_labels(states))
+
+
+def curate(ctx: PageContext, table: PredictionTable, token: str) -> tuple[CuratedTable, str]:
+    """`table` under the label store's current labels, and the content token of the curated table."""
+    store = label_store(ctx)
+    event_id = store.last_event_id()
+    curated = _curated(token, event_id, table, store)
+    return curated, f"{token}|curated@{event_id}"
+
+
+def require_eval_data(ctx: PageContext, *, label_mode: str | None = None) -> EvalData:
+    """The selected split's predictions under the sidebar's label mode (or `label_mode`); shows the compute button or
+    the empty-split note and stops otherwise."""
     full = None
     if ctx.checkpoint:
         try:
@@ -88,7 +109,14 @@ def require_eval_data(ctx: PageContext) -> EvalData:
         st.warning(f"The **{ctx.split}** split has no samples (this dataset has: {', '.join(splits) or 'none'}). "
                    "Pick another split in the sidebar.")
         st.stop()
-    return EvalData(table=table, token=token, full=full, full_token=full_token, checkpoint=ctx.checkpoint or "")
+    mode = label_mode or ctx.label_mode
+    curation = None
+    if mode == "curated":
+        curated_full, full_token = curate(ctx, full, full_token)
+        curation, token = curate(ctx, table, token)
+        full, table = curated_full.table, curation.table
+    return EvalData(table=table, token=token, full=full, full_token=full_token, checkpoint=ctx.checkpoint or "",
+                    label_mode=mode, curation=curation)
 
 
 def show_data_notes(ctx: PageContext, data: EvalData) -> None:
@@ -112,11 +140,45 @@ def show_data_notes(ctx: PageContext, data: EvalData) -> None:
             lines.append(f"Model classes with no dataset samples ({len(mismatch.extra)}): "
                          + ", ".join(f"`{c}`" for c in mismatch.extra) + ".")
         st.warning("  \n".join(lines))
+    if data.curation is not None:
+        show_curation_notes(data)
     excluded = excluded_counts(data.token, data.table)
     if len(excluded):
         total = int(excluded.sum())
         st.info(f"{total:,} of {len(data.table):,} samples in this split carry a label that is not one of the model's "
                 f"classes ({', '.join(f'{k}: {v}' for k, v in excluded.items())}); they are excluded from metrics.")
+
+
+def label_mode_comparison(ctx: PageContext, data: EvalData) -> pd.DataFrame | None:
+    """Headline metrics of this split as given vs as curated (`core.curation.compare_label_modes`), or None while
+    the label store has no event."""
+    if label_store(ctx).last_event_id() == 0:
+        return None
+    other = require_eval_data(ctx, label_mode="given" if data.label_mode == "curated" else "curated")
+    given, curated = (data, other) if data.label_mode == "given" else (other, data)
+    return _compare_modes(given.token, curated.token, given.table, curated.table)
+
+
+@st.cache_data(show_spinner=False, max_entries=64)
+def _compare_modes(given_token: str, curated_token: str, _given: PredictionTable, _curated: PredictionTable
+                   ) -> pd.DataFrame:
+    return compare_label_modes(headline(given_token, _given), headline(curated_token, _curated))
+
+
+def show_curation_notes(data: EvalData) -> None:
+    """Say what curated labels changed in this split and list the disputed samples apart."""
+    curation = data.curation
+    if curation is None:
+        return
+    disputed = curation.disputed
+    st.info(f"Labels **as curated**: {curation.n_relabeled:,} relabelled, {curation.n_excluded:,} excluded"
+            + (f", {len(disputed):,} disputed (reviewers disagree, no ruling yet) left out of the scores and listed "
+               "below" if len(disputed) else "")
+            + ". Switch the sidebar's Labels to *as given* for the dataset's own labels.")
+    if len(disputed):
+        with st.expander(f"Disputed samples in this split ({len(disputed):,})"):
+            st.dataframe(disputed.frame[["sample_id", "label", "pred", "confidence"]], hide_index=True,
+                         key="ev-disputed", column_config={"label": st.column_config.TextColumn("given label")})
 
 
 @st.cache_data(show_spinner=False, max_entries=64)
@@ -263,6 +325,20 @@ def filtered_rows(
         specimen_ids=specimen_ids, taxa=dict(taxa) if taxa is not None else None, taxon_values=taxon_values,
         errors_only=errors_only, sort_by=sort_by, descending=descending,
     )
+
+
+def pairs_key(search: list[str], cell: tuple[int, int] | None) -> str:
+    """The widget key of the ranked-pairs table: a new one per class filter and open cell, so its checked row is
+    always the open cell (never a row of an earlier, unfiltered list that clicking would only uncheck)."""
+    return f"cm-pairs-{abs(hash((tuple(search), cell))) % 10**12}"
+
+
+def pair_row(pairs: pd.DataFrame, cell: tuple[int, int] | None) -> list[int]:
+    """Positions in the shown `pairs` of the open cell (empty when it is not listed)."""
+    if cell is None:
+        return []
+    hit = (pairs["true_idx"].to_numpy() == cell[0]) & (pairs["pred_idx"].to_numpy() == cell[1])
+    return [int(i) for i in hit.nonzero()[0][:1]]
 
 
 def cell_heading(n: int, true_class: str, pred_class: str) -> str:

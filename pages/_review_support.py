@@ -14,6 +14,22 @@ from pages._cached import PageContext, get_predictions, predictions_key
 from pages._crossval_job import crossval_table
 from pages._state import KEY_REVIEWER
 
+# Keys Streamlit's frontend binds itself (static/js, 1.67): c opens "Clear caches", r reruns, Esc stops a
+# screencast, and a means "Always rerun" while the "File change" prompt shows. No review shortcut may use them.
+STREAMLIT_KEYS = frozenset({"c", "r", "a", "escape"})
+# Review button key -> its keyboard shortcut (Streamlit's native `st.button(shortcut=...)`: bound per button while it
+# is rendered and enabled, never while the focus is in a text box, and shown on the button).
+SHORTCUTS: dict[str, str] = {
+    "rv-confirm": "k",  # keep the given label
+    "rv-accept": "s",  # the suggestion
+    "rv-relabel": "l",  # label as the picked class
+    "rv-unsure": "u",
+    "rv-exclude": "x",
+    "rv-undo": "z",
+    "rv-next": "n",
+    "rv-prev": "p",
+}
+
 
 @st.cache_resource(show_spinner=False)
 def _open_store(url: str, _workspace: Workspace) -> LabelStore:
@@ -57,11 +73,28 @@ def given_labels(ctx: PageContext) -> dict[str, str]:
 
 
 def reviewer_input(*, label: str = "Reviewer") -> str | None:
-    """The reviewer identity text box; returns the cleaned identity, or None (with a hint) when it is missing."""
+    """The reviewer identity text box; returns `current_reviewer()`, with a hint when it is missing."""
     st.text_input(label, key=KEY_REVIEWER, placeholder="your name or initials",
                   help="Required to record decisions; every event in the audit log carries it")
+    reviewer = current_reviewer()
+    if reviewer is None:
+        st.warning(reviewer_problem())
+    return reviewer
+
+
+def current_reviewer() -> str | None:
+    """Who records decisions in this session (the cleaned identity), or None while there is none. The one place the
+    review and adjudication pages learn it: sign-in replaces the text box here."""
     try:
         return validate_reviewer(st.session_state.get(KEY_REVIEWER))
-    except USER_ERRORS as exc:
-        st.warning(str(exc))
+    except USER_ERRORS:
         return None
+
+
+def reviewer_problem() -> str:
+    """Why `current_reviewer()` is None."""
+    try:
+        validate_reviewer(st.session_state.get(KEY_REVIEWER))
+    except USER_ERRORS as exc:
+        return str(exc)
+    return ""

@@ -15,3 +15,5 @@ KEY_SPLIT = "tl_split"  # val | train | test | all (sidebar)
 KEY_REVIEWER = "tl_reviewer"  # who is reviewing (review and adjudication pages)
 KEY_CONFUSION_CELL = "cm-cell"  # (true_idx, pred_idx) in model class order: opened on the confusion page, queued
 # by the review page's "confusion cell" queue
+KEY_LABEL_MODE = "tl_label_mode"  # given | curated (core.curation.LABEL_MODES): the labels evaluation pages score
+KEY_URL_RESTORED = "tl_url_restored"  # the sidebar keys were seeded from the URL's query string (once per session)

@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import streamlit as st
 
-from core.agreement import adjudicate, class_agreement, list_disagreements, reviewer_pair_agreement
+from core.agreement import (
+    DISPUTED_STATUS,
+    adjudicate,
+    class_agreement,
+    list_disagreements,
+    reviewer_pair_agreement,
+)
 from core.errors import USER_ERRORS
 from core.export import audit_log_csv, curated_manifest_csv
 from core.labelstore import EXCLUDED_VOTE, UNSURE_VOTE
@@ -41,9 +47,14 @@ if message := st.session_state.pop(MESSAGE, None):
 
 states = store.states(ctx.dataset.samples["sample_id"])
 votes = store.votes_frame(ctx.dataset.samples["sample_id"])
-st.subheader("Disagreements")
+st.subheader("Disputes")
 unresolved = st.toggle("Only unresolved", value=True, key="adj-unresolved")
-disagreements = list_disagreements(states, unresolved_only=unresolved)
+disagreements = list_disagreements(states, unresolved_only=unresolved)  # disputes (no ruling yet) first
+n_disputed = int((disagreements["status"] == DISPUTED_STATUS).sum())
+if n_disputed:
+    st.caption(f"{n_disputed:,} dispute(s): reviewers disagree and no lead has ruled. Until a ruling they keep their "
+               "original label, are exported as `status=disputed` and are left out of training (the Retrain page "
+               "and `python -m cli train --include-disputed` can include them).")
 if disagreements.empty:
     st.caption("No disagreements" + (" left to resolve." if unresolved else "."))
 else:
@@ -87,7 +98,8 @@ else:
 
 st.subheader("Export")
 st.caption("The curated manifest lists every sample with its current label and status (excluded samples are kept "
-           "and marked); paths are relative to the dataset root. Spreadsheet formulas are neutralised.")
+           "and marked, disputed ones keep their original label); paths are relative to the dataset root "
+           f"(`{ctx.dataset.root}`: the image root a training run needs). Spreadsheet formulas are neutralised.")
 downloads = st.columns(2)
 downloads[0].download_button("Curated label manifest (CSV)", data=curated_manifest_csv(ctx.dataset, store),
                              file_name="curated_labels.csv", mime="text/csv", key="adj-export")

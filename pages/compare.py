@@ -14,10 +14,12 @@ from core.predictions import PredictionTable
 from core.scores import METRIC_LABELS
 from pages import _taxonomy_support as tx
 from pages._cached import require_table, start_page, table_token
+from pages._evaluation import curate
 from pages._gallery import render_gallery, render_sample_view
 
 ENSEMBLE = "(ensemble of all checkpoints)"
 LABELS = {name: METRIC_LABELS[name] for name in METRICS}
+DIRECTIONS = {"right_to_wrong": "right → wrong", "wrong_to_right": "wrong → right"}
 
 
 @st.cache_data(show_spinner="Bootstrapping…", max_entries=16)
@@ -82,8 +84,16 @@ else:
     table_b = require_table(ctx, name_b)
     label_b = name_b
 
+token_a, token_b = table_token(table_a), table_token(table_b)
+if ctx.label_mode == "curated":  # both checkpoints scored against the review decisions
+    curated_a, token_a = curate(ctx, table_a, token_a)
+    curated_b, token_b = curate(ctx, table_b, token_b)
+    table_a, table_b = curated_a.table, curated_b.table
+    if len(curated_a.disputed):
+        st.info(f"Labels as curated: {len(curated_a.disputed):,} disputed sample(s) of this split are left out of "
+                "both checkpoints' scores until a lead rules on them.")
 try:
-    result = _compare(table_token(table_a), table_token(table_b), int(n_boot), cluster, table_a, table_b)
+    result = _compare(token_a, token_b, int(n_boot), cluster, table_a, table_b)
 except USER_ERRORS as exc:
     st.error(str(exc))
     st.stop()
@@ -137,11 +147,10 @@ if taxonomy is not None:
 # Flips -------------------------------------------------------------------------------------------------------------
 st.subheader("Samples whose prediction flipped")
 counts = result.flip_counts()
-direction = st.radio(
-    "Direction", ("right_to_wrong", "wrong_to_right"), horizontal=True, key="cmp-direction",
-    format_func=lambda d: f"right → wrong ({counts['right_to_wrong']})" if d == "right_to_wrong"
-    else f"wrong → right ({counts['wrong_to_right']})",
-)
+# Fixed option labels: counts in the labels made the radio a new widget whenever B changed, with neither option shown
+# as selected. The counts go in the caption instead.
+direction = st.radio("Direction", tuple(DIRECTIONS), horizontal=True, key="cmp-direction", format_func=DIRECTIONS.get)
+st.caption(" · ".join(f"{label}: {counts[d]:,}" for d, label in DIRECTIONS.items()))
 flips = result.flips[result.flips["direction"] == direction]
 st.dataframe(flips.drop(columns=["direction"]), hide_index=True, key="cmp-flips",
              column_config={c: st.column_config.NumberColumn(format="%.3f") for c in

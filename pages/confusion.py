@@ -9,8 +9,10 @@ from core.taxonomy import CLASS_LEVEL, Taxonomy
 from pages import _evaluation as ev
 from pages import _taxonomy_support as tx
 from pages._gallery import render_gallery, render_sample_view
+from pages._links import PARAM_PRED, PARAM_SAMPLE, PARAM_TRUE, copy_link_control, set_page_params, url_param
 from pages._state import KEY_CONFUSION_CELL
 
+INSPECT_KEY = "cm-gallery-inspect"  # the gallery's inspected sample (render_gallery keeps it under `<key>-inspect`)
 NORMALISE = {"counts": "none", "share of true class (recall)": "true", "share of predicted class (precision)": "pred"}
 PAIRS_SHOWN = 200
 OUTLINE_MAX_CLASSES = 60  # above this, the open cell is not outlined (re-drawing a large matrix per click is slow)
@@ -24,8 +26,8 @@ def _open_cell_from_chart() -> None:
         st.session_state[KEY_CONFUSION_CELL] = (int(cells[0][0]), int(cells[0][1]))
 
 
-def _open_cell_from_pairs(pairs) -> None:
-    rows = st.session_state["cm-pairs"].selection.rows
+def _open_cell_from_pairs(pairs, key: str) -> None:
+    rows = st.session_state[key].selection.rows
     if rows:
         pair = pairs.iloc[rows[0]]
         st.session_state[KEY_CONFUSION_CELL] = (int(pair["true_idx"]), int(pair["pred_idx"]))
@@ -109,6 +111,11 @@ if taxonomy is not None and fold_rank != CLASS_LEVEL:
     _folded_matrix(ctx, data, taxonomy, fold_rank, normalise, hide_diagonal)
     st.stop()
 
+if (KEY_CONFUSION_CELL not in st.session_state and url_param(PARAM_TRUE) in index
+        and url_param(PARAM_PRED) in index):  # a link or a reload
+    st.session_state[KEY_CONFUSION_CELL] = (index[url_param(PARAM_TRUE)], index[url_param(PARAM_PRED)])
+    if url_param(PARAM_SAMPLE):
+        st.session_state[INSPECT_KEY] = url_param(PARAM_SAMPLE)
 cell = st.session_state.get(KEY_CONFUSION_CELL)
 if cell is not None and not (0 <= cell[0] < len(names) and 0 <= cell[1] < len(names)):
     cell = None
@@ -128,12 +135,14 @@ with right:
     if shown.empty:
         st.caption("No errors in this split.")
     else:
+        key = ev.pairs_key(search, cell)
         st.dataframe(
             shown[["true", "pred", "count", "share_of_true"]],
             hide_index=True,
-            key="cm-pairs",
-            on_select=lambda: _open_cell_from_pairs(shown),
+            key=key,
+            on_select=lambda: _open_cell_from_pairs(shown, key),
             selection_mode="single-row",
+            selection_default={"selection": {"rows": ev.pair_row(shown, cell)}},
             height=min(35 * len(shown) + 40, 620),
             column_config={"share_of_true": st.column_config.NumberColumn("share", format="percent")},
         )
@@ -144,11 +153,17 @@ with right:
         st.button("Open cell", key="cm-open", on_click=_open_cell_by_name, args=(index,))
 
 if cell is None:
+    set_page_params("confusion", **dict.fromkeys((PARAM_TRUE, PARAM_PRED, PARAM_SAMPLE)))
     st.info("Click a cell of the matrix, or a pair in the list, to see its images.")
 else:
     true_idx, pred_idx = cell
     rows = ev.cell_rows(data.token, table, true_idx, pred_idx)
-    st.subheader(ev.cell_heading(len(rows), names[true_idx], names[pred_idx]))
+    heading = st.columns([5, 1], vertical_alignment="bottom")
+    heading[0].subheader(ev.cell_heading(len(rows), names[true_idx], names[pred_idx]))
     inspected = render_gallery(ctx, rows, key="cm-gallery")
+    set_page_params("confusion", **{PARAM_TRUE: names[true_idx], PARAM_PRED: names[pred_idx],
+                                    PARAM_SAMPLE: inspected})
+    with heading[1]:
+        copy_link_control("cm-link")
     if inspected is not None:
         render_sample_view(ctx, table, inspected)

@@ -9,10 +9,16 @@ from models.cam import CAM_METHODS, MIN_CAM_GRID, CamError, render_overlay
 from pages._cached import require_single_checkpoint, require_table, start_page
 from pages._cam import CamMaps, auto_layer, cam_maps
 from pages._gallery import sample_paths, show_image
+from pages._links import PARAM_SAMPLE, copy_link_control, set_page_params, url_param
 
 MAX_OPTIONS = 500  # sample ids listed at once; type in the filter to narrow a larger split
 DISPLAY_PX = 320
-KEY_SAMPLE = "cam-sample"
+KEY_SAMPLE = "cam-sample"  # the explained sample (a plain key: the box below shows it, it never lags the box)
+BOX = "cam-sample-box"  # the Sample selectbox's own widget key, re-seeded from KEY_SAMPLE on every run
+
+
+def _commit_sample() -> None:
+    st.session_state[KEY_SAMPLE] = st.session_state[BOX]
 
 ctx = start_page("Grad-CAM")
 require_single_checkpoint(ctx, "Grad-CAM")  # an ensemble has no model to explain
@@ -22,7 +28,7 @@ frame = table.frame
 st.caption(f"Checkpoint **{ctx.checkpoint}** · split **{ctx.split}** · {len(table):,} images. The maps show where "
            "the model's evidence for a class lies, on the image as the model saw it (resized and cropped).")
 
-linked = st.query_params.get("sample")
+linked = url_param(PARAM_SAMPLE)
 if linked and linked in set(frame["sample_id"]):
     st.session_state.setdefault(KEY_SAMPLE, linked)
 with st.container(border=True):
@@ -40,15 +46,20 @@ with st.container(border=True):
         if current in set(options["sample_id"]):
             ids = [current, *ids]  # a linked or earlier choice that matches but lies past the first MAX_OPTIONS
         else:
-            del st.session_state[KEY_SAMPLE]  # filtered out: show the first match instead
+            current = None  # filtered out: show the first match instead
     if not ids:
         st.warning("No sample matches the filter.")
         st.stop()
-    sample_id = pick[1].selectbox(f"Sample ({len(options):,} match)", ids, key=KEY_SAMPLE)
+    # The box is re-seeded with the explained sample on every run: when its options or its label (the match count)
+    # change, Streamlit makes it a new widget, which showed its first option while the page explained the kept one.
+    sample_id = current or ids[0]
+    st.session_state[KEY_SAMPLE] = st.session_state[BOX] = sample_id
+    pick[1].selectbox(f"Sample ({len(options):,} match)", ids, key=BOX, on_change=_commit_sample)
+    set_page_params("explain", sample=sample_id)
     row_index = int((frame["sample_id"] == sample_id).to_numpy().nonzero()[0][0])
     row = frame.iloc[row_index]
 
-    controls = st.columns([2, 2, 2, 2])
+    controls = st.columns([2, 2, 2, 2, 1], vertical_alignment="bottom")
     method = controls[0].selectbox("Method", list(CAM_METHODS), key="cam-method",
                                    format_func=lambda m: f"{CAM_METHODS[m].label}{' (slow)' * CAM_METHODS[m].slow}")
     opacity = controls[1].slider("Opacity", 0.0, 1.0, 0.5, step=0.05, key="cam-opacity")
@@ -60,6 +71,8 @@ with st.container(border=True):
     layer = controls[3].text_input("Layer", key="cam-layer", placeholder=auto or "module name",
                                    help="Module to explain (dotted name); empty = automatic"
                                    + (f" ({auto})" if auto else ""))
+    with controls[4]:
+        copy_link_control("cam-link")
     st.caption(CAM_METHODS[method].note)
     if CAM_METHODS[method].slow:
         st.warning(f"{CAM_METHODS[method].label} is slow: one forward pass per channel of the layer.")

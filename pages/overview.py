@@ -5,13 +5,16 @@ from __future__ import annotations
 
 import streamlit as st
 
+from core.curation import LABEL_MODES
 from core.scores import METRIC_LABELS
 from pages import _evaluation as ev
 
 ctx, data = ev.open_evaluation_page("Overview")
 table = data.table
-st.caption(f"Checkpoint **{data.checkpoint}** · split **{ctx.split}** · {len(table):,} images")
+st.caption(f"Checkpoint **{data.checkpoint}** · split **{ctx.split}** · {len(table):,} images · labels "
+           f"**{LABEL_MODES[data.label_mode]}**")
 ev.show_data_notes(ctx, data)
+modes = ev.label_mode_comparison(ctx, data)
 
 # Headline metrics -------------------------------------------------------------------------------------------------
 st.subheader("Headline metrics")
@@ -21,9 +24,13 @@ if image_level.n_evaluated == 0:
     st.warning("No sample in this split has a label the model knows; there is nothing to score.")
 else:
     columns = st.columns(len(METRIC_LABELS))
+    deltas = {} if modes is None or data.label_mode != "curated" else dict(zip(modes["metric"], modes["delta"],
+                                                                               strict=True))
     for column, estimate in zip(columns, image_level.estimates, strict=True):
         value, interval = ev.format_estimate(estimate)
-        column.metric(estimate.label, value, help=interval or None)
+        delta = deltas.get(estimate.name)
+        column.metric(estimate.label, value, help=interval or None,
+                      delta=None if delta is None or delta != delta else f"{delta:+.3f} vs as given")
         column.caption(interval)
     st.caption(
         f"Image level: {image_level.n_evaluated:,} images, {image_level.n_classes_present} classes present; "
@@ -49,6 +56,15 @@ else:
                      column_config={c: st.column_config.NumberColumn(format="%.3f") for c in frame.columns[1:]})
         st.caption(f"{specimen_level.n_evaluated:,} specimens with a known label; specimen intervals: "
                    f"{specimen_level.caption}.")
+
+if modes is not None:
+    st.markdown("**As given vs as curated** (the review decisions applied; Δ = curated − given)")
+    st.dataframe(modes.drop(columns=["metric"]), hide_index=True, key="label-modes",
+                 column_config={"label": st.column_config.TextColumn("metric"),
+                                **{c: st.column_config.NumberColumn(c.replace("_", " "), format="%+.3f" if c == "delta"
+                                                                    else "%.3f") for c in modes.columns[2:]}})
+    st.caption("Low and high: 95% bootstrap intervals of each label mode on this split; the curated view leaves "
+               "excluded and disputed samples out.")
 
 # Class distribution -----------------------------------------------------------------------------------------------
 st.subheader("Class distribution")

@@ -13,29 +13,57 @@ import streamlit as st
 
 from core.errors import USER_ERRORS, user_message
 from core.train_runs import list_runs, read_log_tail, start_training_run, stop_run
+from core.training_data import image_root_problem
 from pages._cached import start_page
 from pages._crossval_job import render_crossval_job
 
 ARCHS = ("resnet10t", "resnet18", "resnet50", "convnext_atto", "convnext_tiny", "efficientnet_b0",
          "mobilenetv3_small_050", "mobilenetv3_large_100", "vit_tiny_patch16_224", "vit_small_patch16_224")
 FROM_SCRATCH = "(none: train from the architecture)"
+WORKSPACE_DATA = "(workspace dataset)"
+OTHER_CSV = "(upload a CSV or give its path below)"
+# Run state -> (material icon, badge colour). Material icons ship with Streamlit; the emoji used before rendered as
+# an empty box in browsers without an emoji font.
+RUN_BADGES = {"starting": (":material/hourglass_top:", "gray"), "running": (":material/autorenew:", "blue"),
+              "done": (":material/check_circle:", "green"), "failed": (":material/error:", "red"),
+              "stopped": (":material/stop_circle:", "orange")}
+
+
+def _save_upload(upload, folder: Path) -> Path:
+    """Keep an uploaded CSV in the workspace's exports folder (a fresh name; never overwrites) and return its path."""
+    folder.mkdir(parents=True, exist_ok=True)
+    stem = Path(upload.name).stem or "upload"
+    target = folder / f"{stem}-{time.strftime('%Y%m%d-%H%M%S')}.csv"
+    target.write_bytes(upload.getvalue())
+    return target
 
 ctx = start_page("Retrain")
 workspace = ctx.workspace
 st.caption("Train a new checkpoint from the workspace dataset or a curated label export (excluded samples are left "
            "out, relabels applied). The run continues in the background; this page follows it.")
 
+dataset_root = workspace.dataset_root or (workspace.dataset_source if workspace.dataset_source.is_dir()
+                                          else workspace.dataset_source.parent)
 with st.form("retrain-form"):
     left, right = st.columns(2)
     name = left.text_input("New checkpoint name", value=f"retrain-{time.strftime('%Y%m%d-%H%M')}", key="rt-name")
     exports = sorted(str(p) for p in workspace.root.glob("*.csv")) + sorted(
         str(p) for p in (workspace.root / "exports").glob("*.csv"))
-    data = right.selectbox("Training data", ["(workspace dataset)", *exports], key="rt-data",
-                           help="A curated export written by `python -m core export` or the review page")
+    data = right.selectbox("Training data", [WORKSPACE_DATA, *exports, OTHER_CSV], key="rt-data",
+                           help="A curated export written by `python -m cli export` or the Adjudicate page, or any "
+                           "manifest CSV")
+    upload = right.file_uploader("Upload a curated export (CSV)", type=["csv"], key="rt-upload",
+                                 help="Kept in the workspace's exports/ folder")
+    typed = right.text_input("…or the path of a CSV anywhere on the server", key="rt-path",
+                             placeholder="/data/curated_labels.csv")
+    image_root = right.text_input("Image root of the CSV", value=str(dataset_root), key="rt-root",
+                                  help="The folder the CSV's image paths are relative to: for a curated export, the "
+                                  "dataset root it was exported from (this workspace's, unless it came from "
+                                  "elsewhere)")
     init_options = [FROM_SCRATCH, *[c.name for c in workspace.checkpoints]]
     init = left.selectbox("Start from checkpoint", init_options, key="rt-init",
                           help="Fine-tune an existing checkpoint (its architecture and classes)")
-    arch = right.selectbox("Architecture (when not starting from a checkpoint)", ARCHS, key="rt-arch")
+    arch = left.selectbox("Architecture (when not starting from a checkpoint)", ARCHS, key="rt-arch")
     c1, c2, c3, c4 = st.columns(4)
     epochs = c1.number_input("Epochs", 1, 500, 20, key="rt-epochs")
     img_size = c2.number_input("Image size", 32, 1024, 224, step=16, key="rt-img")
@@ -45,27 +73,50 @@ with st.form("retrain-form"):
     minutes = c5.number_input("Time budget (min, 0 = none)", 0.0, 10_000.0, 0.0, key="rt-minutes")
     balance = c6.selectbox("Class balance", ("sampler", "loss", "none"), key="rt-balance")
     pretrained = c7.checkbox("ImageNet weights (timm cache)", key="rt-pretrained")
+    include_disputed = c7.checkbox("Include disputed samples", key="rt-disputed",
+                                   help="A curated export's status=disputed rows (reviewers disagree, no ruling) "
+                                   "train with their original label; by default they are left out")
     new_head = c8.checkbox("New classifier head", key="rt-newhead",
                            help="With a start checkpoint: train a fresh head for the data's classes")
     threads = c8.number_input("CPU threads (0 = default)", 0, 256, 0, key="rt-threads")
     submitted = st.form_submit_button("Start training", type="primary")
 
+
+def _training_csv() -> Path | None:
+    """The CSV the form names (None: the workspace dataset); an upload is saved first. Raises ValueError."""
+    if upload is not None:
+        return _save_upload(upload, workspace.root / "exports")
+    if typed.strip():
+        return Path(typed.strip()).expanduser()
+    if data == OTHER_CSV:
+        raise ValueError("choose a CSV: upload one or type its path under Training data")
+    return None if data == WORKSPACE_DATA else Path(data)
+
+
 if submitted:
     options = {"epochs": int(epochs), "img-size": int(img_size), "batch-size": int(batch), "lr": float(lr),
                "balance": balance, "max-minutes": float(minutes) or None, "threads": int(threads) or None,
-               "pretrained": bool(pretrained)}
+               "pretrained": bool(pretrained), "include-disputed": bool(include_disputed)}
     if init != FROM_SCRATCH:
         options["init-checkpoint"] = str(workspace.checkpoint(init).path)
         options["new-head"] = bool(new_head)
     else:
         options["arch"] = arch
     try:
-        run = start_training_run(workspace, name.strip(), data=None if data.startswith("(") else Path(data),
-                                 options=options)
+        csv = _training_csv()
+        if csv is not None:
+            if not csv.is_file():
+                raise FileNotFoundError(f"training data not found: {csv}")
+            problem = image_root_problem(csv, image_root.strip())
+            if problem:
+                raise ValueError(problem)
+            options["root"] = str(Path(image_root.strip()).expanduser().resolve())
+        run = start_training_run(workspace, name.strip(), data=csv, options=options)
     except USER_ERRORS as exc:
         st.error(user_message(exc))
     else:
-        st.success(f"Started run **{run.name}** in `{run.run_dir}`")
+        st.success(f"Started run **{run.name}** in `{run.run_dir}`"
+                   + (f" on `{csv}` (images under `{options['root']}`)" if csv is not None else ""))
 
 render_crossval_job(ctx)  # label errors in the training split are found from out-of-fold probabilities
 
@@ -80,8 +131,9 @@ def _runs_panel() -> None:
     for index, run in enumerate(runs):
         event = run.status.get("last_event") or {}
         epoch = run.status.get("last_epoch") or {}
-        badge = {"done": "✅", "failed": "❌", "stopped": "⏹️"}.get(run.state, "⏳")
-        with st.expander(f"{badge} {run.name} · {run.state}", expanded=index == 0):
+        icon, color = RUN_BADGES.get(run.state, RUN_BADGES["starting"])
+        with st.expander(f"{run.name} · {run.state}", icon=icon, expanded=index == 0):
+            st.badge(run.state, icon=icon, color=color)
             if run.active:
                 eta = event.get("eta_s")
                 text = (f"epoch {event.get('epoch', '?')}/{event.get('epochs', '?')}"

@@ -1,7 +1,8 @@
 """Review queue: one sample at a time, likely label errors first; confirm, relabel, unsure, exclude or undo.
 
 Every button writes one event to the label store (`core.labelstore`); the page holds only what is on screen.
-Keyboard: c confirm · a accept suggestion · r relabel to the picked class · u unsure · x exclude · z undo · n next.
+Keyboard (`SHORTCUTS`, shown on the buttons): k keep (confirm) · s accept the suggestion · l relabel to the picked
+class · u unsure · x exclude · z undo · n next · p previous. Streamlit's own keys (`STREAMLIT_KEYS`) are left alone.
 """
 
 from __future__ import annotations
@@ -16,16 +17,31 @@ from core.ranking import QUEUE_KINDS, QueueSpec, build_queue, typical_examples
 from pages._cached import require_table, start_page
 from pages._crossval_job import render_crossval_job
 from pages._gallery import sample_paths, sample_thumbnail, show_image
-from pages._review_support import given_labels, label_issue_ranking, label_store, reviewer_input
+from pages._links import (
+    PARAM_CLASS,
+    PARAM_PRED,
+    PARAM_QUEUE,
+    PARAM_SAMPLE,
+    PARAM_TRUE,
+    copy_link_control,
+    set_page_params,
+    url_param,
+)
+from pages._review_support import (
+    SHORTCUTS,
+    given_labels,
+    label_issue_ranking,
+    label_store,
+    reviewer_input,
+)
 from pages._state import KEY_CONFUSION_CELL
 
 QUEUE_NAMES = {"likely_errors": "Likely label errors", "confusion_cell": "Confusion cell (from the confusion page)",
                "class": "One class", "low_confidence": "Lowest confidence",
                "not_reviewed_by_me": "Not yet reviewed by me"}
 CURRENT, MESSAGE, NOTE = "rv-current", "rv-message", "rv-note"
+PICK, PICK_FOR, QUEUE_ID = "rv-pick", "rv-pick-for", "rv-queue-id"
 STRIP = 4  # typical examples shown per class
-SHORTCUTS = {"c": "rv-confirm", "a": "rv-accept", "r": "rv-relabel", "u": "rv-unsure", "x": "rv-exclude",
-             "z": "rv-undo", "n": "rv-next"}
 
 
 def _act(store, sample_id: str, action: str, *, reviewer: str, given: str, label: str | None = None,
@@ -92,6 +108,16 @@ store = label_store(ctx)
 names = list(table.class_names)
 given_of = given_labels(ctx)
 
+# A link or a reload: the queue and the sample come from the URL while this session has chosen none.
+if "rv-kind" not in st.session_state and url_param(PARAM_QUEUE) in QUEUE_KINDS:
+    st.session_state["rv-kind"] = url_param(PARAM_QUEUE)
+    if url_param(PARAM_CLASS) in names:
+        st.session_state["rv-class"] = url_param(PARAM_CLASS)
+    if url_param(PARAM_TRUE) in names and url_param(PARAM_PRED) in names:
+        st.session_state[KEY_CONFUSION_CELL] = (names.index(url_param(PARAM_TRUE)), names.index(url_param(PARAM_PRED)))
+    if url_param(PARAM_SAMPLE):
+        st.session_state[CURRENT] = url_param(PARAM_SAMPLE)
+
 top_row = st.columns([2, 2, 2, 1])
 with top_row[0]:
     reviewer = reviewer_input()
@@ -102,6 +128,7 @@ if kind == "class":
 elif kind == "confusion_cell":
     cell = st.session_state.get(KEY_CONFUSION_CELL)
     if not cell or not all(0 <= i < len(names) for i in cell):
+        set_page_params("review", queue=kind, **dict.fromkeys((PARAM_CLASS, PARAM_TRUE, PARAM_PRED, PARAM_SAMPLE)))
         st.info("Open a cell on the Confusion matrix page first; its samples become this queue.")
         st.stop()
     spec = QueueSpec(kind=kind, true_label=names[cell[0]], pred_label=names[cell[1]])
@@ -109,6 +136,11 @@ elif kind == "confusion_cell":
 hide = top_row[3].toggle("Hide mine", key="rv-hide", help="Hide samples I already decided")
 spec = QueueSpec(kind=spec.kind, true_label=spec.true_label, pred_label=spec.pred_label, class_name=spec.class_name,
                  hide_reviewed=hide)
+# Another queue (kind, class or cell) starts at its rank 1, not at the sample the last queue was on.
+queue_id = (spec.kind, spec.class_name, spec.true_label, spec.pred_label)
+if st.session_state.get(QUEUE_ID) not in (None, queue_id):
+    st.session_state.pop(CURRENT, None)
+st.session_state[QUEUE_ID] = queue_id
 if kind == "not_reviewed_by_me" and reviewer is None:
     st.stop()
 
@@ -127,33 +159,33 @@ position = ids.index(current) if current in ids else 0
 row = queue.iloc[position]
 sample_id = str(row["sample_id"])
 st.session_state[CURRENT] = sample_id
+set_page_params("review", queue=kind, **{PARAM_CLASS: spec.class_name, PARAM_TRUE: spec.true_label,
+                                         PARAM_PRED: spec.pred_label, PARAM_SAMPLE: sample_id})
 next_id = ids[position + 1] if position + 1 < len(ids) else None
 given = given_of.get(sample_id, str(row["label"]))
 suggested = str(row["suggested"])
 state = store.state(sample_id)
+if st.session_state.get(PICK_FOR) != sample_id:  # the picker starts on this sample's suggestion, not the last pick
+    st.session_state[PICK] = suggested
+    st.session_state[PICK_FOR] = sample_id
 
 flash = st.session_state.pop(MESSAGE, None)
 if flash:
     (st.error if flash[0] == "error" else st.toast)(flash[1])
 
-nav = st.columns([1, 1, 6])
-nav[0].button("◀ Previous", key="rv-prev", on_click=_go, args=(ids[position - 1] if position else None,),
-              disabled=position == 0)
-nav[1].button("Next ▶ (n)", key="rv-next", on_click=_go, args=(next_id,), disabled=next_id is None)
-nav[2].caption(f"Sample {position + 1} of {len(ids)} · queue rank {int(row['rank'])} · {sample_id}")
+with st.container(horizontal=True, vertical_alignment="center", key="rv-nav"):
+    st.button("Previous", key="rv-prev", icon=":material/arrow_back:", on_click=_go,
+              args=(ids[position - 1] if position else None,), disabled=position == 0, shortcut=SHORTCUTS["rv-prev"])
+    st.button("Next", key="rv-next", icon=":material/arrow_forward:", on_click=_go, args=(next_id,),
+              disabled=next_id is None, shortcut=SHORTCUTS["rv-next"])
+    st.caption(f"Sample {position + 1} of {len(ids)} · queue rank {int(row['rank'])} · {sample_id}")
+    copy_link_control("rv-link")
 
 path = sample_paths(ctx, [sample_id])[0]
 image_col, facts_col = st.columns([3, 2])
 with image_col:
     show_image(path, sample_id)
-    if path and st.toggle("Grad-CAM for the suggested and the given class", value=True, key="rv-cam"):
-        wanted = [(f"suggested: {suggested}", names.index(suggested))]
-        if given in names:
-            wanted.append((f"given: {given}", names.index(given)))
-        overlays = _cam_overlays(ctx, sample_id, path, [i for _, i in wanted])
-        for column, (title, _), overlay in zip(st.columns(len(wanted)), wanted, overlays, strict=True):
-            if overlay is not None:
-                column.image(overlay, caption=f"Grad-CAM · {title}", width="stretch")
+    cam_slot = st.container()  # filled last: the decision buttons render before any Grad-CAM work
 with facts_col:
     st.markdown(f"**Given label:** {given}  \n**Suggested:** {suggested} ({row['suggested_prob']:.1%}, model blended "
                 f"with its embedding neighbours)  \n"
@@ -170,20 +202,25 @@ with facts_col:
 st.text_input("Note (optional, stored as plain text)", key=NOTE)
 common = {"reviewer": reviewer, "given": given, "checkpoint": ctx.checkpoint, "next_id": next_id}
 disabled = reviewer is None
-buttons = st.columns([2, 2, 3, 2, 1, 2, 2])
-buttons[0].button(f"Confirm {given} (c)", key="rv-confirm", type="primary", disabled=disabled, on_click=_act,
-                  args=(store, sample_id, "confirm"), kwargs={**common, "label": given})
-buttons[1].button(f"Accept {suggested} (a)", key="rv-accept", disabled=disabled or suggested == given,
-                  on_click=_act, args=(store, sample_id, "relabel"), kwargs={**common, "label": suggested})
-buttons[2].selectbox("Pick class", names, index=names.index(suggested), key="rv-pick",
-                              label_visibility="collapsed", help="Type to search the classes")
-buttons[3].button("Relabel (r)", key="rv-relabel", disabled=disabled, on_click=_act,
-                  args=(store, sample_id, "relabel"), kwargs={**common, "label_key": "rv-pick"})
-buttons[4].button("Unsure (u)", key="rv-unsure", disabled=disabled, on_click=_act, args=(store, sample_id, "unsure"),
-                  kwargs=common)
-buttons[5].button("Exclude: bad image (x)", key="rv-exclude", disabled=disabled, on_click=_act,
-                  args=(store, sample_id, "exclude"), kwargs=common)
-buttons[6].button("Undo my last (z)", key="rv-undo", disabled=disabled, on_click=_undo, args=(store, reviewer))
+# One wrapping row of content-wide buttons: a label is never cut ("Uns…"), a long class name wraps instead.
+with st.container(horizontal=True, vertical_alignment="center", key="rv-actions"):
+    st.button(f"Confirm {given}", key="rv-confirm", type="primary", disabled=disabled, on_click=_act,
+              args=(store, sample_id, "confirm"), kwargs={**common, "label": given}, shortcut=SHORTCUTS["rv-confirm"],
+              wrap=True)
+    st.button(f"Accept {suggested}", key="rv-accept", disabled=disabled or suggested == given, on_click=_act,
+              args=(store, sample_id, "relabel"), kwargs={**common, "label": suggested},
+              shortcut=SHORTCUTS["rv-accept"], wrap=True)
+    st.selectbox("Pick class", names, key=PICK, label_visibility="collapsed", help="Type to search the classes",
+                 width=240)
+    st.button("Relabel to picked", key="rv-relabel", disabled=disabled, on_click=_act,
+              args=(store, sample_id, "relabel"), kwargs={**common, "label_key": PICK},
+              shortcut=SHORTCUTS["rv-relabel"], wrap=True)
+    st.button("Unsure", key="rv-unsure", disabled=disabled, on_click=_act, args=(store, sample_id, "unsure"),
+              kwargs=common, shortcut=SHORTCUTS["rv-unsure"], wrap=True)
+    st.button("Exclude: bad image", key="rv-exclude", disabled=disabled, on_click=_act,
+              args=(store, sample_id, "exclude"), kwargs=common, shortcut=SHORTCUTS["rv-exclude"], wrap=True)
+    st.button("Undo my last", key="rv-undo", disabled=disabled, on_click=_undo, args=(store, reviewer),
+              shortcut=SHORTCUTS["rv-undo"], wrap=True)
 
 strips = st.columns(2)
 exclude = [sample_id]
@@ -199,18 +236,16 @@ if len(history):
         st.dataframe(history[["id", "created_at", "reviewer", "action", "previous_label", "new_label", "note",
                               "adjudication"]], hide_index=True)
 
-# Keyboard shortcuts: Streamlit has none built in; this script (in a same-origin iframe) clicks the buttons.
-st.iframe(
-    "<script>const keys = " + str({k: f"st-key-{v}" for k, v in SHORTCUTS.items()}).replace("'", '"') + ";"
-    "const doc = window.parent.document;"
-    "if (!doc.taxalensKeys) { doc.taxalensKeys = true; doc.addEventListener('keydown', (e) => {"
-    " const t = e.target; if (t && (t.tagName === 'INPUT' || t.tagName === 'TEXTAREA' || t.isContentEditable)) return;"
-    " if (e.ctrlKey || e.metaKey || e.altKey) return;"
-    " const cls = keys[e.key]; if (!cls) return;"
-    " const button = doc.querySelector('.' + cls + ' button'); if (button && !button.disabled) { button.click(); }"
-    "}); }</script>",
-    height=1,
-)
+# Grad-CAM of this sample, after everything a decision needs is on screen (the maps are slow on a CPU).
+with cam_slot:
+    if path and st.toggle("Grad-CAM for the suggested and the given class", value=True, key="rv-cam"):
+        wanted = [(f"suggested: {suggested}", names.index(suggested))]
+        if given in names:
+            wanted.append((f"given: {given}", names.index(given)))
+        overlays = _cam_overlays(ctx, sample_id, path, [i for _, i in wanted])
+        for column, (title, _), overlay in zip(st.columns(len(wanted)), wanted, overlays, strict=True):
+            if overlay is not None:
+                column.image(overlay, caption=f"Grad-CAM · {title}", width="stretch")
 
 # Prepare the next sample while the reviewer decides: its image and maps land in the caches.
 if next_id is not None:

@@ -85,7 +85,8 @@ def test_a_label_store_error_is_reported_not_raised(tmp_path: Path, bccd_root: P
     code = main(["export", "--workspace", str(tmp_path), "--out", str(tmp_path / "out.csv"), "--verify", "none"])
     assert code == 2
     err = capsys.readouterr().err
-    assert err.startswith("error: label store URL") and "'mysql'" in err and "sqlite:///FILE" in err
+    assert err.startswith("error: `url` under [labels] in ") and "a mysql database" in err and "sqlite:///" in err
+    assert "Traceback" not in err
     assert not (tmp_path / "out.csv").exists()
 
 

@@ -14,7 +14,7 @@ from core.access import AccessError, Actor, Role
 from core.dataset import Dataset
 from core.export import audit_log_csv, curated_manifest_csv, export_curated_labels
 from core.labelstore import LabelStore, NewEvent
-from core.train_runs import TrainingRun, start_training_run, stop_run
+from core.train_runs import TrainingRun, launch_run, start_training_run, stop_run
 from core.workspace import load_workspace
 
 VIEWER = Actor("val@lab.org", Role.VIEWER, signed_in=True)
@@ -126,6 +126,8 @@ def test_training_runs_need_the_retrain_permission(tmp_path: Path) -> None:
     workspace = load_workspace(tmp_path)
     with pytest.raises(AccessError, match="may not retrain"):
         start_training_run(workspace, "new-model", python="/nonexistent/python", actor=ANN)
+    with pytest.raises(AccessError, match="may not retrain"):  # cross-validation runs start through launch_run
+        launch_run(workspace, "crossval", "cv-probe", [], python="/nonexistent/python", actor=ANN)
     assert not (workspace.cache_dir / "runs").exists()  # refused before anything was started or written
     run = TrainingRun(run_dir=tmp_path / "run", name="x", state="running", status={}, command={})
     with pytest.raises(AccessError, match="may not retrain"):

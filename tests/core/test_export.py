@@ -56,24 +56,24 @@ def test_events_export_and_reload_round_trip_on_real_images(bccd_root: Path, tmp
         n_events = store.count_events()
 
     expected_label = dict(zip(dataset.samples["sample_id"], dataset.samples["label"], strict=True))
-    expected_label.update({s1: "Eosinophil", s6: "Basophil", s8: "Eosinophil"})
-    expected_status = {s1: "relabeled", s3: "excluded", s5: "confirmed", s6: "relabeled", s7: "unsure",
-                       s8: "excluded", s2: "unreviewed", s4: "unreviewed"}
+    expected_label.update({s1: "Eosinophil", s6: "Basophil"})  # s5, s8: disputed (no ruling), original label
+    expected_status = {s1: "relabeled", s3: "excluded", s5: "disputed", s6: "relabeled", s7: "unsure",
+                       s8: "disputed", s2: "unreviewed", s4: "unreviewed"}
 
     loaded = load_dataset(summary.manifest_path, root=summary.dataset_root)
     assert summary.n_rows == len(dataset) and summary.n_events == n_events == 14
-    assert summary.status_counts == {"unreviewed": len(dataset) - 6, "relabeled": 2, "excluded": 2,
-                                     "confirmed": 1, "unsure": 1}
+    assert summary.status_counts == {"unreviewed": len(dataset) - 6, "relabeled": 2, "excluded": 1,
+                                     "disputed": 2, "unsure": 1}
     header = summary.manifest_path.read_text().splitlines()[0].split(",")
     assert tuple(header[:8]) == CURATED_COLUMNS and header[8:10] == ["split", "specimen_id"]
 
     excluded = _rows_excluded(loaded)
-    assert excluded == {s3, s8}
+    assert excluded == {s3}
     kept = loaded.samples[~loaded.samples["sample_id"].isin(excluded)]
     assert dict(zip(kept["sample_id"], kept["label"], strict=True)) == {
         s: label for s, label in expected_label.items() if s not in excluded}
     assert Counter(kept["label"]) == Counter(label for s, label in expected_label.items() if s not in excluded)
-    assert Counter(kept["label"])["Neutrophil"] == 207 - 4  # s1, s6 relabelled away; s3, s8 excluded
+    assert Counter(kept["label"])["Neutrophil"] == 207 - 3  # s1, s6 relabelled away; s3 excluded
     # everything else the dataset said survives: split, specimen, the original label
     rows = loaded.samples.set_index("sample_id")
     assert set(rows.index) | set(loaded.skipped["sample_id"]) == set(dataset.samples["sample_id"])

@@ -103,3 +103,13 @@ def test_top_predictions_figure_marks_true_class():
     top = pd.DataFrame({"class": ["x", "y"], "probability": [0.7, 0.2]})
     fig = F.build_top_predictions_figure(top, true_label="y")
     assert list(fig.data[0].y) == ["y", "x"] and fig.data[0].marker.color[0] == "#54A24B"
+
+
+def test_bottom_f1_figure_draws_the_interval_as_error_bars():
+    bottom = pd.DataFrame({"class": ["b", "a"], "f1": [0.0, 0.5], "f1_low": [0.0, 0.3], "f1_high": [0.7, 0.6],
+                           "precision": [0.0, 0.5], "recall": [0.0, 0.5], "support": [3, 40]})
+    _, bars = F.build_bottom_f1_figure(bottom).data
+    assert list(bars.y) == ["a", "b"]
+    assert list(bars.error_x.array) == pytest.approx([0.1, 0.7]) and list(bars.error_x.arrayminus) == pytest.approx(
+        [0.2, 0.0])
+    assert "CI 0.00–0.70" in bars.hovertext[1]

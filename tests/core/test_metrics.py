@@ -24,6 +24,7 @@ from core.metrics import (
     per_class_table,
 )
 from core.queries import filter_predictions
+from core.scores import BootstrapConfig
 from core.specimens import specimen_table
 from tests.core.tables import CLASSES
 from tests.core.tables import hand_table as _table
@@ -182,3 +183,20 @@ def test_demo_val_intervals_hold_their_point_estimates_near_the_middle(demo_work
         assert e.low < e.value < e.high, e
         position = (e.value - e.low) / (e.high - e.low)
         assert 0.2 <= position <= 0.8, (e, position)  # the image bootstrap put balanced accuracy at 0.15
+
+
+def test_per_class_intervals_and_ranking_by_upper_bound():
+    # "bee" is never right on 3 images, "ant" never right on 60: both F1 0, only ant is surely weak.
+    labels = ["ant"] * 60 + ["bee"] * 3 + ["cricket"] * 60
+    preds = ["cricket"] * 63 + ["cricket"] * 45 + ["ant"] * 15
+    table = _table(labels, preds)
+    per_class = per_class_table(table, intervals=BootstrapConfig(n_boot=300))
+    row = per_class.set_index("class")
+    assert row.loc["ant", "f1"] == row.loc["bee", "f1"] == 0
+    assert row.loc["ant", "f1_high"] < 0.1 < 0.5 < row.loc["bee", "f1_high"]
+    assert row.loc["cricket", "f1_low"] < row.loc["cricket", "f1"] < row.loc["cricket", "f1_high"]
+    assert np.isnan(row.loc["dragonfly", "f1_low"])  # no samples, no interval
+    assert bottom_classes(per_class, n=2)["class"].tolist() == ["ant", "bee"]  # ties at 0: larger support first
+    assert bottom_classes(per_class, n=2, rank_by="f1_high")["class"].tolist() == ["ant", "cricket"]
+    with pytest.raises(ValueError, match="interval columns"):
+        bottom_classes(per_class_table(table), rank_by="f1_high")

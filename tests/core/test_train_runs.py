@@ -63,6 +63,21 @@ def test_bad_names_and_missing_data_are_refused(workspace, tmp_path: Path):
     assert not list_runs(workspace)
 
 
+def test_a_finished_run_is_reaped_not_left_defunct(workspace, tmp_path: Path):
+    # the run says "done" first and exits a moment later, as the train command does
+    fake = _fake_python(tmp_path, 'echo \'{"state": "done", "best_macro_f1": 0.5}\' > "$7/status.json"; sleep 1')
+    run = start_training_run(workspace, "quick", python=fake)
+    pid = int((run.run_dir / "pid").read_text())
+    proc = Path(f"/proc/{pid}")
+    deadline = time.monotonic() + 30
+    runs = list_runs(workspace)  # what the Retrain page reads every 2 s
+    while proc.exists() and time.monotonic() < deadline:
+        time.sleep(0.2)
+        runs = list_runs(workspace)
+    assert runs[0].state == "done"
+    assert not proc.exists(), (proc / "status").read_text()  # a zombie keeps /proc/<pid> with "State: Z"
+
+
 def test_the_log_the_retrain_page_shows_holds_the_start_the_output_and_the_stop(workspace, tmp_path: Path):
     run = start_training_run(workspace, "logged", options={"epochs": 2},
                              python=_fake_python(tmp_path, 'echo "epoch 1/2: train loss 0.5" >&2\nsleep 60'))

@@ -2,12 +2,7 @@
 
 from __future__ import annotations
 
-import os
-import socket
-import subprocess
-import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -15,59 +10,18 @@ import pytest
 
 from core.confusion import rank_confused_pairs
 from pages._evaluation import cell_heading
+from tests.e2e.streamlit_server import CHROMIUM, CHROMIUM_ARGS, serve_app
 from tests.pages.eval_workspaces import build_drawn_workspace, load_table
 
-REPO = Path(__file__).resolve().parents[2]
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-background-networking", "--disable-gpu", "--disable-component-update",
-                 "--disable-sync", "--no-first-run"]
-
 pytestmark = pytest.mark.e2e
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _wait_for_server(url: str, process: subprocess.Popen, timeout: float = 90.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"streamlit exited with code {process.returncode}")
-        try:
-            with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as response:
-                if response.status == 200:
-                    return
-        except OSError:
-            time.sleep(0.5)
-    raise TimeoutError(f"streamlit did not answer at {url} within {timeout:.0f}s")
 
 
 @pytest.fixture(scope="module")
 def served_workspace(tmp_path_factory):
     """`streamlit run app.py` on a small demo workspace with predictions; yields (url, workspace root)."""
     root = build_drawn_workspace(tmp_path_factory.mktemp("e2e") / "demo")
-    port = _free_port()
-    log = (root / "streamlit.log").open("w")
-    env = {**os.environ, "TAXALENS_WORKSPACE": str(root), "STREAMLIT_BROWSER_GATHER_USAGE_STATS": "false"}
-    process = subprocess.Popen(
-        [sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless", "true", "--server.port", str(port),
-         "--server.address", "127.0.0.1", "--server.fileWatcherType", "none"],
-        cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        _wait_for_server(url, process)
+    with serve_app(root, root / "streamlit.log") as url:
         yield url, root
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-        log.close()
 
 
 def test_click_off_diagonal_cell_opens_its_gallery(served_workspace, tmp_path):

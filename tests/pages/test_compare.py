@@ -88,3 +88,16 @@ def test_ensemble_of_the_others_is_compared_like_a_checkpoint(two_checkpoints: P
     captions = " ".join(c.value for c in app.caption)
     assert "ensemble (mean) of tiny, tiny2" in captions
     assert _frame(app, "share_b_better")["b"].notna().all()
+
+
+def test_changing_checkpoint_b_keeps_the_direction_selected(two_checkpoints: Path) -> None:
+    app = _open(two_checkpoints)
+    app.radio(key="cmp-direction").set_value("wrong_to_right").run()
+    before = app.radio(key="cmp-direction")
+    app.selectbox(key="cmp-b").set_value(app.selectbox(key="cmp-b").options[-1]).run()  # the all-checkpoint ensemble
+    assert not app.exception, [e.value for e in app.exception]
+    after = app.radio(key="cmp-direction")
+    # the same widget (the browser keeps its selection) still on the chosen direction, and the flips follow it
+    assert after.proto.id == before.proto.id
+    assert after.value == "wrong_to_right" and list(after.options) == ["right → wrong", "wrong → right"]
+    assert any(c.value.startswith("right → wrong: ") for c in app.caption)

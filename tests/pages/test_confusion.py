@@ -79,3 +79,27 @@ def test_options_and_class_search_on_bccd(bccd_workspace, open_page):
         assert pairs["count"].sum() == errors_with_basophil
     else:
         assert pairs is None
+
+
+def test_filtered_pairs_check_the_open_cell_and_nothing_else(drawn_workspace, open_page):
+    from pages._evaluation import pairs_key
+
+    table = load_table(drawn_workspace).for_split("val")
+    counts = _confusion(table)
+    true_idx, pred_idx = _largest_error(counts)
+    names = table.class_names
+    app = open_page(drawn_workspace, PAGE, state={"cm-cell": (true_idx, pred_idx)})
+    # unfiltered: the open cell is the top pair, checked
+    assert app.session_state[pairs_key([], (true_idx, pred_idx))].selection.rows == [0]
+    # "Find classes" on a class of a lower pair: the checked row is the open cell's row in the filtered list
+    app.multiselect(key="cm-search").set_value([names[pred_idx]]).run()
+    pairs = next(d.value for d in app.dataframe if "share_of_true" in d.value.columns)
+    row = pairs.index[(pairs["true"] == names[true_idx]) & (pairs["pred"] == names[pred_idx])].tolist()
+    assert row and app.session_state[pairs_key([names[pred_idx]], (true_idx, pred_idx))].selection.rows == row
+    # a filter that hides the open cell checks no row (so the first click on any row opens it)
+    hidden = next(n for n in names if n not in (names[true_idx], names[pred_idx])
+                  and counts[names.index(n)].sum() - counts[names.index(n), names.index(n)] > 0)
+    app.multiselect(key="cm-search").set_value([hidden]).run()
+    pairs = next(d.value for d in app.dataframe if "share_of_true" in d.value.columns)
+    assert not ((pairs["true"] == names[true_idx]) & (pairs["pred"] == names[pred_idx])).any()
+    assert app.session_state[pairs_key([hidden], (true_idx, pred_idx))].selection.rows == []

@@ -83,8 +83,24 @@ def test_filter_narrows_the_sample_list(drawn_workspace, counted):
     target = table.frame["sample_id"].iloc[-1]
     app = _open(drawn_workspace)
     app.text_input(key="cam-filter").set_value(target).run()
-    assert app.selectbox(key="cam-sample").options == [target]
+    assert app.selectbox(key="cam-sample-box").options == [target]
     assert _captions(app)[0].startswith(target)
+
+
+def test_sample_box_shows_the_explained_sample_when_its_options_change(drawn_workspace, counted):
+    frame = load_table(drawn_workspace).for_split("val").frame
+    errors = frame[(frame["label_idx"] >= 0) & (frame["label_idx"] != frame["pred_idx"])]["sample_id"].tolist()
+    app = _open(drawn_workspace)
+    app.selectbox(key="cam-sample-box").set_value(errors[1]).run()
+    # "Errors only" keeps the explained error but changes the box's options and label (a new widget for Streamlit):
+    # the box must still say which sample the maps are of: its value, sent to the browser as the value to show
+    app.toggle(key="cam-errors").set_value(True).run()
+    box = app.selectbox(key="cam-sample-box")
+    assert _captions(app)[0].startswith(errors[1])
+    assert box.value == errors[1] and box.proto.set_value and box.proto.raw_value == errors[1]
+    app.text_input(key="cam-filter").set_value(errors[1]).run()
+    box = app.selectbox(key="cam-sample-box")
+    assert box.options == [errors[1]] and box.value == errors[1] and _captions(app)[0].startswith(errors[1])
 
 
 def test_gallery_overlay_toggle_computes_a_page_in_one_batch_and_caches_it(drawn_workspace, open_page, counted):

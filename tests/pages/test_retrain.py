@@ -62,3 +62,55 @@ def test_a_taken_name_is_refused_on_the_page(tmp_path: Path, bccd_root: Path):
     app.text_input(key="rt-name").set_value("tiny")  # the workspace's existing checkpoint
     app.button[0].click().run()
     assert any("already has a checkpoint named 'tiny'" in e.value for e in app.error)
+
+
+def test_any_csv_is_accepted_with_the_image_root_it_needs_and_runs_show_a_badge(tmp_path: Path, bccd_root: Path,
+                                                                                 monkeypatch):
+    import json
+    from types import SimpleNamespace
+
+    import core.train_runs
+    from core.workspace import load_workspace
+
+    root = build_bccd_workspace(tmp_path / "ws", bccd_root, predictions=False)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    images = sorted(p.relative_to(bccd_root).as_posix() for p in (bccd_root / "Lymphocyte").iterdir())[:3]
+    csv = elsewhere / "curated.csv"
+    csv.write_text("path,label,status\n" + "".join(f"{p},Lymphocyte,confirmed\n" for p in images), encoding="utf-8")
+    started = []
+
+    def fake_start(workspace, name, *, data=None, options=None):
+        started.append((name, data, options))
+        return SimpleNamespace(name=name, run_dir=tmp_path / "run")
+
+    monkeypatch.setattr(core.train_runs, "start_training_run", fake_start)
+
+    app = _open(root)
+    app.selectbox(key="rt-data").set_value("(upload a CSV or give its path below)")
+    app.text_input(key="rt-path").set_value(str(csv))
+    app.text_input(key="rt-root").set_value(str(elsewhere))  # wrong: the paths are relative to bccd
+    app.button[0].click().run()
+    assert not started
+    errors = [e.value for e in app.error]
+    assert any(f"none of the first 3 image paths of {csv}" in e and str(elsewhere) in e for e in errors), errors
+
+    app.text_input(key="rt-root").set_value(str(bccd_root))
+    app.checkbox(key="rt-disputed").set_value(True)
+    app.button[0].click().run()
+    assert not app.exception, [e.value for e in app.exception]
+    assert len(started) == 1
+    name, data, options = started[0]
+    assert data == csv and options["root"] == str(bccd_root.resolve()) and options["include-disputed"] is True
+
+    # a finished run's expander carries a material icon and a badge naming its state (the emoji rendered empty)
+    run_dir = load_workspace(root).cache_dir / "runs" / "20260101-000000-old"
+    run_dir.mkdir(parents=True)
+    (run_dir / "command.json").write_text(json.dumps({"name": "old", "started_at": 1.0}), encoding="utf-8")
+    (run_dir / "status.json").write_text(json.dumps({"state": "done", "best_macro_f1": 0.5}), encoding="utf-8")
+    reloaded = _open(root)
+    expander = reloaded.expander[0]
+    assert expander.label == "old · done" and expander.icon == ":material/check_circle:"
+    badges = [str(element.proto) for element in reloaded.get("badge")] or [
+        str(element.proto) for element in reloaded.markdown if ":material/check_circle:" in element.value]
+    assert any("done" in badge and "check_circle" in badge for badge in badges), badges

@@ -12,6 +12,7 @@ from core.dataset import load_dataset
 from core.export import export_curated_labels
 from core.labelstore import LabelStore
 from core.workspace import load_workspace
+from pages._review_support import SHORTCUTS, STREAMLIT_KEYS
 from tests.pages.eval_workspaces import build_drawn_workspace, run_page_script
 
 REPO = Path(__file__).resolve().parents[2]
@@ -98,6 +99,8 @@ def test_adjudication_page_resolves_a_disagreement(review_workspace: Path) -> No
     disagreements = next(d.value for d in app.dataframe if "votes" in d.value.columns)
     assert disagreements["sample_id"].tolist() == [sample_id]
     assert disagreements.loc[0, "votes"] == f"ann: {other}; bob: {given}"
+    assert disagreements.loc[0, "status"] == "disputed"  # no ruling yet: neither vote wins
+    assert any("1 dispute(s)" in c.value for c in app.caption)
     pairs = next(d.value for d in app.dataframe if "cohen_kappa" in d.value.columns and "reviewer_a" in d.value)
     assert pairs[["reviewer_a", "reviewer_b", "n_samples", "percent_agreement"]].values.tolist() == [
         ["ann", "bob", 1, 0.0]]
@@ -108,3 +111,41 @@ def test_adjudication_page_resolves_a_disagreement(review_workspace: Path) -> No
         state = store.state(sample_id)
         assert (state.label, state.adjudicated, state.decided_by) == (other, True, "lead")
     assert any("No disagreements left" in c.value for c in app.caption)
+
+
+def _suggested(app) -> str:
+    caption = next(m.value for m in app.markdown if "**Suggested:**" in m.value)
+    return caption.split("**Suggested:** ", 1)[1].split(" (", 1)[0]
+
+
+def test_picker_starts_on_each_samples_suggestion_and_a_new_queue_at_rank_one(review_workspace: Path) -> None:
+    app = _open("pages/review.py", review_workspace, tl_reviewer="ann")
+    first = _current(app)
+    suggested_first = _suggested(app)
+    assert app.selectbox(key="rv-pick").value == suggested_first
+    other = next(n for n in app.selectbox(key="rv-pick").options if n != suggested_first)
+    app.selectbox(key="rv-pick").set_value(other)
+    _click(app, "rv-relabel")
+    second = _current(app)
+    assert second != first
+    # the picker follows the new sample's suggestion, not the class picked for the last one
+    assert app.selectbox(key="rv-pick").value == _suggested(app)
+    with LabelStore(load_workspace(review_workspace).label_store_url) as store:
+        assert [(e.sample_id, e.new_label) for e in store.events()] == [(first, other)]
+
+    _click(app, "rv-next")
+    _click(app, "rv-next")
+    assert any(c.value.startswith("Sample 4 of") for c in app.caption)
+    app.selectbox(key="rv-kind").set_value("low_confidence").run()
+    assert any(c.value.startswith("Sample 1 of") for c in app.caption), [c.value for c in app.caption]
+
+
+def test_review_buttons_carry_shortcuts_that_streamlit_does_not_bind(review_workspace: Path) -> None:
+    assert not set(SHORTCUTS.values()) & STREAMLIT_KEYS
+    assert len(set(SHORTCUTS.values())) == len(SHORTCUTS)
+    app = _open("pages/review.py", review_workspace, tl_reviewer="ann")
+    for key, shortcut in SHORTCUTS.items():
+        proto = app.button(key=key).proto
+        assert proto.shortcut == shortcut, key
+    for key in ("rv-confirm", "rv-unsure", "rv-exclude", "rv-undo"):
+        assert app.button(key=key).proto.wrap  # a long label wraps instead of being cut
