@@ -14,14 +14,21 @@ from core import taxonomy_metrics as T
 from core.taxonomy import load_taxonomy
 from core.workspace import load_workspace
 from pages._evaluation import cell_heading
-from tests.e2e.test_confusion_click import CHROMIUM, CHROMIUM_ARGS
-from tests.e2e.test_confusion_click import served_workspace as served_workspace  # noqa: F401  (the module's server)
-from tests.pages.eval_workspaces import load_table
+from tests.e2e.streamlit_server import CHROMIUM, CHROMIUM_ARGS, serve_app
+from tests.pages.eval_workspaces import build_drawn_workspace, load_table
 
 pytestmark = pytest.mark.e2e
 
 
-def test_taxonomy_views_in_the_browser(served_workspace, tmp_path):  # noqa: F811
+@pytest.fixture(scope="module")
+def served_workspace(tmp_path_factory):
+    """`streamlit run app.py` on the small drawn demo workspace (4-rank taxonomy); yields (url, workspace root)."""
+    root = build_drawn_workspace(tmp_path_factory.mktemp("e2e-taxonomy") / "demo")
+    with serve_app(root, root / "streamlit.log") as url:
+        yield url, root
+
+
+def test_taxonomy_views_in_the_browser(served_workspace, tmp_path):
     sync_api = pytest.importorskip("playwright.sync_api")
     if not Path(CHROMIUM).exists():
         pytest.skip(f"chromium not installed at {CHROMIUM}")
