@@ -31,6 +31,7 @@ lint: setup
 
 test: setup
 	$(VENV)/bin/ruff check .
+	$(PY) -c "from tests.conftest import ensure_demo_workspace; ensure_demo_workspace()"  # outside pytest's per-test timeout
 	$(PY) -m pytest
 
 bench: demo
