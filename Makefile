@@ -48,6 +48,7 @@ $(OIDC)/node_modules: $(OIDC)/package.json $(OIDC)/package-lock.json
 
 test: setup $(OIDC)/node_modules
 	$(VENV)/bin/ruff check .
+	$(PY) -c "from tests.conftest import ensure_demo_workspace; ensure_demo_workspace()"  # outside pytest's per-test timeout
 	$(PY) -m pytest
 
 bench: demo

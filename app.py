@@ -33,6 +33,7 @@ PAGES = {
     "Evaluation": [
         st.Page("pages/overview.py", title="Overview", icon=":material/monitoring:"),
         st.Page("pages/confusion.py", title="Confusion matrix", icon=":material/grid_on:"),
+        st.Page("pages/taxonomy.py", title="Taxonomy", icon=":material/account_tree:"),
         st.Page("pages/classes.py", title="Weakest classes", icon=":material/trending_down:"),
         st.Page("pages/errors.py", title="Misclassifications", icon=":material/image_search:"),
         st.Page("pages/explain.py", title="Grad-CAM", icon=":material/visibility:"),

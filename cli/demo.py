@@ -20,7 +20,7 @@ DEMO_CHECKPOINT = "demo-resnet10t"
 _TOML = """# TaxaLens workspace (built by `python -m core demo`)
 [dataset]
 manifest = "data/manifest.csv"
-taxonomy = ["phylum", "order"]
+taxonomy = ["kingdom", "phylum", "order", "family"]
 
 [[checkpoints]]
 name = "{name}"
@@ -36,7 +36,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "demo",
         help="build the offline demo workspace",
-        description="Draw a plankton/invertebrate specimen dataset (9 classes, 3 higher taxa, ~5%% flipped labels), "
+        description="Draw a plankton/invertebrate specimen dataset (9 classes under family, order, phylum and "
+        "kingdom; ~5%% flipped labels), "
         "train a small timm model on it on the CPU and predict it. Downloads nothing.",
     )
     parser.add_argument("--out", required=True, help="workspace folder to create")

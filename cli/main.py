@@ -25,6 +25,7 @@ COMMAND_MODULES = (
     "cli.demo",
     "cli.export",
     "cli.predict",
+    "cli.taxonomy",
     "cli.train",
     "cli.verify_labels",
 )

@@ -20,22 +20,25 @@ class DemoClass:
     """One demo taxon: how many images, where it sits in the taxonomy, how to draw it."""
 
     name: str  # genus or family, the label
-    phylum: str  # higher taxon
-    order: str  # intermediate taxon
+    kingdom: str  # broadest taxon (Catalogue of Life: diatoms, ciliates and dinoflagellates are Chromista)
+    phylum: str
+    order: str
+    family: str  # finest taxon above the label (a family-level label is its own family)
     n_images: int  # images in the dataset (imbalance is deliberate)
     draw: str  # name of the drawing function
 
 
 DEMO_CLASSES: tuple[DemoClass, ...] = (
-    DemoClass("Daphnia", "Arthropoda", "Anomopoda", 340, "daphnia"),
-    DemoClass("Navicula", "Bacillariophyta", "Naviculales", 250, "navicula"),
-    DemoClass("Calanus", "Arthropoda", "Calanoida", 190, "copepod"),
-    DemoClass("Paramecium", "Ciliophora", "Peniculida", 140, "paramecium"),
-    DemoClass("Chironomidae", "Arthropoda", "Diptera", 110, "chironomid"),
-    DemoClass("Coscinodiscus", "Bacillariophyta", "Coscinodiscales", 80, "coscinodiscus"),
-    DemoClass("Volvox", "Chlorophyta", "Volvocales", 50, "volvox"),
-    DemoClass("Baetidae", "Arthropoda", "Ephemeroptera", 30, "mayfly"),
-    DemoClass("Ceratium", "Myzozoa", "Gonyaulacales", 16, "ceratium"),
+    DemoClass("Daphnia", "Animalia", "Arthropoda", "Anomopoda", "Daphniidae", 340, "daphnia"),
+    DemoClass("Navicula", "Chromista", "Bacillariophyta", "Naviculales", "Naviculaceae", 250, "navicula"),
+    DemoClass("Calanus", "Animalia", "Arthropoda", "Calanoida", "Calanidae", 190, "copepod"),
+    DemoClass("Paramecium", "Chromista", "Ciliophora", "Peniculida", "Parameciidae", 140, "paramecium"),
+    DemoClass("Chironomidae", "Animalia", "Arthropoda", "Diptera", "Chironomidae", 110, "chironomid"),
+    DemoClass("Coscinodiscus", "Chromista", "Bacillariophyta", "Coscinodiscales", "Coscinodiscaceae", 80,
+              "coscinodiscus"),
+    DemoClass("Volvox", "Plantae", "Chlorophyta", "Volvocales", "Volvocaceae", 50, "volvox"),
+    DemoClass("Baetidae", "Animalia", "Arthropoda", "Ephemeroptera", "Baetidae", 30, "mayfly"),
+    DemoClass("Ceratium", "Chromista", "Myzozoa", "Gonyaulacales", "Ceratiaceae", 16, "ceratium"),
 )
 FLIP_FRACTION = 0.05
 
@@ -48,8 +51,10 @@ class DemoSample:
     true_label: str  # what was drawn
     label: str  # what the manifest says (differs for flipped samples)
     specimen_id: str  # the individual the image shows
+    kingdom: str
     phylum: str
     order: str
+    family: str
 
 
 def generate_demo_dataset(out_dir: str | Path, *, seed: int = 0, scale: float = 1.0) -> list[DemoSample]:
@@ -74,7 +79,8 @@ def generate_demo_dataset(out_dir: str | Path, *, seed: int = 0, scale: float = 
                 rel = f"images/{taxon.name}/{specimen_id}_{view + 1}.jpg"
                 image = draw_specimen(taxon.draw, traits, rng)
                 image.save(out_dir / rel, quality=90)
-                samples.append(DemoSample(rel, taxon.name, taxon.name, specimen_id, taxon.phylum, taxon.order))
+                samples.append(DemoSample(rel, taxon.name, taxon.name, specimen_id, taxon.kingdom, taxon.phylum,
+                                          taxon.order, taxon.family))
                 made += 1
     samples = _flip_labels(samples, rng)
     _write_manifest(out_dir, samples)
@@ -106,7 +112,8 @@ def _flip_labels(samples: list[DemoSample], rng: np.random.Generator) -> list[De
     for s in samples:
         if s.specimen_id in flipped:
             given = by_taxon[flipped[s.specimen_id]]
-            s = DemoSample(s.path, s.true_label, given.name, s.specimen_id, given.phylum, given.order)
+            s = DemoSample(s.path, s.true_label, given.name, s.specimen_id, given.kingdom, given.phylum, given.order,
+                           given.family)
         result.append(s)
     return result
 
@@ -114,9 +121,9 @@ def _flip_labels(samples: list[DemoSample], rng: np.random.Generator) -> list[De
 def _write_manifest(out_dir: Path, samples: list[DemoSample]) -> None:
     with open(out_dir / "manifest.csv", "w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle)
-        writer.writerow(["path", "label", "specimen_id", "phylum", "order"])
+        writer.writerow(["path", "label", "specimen_id", "kingdom", "phylum", "order", "family"])
         for s in samples:
-            writer.writerow([s.path, s.label, s.specimen_id, s.phylum, s.order])
+            writer.writerow([s.path, s.label, s.specimen_id, s.kingdom, s.phylum, s.order, s.family])
     with open(out_dir / "flipped_labels.csv", "w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle)
         writer.writerow(["sample_id", "true_label", "given_label"])

@@ -59,7 +59,8 @@ class Workspace:
     root: Path  # the workspace folder
     dataset_source: Path  # dataset folder or manifest CSV
     dataset_root: Path | None = None  # root that manifest paths are relative to (default: the manifest's folder)
-    taxonomy: tuple[str, ...] = ()  # taxonomy columns, broadest first
+    taxonomy: tuple[str, ...] = ()  # taxonomy columns of the manifest, broadest first
+    taxonomy_file: Path | None = None  # a taxonomy CSV (`class,<finest rank>,...`), instead of manifest columns
     checkpoints: tuple[CheckpointSpec, ...] = ()  # in the order listed
     label_store_url: str = ""  # SQLAlchemy URL; default sqlite file in the workspace
     val_fraction: float = 0.2  # share of specimens held out when the dataset has no split
@@ -126,10 +127,7 @@ def load_workspace(path: str | Path) -> Workspace:
     labels = _table(config, "labels", config_path)
     url = (os.environ.get("TAXALENS_LABEL_STORE_URL") or _text(labels, "url", "labels", config_path)
            or f"sqlite:///{root / 'labels.db'}")
-    taxonomy = dataset.get("taxonomy") or []
-    if not isinstance(taxonomy, list) or not all(isinstance(t, str) and t.strip() for t in taxonomy):
-        raise WorkspaceError(f"{config_path}: `taxonomy` in [dataset] must be a list of column names, broadest "
-                             f'first (taxonomy = ["phylum", "order"]), got {_shown(taxonomy)}')
+    taxonomy_columns, taxonomy_file = _taxonomy_setting(config_path, root, dataset.get("taxonomy"))
     val_fraction = dataset.get("val_fraction", 0.2)
     if isinstance(val_fraction, bool) or not isinstance(val_fraction, int | float) or not 0 <= val_fraction < 1:
         raise WorkspaceError(f"{config_path}: `val_fraction` in [dataset] must be a number from 0 to below 1 (the "
@@ -149,13 +147,27 @@ def load_workspace(path: str | Path) -> Workspace:
         root=root,
         dataset_source=_resolve(root, source),
         dataset_root=_resolve(root, dataset_root) if dataset.get("manifest") and dataset_root else None,
-        taxonomy=tuple(taxonomy),
+        taxonomy=taxonomy_columns,
+        taxonomy_file=taxonomy_file,
         checkpoints=tuple(checkpoints),
         label_store_url=url,
         val_fraction=float(val_fraction),
         seed=seed,
         extras={k: v for k, v in config.items() if k not in known},
     )
+
+
+def _taxonomy_setting(config_path: Path, root: Path, value: object) -> tuple[tuple[str, ...], Path | None]:
+    """`[dataset] taxonomy`: a list of manifest columns (broadest first) or the path of a taxonomy CSV (`.csv`)."""
+    if value is None:
+        return (), None
+    if isinstance(value, str) and value.strip().lower().endswith(".csv"):  # "phylum" is a column named wrongly
+        return (), _resolve(root, value.strip())
+    if isinstance(value, list) and all(isinstance(v, str) and v.strip() for v in value):
+        return tuple(value), None
+    raise WorkspaceError(f"{config_path}: `taxonomy` in [dataset] must be a list of manifest columns, broadest first "
+                         f'(taxonomy = ["phylum", "order"]), or a taxonomy CSV file (taxonomy = "taxonomy.csv"), got '
+                         f"{_shown(value)}")
 
 
 def _table(config: dict, key: str, config_path: Path) -> dict:

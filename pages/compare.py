@@ -12,6 +12,7 @@ from core.errors import USER_ERRORS
 from core.figures import build_f1_delta_figure
 from core.predictions import PredictionTable
 from core.scores import METRIC_LABELS
+from pages import _taxonomy_support as tx
 from pages._access import current_actor, may
 from pages._cached import require_table, start_page, table_token
 from pages._evaluation import curate
@@ -129,6 +130,23 @@ with st.expander("Per-class table"):
     st.dataframe(result.per_class, hide_index=True, key="cmp-per-class",
                  column_config={c: st.column_config.NumberColumn(format="%.3f") for c in result.per_class.columns
                                 if c not in ("class", "support")})
+
+# Along the taxonomy ------------------------------------------------------------------------------------------------
+taxonomy = tx.page_taxonomy(ctx, tuple(dict.fromkeys((*table_a.class_names, *table_b.class_names))), quiet=True)
+if taxonomy is not None:
+    st.subheader("Along the taxonomy")
+    by_rank, severity = tx.compare_ranks(table_token(table_a), table_token(table_b), tx.taxonomy_token(taxonomy), "sum",
+                                         int(n_boot), cluster, table_a, table_b, taxonomy)
+    st.dataframe(by_rank.assign(metric=by_rank["metric"].map(LABELS)), hide_index=True, key="cmp-ranks",
+                 column_config={c: st.column_config.NumberColumn(format="%.3f") for c in by_rank.columns
+                                if c not in ("rank", "metric")})
+    st.caption("A and B rolled up to every rank (predicted group = largest summed probability), each with the paired "
+               "bootstrap of B − A.")
+    st.dataframe(severity.drop(columns=["measure"]), hide_index=True, key="cmp-severity",
+                 column_config={c: st.column_config.NumberColumn(format="%.3f") for c in severity.columns
+                                if c not in ("measure", "label")})
+    st.caption("Mistake severity = mean height of the lowest common ancestor over errors (lower is better); "
+               "share_b_better = share of paired resamples of images where B's is lower.")
 
 # Flips -------------------------------------------------------------------------------------------------------------
 st.subheader("Samples whose prediction flipped")

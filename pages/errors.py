@@ -1,13 +1,30 @@
-"""Misclassification browser: filter by class, confidence, specimen and taxon; sort by confidence or loss; inspect one
-image with the model's top-5; a specimen's images beside its specimen-level (mean probability) prediction."""
+"""Misclassification browser: filter by class, confidence, specimen, taxon and error severity (how far up the
+taxonomy an error goes); sort by confidence or loss; inspect one image with the model's top-5; a specimen's images
+beside its specimen-level (mean probability) prediction."""
 
 from __future__ import annotations
 
 import streamlit as st
 
+from core.taxonomy_metrics import rows_beyond_rank
 from pages import _evaluation as ev
+from pages import _taxonomy_support as tx
 from pages._gallery import render_gallery, render_sample_view
 from pages._text import md
+
+
+def _severity_filter(column, ctx, data):
+    """The "Error severity" selector: (taxonomy, level) keeping errors whose label and prediction differ at that
+    level's group (level 0: any error); (None, 0) without a taxonomy."""
+    taxonomy = tx.page_taxonomy(ctx, data.table.class_names, quiet=True)
+    if taxonomy is None:
+        return None, 0
+    level = column.selectbox(
+        "Error severity", range(len(taxonomy.levels)), key="mb-severity",
+        format_func=lambda lv: "any error" if lv == 0 else f"errors across {taxonomy.levels[lv]} only",
+        help="errors across order only: the prediction is in another order than the label (LCA above order)")
+    return taxonomy, int(level)
+
 
 ctx, data = ev.open_evaluation_page("Misclassifications")
 table = data.table
@@ -31,6 +48,7 @@ with st.container(border=True):
     else:
         row2[1].caption("No taxonomy columns in this dataset.")
     errors_only = row2[2].toggle("Errors only", value=True, key="mb-errors")
+    severity_taxonomy, severity_level = _severity_filter(row2[2], ctx, data)
 
 specimens = tuple(s.strip() for s in specimen_text.split(",") if s.strip())
 rows = ev.filtered_rows(
@@ -38,6 +56,9 @@ rows = ev.filtered_rows(
     confidence_range=(float(confidence[0]), float(confidence[1])), specimen_ids=specimens, taxa=taxa,
     taxon_values=taxon_values, errors_only=errors_only, sort_by="confidence", descending=True,
 )
+if severity_taxonomy is not None and severity_level > 0:
+    levels = tx.error_levels(data.token, tx.taxonomy_token(severity_taxonomy), table, severity_taxonomy)
+    rows = rows_beyond_rank(rows, levels, severity_level)
 kind = "misclassified samples" if errors_only else "samples"
 st.subheader(f"{len(rows):,} {kind}")
 st.caption("Sort the gallery by confidence or loss; press Inspect under an image for a larger view and the top-5.")

@@ -44,9 +44,12 @@ def _demo_cache_dir() -> Path:
     return REPO / ".pytest_cache" / f"demo-{digest.hexdigest()[:12]}"
 
 
-@pytest.fixture(scope="session")
-def demo_workspace_readonly() -> Path:
-    """The full demo workspace (built once per source version, shared; never write into it)."""
+def ensure_demo_workspace() -> Path:
+    """Build the cached demo workspace for the current sources unless it exists; returns its folder.
+
+    `make test` calls this before pytest (the build trains a small model for a few minutes, which must not count
+    against the per-test timeout); the fixture below calls it too, for runs started by hand.
+    """
     import fcntl
 
     target = _demo_cache_dir()
@@ -63,6 +66,12 @@ def demo_workspace_readonly() -> Path:
             build_demo_workspace(building)
             building.rename(target)
     return target
+
+
+@pytest.fixture(scope="session")
+def demo_workspace_readonly() -> Path:
+    """The full demo workspace (built once per source version, shared; never write into it)."""
+    return ensure_demo_workspace()
 
 
 @pytest.fixture()

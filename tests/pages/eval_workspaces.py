@@ -17,11 +17,12 @@ def write_workspace(
     root: Path,
     *,
     dataset: str,
-    taxonomy: tuple[str, ...] = (),
+    taxonomy: tuple[str, ...] | str = (),
     class_names: tuple[str, ...] | None = None,
 ) -> Path:
     """`root/taxalens.toml` pointing at `dataset` (a manifest CSV or an ImageFolder) and a tiny random-weight
-    resnet10t checkpoint (32 px) over `class_names` (default: the dataset's classes)."""
+    resnet10t checkpoint (32 px) over `class_names` (default: the dataset's classes). `taxonomy`: manifest columns
+    (broadest first) or the name of a taxonomy CSV in `root`."""
     import timm
     import torch
 
@@ -31,7 +32,9 @@ def write_workspace(
     root.mkdir(parents=True, exist_ok=True)
     key = "manifest" if dataset.endswith(".csv") else "root"
     toml = f'[dataset]\n{key} = "{dataset}"\n'
-    if taxonomy:
+    if isinstance(taxonomy, str):
+        toml += f'taxonomy = "{taxonomy}"\n'
+    elif taxonomy:
         toml += "taxonomy = [" + ", ".join(f'"{t}"' for t in taxonomy) + "]\n"
     toml += f'\n[[checkpoints]]\nname = "{CHECKPOINT}"\npath = "checkpoints/{CHECKPOINT}.safetensors"\n'
     (root / "taxalens.toml").write_text(toml, encoding="utf-8")
@@ -109,21 +112,28 @@ def add_checkpoint_copy(root: Path, name: str, *, fix_fraction: float | None = 0
 
 
 def build_drawn_workspace(root: Path, *, scale: float = 0.15, predictions: bool = True) -> Path:
-    """The drawn demo dataset (9 classes, specimens, phylum/order taxonomy) at a small scale, with synthetic
-    predictions (no model): fast page tests. The full demo with its trained model is `demo_workspace`."""
+    """The drawn demo dataset (9 classes, specimens, a kingdom/phylum/order/family taxonomy) at a small scale, with
+    synthetic predictions (no model): fast page tests. The full demo with its trained model is `demo_workspace`."""
     from core.demo import generate_demo_dataset
 
     generate_demo_dataset(root / "data", seed=0, scale=scale)
-    write_workspace(root, dataset="data/manifest.csv", taxonomy=("phylum", "order"))
+    write_workspace(root, dataset="data/manifest.csv", taxonomy=("kingdom", "phylum", "order", "family"))
     if predictions:
         write_synthetic_predictions(root)
     return root
 
 
 def build_bccd_workspace(root: Path, bccd_root: Path, *, class_names: tuple[str, ...] | None = None,
-                         predictions: bool = True) -> Path:
-    """The real bccd crops (ImageFolder); `class_names` gives the checkpoint other classes than the dataset's."""
-    write_workspace(root, dataset=str(bccd_root), class_names=class_names)
+                         predictions: bool = True, taxonomy: bool = True) -> Path:
+    """The real bccd crops (ImageFolder); `class_names` gives the checkpoint other classes than the dataset's.
+    With `taxonomy`, the real two-rank `bccd-taxonomy.csv` beside the crops is copied in as `taxonomy.csv`."""
+    import shutil
+
+    if taxonomy:
+        root.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(bccd_root.parent / "bccd-taxonomy.csv", root / "taxonomy.csv")
+    write_workspace(root, dataset=str(bccd_root), class_names=class_names,
+                    taxonomy="taxonomy.csv" if taxonomy else ())
     if predictions:
         write_synthetic_predictions(root)
     return root

@@ -1,0 +1,166 @@
+"""Cached taxonomy data for the Taxonomy, Confusion, Misclassifications and Compare pages: the workspace's taxonomy
+and every `core.taxonomy_metrics` view, keyed by the evaluation data's content token plus a taxonomy token (the big
+table and the taxonomy pass unhashed, as in `pages/_evaluation.py`)."""
+
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
+import streamlit as st
+
+from core import metrics, taxonomy_figures
+from core import taxonomy_metrics as tm
+from core.errors import TaxaLensError
+from core.predictions import PredictionTable
+from core.taxonomy import Taxonomy, load_taxonomy
+from pages import _evaluation as ev
+from pages._cached import PageContext
+from pages._text import md
+
+N_BOOT = ev.INTERVALS.n_boot  # the evaluation pages' bootstrap size
+
+
+def _file_stamp(ctx: PageContext) -> float:
+    path = ctx.workspace.taxonomy_file
+    return path.stat().st_mtime_ns if path is not None and path.is_file() else 0.0
+
+
+@st.cache_resource(show_spinner=False, max_entries=8)
+def _workspace_taxonomy(root: str, dataset_id: int, file_stamp: float, _ctx: PageContext) -> Taxonomy | None:
+    return load_taxonomy(_ctx.workspace, _ctx.dataset)
+
+
+def taxonomy_token(taxonomy: Taxonomy) -> str:
+    """A content hash of `taxonomy` (ranks and every class's ancestors), for cache keys."""
+    digest = hashlib.blake2b(digest_size=12)
+    digest.update("\0".join(taxonomy.ranks).encode())
+    for name in sorted(taxonomy.ancestors):
+        digest.update(("\1" + name + "\0" + "\0".join(taxonomy.ancestors[name])).encode())
+    return digest.hexdigest()
+
+
+def page_taxonomy(ctx: PageContext, class_names: tuple[str, ...], *, quiet: bool = False) -> Taxonomy | None:
+    """The workspace taxonomy when it places every model class; otherwise None, after saying why (an error for a
+    broken taxonomy, the how-to note when there is none; with `quiet`, only a caption for a broken one)."""
+    try:
+        taxonomy = _workspace_taxonomy(str(ctx.workspace.root), id(ctx.dataset), _file_stamp(ctx), ctx)
+        if taxonomy is not None:
+            taxonomy.require_classes(class_names)
+    except TaxaLensError as exc:
+        (st.caption if quiet else st.error)(f"Taxonomy unavailable: {md(exc)}")
+        return None
+    if taxonomy is None and not quiet:
+        st.info("This workspace has no taxonomy. Add `taxonomy = \"taxonomy.csv\"` to `[dataset]` in taxalens.toml "
+                "(a CSV `class,<finest rank>,...,<coarsest rank>`, one row per class), or list the manifest's "
+                "taxonomy columns there (`taxonomy = [\"order\", \"family\"]`, broadest first).")
+    return taxonomy
+
+
+@st.cache_resource(show_spinner=False, max_entries=32)
+def rolled_all(token: str, tax: str, rule: str, _table: PredictionTable, _taxonomy: Taxonomy
+               ) -> tuple[PredictionTable, ...]:
+    """The table rolled up to every level (shared by the rank table, the per-class tables and the folded matrix)."""
+    return tm.rollup_all(_table, _taxonomy, rule=rule)
+
+
+@st.cache_data(show_spinner="Scoring every rank…", max_entries=32)
+def rank_results(token: str, tax: str, rule: str, _table: PredictionTable, _taxonomy: Taxonomy
+                 ) -> tuple[tm.RankMetrics, ...]:
+    """Metrics at every rank; the class level is the Overview's cached headline (same token, same bootstrap)."""
+    return tm.metrics_by_rank(_table, _taxonomy, rule=rule, n_boot=ev.INTERVALS.n_boot, seed=ev.INTERVALS.seed,
+                              confidence_level=ev.INTERVALS.confidence_level, method=ev.INTERVALS.method,
+                              class_level=ev.headline(token, _table),
+                              rolled=rolled_all(token, tax, rule, _table, _taxonomy))
+
+
+@st.cache_data(show_spinner=False, max_entries=32)
+def rank_table(token: str, tax: str, rule: str, _table: PredictionTable, _taxonomy: Taxonomy) -> pd.DataFrame:
+    return tm.rank_metrics_frame(rank_results(token, tax, rule, _table, _taxonomy))
+
+
+@st.cache_resource(show_spinner=False, max_entries=32)
+def rank_figure(token: str, tax: str, rule: str, _table: PredictionTable, _taxonomy: Taxonomy) -> go.Figure:
+    return taxonomy_figures.build_rank_metrics_figure(rank_table(token, tax, rule, _table, _taxonomy))
+
+
+def rolled(token: str, tax: str, rank: str, rule: str, _table: PredictionTable, _taxonomy: Taxonomy
+           ) -> PredictionTable:
+    return rolled_all(token, tax, rule, _table, _taxonomy)[_taxonomy.level_of(rank)]
+
+
+@st.cache_data(show_spinner=False, max_entries=64)
+def per_class_at(token: str, tax: str, rank: str, rule: str, _table: PredictionTable, _taxonomy: Taxonomy
+                 ) -> pd.DataFrame:
+    return metrics.per_class_table(rolled(token, tax, rank, rule, _table, _taxonomy))
+
+
+@st.cache_data(show_spinner=False, max_entries=64)
+def bottom_at(token: str, tax: str, rank: str, rule: str, _table: PredictionTable, _taxonomy: Taxonomy,
+              n: int = 10) -> pd.DataFrame:
+    return metrics.bottom_classes(per_class_at(token, tax, rank, rule, _table, _taxonomy), n=n)
+
+
+@st.cache_data(show_spinner="Measuring mistake severity…", max_entries=32)
+def severity(token: str, tax: str, _table: PredictionTable, _taxonomy: Taxonomy) -> tm.MistakeSeverity:
+    return tm.mistake_severity(_table, _taxonomy, n_boot=N_BOOT)
+
+
+@st.cache_data(show_spinner=False, max_entries=32)
+def severity_classes(token: str, tax: str, _table: PredictionTable, _taxonomy: Taxonomy) -> pd.DataFrame:
+    return tm.severity_per_class(_table, _taxonomy)
+
+
+@st.cache_resource(show_spinner=False, max_entries=32)
+def severity_figure(token: str, tax: str, _table: PredictionTable, _taxonomy: Taxonomy) -> go.Figure:
+    return taxonomy_figures.build_severity_figure(severity(token, tax, _table, _taxonomy).histogram)
+
+
+@st.cache_resource(show_spinner=False, max_entries=32)
+def error_levels(token: str, tax: str, _table: PredictionTable, _taxonomy: Taxonomy) -> np.ndarray:
+    return tm.error_levels(_table, _taxonomy)
+
+
+@st.cache_resource(show_spinner=False, max_entries=32)
+def folded(token: str, tax: str, rank: str, rule: str, _table: PredictionTable, _taxonomy: Taxonomy
+           ) -> tm.FoldedConfusion:
+    return tm.fold_confusion(_table, _taxonomy, rank, rule=rule,
+                             rolled=rolled(token, tax, rank, rule, _table, _taxonomy))
+
+
+@st.cache_resource(show_spinner=False, max_entries=32)
+def folded_figure(token: str, tax: str, rank: str, rule: str, normalise: str, hide_diagonal: bool,
+                  selected: tuple[int, int] | None, _table: PredictionTable, _taxonomy: Taxonomy) -> go.Figure:
+    return taxonomy_figures.build_folded_confusion_figure(folded(token, tax, rank, rule, _table, _taxonomy),
+                                                          normalise=normalise, hide_diagonal=hide_diagonal,
+                                                          selected=selected)
+
+
+@st.cache_data(show_spinner=False, max_entries=128)
+def folded_cell(token: str, tax: str, rank: str, rule: str, true_group: str, pred_group: str,
+                _table: PredictionTable, _taxonomy: Taxonomy) -> pd.DataFrame:
+    return tm.folded_cell_rows(_table, _taxonomy, rank, true_group, pred_group, rule=rule,
+                               rolled=rolled(token, tax, rank, rule, _table, _taxonomy))
+
+
+@st.cache_data(show_spinner="Applying the hierarchy-aware decision rule…", max_entries=16)
+def decision(token: str, tax: str, _table: PredictionTable, _taxonomy: Taxonomy) -> tm.DecisionRuleEffect:
+    return tm.decision_rule_effect(_table, _taxonomy, n_boot=N_BOOT,
+                                   before=rank_results(token, tax, "argmax", _table, _taxonomy))
+
+
+@st.cache_data(show_spinner="Comparing along the taxonomy…", max_entries=16)
+def compare_ranks(token_a: str, token_b: str, tax: str, rule: str, n_boot: int, cluster: str,
+                  _a: PredictionTable, _b: PredictionTable, _taxonomy: Taxonomy) -> tuple[pd.DataFrame, pd.DataFrame]:
+    by_rank = tm.compare_by_rank(_a, _b, _taxonomy, rule=rule, n_boot=n_boot, cluster=cluster)
+    return by_rank, tm.compare_severity(_a, _b, _taxonomy, n_boot=n_boot)
+
+
+def format_interval(value: float | None, low: float | None, high: float | None, *, digits: int = 3) -> str:
+    """"1.234 [1.100, 1.400]", or "—" when undefined."""
+    if value is None or pd.isna(value):
+        return "—"
+    text = f"{value:.{digits}f}"
+    return text if low is None or pd.isna(low) else f"{text} [{low:.{digits}f}, {high:.{digits}f}]"
