@@ -109,8 +109,8 @@ def test_any_csv_is_accepted_with_the_image_root_it_needs_and_runs_show_a_badge(
     (run_dir / "command.json").write_text(json.dumps({"name": "old", "started_at": 1.0}), encoding="utf-8")
     (run_dir / "status.json").write_text(json.dumps({"state": "done", "best_macro_f1": 0.5}), encoding="utf-8")
     reloaded = _open(root)
-    expander = reloaded.expander[0]
-    assert expander.label == "old · done" and expander.icon == ":material/check_circle:"
+    expander = next(e for e in reloaded.expander if e.label == "old · done")
+    assert expander.icon == ":material/check_circle:"
     badges = [str(element.proto) for element in reloaded.get("badge")] or [
         str(element.proto) for element in reloaded.markdown if ":material/check_circle:" in element.value]
     assert any("done" in badge and "check_circle" in badge for badge in badges), badges
