@@ -78,7 +78,7 @@ def test_click_off_diagonal_cell_opens_its_gallery(served_workspace, tmp_path):
         # The ranked pairs beside the matrix open the same gallery: tick the second row's checkbox (the grid is a
         # canvas: header and rows are 35 px high, the selection column about 28 px wide).
         second = rank_confused_pairs(counts, names).iloc[1]
-        pairs = page.locator(".st-key-cm-pairs").first.bounding_box()
+        pairs = page.locator("[class*=\"st-key-cm-pairs-\"]").first.bounding_box()
         page.mouse.click(pairs["x"] + 14, pairs["y"] + 35 + 35 + 17)
         second_heading = cell_heading(int(second["count"]), second["true"], second["pred"])
         page.get_by_text(second_heading).wait_for(timeout=60_000)
