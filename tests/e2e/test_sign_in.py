@@ -168,7 +168,7 @@ def test_roles_follow_the_signed_in_account(served) -> None:
 
         # An account the [access] table does not name (default = "none") sees no page.
         context, page = _sign_in(browser, url, issuer, "stranger@elsewhere.org")
-        expect(page.get_by_text("has no role in this workspace")).to_be_visible(timeout=90_000)
+        expect(page.get_by_text("has no role in this workspace").first).to_be_visible(timeout=90_000)
         assert page.get_by_role("link", name="Review queue").count() == 0
         context.close()
         browser.close()
