@@ -180,7 +180,9 @@ def test_demo_val_intervals_hold_their_point_estimates_near_the_middle(demo_work
     for e in h.estimates:
         if e.value is None:
             continue
-        assert e.low < e.value < e.high, e
+        assert e.low < e.value <= e.high, e
+        if e.value >= 0.95:
+            continue  # near the ceiling a correct interval is skewed inwards (top-5 at 0.98 sits at 0.81 of its width)
         position = (e.value - e.low) / (e.high - e.low)
         assert 0.2 <= position <= 0.8, (e, position)  # the image bootstrap put balanced accuracy at 0.15
 
