@@ -30,7 +30,7 @@ STAT_COLUMNS = ("sample_id", "width", "height", "brightness", "dark_share", "bri
 class QualityThresholds:
     """When an image is flagged (see `QUALITY_CHECKS`)."""
 
-    blur_ratio: float = 0.35  # sharpness below this share of the dataset's median sharpness: blurry
+    blur_ratio: float = 0.42  # sharpness below this share of the dataset's median sharpness: blurry
     max_dark_share: float = 0.9  # share of pixels darker than 0.2 above which it is too dark
     max_bright_share: float = 0.9  # share of pixels brighter than 0.95 above which it is too bright
     min_entropy: float = 3.0  # bits of the grey histogram below which it holds little information
