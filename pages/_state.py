@@ -19,3 +19,5 @@ KEY_CONFUSION_CELL = "cm-cell"  # (true_idx, pred_idx) in model class order: ope
 # by the review page's "confusion cell" queue
 KEY_LABEL_MODE = "tl_label_mode"  # given | curated (core.curation.LABEL_MODES): the labels evaluation pages score
 KEY_URL_RESTORED = "tl_url_restored"  # the sidebar keys were seeded from the URL's query string (once per session)
+KEY_SELECTION = "tl_selection"  # sample ids lassoed on the Map page: the review page's "selection" queue
+KEY_QUALITY_IDS = "tl_quality_ids"  # sample ids the Data quality page flagged: the "image_quality" queue
