@@ -74,10 +74,13 @@ def _umap(embeddings: np.ndarray, *, seed: int = 0, progress: Progress | None = 
     return np.asarray(coords, dtype=np.float32)
 
 
+NO_UMAP_ENV = "TAXALENS_NO_UMAP"  # set (to anything) to offer PCA only: test servers, hosts where numba misbehaves
+
+
 def _umap_installed() -> bool:
     import importlib.util
 
-    return importlib.util.find_spec("umap") is not None
+    return not os.environ.get(NO_UMAP_ENV) and importlib.util.find_spec("umap") is not None
 
 
 PROJECTIONS: dict[str, Projection] = {
