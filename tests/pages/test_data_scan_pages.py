@@ -56,3 +56,40 @@ def test_selection_queue_holds_exactly_the_selected_val_samples(drawn_workspace)
     queue = build_queue(ranking, QueueSpec(kind="selection", sample_ids=chosen))
     assert sorted(queue["sample_id"]) == sorted(chosen)
     assert build_queue(ranking, QueueSpec(kind="image_quality", sample_ids=())).empty
+
+
+def test_overview_reports_deduplicated_metrics_when_val_leaks(tmp_path, bccd_root, open_page):
+    """Five val rows carry a training row's embedding (a planted leak): the Overview warns and scores the val split
+    without them beside the reported numbers."""
+    from sklearn.metrics import accuracy_score
+
+    from core.predictions import build_prediction_table, save_predictions
+    from core.workspace import load_workspace
+    from models.inference import predictions_path
+    from tests.pages.eval_workspaces import CHECKPOINT, build_bccd_workspace
+
+    root = build_bccd_workspace(tmp_path / "bccd", bccd_root, taxonomy=False)
+    table = load_table(root)
+    rng = np.random.default_rng(3)
+    emb = rng.normal(size=(len(table), 16)).astype(np.float32)
+    splits = table.frame["split"].to_numpy()
+    val_rows, train_rows = np.flatnonzero(splits == "val")[:5], np.flatnonzero(splits == "train")[:5]
+    emb[val_rows] = emb[train_rows]
+    frame = table.frame
+    leaky = build_prediction_table(frame["sample_id"].tolist(), table.pred_probs, emb, labels=frame["label"].tolist(),
+                                   splits=frame["split"].tolist(), specimen_ids=frame["specimen_id"].tolist(),
+                                   class_names=table.class_names, meta=table.meta)
+    workspace = load_workspace(root)
+    save_predictions(leaky, predictions_path(workspace, CHECKPOINT, dataset=workspace.load_dataset()))
+
+    app = open_page(root, "pages/overview.py")
+    val = load_table(root).for_split("val")
+    assert any(f"5 of {len(val):,} images in this split" in w.value for w in app.warning)
+    dedup = next(d.value for d in app.dataframe if "deduplicated" in d.value.columns).set_index("label")
+    clean = val.frame[~val.frame["sample_id"].isin(set(frame["sample_id"].iloc[val_rows]))]
+    clean = clean[clean["label_idx"] >= 0]
+    assert dedup.loc["Accuracy", "deduplicated"] == pytest.approx(accuracy_score(clean["label_idx"],
+                                                                                 clean["pred_idx"]))
+    reported = val.frame[val.frame["label_idx"] >= 0]
+    assert dedup.loc["Accuracy", "reported"] == pytest.approx(accuracy_score(reported["label_idx"],
+                                                                             reported["pred_idx"]))
