@@ -34,7 +34,7 @@ class LeakageError(TaxaLensError, ValueError):
 class DuplicateSettings:
     """When two images count as near-duplicates (either test suffices)."""
 
-    min_similarity: float = 0.99  # cosine similarity of the mean-centred embeddings at or above which a pair matches
+    min_similarity: float = 0.995  # cosine similarity of the mean-centred embeddings at or above which a pair matches
     max_hash_distance: int = 8  # differing bits (of 64) of the perceptual hashes (mirrored, centre-cropped) at or below
     k: int = 10  # embedding neighbours examined per image
 
