@@ -21,9 +21,8 @@ def typed_array(value) -> np.ndarray:
     return np.asarray(value).ravel()
 
 
-@pytest.mark.parametrize("workspace_name", ["bccd_workspace", "drawn_workspace"])
-def test_map_page_draws_every_point_of_the_split(open_page, request, workspace_name):
-    workspace = request.getfixturevalue(workspace_name)
+def test_map_page_draws_every_point_of_the_split(open_page, bccd_workspace):
+    workspace = bccd_workspace  # the drawn demo's map is drawn by the browser test (tests/e2e/test_map_lasso.py)
     app = open_page(workspace, "pages/map.py", state={"map-method": "pca"})
     charts = [c for c in app.get("plotly_chart")]
     assert charts, "no map drawn"
