@@ -49,7 +49,7 @@ def umap_job(path: Path, embeddings: np.ndarray) -> UmapJob:
     """The UMAP job writing `path`, started (once per server process) if none runs for it."""
     jobs = _jobs()
     job = jobs.get(str(path))
-    if job is not None and (not job.done.is_set() or job.error is None):
+    if job is not None and (not job.done.is_set() or job.error):  # running, or failed (said once, not retried)
         return job
     job = UmapJob(path)
     jobs[str(path)] = job
