@@ -150,7 +150,8 @@ def test_metrics_by_rank_are_core_metrics_of_the_rolled_table(tree):
     assert (frame["accuracy_low"] <= frame["accuracy"]).all() and (frame["accuracy"] <= frame["accuracy_high"]).all()
     rolled = T.rollup_table(table, tree, "family")
     direct = metrics.compute_headline_metrics(rolled, n_boot=200)
-    assert results[2].headline["macro_f1"] == direct["macro_f1"]
+    assert results[2].headline["macro_f1"].value == pytest.approx(direct["macro_f1"].value)
+    assert results[2].headline.caption == "95% CI (BCa), 200 image resamples, stratified by class"
     lines = T.breakdown_lines(frame)
     assert lines[0].startswith("order (2 groups): accuracy 83.3%")
     assert [line.split(" ")[0] for line in lines] == ["order", "family", "genus", "class"]
@@ -173,9 +174,13 @@ def test_mistake_severity_hand_computed(tree):
     assert result.histogram["lca_rank"].tolist() == ["genus", "family", "order", "root"]
     assert result.histogram["errors"].tolist() == [1, 1, 1, 1]
     assert result.histogram["within"].tolist() == pytest.approx([0.25, 0.5, 0.75, 1.0])
-    assert result.within_lines() == ["25.0% of errors stay within the same genus",
-                                     "50.0% of errors stay within the same family",
-                                     "75.0% of errors stay within the same order"]
+    assert [line.split(" [")[0] for line in result.within_lines()] == [
+        "25.0% of errors stay within the same genus", "50.0% of errors stay within the same family",
+        "75.0% of errors stay within the same order"]
+    histogram = result.histogram
+    assert (histogram["within_low"] <= histogram["within"]).all()
+    assert (histogram["within"] <= histogram["within_high"]).all()
+    assert result.caption == "95% CI (BCa), 300 image resamples, stratified by class"
     assert result.mistake_severity.low <= 2.5 <= result.mistake_severity.high
     assert result.mistake_severity.low >= 1.0 and result.mistake_severity.high <= 4.0
     per_class = T.severity_per_class(table, tree)
