@@ -10,7 +10,7 @@ rank and the mistake severity on the same draws (a group's counts are the sums o
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -54,6 +54,44 @@ SEVERITY_MEASURES: dict[str, str] = {
 # Rolling up
 
 
+@dataclass(frozen=True)
+class LevelLayout:
+    """How a class list sums into the groups of every level: the classes in taxonomic order (every group at every
+    level is then one contiguous run) and where each level's groups start in it."""
+
+    order: np.ndarray  # (K,) class indices in taxonomic order
+    starts: tuple[np.ndarray, ...]  # per level, (G,) first position of each group in `order` (level 0: every class)
+    codes: np.ndarray  # (L, K) each class's group index at each level (`Taxonomy.level_codes`)
+
+    @property
+    def n_groups(self) -> tuple[int, ...]:
+        return tuple(len(starts) for starts in self.starts)
+
+
+def level_layout(taxonomy: Taxonomy, class_names: Sequence[str]) -> LevelLayout:
+    """The `LevelLayout` of `class_names` (all placed by `taxonomy`)."""
+    order = taxonomy.taxonomic_order(class_names)
+    codes = taxonomy.level_codes(class_names)
+    starts = tuple(np.flatnonzero(np.r_[True, np.diff(level_codes[order]) != 0]) if len(order) else
+                   np.zeros(0, np.int64) for level_codes in codes)
+    return LevelLayout(order, starts, codes)
+
+
+def class_rows(values: np.ndarray, layout: LevelLayout) -> np.ndarray:
+    """`(..., K)` per-class `values` as contiguous `(K, ...)` rows in taxonomic order, for `group_sums`."""
+    return np.ascontiguousarray(np.asarray(values).T[layout.order])
+
+
+def group_sums(values: np.ndarray, layout: LevelLayout, level: int, *, rows: np.ndarray | None = None) -> np.ndarray:
+    """`(..., G)` sums of `(..., K)` per-class `values` over the groups at `level` (groups in code order): one
+    gather and one `np.add.reduceat` over contiguous rows, no `(K, G)` product. `rows`: `class_rows(values, layout)`
+    when the caller holds it (several levels of one array)."""
+    rows = class_rows(values, layout) if rows is None else rows
+    if rows.shape[0] == 0:
+        return np.zeros((*rows.shape[1:][::-1], len(layout.starts[level])), dtype=rows.dtype)
+    return np.add.reduceat(rows, layout.starts[level], axis=0).T
+
+
 def rollup_all(table: PredictionTable, taxonomy: Taxonomy, *, rule: RollupRule = "sum"
                ) -> tuple[PredictionTable, ...]:
     """`rollup_table` at every level, class level first."""
@@ -74,10 +112,8 @@ def rollup_table(table: PredictionTable, taxonomy: Taxonomy, rank: str | int, *,
     if level == 0:
         return table
     codes, groups = taxonomy.groups(table.class_names, level)
-    n, g = len(table), len(groups)
-    onehot = np.zeros((len(codes), g), dtype=np.float32)
-    onehot[np.arange(len(codes)), codes] = 1.0
-    group_probs = table.pred_probs @ onehot if n else np.zeros((0, g), dtype=np.float32)
+    n = len(table)
+    group_probs = group_sums(table.pred_probs, level_layout(taxonomy, table.class_names), level)
     frame = table.frame
     label_idx = frame["label_idx"].to_numpy(dtype=np.int64)
     known = label_idx >= 0
@@ -132,7 +168,7 @@ def metrics_by_rank(table: PredictionTable, taxonomy: Taxonomy, *, rule: RollupR
                     seed: int | None = 0, confidence_level: float = 0.95, method: IntervalMethod | None = None,
                     class_level: HeadlineMetrics | None = None,
                     rolled: Sequence[PredictionTable] | None = None) -> tuple[RankMetrics, ...]:
-    """Accuracy, balanced accuracy, macro-F1 and weighted-F1 with bootstrap intervals at the class level and at
+    """Accuracy, balanced accuracy and macro-F1 with bootstrap intervals at the class level and at
     every rank, finest first: `rank_bootstrap(...).ranks` (every rank scored on the same resamples of the headline
     metrics' class-stratified specimen plan). `method`: "bca" or "percentile" (None: the product's default).
 
@@ -343,16 +379,15 @@ def risk_decisions(pred_probs: np.ndarray, taxonomy: Taxonomy, class_names: Sequ
 
     The LCA height of two classes counts the levels 0..R at which their groups differ (the groups are nested), so
     the expected cost of choosing j is `(R + 1) - sum_l P_l(group_l(j))` with `P_l` the summed probability of a group
-    at level l: one (N, G_l) roll-up per level instead of an (N, K) x (K, K) product. Ties go to the lower index.
+    at level l: one (N, G_l) roll-up per level (`group_sums`) instead of an (N, K) x (K, K) product. Ties go to the
+    lower index.
     """
     pred_probs = np.asarray(pred_probs, dtype=np.float32)
-    codes = taxonomy.level_codes(class_names)
+    layout = level_layout(taxonomy, class_names)
+    rows = class_rows(pred_probs, layout)
     score = np.zeros(pred_probs.shape, dtype=np.float64)
-    for level_codes in codes:
-        g = int(level_codes.max()) + 1 if len(level_codes) else 0
-        onehot = np.zeros((len(level_codes), g), dtype=np.float32)
-        onehot[np.arange(len(level_codes)), level_codes] = 1.0
-        score += (pred_probs @ onehot)[:, level_codes]
+    for level, level_codes in enumerate(layout.codes):
+        score += group_sums(pred_probs, layout, level, rows=rows)[:, level_codes]
     return score.argmax(axis=1).astype(np.int64) if len(pred_probs) else np.zeros(0, dtype=np.int64)
 
 
@@ -458,20 +493,21 @@ def compare_taxonomy(table_a: PredictionTable, table_b: PredictionTable, taxonom
         raise ValueError("the two tables share no sample with a label both models know; compare checkpoints "
                          "predicted on the same dataset")
     y = union.get_indexer(pair["label"]).astype(np.int64)
-    maps, codes = _level_maps(taxonomy, class_names)
+    layout = level_layout(taxonomy, class_names)
+    codes = layout.codes
     columns, hits, levels = {}, {}, {}
     for model, table, rows in (("a_", table_a, pair["_row_a"].to_numpy()), ("b_", table_b, pair["_row_b"].to_numpy())):
         own = level_predictions(table, taxonomy, rule=rule)
         preds = [union.get_indexer(np.asarray(table.class_names, dtype=object)[own[0][rows]]).astype(np.int64)]
-        for level in range(1, len(maps)):
+        for level in range(1, len(codes)):
             to_union = pd.Index(taxonomy.groups(class_names, level)[1]).get_indexer(
                 taxonomy.groups(table.class_names, level)[1])
             preds.append(to_union[own[level][rows]].astype(np.int64))
-        columns[model] = [preds[0]] + [_level_column(y, preds[level], codes[level]) for level in range(1, len(maps))]
+        columns[model] = [preds[0]] + [_level_column(y, preds[level], codes[level]) for level in range(1, len(codes))]
         hits[model] = _hits(y, preds[0], codes)
         levels[model] = taxonomy.lca_levels(class_names)[y, preds[0]]
     groups = pair["specimen_id"].to_numpy() if cluster == "specimen" else None
-    boot = _bootstrap_levels(y, columns, hits, k=len(class_names), maps=maps, groups=groups, config=config)
+    boot = _bootstrap_levels(y, columns, hits, k=len(class_names), layout=layout, groups=groups, config=config)
 
     def delta_row(key: str, better: Literal["higher", "lower"]) -> dict:
         share = boot.share_positive[f"delta_{key}"]
@@ -512,7 +548,6 @@ def compare_severity(table_a: PredictionTable, table_b: PredictionTable, taxonom
 # The rank bootstrap: every rank and the mistake severity from one set of resamples
 
 
-_RANK_SCORES = ("accuracy", "balanced_accuracy", "macro_f1", "weighted_f1")  # scored at every level
 _CODE_BITS = 62  # a ResamplingPlan packs a row's label, predictions and flags into one int64 code
 
 
@@ -526,14 +561,13 @@ def level_predictions(table: PredictionTable, taxonomy: Taxonomy, *, rule: Rollu
     pred_idx = table.frame["pred_idx"].to_numpy(dtype=np.int64)
     if rolled is not None:
         return tuple(r.frame["pred_idx"].to_numpy(dtype=np.int64) for r in rolled)
-    codes = taxonomy.level_codes(table.class_names)
+    layout = level_layout(taxonomy, table.class_names)
     if rule == "argmax" or not len(table):
-        return tuple(level_codes[pred_idx] if level else pred_idx for level, level_codes in enumerate(codes))
+        return tuple(level_codes[pred_idx] if level else pred_idx for level, level_codes in enumerate(layout.codes))
+    rows = class_rows(table.pred_probs, layout)
     out = [pred_idx]
-    for level_codes in codes[1:]:  # as rollup_table does, so ties resolve alike
-        onehot = np.zeros((len(level_codes), int(level_codes.max()) + 1), dtype=np.float32)
-        onehot[np.arange(len(level_codes)), level_codes] = 1.0
-        out.append((table.pred_probs @ onehot).argmax(axis=1).astype(np.int64))
+    for level in range(1, len(layout.codes)):  # the sums rollup_table takes, so ties resolve alike
+        out.append(group_sums(table.pred_probs, layout, level, rows=rows).argmax(axis=1).astype(np.int64))
     return tuple(out)
 
 
@@ -564,22 +598,25 @@ def _level_chunks(k: int, n_levels: int, n_models: int, n_flags: int) -> list[li
     return chunks
 
 
-def _level_statistic(models: tuple[str, ...], levels: Sequence[int], maps: Sequence[np.ndarray | None],
-                     n_levels: int, severity: bool):
+def _level_statistic(models: tuple[str, ...], levels: Sequence[int], layout: LevelLayout, severity: bool
+                     ) -> Callable[[Tally], dict[str, np.ndarray]]:
     """The statistic of one plan: `RANK_SCORES` at each of `levels` for each model (`<model><score>@<level>`), with
     `severity` the mistake severity, mean distance and share of errors within each rank (from the level-0 column and
     the argmax-hit flags `<model>h<level>`), and for two models every B - A (`delta_...`)."""
 
+    n_levels = len(layout.codes)
+
     def statistic(tally: Tally) -> dict[str, np.ndarray]:
         out: dict[str, np.ndarray] = {}
+        support = class_rows(tally.support, layout)
         for model in models:
             for level in levels:
                 counts = tally.counts(_key(model, level))
-                onehot = maps[level]
-                if onehot is not None:
-                    counts = ClassCounts(tp=counts.tp @ onehot, support=counts.support @ onehot,
-                                         predicted=counts.predicted @ onehot)
-                for name, value in headline_scores(counts, _RANK_SCORES).items():
+                if level:
+                    counts = ClassCounts(tp=group_sums(counts.tp, layout, level),
+                                         support=group_sums(tally.support, layout, level, rows=support),
+                                         predicted=group_sums(counts.predicted, layout, level))
+                for name, value in headline_scores(counts, RANK_METRICS).items():
                     out[f"{model}{name}@{level}"] = value
             if severity:
                 n = tally.n
@@ -613,13 +650,13 @@ class _LevelBootstrap:
 
 
 def _bootstrap_levels(y: np.ndarray, columns: Mapping[str, Sequence[np.ndarray]], hits: Mapping[str, np.ndarray],
-                      *, k: int, maps: Sequence[np.ndarray | None], groups: np.ndarray | None,
+                      *, k: int, layout: LevelLayout, groups: np.ndarray | None,
                       config: BootstrapConfig) -> _LevelBootstrap:
     """Every level's scores (and the severity) of one or two models from `core.scores.bootstrap` on the class-
     stratified (specimen) `ResamplingPlan` of the rows: `columns[model][level]` is `_level_column`'s column,
     `hits[model]` the `(levels, N)` argmax hits. Usually one plan; more only when the packed codes would overflow."""
     models = tuple(columns)
-    n_levels = len(maps)
+    n_levels = len(layout.codes)
     values: dict[str, float] = {}
     low: dict[str, float | None] = {}
     high: dict[str, float | None] = {}
@@ -631,7 +668,7 @@ def _bootstrap_levels(y: np.ndarray, columns: Mapping[str, Sequence[np.ndarray]]
         flags = {f"{model}h{level}": hits[model][level] for model in models for level in range(1, n_levels)} \
             if index == 0 else None
         plan = ResamplingPlan(y, predictions, k=k, flags=flags, groups=groups)
-        result = bootstrap(plan, _level_statistic(models, chunk, maps, n_levels, index == 0), config)
+        result = bootstrap(plan, _level_statistic(models, chunk, layout, index == 0), config)
         for name, value in result.values.items():
             values[name] = float(value)
             low[name] = float(result.low[name]) if config.n_boot else None
@@ -640,17 +677,6 @@ def _bootstrap_levels(y: np.ndarray, columns: Mapping[str, Sequence[np.ndarray]]
             share_negative[name] = float(np.mean(result.draws[name] < 0)) if config.n_boot else None
     return _LevelBootstrap(values, low, high, share, share_negative, plan.unit, plan.n_units, plan.n_image_units,
                            describe_intervals(config, plan.unit))
-
-
-def _level_maps(taxonomy: Taxonomy, class_names: Sequence[str]) -> tuple[tuple[np.ndarray | None, ...], np.ndarray]:
-    """Per level, the `(K, G)` one-hot of each class's group (None at level 0), and the `(L, K)` group codes."""
-    codes = taxonomy.level_codes(class_names)
-    maps: list[np.ndarray | None] = [None]
-    for level_codes in codes[1:]:
-        onehot = np.zeros((len(level_codes), int(level_codes.max()) + 1))
-        onehot[np.arange(len(level_codes)), level_codes] = 1.0
-        maps.append(onehot)
-    return tuple(maps), codes
 
 
 def _hits(y: np.ndarray, pred: np.ndarray, codes: np.ndarray) -> np.ndarray:
@@ -669,33 +695,33 @@ class RankBootstrap:
 def rank_bootstrap(table: PredictionTable, taxonomy: Taxonomy, *, rule: RollupRule = "sum", n_boot: int = 1000,
                    seed: int | None = 0, confidence_level: float = 0.95, method: IntervalMethod | None = None,
                    rolled: Sequence[PredictionTable] | None = None) -> RankBootstrap:
-    """Accuracy, balanced accuracy, macro-F1 and weighted-F1 at every level (groups predicted per `rule`), and the
+    """Accuracy, balanced accuracy and macro-F1 (`RANK_METRICS`) at every level (groups per `rule`), and the
     mistake severity (of the top-1 class: `mistake_severity`), with intervals from one `core.scores.bootstrap` of
     the table's class-stratified specimen (or image) `ResamplingPlan`, the headline metrics' plan: each resample is
     scored at every rank at once (a group's counts are the sums of its classes' counts), so the ranks' intervals
     come from the same draws. `method`: "bca" or "percentile" (None: the product's default). `rolled`: as in
-    `level_predictions`. Top-k accuracy is not computed at the ranks (None)."""
+    `level_predictions`. Weighted-F1 and top-k accuracy are not computed at the ranks (None)."""
     taxonomy.require_classes(table.class_names)
     config = BootstrapConfig(n_boot=n_boot, confidence_level=confidence_level, seed=seed,
                              **({} if method is None else {"method": method}))
     frame = table.frame
     keep = frame["label_idx"].to_numpy() >= 0
     y = frame["label_idx"].to_numpy(dtype=np.int64)[keep]
-    maps, codes = _level_maps(taxonomy, table.class_names)
+    layout = level_layout(taxonomy, table.class_names)
+    codes, n_groups = layout.codes, layout.n_groups
     preds = [p[keep] for p in level_predictions(table, taxonomy, rule=rule, rolled=rolled)]
-    n_groups = [len(table.class_names)] + [m.shape[1] for m in maps[1:]]
     levels = error_levels(table, taxonomy)[keep]
     if not len(y):
         boot = None
     else:
-        columns = [preds[0]] + [_level_column(y, preds[level], codes[level]) for level in range(1, len(maps))]
+        columns = [preds[0]] + [_level_column(y, preds[level], codes[level]) for level in range(1, len(codes))]
         boot = _bootstrap_levels(y, {"": columns}, {"": _hits(y, preds[0], codes)}, k=len(table.class_names),
-                                 maps=maps, groups=frame["specimen_id"].to_numpy()[keep], config=config)
+                                 layout=layout, groups=frame["specimen_id"].to_numpy()[keep], config=config)
     excluded = metrics.excluded_labels(table)
     ranks = []
     for level, rank in enumerate(taxonomy.levels):
         present = len(np.unique(codes[level][y])) if len(y) else 0
-        estimates = tuple(_estimate(boot, "", name, level) if name in _RANK_SCORES else
+        estimates = tuple(_estimate(boot, "", name, level) if name in RANK_METRICS else
                           MetricEstimate(name, None, None, None, "not computed per rank")
                           for name in METRIC_LABELS)
         unit = "specimen" if table.meta.get("level") == "specimen" else (boot.unit if boot else "image")

@@ -61,6 +61,7 @@ else:
         column.metric(label, value, help="height of the lowest common ancestor: 1 = same " + taxonomy.levels[1])
         column.caption(interval)
     st.text("\n".join(severity.within_lines()))
+    st.caption(f"Intervals: {severity.caption} (the same resamples as the metrics at every rank).")
     st.plotly_chart(tx.severity_figure(data.token, tax, table, taxonomy), key="tx-severity-chart")
     st.markdown("**Which classes make wild mistakes** (mean LCA height of their errors, share of errors beyond "
                 "each rank)")
