@@ -749,9 +749,14 @@ def _severity(levels: np.ndarray, taxonomy: Taxonomy, boot: _LevelBootstrap | No
     counts = np.bincount(levels, minlength=top + 1)[: top + 1]
     errors = counts[1:]
     n_errors, n = int(errors.sum()), int(counts.sum())
-    bounds = {side: [None if boot is None or not n_errors else getattr(boot, side)[f"{model}within@{level}"]
-                     for level in range(1, top)] + [1.0 if boot is not None and n_errors else None]
-              for side in ("low", "high")}
+    intervals = bool(n_errors) and boot is not None and boot.low[f"{model}mean_distance"] is not None
+
+    def bound(side: str, level: int) -> float | None:
+        if not intervals:
+            return None
+        return 1.0 if level == top else getattr(boot, side)[f"{model}within@{level}"] + 0.0  # + 0.0: no "-0.0%"
+
+    bounds = {side: [bound(side, level) for level in range(1, top + 1)] for side in ("low", "high")}
     histogram = pd.DataFrame({
         "level": np.arange(1, top + 1),
         "lca_rank": [taxonomy.level_name(level) for level in range(1, top + 1)],
@@ -765,5 +770,5 @@ def _severity(levels: np.ndarray, taxonomy: Taxonomy, boot: _LevelBootstrap | No
                 MetricEstimate("mistake_severity", None, None, None, "no errors"))
     return MistakeSeverity(histogram=histogram, mistake_severity=severity,
                            mean_distance=_estimate(boot, model, "mean_distance"), n_errors=n_errors, n_evaluated=n,
-                           caption=boot.caption if boot is not None and boot.low.get(f"{model}mean_distance")
+                           caption=boot.caption if boot is not None and boot.low[f"{model}mean_distance"]
                            is not None else "no intervals")
