@@ -21,7 +21,6 @@ taxonomy and cached predictions (copied to a temporary folder first, so nothing 
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import statistics
 import sys
@@ -134,6 +133,9 @@ def page_views(table, table_b, taxonomy) -> dict:
 
 def time_views(args: argparse.Namespace) -> int:
     import streamlit as st
+    from streamlit import logger as streamlit_logger
+
+    streamlit_logger.set_log_level("error")  # "No runtime found": the caches run bare here, as intended
 
     taxonomy = build_taxonomy(args.classes)
     table = build_table(args.samples, args.classes)
@@ -253,5 +255,4 @@ def main() -> int:
 if __name__ == "__main__":
     for variable in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ.setdefault(variable, "1")
-    logging.getLogger("streamlit").setLevel(logging.ERROR)
     sys.exit(main())

@@ -62,6 +62,7 @@ class LevelLayout:
     order: np.ndarray  # (K,) class indices in taxonomic order
     starts: tuple[np.ndarray, ...]  # per level, (G,) first position of each group in `order` (level 0: every class)
     codes: np.ndarray  # (L, K) each class's group index at each level (`Taxonomy.level_codes`)
+    onehots: tuple[np.ndarray, ...]  # per level, (K, G) float64 membership (for count arrays of a few thousand rows)
 
     @property
     def n_groups(self) -> tuple[int, ...]:
@@ -74,7 +75,12 @@ def level_layout(taxonomy: Taxonomy, class_names: Sequence[str]) -> LevelLayout:
     codes = taxonomy.level_codes(class_names)
     starts = tuple(np.flatnonzero(np.r_[True, np.diff(level_codes[order]) != 0]) if len(order) else
                    np.zeros(0, np.int64) for level_codes in codes)
-    return LevelLayout(order, starts, codes)
+    onehots = []
+    for level_codes, level_starts in zip(codes, starts, strict=True):
+        onehot = np.zeros((len(level_codes), len(level_starts)))
+        onehot[np.arange(len(level_codes)), level_codes] = 1.0
+        onehots.append(onehot)
+    return LevelLayout(order, starts, codes, tuple(onehots))
 
 
 def class_rows(values: np.ndarray, layout: LevelLayout) -> np.ndarray:
@@ -608,14 +614,13 @@ def _level_statistic(models: tuple[str, ...], levels: Sequence[int], layout: Lev
 
     def statistic(tally: Tally) -> dict[str, np.ndarray]:
         out: dict[str, np.ndarray] = {}
-        support = class_rows(tally.support, layout)
         for model in models:
             for level in levels:
                 counts = tally.counts(_key(model, level))
-                if level:
-                    counts = ClassCounts(tp=group_sums(counts.tp, layout, level),
-                                         support=group_sums(tally.support, layout, level, rows=support),
-                                         predicted=group_sums(counts.predicted, layout, level))
+                if level:  # (R, K) @ (K, G): faster than a gather + reduceat for the tallies' strided rows
+                    onehot = layout.onehots[level]
+                    counts = ClassCounts(tp=counts.tp @ onehot, support=counts.support @ onehot,
+                                         predicted=counts.predicted @ onehot)
                 for name, value in headline_scores(counts, RANK_METRICS).items():
                     out[f"{model}{name}@{level}"] = value
             if severity:
