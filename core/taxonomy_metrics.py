@@ -606,10 +606,10 @@ def _level_chunks(k: int, n_levels: int, n_models: int, n_flags: int) -> list[li
 
 def _level_statistic(models: tuple[str, ...], levels: Sequence[int], layout: LevelLayout, severity: bool
                      ) -> Callable[[Tally], dict[str, np.ndarray]]:
-    """The statistic of one plan: `RANK_SCORES` at each of `levels` for each model (`<model><score>@<level>`), with
+    """The statistic of one plan: `RANK_METRICS` at each of `levels` for each model (`<model><score>@<level>`), with
     `severity` the mistake severity, mean distance and share of errors within each rank (from the level-0 column and
-    the argmax-hit flags `<model>h<level>`), and for two models every B - A (`delta_...`)."""
-
+    the argmax-hit flags `<model>h<level>`), and for two models every B - A (`delta_...`). A resample without errors
+    scores 0 severity and 0 shares (`ratio`'s convention); the point value is then reported as undefined instead."""
     n_levels = len(layout.codes)
 
     def statistic(tally: Tally) -> dict[str, np.ndarray]:
@@ -643,6 +643,8 @@ def _level_statistic(models: tuple[str, ...], levels: Sequence[int], layout: Lev
 
 @dataclass(frozen=True)
 class _LevelBootstrap:
+    """Point values and intervals of `_level_statistic`'s named statistics, and what was resampled."""
+
     values: dict[str, float]
     low: dict[str, float | None]
     high: dict[str, float | None]
