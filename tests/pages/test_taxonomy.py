@@ -52,6 +52,7 @@ def test_taxonomy_page_on_demo_columns(drawn_workspace, open_page):
     assert " [" in within.splitlines()[0]  # with its interval
     assert any(f"Intervals: {severity.caption} (the same resamples" in c.value for c in app.caption)
     assert severity.caption.endswith("resamples, stratified by class")
+    assert any(c.value.startswith(f"Intervals: {severity.caption}; every rank") for c in app.caption)
     wild = _frame(app, "worst_error")
     assert wild["class"].tolist() == T.severity_per_class(table, taxonomy)["class"].tolist()
 
