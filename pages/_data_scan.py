@@ -3,6 +3,7 @@ background thread, cached on disk), the near-duplicate / leak scan, image-qualit
 
 from __future__ import annotations
 
+import hashlib
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,6 +18,15 @@ from core.errors import USER_ERRORS, user_message
 from core.predictions import PredictionTable
 from pages._cached import PageContext, get_predictions, predictions_key, table_token
 from pages._gallery import sample_paths
+
+
+def embedding_token(table: PredictionTable, token: str) -> str:
+    """`token` (a `table_token`, which reads labels and probabilities only) extended by the embeddings' shape and
+    first MB: the map and the scans depend on the embeddings."""
+    digest = hashlib.blake2b(digest_size=12)
+    digest.update(np.ascontiguousarray(table.embeddings).reshape(-1).view(np.uint8)[:1_000_000].tobytes())
+    digest.update(str(table.embeddings.shape).encode())
+    return f"{token}|{digest.hexdigest()}"
 
 
 def map_cache_dir(ctx: PageContext) -> Path:
@@ -71,7 +81,7 @@ def map_coords(ctx: PageContext, table: PredictionTable, token: str, method: str
                ) -> tuple[np.ndarray, np.ndarray, UmapJob | None]:
     """(rows, coords, running UMAP job or None) for `method`: UMAP from its disk cache when there, else PCA now
     (and the UMAP job started)."""
-    rows, pca = pca_coords(token, table)
+    rows, pca = pca_coords(embedding_token(table, token), table)
     if method != "umap":
         return rows, pca, None
     path = em.projection_cache_path(map_cache_dir(ctx), predictions_key(ctx.workspace, ctx.checkpoint or ""),
@@ -83,8 +93,13 @@ def map_coords(ctx: PageContext, table: PredictionTable, token: str, method: str
 
 
 @st.cache_resource(show_spinner="Scoring outliers (k-NN per class)…", max_entries=8)
-def outlier_scores(token: str, _table: PredictionTable) -> pd.DataFrame:
+def _outlier_scores(token: str, _table: PredictionTable) -> pd.DataFrame:
     return em.knn_outlier_scores(_table)
+
+
+def outlier_scores(token: str, table: PredictionTable) -> pd.DataFrame:
+    """Per-class k-NN outlier scores of `table` (`token`: its `table_token`)."""
+    return _outlier_scores(embedding_token(table, token), table)
 
 
 def _hash_file(ctx: PageContext, token: str) -> Path:
@@ -133,6 +148,7 @@ def leak_report(ctx: PageContext, settings: leakage.DuplicateSettings = leakage.
         return None
     table, token = found
     file = _hash_file(ctx, token)
+    token = embedding_token(table, token)
     if hash_images or file.is_file():
         hashes = _hashes(str(file), tuple(sample_paths(ctx, table.frame["sample_id"].tolist())))
     else:

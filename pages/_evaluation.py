@@ -381,11 +381,12 @@ def leak_comparison(ctx: PageContext, data: EvalData, reported: metrics.Headline
     leaked = report.leaks[report.leaks["sample_id"].isin(set(data.table.frame["sample_id"]))]
     if leaked.empty:
         return None
-    return len(leaked), _dedup_compare(data.token, len(report.leaks), data.table, leaked, reported)
+    key = f"{data.token}|{hash(tuple(sorted(leaked['sample_id'])))}"
+    return len(leaked), _dedup_compare(key, data.table, leaked, reported)
 
 
 @st.cache_data(show_spinner="Scoring the de-duplicated evaluation set…", max_entries=32)
-def _dedup_compare(token: str, n_leaks: int, _table: PredictionTable, _leaks: pd.DataFrame,
+def _dedup_compare(key: str, _table: PredictionTable, _leaks: pd.DataFrame,
                    _reported: metrics.HeadlineMetrics) -> pd.DataFrame:
     clean = leakage.deduplicated(_table, _leaks)
     dedup = metrics.compute_headline_metrics(clean, n_boot=INTERVALS.n_boot, seed=INTERVALS.seed,
