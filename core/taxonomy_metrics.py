@@ -121,7 +121,7 @@ def metrics_by_rank(table: PredictionTable, taxonomy: Taxonomy, *, rule: RollupR
                     rolled: Sequence[PredictionTable] | None = None) -> tuple[RankMetrics, ...]:
     """Headline metrics with bootstrap intervals (`core.metrics.compute_headline_metrics`, the one bootstrap: class-
     stratified, of specimens where they have several images) at the class level and at every rank, finest first.
-    `method`: "bca" or "percentile" (None: that function's default).
+    `method`: "bayes", "bca" or "percentile" (None: that function's default, "bayes").
 
     `class_level`: the class-level result already computed with the same bootstrap settings (the Overview's), not
     recomputed; `rolled`: the tables rolled up to each level by `rollup_table` with the same `rule` (level 0 first),
