@@ -43,10 +43,10 @@ else:
                    "several times over and give intervals too narrow; whole specimens are resampled instead.")
     if image_level.n_single_specimen_classes:
         st.caption(f"{image_level.n_single_specimen_classes} class(es) have a single specimen in this split: their "
-                   "images are resampled instead, as if independent (plus the class's prior), which assumes another "
-                   "specimen of such a class would fare like this one; no data here can check that, so balanced "
-                   "accuracy and macro-F1 are less certain than their intervals say (in simulation such intervals "
-                   "hold the true value about 92% of the time instead of 95%).")
+                   "images are resampled instead, as if independent (with the class's prior), which assumes another "
+                   "specimen of such a class would fare about like this one. No data here can measure how much "
+                   "specimens of such a class differ, so balanced accuracy and macro-F1 may be less certain than "
+                   "their intervals say.")
     if specimen_level is not None and specimen_level.n_evaluated:
         st.markdown("**Image level vs specimen level** (specimen = mean probability over its images)")
         frame = image_level.as_frame()[["label", "value", "low", "high"]].rename(
