@@ -45,7 +45,7 @@ LEVELS = 150  # equal-mass levels of a row's Brier score and NLL in the bootstra
 CONFIDENCE_MODES: dict[str, str] = {"raw": "as the model gives them", "calibrated": "temperature-scaled"}
 CALIBRATION_METRICS: dict[str, str] = {"ece": "ECE", "mce": "MCE", "brier": "Brier score", "nll": "NLL",
                                        "accuracy": "Accuracy", "mean_confidence": "Mean confidence"}
-EXACT_FOLD_SPECIMENS = 1000  # specimens up to which folds come from core.ranking.grouped_folds
+EXACT_FOLD_SPECIMENS = 300  # specimens up to which folds come from core.ranking.grouped_folds
 TEMPERATURE_BOUNDS = (0.05, 20.0)  # temperatures searched
 _EPS = 1e-12
 CALIBRATION_DIR = "calibration"  # under the workspace's cache folder
@@ -159,14 +159,20 @@ def _nll_at(logp: np.ndarray, y: np.ndarray, temperature: float) -> float:
 def specimen_folds(frame: pd.DataFrame, *, n_folds: int = 5, seed: int = 0) -> np.ndarray:
     """Fold index per row (`label`, `specimen_id` columns), every image of a specimen in one fold, stratified by
     class: `core.ranking.grouped_folds` (scikit-learn's `StratifiedGroupKFold`) up to `EXACT_FOLD_SPECIMENS`
-    specimens; above that (its greedy search costs about 2 ms per specimen) specimens are dealt round-robin in a
-    random order within their majority class, which stratifies as well at that size."""
+    specimens; above that (its greedy search costs about 2 ms per specimen and fold) specimens are dealt
+    round-robin in a random order within their majority class, which stratifies as well at that size."""
     specimens = frame["specimen_id"].to_numpy()
     codes, uniques = pd.factorize(pd.Series(specimens), sort=False)
+    codes = codes.astype(np.int64)
     if len(uniques) <= EXACT_FOLD_SPECIMENS:
         return grouped_folds(frame, n_splits=n_folds, seed=seed)
-    labels = pd.factorize(frame["label"])[0]
-    majority = pd.Series(labels).groupby(codes).agg(lambda s: s.value_counts().index[0]).to_numpy()
+    labels = pd.factorize(frame["label"])[0].astype(np.int64)
+    n_labels = int(labels.max()) + 1
+    pairs, counts = np.unique(codes * n_labels + labels, return_counts=True)
+    best = np.lexsort((-counts, pairs // n_labels))  # per specimen, its most common label first
+    first = np.r_[True, (pairs // n_labels)[best][1:] != (pairs // n_labels)[best][:-1]]
+    majority = np.empty(len(uniques), dtype=np.int64)
+    majority[(pairs // n_labels)[best][first]] = (pairs % n_labels)[best][first]
     rng = np.random.default_rng(seed)
     order = np.lexsort((rng.random(len(uniques)), majority))
     fold_of_specimen = np.empty(len(uniques), dtype=np.int64)

@@ -9,6 +9,7 @@ import streamlit as st
 
 from core.calibration import BIN_STRATEGIES, DEFAULT_BINS, fit_temperature, save_temperature
 from core.calibration_figures import build_reliability_figure, build_risk_coverage_figure
+from core.conformal import CONFORMAL_METHODS, ConformalConfig
 from core.errors import USER_ERRORS
 from core.thresholds import thresholds_csv, thresholds_json
 from pages import _confidence as cal
@@ -119,3 +120,25 @@ downloads[1].download_button("Thresholds (CSV)", thresholds_csv(result), key="ca
                              file_name=f"thresholds_{data.checkpoint}.csv", mime="text/csv")
 st.caption("A prediction is accepted when its confidence is at least its predicted class's threshold; an empty "
            "threshold means always review. `python -m core thresholds` writes the same file.")
+
+st.subheader("Prediction sets")
+current = cal.conformal_config()
+row = st.columns([2, 2, 1])
+coverage = row[0].slider("Coverage", 0.5, 0.99, float(current.coverage), step=0.01, key="cal-coverage",
+                         help="share of images whose true class should be in their set")
+method = row[1].radio("Score", list(CONFORMAL_METHODS), index=list(CONFORMAL_METHODS).index(current.method),
+                      format_func=CONFORMAL_METHODS.get, key="cal-method")
+conditional = row[2].toggle("Per class", value=current.class_conditional, key="cal-conditional",
+                            help="class-conditional: a threshold per class, so rare classes get their coverage too")
+config = ConformalConfig(coverage=float(coverage), method=method, class_conditional=bool(conditional))
+cal.set_conformal_config(config)  # the review and misclassification pages use the same sets
+report = cal.coverage(data.token, config, table)
+st.markdown(f"Empirical coverage **{report.coverage:.1%}** (± {report.coverage_sd:.1%} over {report.repeats} "
+            f"random specimen-grouped calibration/evaluation halves), mean set size **{report.mean_set_size:.2f}**.")
+st.dataframe(report.per_class, hide_index=True, key="cal-sets",
+             column_config={c: st.column_config.NumberColumn(format="%.3f") for c in
+                            ("coverage", "coverage_sd", "mean_set_size", "always_included_share")})
+st.caption("Split conformal: thresholds from half the specimens, measured on the other half. always_included_share: "
+           "how often the class had too few calibration images for a finite per-class threshold (then it is in "
+           "every set). The review queue and the misclassification browser show sets calibrated on the whole "
+           "validation split.")
