@@ -143,7 +143,8 @@ def leave_one_class_out(table: PredictionTable, *, k: int = DEFAULT_NEIGHBOURS, 
     embeddings *without the class* and scores the other half (both ways round); the k-NN reference is the fitting
     half without the class. AUROC: the held-out class's images are the positives. The checkpoint's own backbone may
     have seen the class in training, which helps the k-NN score; this measures the scores, not a truly new species.
-    `classes`: only these held-out classes (default: every class). Returns one row per class: `class`, `n_unknown`, `n_known`, `auroc_<score>` for msp, max_logit, energy, knn.
+    `classes`: only these held-out classes (default: every class). Returns one row per class: `class`,
+    `n_unknown`, `n_known`, `auroc_<score>` for msp, max_logit, energy, knn.
     """
     from sklearn.metrics import roc_auc_score
 
