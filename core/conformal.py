@@ -48,6 +48,7 @@ class ConformalConfig:
     raps_lambda: float = 0.01  # RAPS: penalty per rank beyond raps_k
     raps_k: int = 1  # RAPS: ranks without penalty
     randomized: bool = True  # uniform share of the own class's mass (exact coverage); False: conservative sets
+    nonempty: bool = False  # always keep the top class (coverage then rises to at least the top-1 accuracy)
 
     def __post_init__(self) -> None:
         if not 0.0 < self.coverage < 1.0:
@@ -121,10 +122,12 @@ def calibrate_sets(pred_probs: np.ndarray, y_true: np.ndarray, u: np.ndarray, co
 
 
 def prediction_sets(pred_probs: np.ndarray, u: np.ndarray, calibration: ConformalCalibration) -> np.ndarray:
-    """(N, K) booleans: class c is in row i's set. The top class is always in (an empty set helps no reviewer)."""
+    """(N, K) booleans: class c is in row i's set. A randomized set may be empty (the model is so sure that even
+    its top class is not needed for the coverage) unless `config.nonempty`."""
     scores = class_scores(pred_probs, u, calibration.config)
     sets = scores <= calibration.thresholds[None, :]
-    sets[np.arange(len(sets)), np.asarray(pred_probs).argmax(axis=1)] = True
+    if calibration.config.nonempty:
+        sets[np.arange(len(sets)), np.asarray(pred_probs).argmax(axis=1)] = True
     return sets
 
 
@@ -192,7 +195,8 @@ def evaluate_coverage(table: PredictionTable, config: ConformalConfig, *, repeat
             thresholds = np.full(k, _quantile(cal_scores, config.coverage))
         test = ~half
         sets = scores[test] <= thresholds[None, :]
-        sets[np.arange(int(test.sum())), top[test]] = True
+        if config.nonempty:
+            sets[np.arange(int(test.sum())), top[test]] = True
         covered = sets[np.arange(int(test.sum())), y[test]]
         yt = y[test]
         n_c = np.bincount(yt, minlength=k)

@@ -124,7 +124,7 @@ def _probe_logits(x_fit: np.ndarray, y_fit: np.ndarray, x_eval: np.ndarray) -> n
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
-    model = make_pipeline(StandardScaler(), LogisticRegression(C=PROBE_C, max_iter=1000))
+    model = make_pipeline(StandardScaler(), LogisticRegression(C=PROBE_C, max_iter=300, tol=1e-3))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
         model.fit(x_fit, y_fit)

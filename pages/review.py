@@ -208,7 +208,8 @@ with facts_col:
     if match is not None and len(match):
         members = match.iloc[0]["prediction_set"]
         set_cfg = conformal_config()
-        st.markdown(f"**Prediction set ({set_cfg.coverage:.0%}):** {', '.join(md(m) for m in members)}"
+        listed = ", ".join(md(m) for m in members) or "(empty: no class is needed for this coverage)"
+        st.markdown(f"**Prediction set ({set_cfg.coverage:.0%}):** {listed}"
                     + ("" if given in members else f" · *{md(given)} is not in it*"),
                     help="The classes a split-conformal set keeps at this coverage (Calibration page settings); a "
                     "set of one is a confident call, a long set an uncertain one")
