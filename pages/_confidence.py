@@ -82,3 +82,11 @@ def novelty_scores(ctx: PageContext, table: PredictionTable) -> NoveltyScores:
         reference = table
     return _novelty(table_token(table, ctx.split, ctx.checkpoint or ""),
                     table_token(reference, "train", ctx.checkpoint or ""), table, reference)
+
+
+@st.cache_data(show_spinner=False, max_entries=8)
+def predictions_csv_bytes(token: str, _table: PredictionTable) -> bytes:
+    """`core.export.predictions_csv` of `_table` (raw or calibrated, as the sidebar says)."""
+    from core.export import predictions_csv
+
+    return predictions_csv(_table)

@@ -9,7 +9,7 @@ import streamlit as st
 from core.taxonomy_metrics import rows_beyond_rank
 from pages import _evaluation as ev
 from pages import _taxonomy_support as tx
-from pages._confidence import conformal_config, prediction_sets
+from pages._confidence import conformal_config, prediction_sets, predictions_csv_bytes
 from pages._gallery import render_gallery, render_sample_view
 from pages._text import md
 
@@ -72,6 +72,9 @@ if outside_set:
 kind = "misclassified samples" if errors_only else "samples"
 st.subheader(f"{len(rows):,} {kind}")
 st.caption("Sort the gallery by confidence or loss; press Inspect under an image for a larger view and the top-5.")
+st.download_button(f"Download this split's predictions (CSV, {ctx.confidences} confidences)",
+                   predictions_csv_bytes(data.token, table), key="mb-predictions-csv",
+                   file_name=f"predictions_{data.checkpoint}_{ctx.split}_{ctx.confidences}.csv", mime="text/csv")
 inspected = render_gallery(ctx, rows, key="mb-gallery")
 if inspected is not None:
     st.subheader("Inspect")

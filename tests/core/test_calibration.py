@@ -113,3 +113,20 @@ def test_report_per_class_and_empty_input():
     empty = _table(n=30)
     with pytest.raises(CalibrationError, match="label the model knows"):
         calibration_report(empty.subset(np.zeros(30, dtype=bool)))
+
+
+def test_predictions_export_carries_the_calibrated_confidences():
+    import io
+
+    import pandas as pd
+
+    from core.calibration import calibrate_table
+    from core.export import predictions_csv
+
+    table = _table(n=200, sharpen=2.0)
+    raw = pd.read_csv(io.BytesIO(predictions_csv(table)))
+    scaled = pd.read_csv(io.BytesIO(predictions_csv(calibrate_table(table, 2.0))))
+    assert (raw["temperature"] == 1.0).all() and (scaled["temperature"] == 2.0).all()
+    np.testing.assert_allclose(scaled["confidence"], apply_temperature(table.pred_probs, 2.0).max(axis=1), atol=1e-6)
+    assert (scaled["pred"] == raw["pred"]).all() and (scaled["top1"] == raw["pred"]).all()
+    assert (scaled["confidence"] < raw["confidence"]).all()  # T > 1 softens
