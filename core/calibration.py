@@ -151,9 +151,11 @@ def apply_temperature(pred_probs: np.ndarray, temperature: float) -> np.ndarray:
     return np.exp(log_softmax(logp / temperature, axis=1)).astype(np.float32)
 
 
-def _nll_at(logp: np.ndarray, y: np.ndarray, temperature: float) -> float:
-    scaled = log_softmax(logp / temperature, axis=1)
-    return float(-scaled[np.arange(len(y)), y].mean())
+def _nll_at(logp: np.ndarray, y: np.ndarray, temperature: float, row_max: np.ndarray, given: np.ndarray) -> float:
+    """Mean NLL of softmax(logp / T): logsumexp(logp / T) - logp[y] / T per row, shifted by the row maximum."""
+    scaled = np.exp((logp - row_max[:, None]) * np.float32(1.0 / temperature))
+    lse = np.log(scaled.sum(axis=1, dtype=np.float64)) + row_max / temperature
+    return float(np.mean(lse - given / temperature))
 
 
 def specimen_folds(frame: pd.DataFrame, *, n_folds: int = 5, seed: int = 0) -> np.ndarray:
@@ -181,9 +183,12 @@ def specimen_folds(frame: pd.DataFrame, *, n_folds: int = 5, seed: int = 0) -> n
 
 
 def _fit(logp: np.ndarray, y: np.ndarray) -> float:
+    logp = np.asarray(logp, dtype=np.float32)
+    row_max = logp.max(axis=1).astype(np.float64)
+    given = logp[np.arange(len(y)), y].astype(np.float64)
     low, high = np.log(TEMPERATURE_BOUNDS[0]), np.log(TEMPERATURE_BOUNDS[1])
-    result = minimize_scalar(lambda log_t: _nll_at(logp, y, float(np.exp(log_t))), bounds=(low, high),
-                             method="bounded", options={"xatol": 1e-4})
+    result = minimize_scalar(lambda log_t: _nll_at(logp, y, float(np.exp(log_t)), row_max, given),
+                             bounds=(low, high), method="bounded", options={"xatol": 1e-3})
     return float(np.exp(result.x))
 
 
@@ -218,10 +223,10 @@ def fit_temperature(table: PredictionTable, *, checkpoint: str = "", split: str 
                                "temperature scaling needs labelled rows (pick the val split in the sidebar)")
     rows = table.subset(known) if not known.all() else table
     y = rows.frame["label_idx"].to_numpy(dtype=np.int64)
-    logp = np.log(np.clip(rows.pred_probs.astype(np.float64), _EPS, None))
+    logp = np.log(np.clip(rows.pred_probs, np.float32(_EPS), None)).astype(np.float32)
     n_specimens = rows.frame["specimen_id"].nunique()
     folds_used = min(n_folds, n_specimens)
-    oof = np.empty_like(logp)
+    oof = np.empty(logp.shape, dtype=np.float64)
     fold_ts: list[float] = []
     if folds_used >= 2:
         folds = specimen_folds(rows.frame, n_folds=folds_used, seed=seed)
@@ -229,10 +234,10 @@ def fit_temperature(table: PredictionTable, *, checkpoint: str = "", split: str 
             held = folds == fold
             t = _fit(logp[~held], y[~held])
             fold_ts.append(t)
-            oof[held] = log_softmax(logp[held] / t, axis=1)
+            oof[held] = log_softmax(logp[held].astype(np.float64) / t, axis=1)
     else:
         folds_used = 0
-        oof = log_softmax(logp / _fit(logp, y), axis=1)
+        oof = log_softmax(logp.astype(np.float64) / _fit(logp, y), axis=1)
     temperature = _fit(logp, y)
     probs_after = np.exp(oof)
     correct = rows.frame["pred_idx"].to_numpy() == y
@@ -407,8 +412,8 @@ def per_class_calibration(table: PredictionTable, *, n_bins: int = DEFAULT_BINS)
     safe = np.maximum(support, 1)
     confidence = rows.frame["confidence"].to_numpy(dtype=np.float64)
     brier, nll = brier_scores(rows.pred_probs, y), log_losses(rows.pred_probs, y)
-    edges = np.linspace(0.0, 1.0, n_bins + 1)
-    which = bin_index(rows.pred_probs, edges)  # (N, K) bin of each class probability
+    # (N, K) equal-width bin of each class probability (a value on an inner edge goes to the upper bin here)
+    which = np.minimum((rows.pred_probs * n_bins).astype(np.int64), n_bins - 1)
     classwise = np.zeros(k)
     n = len(y)
     if n:
