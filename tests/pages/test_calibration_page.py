@@ -58,3 +58,18 @@ def test_calibrated_confidences_reach_the_misclassification_browser(workspace, o
     assert not np.allclose(shown.frame["confidence"], raw.frame["confidence"], atol=1e-3)
     page = open_page(workspace, "pages/errors.py", state={"tl_confidences": "calibrated"})
     assert page.session_state["tl_confidences"] == "calibrated"
+
+
+def test_misclassification_browser_filters_errors_outside_the_prediction_set(workspace, open_page):
+    from core.conformal import ConformalConfig, calibrate_on_table, set_frame
+
+    app = open_page(workspace, "pages/errors.py", state={"tl_confidences": "raw"})
+    app.toggle(key="mb-outside-set").set_value(True).run()
+    assert not app.exception, [e.value for e in app.exception]
+    val = load_table(workspace).for_split("val")
+    sets = set_frame(val, calibrate_on_table(val, ConformalConfig()))
+    errors = (val.frame["pred"] != val.frame["label"]).to_numpy()
+    expected = int((errors & ~sets["label_in_set"].to_numpy()).sum())
+    assert 0 < expected < int(errors.sum())  # the filter keeps some errors and drops others
+    assert any(h.value == f"{expected:,} misclassified samples" for h in app.subheader), [h.value for h in
+                                                                                            app.subheader]
