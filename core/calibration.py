@@ -374,7 +374,7 @@ def calibration_intervals(table: PredictionTable, config: BootstrapConfig, *, n_
     conf_mean = _level_means(conf_cell, confidence, 2 * n_conf)
     brier_mean, nll_mean = _level_means(brier_level, brier, LEVELS + 1), _level_means(nll_level, nll, LEVELS + 1)
     plan = ResamplingPlan(y, {"conf": conf_cell, "brier": brier_level, "nll": nll_level}, k=k_plan,
-                          groups=rows.frame["specimen_id"].to_numpy())
+                          groups=rows.frame["specimen_id"].to_numpy(), class_prior=False)
 
     def statistic(tally: Tally) -> Mapping[str, np.ndarray]:
         counts = tally.predicted["conf"][:, : 2 * n_conf]

@@ -269,7 +269,10 @@ class ResamplingPlan:
     `y_true`: `(N,)` int class indices in `range(k)`; `predictions`: named `(N,)` int arrays in `range(k)` (one per
     model: paired comparisons resample the same units for both); `flags`: named `(N,)` booleans (e.g. top-3 hits);
     `groups`: `(N,)` specimen ids, or None. The unit is the specimen when `groups` holds some id twice, else the
-    image (rows that are already specimens are images of this plan: pass `groups=None`).
+    image (rows that are already specimens are images of this plan: pass `groups=None`). `class_prior`: whether the
+    Bayesian draws add the Jeffreys pseudo-images of each class (`_prepare_prior`); a statistic whose columns are not
+    class predictions (e.g. calibration's confidence levels) passes False and gets the plain stratified Bayesian
+    bootstrap.
     """
 
     def __init__(
@@ -280,6 +283,7 @@ class ResamplingPlan:
         k: int,
         flags: Mapping[str, np.ndarray] | None = None,
         groups: np.ndarray | Sequence | None = None,
+        class_prior: bool = True,
     ) -> None:
         y_true = np.asarray(y_true, dtype=np.int64)
         n = len(y_true)
@@ -363,7 +367,7 @@ class ResamplingPlan:
         self.units_per_class = np.bincount(stratum_of_unit, minlength=k)  # units resampled per class stratum
         self.n_strata = int(len(np.unique(stratum_of_type)))
         self._prepare_draws(stratum_of_type)
-        self._prepare_prior(stratum_of_type)
+        self._prepare_prior(stratum_of_type, JEFFREYS_MASS if class_prior else 0.0)
         logger.debug("resampling plan: %d rows, %d %ss in %d strata, %d types, %d cells", n, n_units, self.unit,
                      self.n_strata, n_types, n_cells)
 
@@ -428,10 +432,10 @@ class ResamplingPlan:
         self._draw_size = self._draw_size_int.astype(np.float32)  # stratum size per draw
         self._scale = scale
 
-    def _prepare_prior(self, stratum_of_type: np.ndarray) -> None:
+    def _prepare_prior(self, stratum_of_type: np.ndarray, mass: float) -> None:
         """The Bayesian bootstrap's pseudo-units: per class stratum c, three single images, *right* (c predicted c
         by every column, every flag set), *missed* (c predicted nowhere) and *false alarm* (no class, predicted c by
-        every column), each of prior mass `JEFFREYS_MASS`: a Jeffreys Beta(1/2, 1/2) prior on the class's recall,
+        every column), each of prior mass `mass` (`JEFFREYS_MASS`, or 0 without a class prior): a Jeffreys Beta(1/2, 1/2) prior on the class's recall,
         precision and flag rates, so a class of 3 right specimens is not certainly perfect. A `(3 H, Q)` map like
         `_map`, and the shapes and strata of a draw's gamma variates (`resample_bayes`)."""
         k, c, f = self.k, len(self.columns), len(self.flag_names)
@@ -466,8 +470,8 @@ class ResamplingPlan:
         # least 1): the prior takes its mass from the data's instead of adding to it, and a weighted mean varies by
         # sigma^2 / m, as in the ordinary bootstrap (a total of m would give sigma^2 / (m + 1), m + 1.5 less still:
         # the module docstring has the coverage).
-        scale = np.maximum(units - 1, 1) / (units + 3 * JEFFREYS_MASS)
-        self._bayes_shape = np.r_[self.multiplicity * scale[position], np.tile(JEFFREYS_MASS * scale, 3)]
+        scale = np.maximum(units - 1, 1) / (units + 3 * mass)
+        self._bayes_shape = np.r_[self.multiplicity * scale[position], np.tile(mass * scale, 3)]
         type_images = np.asarray(self._map[:, -1].todense()).ravel()  # images of one unit of each type
         carried = np.r_[type_images, one, one, 0 * one]
         self._bayes_members = sparse.csr_matrix((carried, (np.arange(len(carried)), self._bayes_stratum)),

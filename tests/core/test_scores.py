@@ -204,6 +204,19 @@ def test_bayesian_draws_are_paired_two_equal_models_differ_by_nothing():
         np.testing.assert_allclose(tally.predicted["a"], tally.predicted["b"])
 
 
+def test_without_a_class_prior_the_bayesian_draws_carry_only_the_real_images():
+    # Calibration's columns are confidence levels, not classes: the pseudo-images must not land in them.
+    y, p, specimens = _clustered(n_specimens=30)
+    right = y.copy()  # every image right
+    for class_prior, expect_misses in ((False, False), (True, True)):
+        plan = ResamplingPlan(y, {"pred": right}, k=3, groups=specimens, class_prior=class_prior)
+        missed = []
+        for tally in plan.resample_bayes(50, seed=0):
+            missed.append(tally.support - tally.tp["pred"])
+            np.testing.assert_allclose(tally.support.sum(axis=1), len(y))  # each class keeps its images' weight
+        assert (np.abs(np.concatenate(missed)) > 1e-9).any() == expect_misses
+
+
 def test_intervals_cover_the_population_value_of_a_clustered_imbalanced_population():
     # A seeded simulation (benchmarks/bench_coverage.py runs the large one): six classes of 40 to 4 specimens of 2-5
     # correlated images. Target 93-97%; 150 sets measure a coverage to about +-2 points (one standard error), so
