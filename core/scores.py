@@ -435,8 +435,9 @@ class ResamplingPlan:
     def _prepare_prior(self, stratum_of_type: np.ndarray, mass: float) -> None:
         """The Bayesian bootstrap's pseudo-units: per class stratum c, three single images, *right* (c predicted c
         by every column, every flag set), *missed* (c predicted nowhere) and *false alarm* (no class, predicted c by
-        every column), each of prior mass `mass` (`JEFFREYS_MASS`, or 0 without a class prior): a Jeffreys Beta(1/2, 1/2) prior on the class's recall,
-        precision and flag rates, so a class of 3 right specimens is not certainly perfect. A `(3 H, Q)` map like
+        every column), each of prior mass `mass` (`JEFFREYS_MASS`, or 0 without a class prior): a Jeffreys
+        Beta(1/2, 1/2) prior on the class's recall, precision and flag rates, so a class of 3 right specimens is not
+        certainly perfect. A `(3 H, Q)` map like
         `_map`, and the shapes and strata of a draw's gamma variates (`resample_bayes`)."""
         k, c, f = self.k, len(self.columns), len(self.flag_names)
         strata = np.unique(stratum_of_type)
