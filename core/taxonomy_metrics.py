@@ -176,7 +176,7 @@ def metrics_by_rank(table: PredictionTable, taxonomy: Taxonomy, *, rule: RollupR
                     rolled: Sequence[PredictionTable] | None = None) -> tuple[RankMetrics, ...]:
     """Accuracy, balanced accuracy and macro-F1 with bootstrap intervals at the class level and at
     every rank, finest first: `rank_bootstrap(...).ranks` (every rank scored on the same resamples of the headline
-    metrics' class-stratified specimen plan). `method`: "bca" or "percentile" (None: the product's default).
+    metrics' class-stratified specimen plan). `method`: "bayes", "bca" or "percentile" (None: the product's default).
 
     `class_level`: a class-level result to show in place of level 0's (e.g. the Overview's, with top-k accuracy);
     `rolled`: the tables rolled up to each level by `rollup_table` with the same `rule` (level 0 first), when held.
@@ -706,7 +706,7 @@ def rank_bootstrap(table: PredictionTable, taxonomy: Taxonomy, *, rule: RollupRu
     mistake severity (of the top-1 class: `mistake_severity`), with intervals from one `core.scores.bootstrap` of
     the table's class-stratified specimen (or image) `ResamplingPlan`, the headline metrics' plan: each resample is
     scored at every rank at once (a group's counts are the sums of its classes' counts), so the ranks' intervals
-    come from the same draws. `method`: "bca" or "percentile" (None: the product's default). `rolled`: as in
+    come from the same draws. `method`: "bayes", "bca" or "percentile" (None: the product's default). `rolled`: as in
     `level_predictions`. Weighted-F1 and top-k accuracy are not computed at the ranks (None)."""
     taxonomy.require_classes(table.class_names)
     config = BootstrapConfig(n_boot=n_boot, confidence_level=confidence_level, seed=seed,

@@ -151,7 +151,8 @@ def test_metrics_by_rank_are_core_metrics_of_the_rolled_table(tree):
     rolled = T.rollup_table(table, tree, "family")
     direct = metrics.compute_headline_metrics(rolled, n_boot=200)
     assert results[2].headline["macro_f1"].value == pytest.approx(direct["macro_f1"].value)
-    assert results[2].headline.caption == "95% CI (BCa), 200 image resamples, stratified by class"
+    assert results[2].headline.caption == ("95% CI (Bayesian bootstrap, Jeffreys prior per class), "
+        "200 image resamples, stratified by class")
     lines = T.breakdown_lines(frame)
     assert lines[0].startswith("order (2 groups): accuracy 83.3%")
     assert [line.split(" ")[0] for line in lines] == ["order", "family", "genus", "class"]
@@ -180,7 +181,8 @@ def test_mistake_severity_hand_computed(tree):
     histogram = result.histogram
     assert (histogram["within_low"] <= histogram["within"]).all()
     assert (histogram["within"] <= histogram["within_high"]).all()
-    assert result.caption == "95% CI (BCa), 300 image resamples, stratified by class"
+    assert result.caption == ("95% CI (Bayesian bootstrap, Jeffreys prior per class), "
+        "300 image resamples, stratified by class")
     assert result.mistake_severity.low <= 2.5 <= result.mistake_severity.high
     assert result.mistake_severity.low >= 1.0 and result.mistake_severity.high <= 4.0
     per_class = T.severity_per_class(table, tree)
@@ -358,10 +360,11 @@ def test_rank_scores_equal_sklearn_on_the_rolled_labels(tree, rule):
 
 def test_severity_intervals_resample_within_each_class(tree):
     # Every image of a class has the same outcome, so a class-stratified resample always holds the same counts and
-    # the intervals collapse onto the values; an unstratified image bootstrap would leave them wide.
+    # the intervals collapse onto the values; an unstratified image bootstrap would leave them wide. (The classical
+    # resample: the product's Bayesian draws add each class's Jeffreys prior, which opens them on purpose.)
     labels = ["a1"] * 4 + ["b1"] * 4 + ["c1"] * 4
     preds = ["a2"] * 4 + ["b1"] * 4 + ["d1"] * 4  # LCA genus, right, root
-    result = T.mistake_severity(_table(labels, preds), tree, n_boot=200)
+    result = T.mistake_severity(_table(labels, preds), tree, n_boot=200, method="percentile")
     assert result.mistake_severity.value == pytest.approx((4 * 1 + 4 * 4) / 8)
     for estimate in (result.mistake_severity, result.mean_distance):
         assert estimate.low == pytest.approx(estimate.value) and estimate.high == pytest.approx(estimate.value)
@@ -384,8 +387,10 @@ def test_severity_resamples_whole_specimens(tree):
 
     clustered = T.mistake_severity(build([f"sp{i // 4}" for i in range(n)]), tree, n_boot=400)
     images = T.mistake_severity(build([f"sp{i}" for i in range(n)]), tree, n_boot=400)
-    assert clustered.caption == "95% CI (BCa), 400 specimen resamples, stratified by class"
-    assert images.caption == "95% CI (BCa), 400 image resamples, stratified by class"
+    assert clustered.caption == ("95% CI (Bayesian bootstrap, Jeffreys prior per class), "
+        "400 specimen resamples, stratified by class")
+    assert images.caption == ("95% CI (Bayesian bootstrap, Jeffreys prior per class), "
+        "400 image resamples, stratified by class")
     assert clustered.mean_distance.value == images.mean_distance.value == pytest.approx(2.0)
     width = {name: r.mean_distance.high - r.mean_distance.low for name, r in (("sp", clustered), ("im", images))}
     assert width["sp"] > 1.5 * width["im"] > 0
@@ -413,7 +418,8 @@ def test_many_ranks_split_into_plans_that_fit_the_packed_code():
 def test_compare_taxonomy_of_a_table_with_itself_is_zero(tree):
     table = _random_table(tree, CLASSES, 60, seed=3, specimens=[f"sp{i // 2}" for i in range(60)])
     result = T.compare_taxonomy(table, table, tree, n_boot=100)
-    assert result.caption == "95% CI (BCa), 100 specimen resamples, stratified by class"
+    assert result.caption == ("95% CI (Bayesian bootstrap, Jeffreys prior per class), "
+        "100 specimen resamples, stratified by class")
     for frame in (result.by_rank, result.severity):
         assert (frame["delta"] == 0).all() and (frame["delta_low"] == 0).all() and (frame["delta_high"] == 0).all()
         assert (frame["share_b_better"] == 0).all()
