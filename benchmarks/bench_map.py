@@ -2,9 +2,13 @@
 JSON size, selection -> gallery rows (target <= 0.5 s), and leak recall/precision on bccd with planted copies.
 
 Usage: python benchmarks/bench_map.py [--n 100000] [--d 512] [--no-umap] [--bccd ../shared/data/bccd]
+       [--demo WORKSPACE] [--no-confirm]
 
 `--bccd DIR`: build the planted dataset (tests/core/planted_data.py) from the bccd crops in a temp folder, embed it
 with a random-weight resnet10t and print recall/precision of the planted leaks per augmentation and per test.
+`--demo WORKSPACE`: scan a built demo workspace (its primary checkpoint's stored predictions; nothing is written) and
+print the validation images reported as leaked (the demo plants no copies across splits: every one is a false alarm).
+`--no-confirm`: the same scans without the 256-bit confirmation of hash candidates (the behaviour before it).
 """
 
 from __future__ import annotations
@@ -74,7 +78,37 @@ def map_rows(n: int, d: int, umap: bool) -> list[tuple[str, str]]:
     return rows
 
 
-def leak_rows(bccd: Path) -> list[tuple[str, str, str, str]]:
+def _unconfirmed(settings):
+    from dataclasses import replace
+
+    from core.leakage import CONFIRM_BITS
+
+    return replace(settings, max_confirm_distance=CONFIRM_BITS)
+
+
+def demo_rows(workspace: Path, confirm: bool) -> list[tuple[str, str]]:
+    from core.leakage import DuplicateSettings, image_hashes, scan_leakage
+    from core.predictions import load_predictions
+    from core.workspace import load_workspace
+
+    ws = load_workspace(workspace)
+    samples = ws.load_dataset().samples
+    files = sorted((Path(workspace) / ".taxalens" / "predictions").glob(f"{ws.checkpoints[0].name}-*.parquet"))
+    if not files:
+        raise SystemExit(f"{workspace}: no stored predictions for {ws.checkpoints[0].name}; open the dashboard first")
+    table = load_predictions(files[-1])
+    paths = samples.set_index("sample_id").loc[table.frame["sample_id"], "path"].astype(str).tolist()
+    hashes, readable = image_hashes(paths)
+    settings = DuplicateSettings() if confirm else _unconfirmed(DuplicateSettings())
+    report = scan_leakage(table, hashes, readable, settings=settings)
+    n_eval = int(table.frame["split"].isin(("val", "test")).sum())
+    cross = report.pairs[report.pairs["split_a"] != report.pairs["split_b"]]
+    by_reason = report.leaks["reason"].value_counts().to_dict()
+    return [("evaluation images", str(n_eval)), ("cross-split near-duplicate pairs", str(len(cross))),
+            ("evaluation images reported leaked", f"{report.n_leaked} {by_reason}")]
+
+
+def leak_rows(bccd: Path, confirm: bool = True) -> list[tuple[str, str, str, str]]:
     from core.leakage import DuplicateSettings, image_hashes, leak_recall_precision, scan_leakage
     from tests.core.planted_data import AUGMENTS, build_planted_dataset, planted_predictions
 
@@ -92,6 +126,7 @@ def leak_rows(bccd: Path) -> list[tuple[str, str, str, str]]:
     }
     out = []
     for name, settings in variants.items():
+        settings = settings if confirm else _unconfirmed(settings)
         report = scan_leakage(table, hashes, readable, settings=settings)
         recall, precision = leak_recall_precision(report.leaks, list(planted.leaks))
         per_kind = ", ".join(
@@ -107,14 +142,24 @@ def main() -> None:
     parser.add_argument("--d", type=int, default=512)
     parser.add_argument("--no-umap", action="store_true")
     parser.add_argument("--bccd", type=Path, default=None)
+    parser.add_argument("--demo", type=Path, default=None)
+    parser.add_argument("--no-confirm", action="store_true")
+    parser.add_argument("--no-map", action="store_true", help="skip the map timings (leak scans only)")
     args = parser.parse_args()
     print(f"CPU threads available: {len(os.sched_getaffinity(0))}")
-    print(f"\n{'measure':<58} result")
-    for name, value in map_rows(args.n, args.d, not args.no_umap and em.PROJECTIONS["umap"].available()):
-        print(f"{name:<58} {value}")
+    if not args.no_map:
+        print(f"\n{'measure':<58} result")
+        for name, value in map_rows(args.n, args.d, not args.no_umap and em.PROJECTIONS["umap"].available()):
+            print(f"{name:<58} {value}")
+    confirm = "without" if args.no_confirm else "with"
+    if args.demo:
+        print(f"\n{'leak scan (demo workspace, ' + confirm + ' confirmation)':<48} result")
+        for name, value in demo_rows(args.demo, not args.no_confirm):
+            print(f"{name:<48} {value}")
     if args.bccd:
         print(f"\n{'leak scan (planted bccd, 40 val copies)':<48} {'recall':>7} {'precision':>9}  recall per kind")
-        for name, recall, precision, per_kind in leak_rows(args.bccd):
+        print(f"({confirm} the 256-bit confirmation of hash candidates)")
+        for name, recall, precision, per_kind in leak_rows(args.bccd, not args.no_confirm):
             print(f"{name:<48} {recall:>7} {precision:>9}  {per_kind}")
 
 

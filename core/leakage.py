@@ -36,6 +36,9 @@ class DuplicateSettings:
 
     min_similarity: float = 0.995  # cosine similarity of the mean-centred embeddings at or above which a pair matches
     max_hash_distance: int = 8  # differing bits (of 64) of the perceptual hashes (mirrored, centre-cropped) at or below
+    # a hash candidate is a near-duplicate only when its 256-bit confirmation hashes (mirrored, centre crops of
+    # CONFIRM_SHARES) differ in at most this many bits: drawn images on plain backgrounds collide in 64 bits
+    max_confirm_distance: int = 24
     k: int = 10  # embedding neighbours examined per image
 
 
@@ -57,20 +60,27 @@ class LeakReport:
 
 HASH_VARIANTS = 4  # the image, its mirror image, its centre (CENTRE_SHARE of each side) and that centre mirrored
 CENTRE_SHARE = 0.9
+CONFIRM_SHARES = (1.0, 0.92, 0.88, 0.84)  # views (each also mirrored) of the 256-bit confirmation hash
+CONFIRM_BITS = 256
+CONFIRM_WORDS = CONFIRM_BITS // 64
+CONFIRM_VIEWS = 2 * len(CONFIRM_SHARES)
+HASH_COLUMNS = HASH_VARIANTS + CONFIRM_VIEWS * CONFIRM_WORDS
 
 
 def image_hashes(paths: Sequence[str | None], *, progress: Callable[[int, int], None] | None = None
                  ) -> tuple[np.ndarray, np.ndarray]:
-    """Perceptual hashes (`imagehash.phash`, 64 bits) of each image in `HASH_VARIANTS` views: as is, mirrored, its
-    centre and its centre mirrored (so flipped and slightly cropped copies still match).
+    """Perceptual hashes of each image: `imagehash.phash` (64 bits) in `HASH_VARIANTS` views (as is, mirrored, its
+    centre and its centre mirrored, so flipped and slightly cropped copies still match), then a 256-bit phash in
+    `CONFIRM_VIEWS` views (as is and centre crops of `CONFIRM_SHARES`, each also mirrored) that confirms a candidate.
 
-    Returns `(hashes, readable)`: `hashes` uint64 `(N, 4)`, `readable` bool `(N,)` (False for a path that is None
-    or cannot be decoded; its hashes are 0 and never match).
+    Returns `(hashes, readable)`: `hashes` uint64 `(N, HASH_COLUMNS)` (the 64-bit views first, then each
+    confirmation view as `CONFIRM_WORDS` words), `readable` bool `(N,)` (False for a path that is None or cannot be
+    decoded; its hashes are 0 and never match).
     """
     import imagehash
     from PIL import ImageOps
 
-    hashes = np.zeros((len(paths), HASH_VARIANTS), dtype=np.uint64)
+    hashes = np.zeros((len(paths), HASH_COLUMNS), dtype=np.uint64)
     readable = np.zeros(len(paths), dtype=bool)
     for i, path in enumerate(paths):
         if progress and i % 200 == 0:
@@ -82,27 +92,56 @@ def image_hashes(paths: Sequence[str | None], *, progress: Callable[[int, int], 
         except ImageError as exc:
             logger.info("no perceptual hash for %s: %s", path, exc)
             continue
-        w, h = image.size
-        dx, dy = int(w * (1 - CENTRE_SHARE) / 2), int(h * (1 - CENTRE_SHARE) / 2)
-        centre = image.crop((dx, dy, w - dx, h - dy))
+        centre = _centre(image, CENTRE_SHARE)
         for j, view in enumerate((image, ImageOps.mirror(image), centre, ImageOps.mirror(centre))):
-            hashes[i, j] = _hash_bits(imagehash.phash(view))
+            hashes[i, j] = _words(imagehash.phash(view))[0]
+        column = HASH_VARIANTS
+        for share in CONFIRM_SHARES:
+            crop = _centre(image, share)
+            for view in (crop, ImageOps.mirror(crop)):
+                hashes[i, column:column + CONFIRM_WORDS] = _words(imagehash.phash(view, hash_size=16))
+                column += CONFIRM_WORDS
         readable[i] = True
     return hashes, readable
 
 
-def _hash_bits(value) -> np.uint64:
+def _centre(image, share: float):
+    if share >= 1.0:
+        return image
+    w, h = image.size
+    dx, dy = int(w * (1 - share) / 2), int(h * (1 - share) / 2)
+    return image.crop((dx, dy, w - dx, h - dy))
+
+
+def _words(value) -> list[np.uint64]:
     bits = np.asarray(value.hash, dtype=bool).ravel()
-    return np.uint64(int("".join("1" if b else "0" for b in bits), 2))
+    return [np.uint64(int("".join("1" if b else "0" for b in bits[k:k + 64]), 2)) for k in range(0, len(bits), 64)]
+
+
+def _check_hashes(hashes: np.ndarray) -> None:
+    if hashes.ndim != 2 or hashes.shape[1] != HASH_COLUMNS:
+        raise LeakageError(f"image hashes of shape {hashes.shape}, expected (N, {HASH_COLUMNS}): hashes saved by an "
+                           "older TaxaLens; delete the workspace's .taxalens/scan folder or rehash with `image_hashes`")
 
 
 def hash_distances(query: np.ndarray, reference: np.ndarray) -> np.ndarray:
-    """Differing bits `(Q, R)` between the hashes `query` `(Q, 4)` and `reference` `(R, 4)` from `image_hashes`: the
+    """Differing bits `(Q, R)` between the 64-bit hashes of `query` and `reference` (rows from `image_hashes`): the
     fewest over one image as is against any view of the other (symmetric)."""
     out = np.full((len(query), len(reference)), 64, dtype=np.int16)
-    for j in range(query.shape[1]):
+    for j in range(HASH_VARIANTS):
         np.minimum(out, np.bitwise_count(query[:, None, 0] ^ reference[None, :, j]), out=out)
         np.minimum(out, np.bitwise_count(query[:, None, j] ^ reference[None, :, 0]), out=out)
+    return out
+
+
+def confirmation_distances(hashes: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Differing bits (of `CONFIRM_BITS`) between the confirmation hashes of rows `a` and `b` (paired arrays of
+    positions into `hashes` from `image_hashes`): the fewest over one image as is against any view of the other."""
+    words = hashes[:, HASH_VARIANTS:].reshape(len(hashes), CONFIRM_VIEWS, CONFIRM_WORDS)
+    out = np.full(len(a), CONFIRM_BITS, dtype=np.int16)
+    for j in range(CONFIRM_VIEWS):
+        for first, second in ((words[a, 0], words[b, j]), (words[a, j], words[b, 0])):
+            np.minimum(out, np.bitwise_count(first ^ second).sum(axis=1, dtype=np.int16), out=out)
     return out
 
 
@@ -115,12 +154,14 @@ def find_near_duplicates(table: PredictionTable, hashes: np.ndarray | None = Non
 
     Embedding test: among each row's `settings.k` most similar rows (cosine of the mean-centred embeddings), those at
     or above
-    `settings.min_similarity`. Hash test (when `hashes` `(N, 4)` from `image_hashes` are given): perceptual hashes
-    within `settings.max_hash_distance` bits. `found_by` says which test (embedding, hash or both) matched.
+    `settings.min_similarity`. Hash test (when `hashes` from `image_hashes` are given): 64-bit perceptual hashes
+    within `settings.max_hash_distance` bits, confirmed by 256-bit ones within `settings.max_confirm_distance`. `found_by` says which test (embedding, hash or both) matched.
     """
     n = len(table)
     if hashes is not None and len(hashes) != n:
         raise LeakageError(f"{len(hashes)} hashes for {n} predictions; hash the images of the same table")
+    if hashes is not None:
+        _check_hashes(hashes)
     width = table.embeddings.shape[1] if table.embeddings.ndim == 2 else 0
     if width == 0 and hashes is None:
         raise LeakageError("these predictions hold no embeddings and no image hashes were given; recompute the "
@@ -134,7 +175,7 @@ def find_near_duplicates(table: PredictionTable, hashes: np.ndarray | None = Non
     if hashes is not None and found:  # fill in the hash distance of pairs only the embeddings found
         keys = np.array(list(found), dtype=np.int64)
         d = np.full(len(keys), 64, dtype=np.int16)
-        for j in range(hashes.shape[1]):
+        for j in range(HASH_VARIANTS):
             d = np.minimum(d, np.bitwise_count(hashes[keys[:, 0], 0] ^ hashes[keys[:, 1], j]))
             d = np.minimum(d, np.bitwise_count(hashes[keys[:, 0], j] ^ hashes[keys[:, 1], 0]))
         for (a, b), dist in zip(found, d.tolist(), strict=True):
@@ -187,6 +228,8 @@ def _hash_pairs(hashes: np.ndarray, ok: np.ndarray, splits: np.ndarray, settings
         part = queries[start:start + chunk]
         dist = hash_distances(hashes[part], hashes[reference])
         hit_r, hit_c = np.nonzero(dist <= settings.max_hash_distance)
+        confirmed = confirmation_distances(hashes, part[hit_r], reference[hit_c]) <= settings.max_confirm_distance
+        hit_r, hit_c = hit_r[confirmed], hit_c[confirmed]
         for r, c in zip(hit_r.tolist(), hit_c.tolist(), strict=True):
             a, b = int(part[r]), int(reference[c])
             if a == b:

@@ -103,7 +103,7 @@ def outlier_scores(token: str, table: PredictionTable) -> pd.DataFrame:
 
 
 def _hash_file(ctx: PageContext, token: str) -> Path:
-    return Path(ctx.workspace.root) / ".taxalens" / "scan" / f"hashes-{token[:24]}.npz"
+    return Path(ctx.workspace.root) / ".taxalens" / "scan" / f"hashes-v2-{token[:24]}.npz"  # v2: with confirmation hashes
 
 
 @st.cache_resource(show_spinner="Hashing the images…", max_entries=4)
