@@ -37,8 +37,9 @@ class DuplicateSettings:
     min_similarity: float = 0.995  # cosine similarity of the mean-centred embeddings at or above which a pair matches
     max_hash_distance: int = 8  # differing bits (of 64) of the perceptual hashes (mirrored, centre-cropped) at or below
     # a hash candidate is a near-duplicate only when its 256-bit confirmation hashes (mirrored, centre crops of
-    # CONFIRM_SHARES) differ in at most this many bits: drawn images on plain backgrounds collide in 64 bits
-    max_confirm_distance: int = 24
+    # CONFIRM_SHARES) differ in at most this many bits: drawn images on plain backgrounds collide in 64 bits. 26: the
+    # farthest planted bccd copy (a 4-8 % crop) is at 26, the demo's distinct cross-split candidates at 22, then >= 28
+    max_confirm_distance: int = 26
     k: int = 10  # embedding neighbours examined per image
 
 
@@ -153,9 +154,9 @@ def find_near_duplicates(table: PredictionTable, hashes: np.ndarray | None = Non
     """Each pair of rows of `table` that are near-duplicates, once (`PAIR_COLUMNS`, sorted by similarity).
 
     Embedding test: among each row's `settings.k` most similar rows (cosine of the mean-centred embeddings), those at
-    or above
-    `settings.min_similarity`. Hash test (when `hashes` from `image_hashes` are given): 64-bit perceptual hashes
-    within `settings.max_hash_distance` bits, confirmed by 256-bit ones within `settings.max_confirm_distance`. `found_by` says which test (embedding, hash or both) matched.
+    or above `settings.min_similarity`. Hash test (when `hashes` from `image_hashes` are given): 64-bit perceptual
+    hashes within `settings.max_hash_distance` bits, confirmed by 256-bit ones within
+    `settings.max_confirm_distance`. `found_by` says which test (embedding, hash or both) matched.
     """
     n = len(table)
     if hashes is not None and len(hashes) != n:

@@ -172,3 +172,45 @@ def test_pca_map_separates_two_clusters_and_figure_is_webgl():
     assert sorted(rows.tolist()) == list(range(80))
     taxa = colour_values(frame, "rank:order", taxa={"a": "A-order"})
     assert set(taxa) == {"A-order", "(not in taxonomy)"}
+
+
+def test_distinct_drawn_images_on_plain_backgrounds_are_no_leak(tmp_path):
+    """Demo-style drawings (one plain microscope background, organisms alike in shape) collide in the 64-bit hash;
+    the 256-bit confirmation keeps them apart and still finds a real copy and a mirrored copy."""
+    from PIL import Image, ImageOps
+
+    from core.demo import generate_demo_dataset
+
+    samples = generate_demo_dataset(tmp_path, scale=0.05)
+    specimens = sorted({s.specimen_id for s in samples})
+    val_specimens = set(specimens[1::3])
+    ids = [s.path for s in samples]
+    splits = ["val" if s.specimen_id in val_specimens else "train" for s in samples]
+    source = next(s.path for s, split in zip(samples, splits, strict=True) if split == "train")
+    image = Image.open(tmp_path / source).convert("RGB")
+    for name, copy in (("copy.png", image), ("mirror.png", ImageOps.mirror(image))):
+        copy.save(tmp_path / name)
+        ids.append(name)
+        splits.append("val")
+    specimen_ids = [s.specimen_id for s in samples] + ["copy", "mirror"]
+    labels = [s.label for s in samples] + [samples[ids.index(source)].label] * 2
+    classes = sorted(set(labels))
+    table = build_prediction_table(ids, np.full((len(ids), len(classes)), 1 / len(classes)), np.zeros((len(ids), 0)),
+                                   labels=labels, splits=splits, specimen_ids=specimen_ids, class_names=classes)
+    hashes, readable = image_hashes([str(tmp_path / i) for i in ids])
+    assert readable.all()
+    unconfirmed = scan_leakage(table, hashes, readable, settings=DuplicateSettings(max_confirm_distance=256))
+    distinct = unconfirmed.pairs[~unconfirmed.pairs["sample_a"].isin(["copy.png", "mirror.png"])
+                                 & ~unconfirmed.pairs["sample_b"].isin(["copy.png", "mirror.png"])]
+    assert len(distinct) >= 3  # the drawn images do collide in 64 bits: the case this test is about
+    report = scan_leakage(table, hashes, readable)
+    assert sorted(report.leaks["sample_id"]) == ["copy.png", "mirror.png"]
+    assert set(report.leaks["train_sample_id"]) == {source}
+    assert set(report.pairs["sample_a"]) | set(report.pairs["sample_b"]) <= {"copy.png", "mirror.png", source}
+
+
+def test_hashes_of_an_older_shape_say_what_to_do():
+    table = build_prediction_table(["a", "b"], np.full((2, 2), 0.5), np.zeros((2, 0)), labels=["x", "y"],
+                                   splits=["train", "val"], specimen_ids=["a", "b"], class_names=["x", "y"])
+    with pytest.raises(LeakageError, match=r"\.taxalens/scan"):
+        scan_leakage(table, np.zeros((2, 4), dtype=np.uint64), np.ones(2, dtype=bool))
