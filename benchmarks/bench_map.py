@@ -95,7 +95,7 @@ def demo_rows(workspace: Path, confirm: bool) -> list[tuple[str, str]]:
     samples = ws.load_dataset().samples
     files = sorted((Path(workspace) / ".taxalens" / "predictions").glob(f"{ws.checkpoints[0].name}-*.parquet"))
     if not files:
-        raise SystemExit(f"{workspace}: no stored predictions for {ws.checkpoints[0].name}; open the dashboard first")
+        return [("skipped", f"{workspace}: no stored predictions of {ws.checkpoints[0].name} (open the dashboard)")]
     table = load_predictions(files[-1])
     paths = samples.set_index("sample_id").loc[table.frame["sample_id"], "path"].astype(str).tolist()
     hashes, readable = image_hashes(paths)
@@ -156,7 +156,9 @@ def main() -> None:
         print(f"\n{'leak scan (demo workspace, ' + confirm + ' confirmation)':<48} result")
         for name, value in demo_rows(args.demo, not args.no_confirm):
             print(f"{name:<48} {value}")
-    if args.bccd:
+    if args.bccd and not args.bccd.is_dir():
+        print(f"\nleak scan (planted bccd) skipped: {args.bccd} not found")
+    elif args.bccd:
         print(f"\n{'leak scan (planted bccd, 40 val copies)':<48} {'recall':>7} {'precision':>9}  recall per kind")
         print(f"({confirm} the 256-bit confirmation of hash candidates)")
         for name, recall, precision, per_kind in leak_rows(args.bccd, not args.no_confirm):
