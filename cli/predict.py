@@ -12,7 +12,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "predict",
         help="predict a dataset with a checkpoint into a Parquet table",
         description="Predict every image of a dataset. Under `torchrun --nproc_per_node=N` the data is sharded "
-        "across processes and rank 0 merges the shards into one table.",
+        "across processes and rank 0 merges the shards into one table. With --workspace only the images the "
+        "workspace's prediction store lacks (new or changed files) are predicted; under torchrun each rank adds its "
+        "share to the store, so the workspace must be on a filesystem every node shares.",
     )
     parser.add_argument("--data", help="ImageFolder root or CSV manifest (path,label[,split,specimen_id,...])")
     parser.add_argument("--root", help="root that manifest paths are relative to (default: the manifest's folder)")
@@ -50,7 +52,8 @@ def _run(args: argparse.Namespace) -> int:
         table = predict_workspace(workspace, args.checkpoint, progress=progress, batch_size=args.batch_size,
                                   num_workers=args.workers, device=args.device)
         bar.close()
-        print(f"{len(table)} predictions cached in {workspace.cache_dir / 'predictions'}")
+        if table is not None:  # under torchrun, rank 0 assembles the table
+            print(f"{len(table)} predictions cached in {workspace.cache_dir / 'predictions'}")
         return 0
     if not args.data or not args.out:
         raise ValueError("give --data PATH and --out DIR (or --workspace DIR --checkpoint NAME)")

@@ -120,3 +120,26 @@ def test_cache_command_reports_and_prunes_stale_entries(workspace, forwarded: li
     assert len(_predict(workspace)) == 18 and forwarded == []
     assert main(["cache", "--workspace", str(workspace.root)]) == 0
     assert "0 stale entries" in capsys.readouterr().out
+
+
+def test_torchrun_two_gloo_processes_fill_the_workspace_store(workspace, tmp_path: Path):
+    """`torchrun --nproc_per_node=2 -m core predict --workspace`: each rank predicts its share of the missing images
+    into the shared store, rank 0 assembles the table; equal to one process's predictions."""
+    import subprocess
+    import sys
+
+    repo = Path(__file__).resolve().parents[2]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(repo)}
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "core",
+               "predict", "--workspace", str(workspace.root), "--checkpoint", "tiny", "--workers", "0",
+               "--device", "cpu", "--batch-size", "8"]
+    result = subprocess.run(command, cwd=repo, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.count("23 predictions cached") == 1  # rank 0 only
+    parts = sorted(inference.store_path(workspace, "tiny").glob("part-*.parquet"))
+    assert sorted(p.name.rsplit("-", 1)[1] for p in parts) == ["0.parquet", "1.parquet"]  # one part per rank
+    merged = inference.cached_predictions(workspace, "tiny")
+    assert merged is not None and len(merged) == 23
+    single = inference.predict_workspace(workspace, "tiny", num_workers=0, force=True)
+    order = merged.frame.set_index("sample_id").loc[single.frame["sample_id"]]
+    np.testing.assert_allclose(order["confidence"], single.frame["confidence"].to_numpy(), rtol=1e-4)
