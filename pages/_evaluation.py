@@ -9,7 +9,10 @@ building the page.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 import pandas as pd
@@ -19,12 +22,22 @@ import streamlit as st
 from core import confusion as cm
 from core import figures, metrics, queries, specimens
 from core.curation import CuratedTable, apply_curated_labels, compare_label_modes, curated_labels
-from core.errors import TaxaLensError
+from core.errors import USER_ERRORS, TaxaLensError
 from core.labelstore import LabelStore
 from core.predictions import PredictionTable
+from core.result_cache import RESULTS_DIR, cached_result, grouping_digest, result_key
 from core.scores import BootstrapConfig, ResamplingPlan, Unit, describe_intervals
-from pages._cached import PageContext, checkpoint_stamp, require_table, start_page, table_token
+from pages._cached import (
+    PageContext,
+    checkpoint_stamp,
+    default_workspace_path,
+    open_workspace,
+    require_table,
+    start_page,
+    table_token,
+)
 from pages._review_support import label_store
+from pages._state import KEY_WORKSPACE
 from pages._text import md, md_list
 
 
@@ -45,6 +58,9 @@ class EvalData:
 def _split_table(full_token: str, split: str, _full: PredictionTable) -> tuple[PredictionTable, str]:
     table = _full.for_split(split)
     return table, table_token(table, split)
+
+
+T = TypeVar("T")
 
 
 class _NoPredictions(TaxaLensError, LookupError):
@@ -206,11 +222,29 @@ def resampling(token: str, _table: PredictionTable) -> ResamplingPlan | None:
     return metrics.resampling_plan(_table)[0] if len(metrics.evaluated(_table)) else None
 
 
+def results_dir() -> Path | None:
+    """Where interval results are cached on disk: beside the open workspace's predictions (None when no workspace
+    opens). Read inside the cached functions below, on a miss only; their disk keys are content keys."""
+    try:
+        workspace = open_workspace(st.session_state.get(KEY_WORKSPACE) or default_workspace_path())
+    except USER_ERRORS:
+        return None
+    return workspace.cache_dir / "predictions" / RESULTS_DIR
+
+
+def _on_disk(kind: str, token: str, table: PredictionTable, compute: Callable[[], T], *parts: object) -> T:
+    """`compute()` through the disk cache, keyed by the table's token (split, label mode), its specimen grouping,
+    the bootstrap configuration and `parts`."""
+    key = result_key(kind, token, grouping_digest(table.frame), repr(INTERVALS), *parts)
+    return cached_result(results_dir(), key, compute)
+
+
 @st.cache_data(show_spinner="Bootstrapping confidence intervals…", max_entries=64)
 def headline(token: str, _table: PredictionTable, *, n_boot: int = INTERVALS.n_boot, seed: int | None = INTERVALS.seed
              ) -> metrics.HeadlineMetrics:
-    return metrics.compute_headline_metrics(_table, n_boot=n_boot, seed=seed, plan=resampling(token, _table),
-                                            confidence_level=INTERVALS.confidence_level, method=INTERVALS.method)
+    return _on_disk("headline", token, _table, lambda: metrics.compute_headline_metrics(
+        _table, n_boot=n_boot, seed=seed, plan=resampling(token, _table), confidence_level=INTERVALS.confidence_level,
+        method=INTERVALS.method), n_boot, seed)
 
 
 @st.cache_resource(show_spinner=False, max_entries=16)
@@ -222,10 +256,13 @@ def specimen_level(token: str, _table: PredictionTable) -> PredictionTable | Non
 @st.cache_data(show_spinner="Specimen-level metrics…", max_entries=64)
 def specimen_headline(token: str, _table: PredictionTable, *, n_boot: int = INTERVALS.n_boot
                       ) -> metrics.HeadlineMetrics | None:
-    table = specimen_level(token, _table)
-    return None if table is None else metrics.compute_headline_metrics(
-        table, n_boot=n_boot, seed=INTERVALS.seed, confidence_level=INTERVALS.confidence_level,
-        method=INTERVALS.method)
+    def compute() -> metrics.HeadlineMetrics | None:
+        table = specimen_level(token, _table)
+        return None if table is None else metrics.compute_headline_metrics(
+            table, n_boot=n_boot, seed=INTERVALS.seed, confidence_level=INTERVALS.confidence_level,
+            method=INTERVALS.method)
+
+    return _on_disk("specimen-headline", token, _table, compute, n_boot)
 
 
 @st.cache_data(show_spinner=False, max_entries=64)
@@ -235,8 +272,8 @@ def confusion(token: str, _table: PredictionTable) -> np.ndarray:
 
 @st.cache_data(show_spinner="Bootstrapping per-class intervals…", max_entries=64)
 def per_class(token: str, _table: PredictionTable) -> pd.DataFrame:
-    return metrics.per_class_table(_table, counts=confusion(token, _table), intervals=INTERVALS,
-                                   plan=resampling(token, _table))
+    return _on_disk("per-class", token, _table, lambda: metrics.per_class_table(
+        _table, counts=confusion(token, _table), intervals=INTERVALS, plan=resampling(token, _table)))
 
 
 @st.cache_data(show_spinner=False, max_entries=64)

@@ -85,3 +85,27 @@ def test_overview_all_splits_and_empty_split(drawn_workspace, open_page):
     app = open_page(drawn_workspace, PAGE, split="test")  # the demo has no test split
     assert any("has no samples" in w.value for w in app.warning)
     assert not app.metric
+
+
+def test_a_restarted_server_reads_the_intervals_from_disk(drawn_workspace, open_page, monkeypatch):
+    import streamlit as st
+
+    from core import metrics
+
+    first = open_page(drawn_workspace, PAGE)
+    results = drawn_workspace / ".taxalens" / "predictions" / "results"
+    kinds = sorted({p.name.split("-")[0] for p in results.iterdir()})
+    assert kinds == ["headline", "per", "specimen"]  # headline-, per-class-, specimen-headline-<key>
+    st.cache_data.clear()  # a new server process: nothing in memory
+    st.cache_resource.clear()
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("bootstrapped again although the result is on disk")
+
+    monkeypatch.setattr(metrics, "compute_headline_metrics", refuse)
+    monkeypatch.setattr(metrics, "per_class_table", refuse)
+    again = open_page(drawn_workspace, PAGE)
+    assert [(m.label, m.value) for m in again.metric] == [(m.label, m.value) for m in first.metric]
+    shown = [c.value for c in again.caption if "CI" in c.value]
+    assert shown == [c.value for c in first.caption if "CI" in c.value] and shown
+    _check_page(again, load_table(drawn_workspace).for_split("val"))
