@@ -24,12 +24,16 @@ from typing import Any, TypeVar
 import numpy as np
 import pandas as pd
 
-from core import metrics, scores, specimens
+from core import confusion, metrics, scores, specimens
 from core.metrics import HeadlineMetrics, MetricEstimate
+from core.predictions import PredictionTable, table_token
+from core.scores import BootstrapConfig, ResamplingPlan
 
 logger = logging.getLogger(__name__)
 
 RESULTS_DIR = "results"  # under the workspace's predictions folder
+SPLITS = ("val", "train", "test", "all")  # the splits the pages offer
+PAGE_INTERVALS = BootstrapConfig()  # every interval the evaluation pages show: 1,000 stratified resamples, 95%, BCa
 _CODE_MODULES = (metrics, scores, specimens)  # their source is part of every key
 T = TypeVar("T")
 
@@ -133,3 +137,74 @@ def _store(folder: Path, key: str, value: Any) -> None:
     finally:
         if tmp is not None and os.path.exists(tmp):
             os.unlink(tmp)
+
+
+# Interval results ----------------------------------------------------------------------------------------------------
+
+def resampling_plan_of(table: PredictionTable) -> ResamplingPlan | None:
+    """The table's bootstrap plan (shared by the headline and per-class intervals), None without evaluated rows."""
+    return metrics.resampling_plan(table)[0] if len(metrics.evaluated(table)) else None
+
+
+def _headline(table: PredictionTable, config: BootstrapConfig, plan: ResamplingPlan | None) -> HeadlineMetrics:
+    return metrics.compute_headline_metrics(table, n_boot=config.n_boot, seed=config.seed, plan=plan,
+                                            confidence_level=config.confidence_level, method=config.method)
+
+
+def _specimen_headline(table: PredictionTable, config: BootstrapConfig, plan: ResamplingPlan | None
+                       ) -> HeadlineMetrics | None:
+    if not specimens.has_specimens(table):
+        return None
+    return metrics.compute_headline_metrics(specimens.specimen_table(table), n_boot=config.n_boot, seed=config.seed,
+                                            confidence_level=config.confidence_level, method=config.method)
+
+
+def _per_class(table: PredictionTable, config: BootstrapConfig, plan: ResamplingPlan | None) -> pd.DataFrame:
+    return metrics.per_class_table(table, counts=confusion.confusion_counts(table), intervals=config, plan=plan)
+
+
+# The interval results the evaluation pages show: kind -> compute(table, config, plan). One entry per result.
+INTERVAL_RESULTS: dict[str, Callable[[PredictionTable, BootstrapConfig, ResamplingPlan | None], Any]] = {
+    "headline": _headline,
+    "specimen-headline": _specimen_headline,
+    "per-class": _per_class,
+}
+
+
+def interval_key(kind: str, token: str, table: PredictionTable, config: BootstrapConfig) -> str:
+    """The disk key of interval result `kind` for `table` whose content token (`table_token`, with the split and,
+    for curated labels, the label store's last event) is `token`."""
+    return result_key(kind, token, grouping_digest(table.frame), repr(config))
+
+
+def interval_result(folder: Path | None, kind: str, token: str, table: PredictionTable, config: BootstrapConfig,
+                    *, plan: Callable[[], ResamplingPlan | None] | None = None) -> Any:
+    """Interval result `kind` (`INTERVAL_RESULTS`) of `table`, from `folder` when cached there, else computed and
+    stored. `plan`: returns the table's resampling plan when a computation needs it (default: built here)."""
+    make_plan = plan or (lambda: resampling_plan_of(table))
+    return cached_result(folder, interval_key(kind, token, table, config),
+                         lambda: INTERVAL_RESULTS[kind](table, config, make_plan()))
+
+
+def warm_interval_results(table: PredictionTable, folder: Path, *, config: BootstrapConfig,
+                          splits: tuple[str, ...] = SPLITS) -> int:
+    """Compute and store every interval result of `table` (all splits) under the dataset's own labels, as the
+    evaluation pages key them, so even a page's first visit reads them from disk. Returns how many were computed."""
+    computed = 0
+    for split in splits:
+        part = table.for_split(split)
+        if not len(part):
+            continue
+        token = table_token(part, split)
+        plan = None
+        for kind in INTERVAL_RESULTS:
+            key = interval_key(kind, token, part, config)
+            if any((folder / f"{key}{suffix}").is_file() for suffix in (".json", ".parquet")):
+                continue
+            if plan is None and kind != "specimen-headline":
+                plan = resampling_plan_of(part)
+            cached_result(folder, key, lambda kind=kind, part=part, plan=plan: INTERVAL_RESULTS[kind](part, config,
+                                                                                                     plan))
+            computed += 1
+    logger.debug("warmed %d interval results in %s", computed, folder)
+    return computed

@@ -9,10 +9,8 @@ building the page.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TypeVar
 
 import numpy as np
 import pandas as pd
@@ -25,8 +23,8 @@ from core.curation import CuratedTable, apply_curated_labels, compare_label_mode
 from core.errors import USER_ERRORS, TaxaLensError
 from core.labelstore import LabelStore
 from core.predictions import PredictionTable
-from core.result_cache import RESULTS_DIR, cached_result, grouping_digest, result_key
-from core.scores import BootstrapConfig, ResamplingPlan, Unit, describe_intervals
+from core.result_cache import PAGE_INTERVALS, RESULTS_DIR, interval_result, resampling_plan_of
+from core.scores import ResamplingPlan, Unit, describe_intervals
 from pages._cached import (
     PageContext,
     checkpoint_stamp,
@@ -58,9 +56,6 @@ class EvalData:
 def _split_table(full_token: str, split: str, _full: PredictionTable) -> tuple[PredictionTable, str]:
     table = _full.for_split(split)
     return table, table_token(table, split)
-
-
-T = TypeVar("T")
 
 
 class _NoPredictions(TaxaLensError, LookupError):
@@ -208,7 +203,7 @@ def excluded_counts(token: str, _table: PredictionTable) -> pd.Series:
     return metrics.excluded_labels(_table)
 
 
-INTERVALS = BootstrapConfig()  # every interval the evaluation pages show: 1,000 stratified resamples, 95%, BCa
+INTERVALS = PAGE_INTERVALS  # every interval the evaluation pages show (the CLI warms the disk cache with the same)
 
 
 def interval_caption(unit: Unit) -> str:
@@ -219,7 +214,7 @@ def interval_caption(unit: Unit) -> str:
 @st.cache_resource(show_spinner=False, max_entries=8)
 def resampling(token: str, _table: PredictionTable) -> ResamplingPlan | None:
     """The table's bootstrap plan (shared by the headline and per-class intervals), None without evaluated rows."""
-    return metrics.resampling_plan(_table)[0] if len(metrics.evaluated(_table)) else None
+    return resampling_plan_of(_table)
 
 
 def results_dir() -> Path | None:
@@ -232,19 +227,11 @@ def results_dir() -> Path | None:
     return workspace.cache_dir / "predictions" / RESULTS_DIR
 
 
-def _on_disk(kind: str, token: str, table: PredictionTable, compute: Callable[[], T], *parts: object) -> T:
-    """`compute()` through the disk cache, keyed by the table's token (split, label mode), its specimen grouping,
-    the bootstrap configuration and `parts`."""
-    key = result_key(kind, token, grouping_digest(table.frame), repr(INTERVALS), *parts)
-    return cached_result(results_dir(), key, compute)
-
-
 @st.cache_data(show_spinner="Bootstrapping confidence intervals…", max_entries=64)
 def headline(token: str, _table: PredictionTable, *, n_boot: int = INTERVALS.n_boot, seed: int | None = INTERVALS.seed
              ) -> metrics.HeadlineMetrics:
-    return _on_disk("headline", token, _table, lambda: metrics.compute_headline_metrics(
-        _table, n_boot=n_boot, seed=seed, plan=resampling(token, _table), confidence_level=INTERVALS.confidence_level,
-        method=INTERVALS.method), n_boot, seed)
+    config = replace(INTERVALS, n_boot=n_boot, seed=seed)
+    return interval_result(results_dir(), "headline", token, _table, config, plan=lambda: resampling(token, _table))
 
 
 @st.cache_resource(show_spinner=False, max_entries=16)
@@ -256,13 +243,7 @@ def specimen_level(token: str, _table: PredictionTable) -> PredictionTable | Non
 @st.cache_data(show_spinner="Specimen-level metrics…", max_entries=64)
 def specimen_headline(token: str, _table: PredictionTable, *, n_boot: int = INTERVALS.n_boot
                       ) -> metrics.HeadlineMetrics | None:
-    def compute() -> metrics.HeadlineMetrics | None:
-        table = specimen_level(token, _table)
-        return None if table is None else metrics.compute_headline_metrics(
-            table, n_boot=n_boot, seed=INTERVALS.seed, confidence_level=INTERVALS.confidence_level,
-            method=INTERVALS.method)
-
-    return _on_disk("specimen-headline", token, _table, compute, n_boot)
+    return interval_result(results_dir(), "specimen-headline", token, _table, replace(INTERVALS, n_boot=n_boot))
 
 
 @st.cache_data(show_spinner=False, max_entries=64)
@@ -272,8 +253,8 @@ def confusion(token: str, _table: PredictionTable) -> np.ndarray:
 
 @st.cache_data(show_spinner="Bootstrapping per-class intervals…", max_entries=64)
 def per_class(token: str, _table: PredictionTable) -> pd.DataFrame:
-    return _on_disk("per-class", token, _table, lambda: metrics.per_class_table(
-        _table, counts=confusion(token, _table), intervals=INTERVALS, plan=resampling(token, _table)))
+    return interval_result(results_dir(), "per-class", token, _table, INTERVALS,
+                           plan=lambda: resampling(token, _table))
 
 
 @st.cache_data(show_spinner=False, max_entries=64)
