@@ -75,6 +75,7 @@ def write_index(path: str | Path, frame: pd.DataFrame) -> bool:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".dataset-index.", suffix=".tmp")
         os.close(fd)
+        os.chmod(tmp, 0o644)  # mkstemp makes it 0600: others sharing the workspace must read it
         table = pa.Table.from_pandas(frame.loc[:, list(INDEX_COLUMNS)], preserve_index=False)
         pq.write_table(table, tmp)
         os.replace(tmp, path)

@@ -171,6 +171,7 @@ def _write(path: Path, rows: StoredPredictions) -> None:
     schema = pa.schema([(name, col.type) for name, col in columns.items()], metadata={_META_KEY: json.dumps(meta)})
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".part-", suffix=".tmp")
     os.close(fd)
+    os.chmod(tmp, 0o644)  # mkstemp makes it 0600: others sharing the workspace must read it
     try:
         pq.write_table(pa.Table.from_arrays(list(columns.values()), schema=schema), tmp)
         os.replace(tmp, path)

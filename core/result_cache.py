@@ -129,6 +129,7 @@ def _store(folder: Path, key: str, value: Any) -> None:
         folder.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=folder, prefix=".result-", suffix=".tmp")
         os.close(fd)
+        os.chmod(tmp, 0o644)  # mkstemp makes it 0600: others sharing the workspace must read it
         codec.write(value, Path(tmp))
         os.replace(tmp, folder / f"{key}{codec.suffix}")
         tmp = None

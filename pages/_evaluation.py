@@ -301,12 +301,24 @@ def confusion_figure(
     hide_diagonal: bool,
     highlight: tuple[str, ...],
     selected: tuple[int, int] | None,
+    classes: tuple[int, ...] | None = None,
 ) -> go.Figure:
     return figures.build_confusion_figure(
         confusion(token, _table), _table.class_names, normalise=normalise,
         order=class_order(token, _table, order, taxa), hide_diagonal=hide_diagonal, highlight=highlight,
-        selected=selected,
+        selected=selected, classes=classes,
     )
+
+
+# Above SUBMATRIX_ABOVE classes the confusion page draws the SUBMATRIX_CLASSES classes most involved in errors by
+# default (a 1,000-class matrix has too many cells to read, or to send to the browser on every rerun).
+SUBMATRIX_ABOVE = 150
+SUBMATRIX_CLASSES = 100
+
+
+@st.cache_data(show_spinner=False, max_entries=64)
+def top_confused(token: str, _table: PredictionTable, n: int) -> tuple[int, ...]:
+    return tuple(int(i) for i in cm.top_confused_classes(confusion(token, _table), n=n))
 
 
 @st.cache_resource(show_spinner=False, max_entries=32)
