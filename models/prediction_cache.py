@@ -13,6 +13,7 @@ import numpy as np
 from core.dataset import Dataset as SampleSet
 from core.errors import USER_ERRORS
 from core.prediction_store import STORE_DIR, compact_store, file_stamps, read_store
+from core.result_cache import RESULTS_DIR
 from core.workspace import Workspace
 from models.inference import TABLE_KEY_LENGTH, predictions_dir, predictions_path, safe_file_name, store_path
 
@@ -24,7 +25,7 @@ class CacheEntry:
     """One table, side file or store of the prediction cache."""
 
     path: Path  # the file or store folder
-    kind: str  # "table", "side file" (skipped list, cross-validation) or "store"
+    kind: str  # "table", "side file" (skipped list, cross-validation), "result" (intervals) or "store"
     checkpoint: str  # the workspace checkpoint it belongs to ("" when none does any more)
     stale: bool  # True when nothing current reads it (or, for a store, some of its rows)
     rows: int  # table rows, or store rows (-1 for a side file)
@@ -60,6 +61,7 @@ def cache_report(workspace: Workspace, *, dataset: SampleSet | None = None) -> l
         is_table = path.name.endswith(".parquet") and ".cv-" not in path.name
         entries.append(CacheEntry(path, "table" if is_table else "side file", owner or _checkpoint_of(path, workspace),
                                   not kept, _parquet_rows(path) if is_table else -1, 0, path.stat().st_size))
+    entries += _result_entries(folder, [folder / f"{stem}.parquet" for stem in current_stems])
     stores = folder / STORE_DIR
     if stores.is_dir():
         sample_ids = dataset.samples["sample_id"]
@@ -104,6 +106,22 @@ def prune_cache(workspace: Workspace, *, dataset: SampleSet | None = None) -> li
         logger.info("removed %s", entry.path)
         done.append(entry)
     return done
+
+
+def _result_entries(folder: Path, current_tables: list[Path]) -> list[CacheEntry]:
+    """Interval results (`core.result_cache`): stale when older than every current table (so computed from none
+    of them); the content keys do not name their table."""
+    results = folder / RESULTS_DIR
+    if not results.is_dir():
+        return []
+    stamps = [p.stat().st_mtime_ns for p in current_tables if p.is_file()]
+    oldest = min(stamps) if stamps else None
+    entries = []
+    for path in sorted(p for p in results.iterdir() if p.is_file() and not p.name.startswith(".")):
+        info = path.stat()
+        stale = oldest is None or info.st_mtime_ns < oldest
+        entries.append(CacheEntry(path, "result", "", stale, -1, 0, info.st_size))
+    return entries
 
 
 def _table_stem(name: str) -> str | None:

@@ -105,14 +105,19 @@ def test_cache_command_reports_and_prunes_stale_entries(workspace, forwarded: li
     for path in gone:
         path.unlink()
     shutil.copy(old_table, old_table.with_name("tiny-" + "0" * 24 + ".parquet"))  # a table of an older dataset
+    results = inference.predictions_dir(workspace) / "results"
+    results.mkdir()
+    (results / "headline-old.json").write_text("{}")  # intervals of the table as it was
+    os.utime(results / "headline-old.json", ns=(1, 1))
     assert main(["cache", "--workspace", str(workspace.root)]) == 0
     report = capsys.readouterr().out
     assert "stale   table     tiny" in report and "tiny-" + "0" * 24 in report
     store_line = next(line for line in report.splitlines() if " store " in line)
     assert store_line.startswith("stale") and " 23 " in store_line and " 5 " in store_line
-    # the table of the dataset as it was (and its skipped list) are stale too; the store still serves 18 images
+    # the table of the dataset as it was (its skipped list, its intervals) are stale too; the store serves 18 images
     assert main(["cache", "--workspace", str(workspace.root), "--prune"]) == 0
-    assert "pruned 4 stale entries" in capsys.readouterr().out
+    assert "pruned 5 stale entries" in capsys.readouterr().out
+    assert not (results / "headline-old.json").exists()
     assert sorted(p.name for p in inference.predictions_dir(workspace).glob("*.parquet")) == []
     stored = read_store(inference.store_path(workspace, "tiny"))
     assert len(stored) == 18 and not set(stored.sample_ids) & {f"Monocyte/{p.name}" for p in gone}
