@@ -100,6 +100,8 @@ def _probe(workspace, args: argparse.Namespace, dataset, reporter: _Reporter):
         torch.set_num_threads(args.threads)
     # the stored embeddings; computed first (a forward pass over the dataset) when the predictions are not cached
     table = predict_workspace(workspace, args.checkpoint, dataset=dataset, device=args.device)
+    if table is None:  # under torchrun the ranks shared the prediction; rank 0 probes (seconds)
+        return None
     return probe_crossval(table, n_folds=args.folds, seed=args.seed, progress=reporter)
 
 

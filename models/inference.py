@@ -262,14 +262,18 @@ def predict_workspace(
     Under torchrun every rank predicts its share of the missing images into the store (which must be on a
     filesystem all nodes share) and rank 0 assembles the table; the other ranks return None.
     """
+    import torch.distributed as dist
+
     from models.distributed import init_distributed, shutdown_distributed
 
     dataset = dataset if dataset is not None else workspace.load_dataset()
     path = predictions_path(workspace, name, dataset=dataset)
+    joined_here = not (dist.is_available() and dist.is_initialized())  # a caller's process group is left to it
     context = init_distributed()
     if path.is_file() and not force:
         logger.debug("predictions of %s read from the cache %s", name, path)
-        shutdown_distributed(context)
+        if joined_here:
+            shutdown_distributed(context)
         return relabel_table(load_predictions(path), dataset.samples) if context.is_main else None
     samples = dataset.samples
     folder = store_path(workspace, name, dataset=dataset)
@@ -298,7 +302,10 @@ def predict_workspace(
     table = None
     if context.is_main:
         table = _assemble_table(workspace, name, dataset, folder, sizes, mtimes, path, card)
-    shutdown_distributed(context)
+    if joined_here:
+        shutdown_distributed(context)
+    else:
+        context.barrier()  # the other ranks wait until the table is there
     return table
 
 
