@@ -7,6 +7,7 @@ from collections.abc import Callable
 
 import streamlit as st
 
+from core.calibration import CONFIDENCE_MODES
 from core.curation import LABEL_MODES
 from core.errors import USER_ERRORS, TaxaLensError, user_message
 from core.workspace import Workspace
@@ -20,7 +21,14 @@ from pages._cached import (
 )
 from pages._links import restore_sidebar_from_url, sync_url
 from pages._serving import guard_exposure, require_access, sign_in_prompt, workspace_choices
-from pages._state import KEY_ACTOR_PROBLEM, KEY_CHECKPOINTS, KEY_LABEL_MODE, KEY_SPLIT, KEY_WORKSPACE
+from pages._state import (
+    KEY_ACTOR_PROBLEM,
+    KEY_CHECKPOINTS,
+    KEY_CONFIDENCES,
+    KEY_LABEL_MODE,
+    KEY_SPLIT,
+    KEY_WORKSPACE,
+)
 from pages._text import md
 
 st.set_page_config(page_title="TaxaLens", page_icon="🔬", layout="wide")
@@ -36,6 +44,7 @@ PAGES = {
         st.Page("pages/taxonomy.py", title="Taxonomy", icon=":material/account_tree:"),
         st.Page("pages/classes.py", title="Weakest classes", icon=":material/trending_down:"),
         st.Page("pages/errors.py", title="Misclassifications", icon=":material/image_search:"),
+        st.Page("pages/calibration.py", title="Calibration", icon=":material/tune:"),
         st.Page("pages/explain.py", title="Grad-CAM", icon=":material/visibility:"),
     ],
     "Curation": [
@@ -133,6 +142,11 @@ def _sidebar() -> None:
         _kept_widget(st.radio, "Labels", KEY_LABEL_MODE, options=list(LABEL_MODES), format_func=LABEL_MODES.get,
                      horizontal=True, help="as curated: the review decisions applied (relabels, exclusions; disputed "
                      "samples listed apart) on every evaluation page")
+        if st.session_state.get(KEY_CONFIDENCES) not in CONFIDENCE_MODES:
+            st.session_state[KEY_CONFIDENCES] = "raw"
+        _kept_widget(st.radio, "Confidences", KEY_CONFIDENCES, options=list(CONFIDENCE_MODES), horizontal=True,
+                     help="calibrated: the checkpoint's temperature from the Calibration page applied wherever "
+                     "probabilities and confidences are shown (predictions never change)")
 
 
 guard_exposure()

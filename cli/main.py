@@ -27,6 +27,7 @@ COMMAND_MODULES = (
     "cli.export",
     "cli.predict",
     "cli.taxonomy",
+    "cli.thresholds",
     "cli.train",
     "cli.verify_labels",
 )

@@ -32,6 +32,7 @@ from core.access import Actor
 from core.agreement import DISPUTED_STATUS, is_disputed
 from core.dataset import CELL_GUARD, FORMULA_TRIGGERS, Dataset, cell_needs_guard
 from core.labelstore import EVENT_COLUMNS, LabelStore
+from core.predictions import PredictionTable
 
 CURATED_COLUMNS = ("path", "label", "original_label", "status", "n_reviews", "agreement", "last_reviewer",
                    "updated_at")
@@ -228,3 +229,23 @@ def _iso(moment: datetime | None) -> str:
         return ""
     return moment.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
+
+
+def predictions_csv(table: PredictionTable, *, top_k: int = 3) -> bytes:
+    """The predictions of `table` as CSV (formula-safe, as the curated manifest): `sample_id`, `split`,
+    `specimen_id`, `label`, `pred`, `confidence`, the `top_k` classes and probabilities, and `temperature` (1 for
+    the model's own probabilities; the stored temperature when the table was calibrated with
+    `core.calibration.calibrate_table`)."""
+    import numpy as np
+
+    frame = table.frame[["sample_id", "split", "specimen_id", "label", "pred", "confidence"]].copy()
+    k = min(top_k, len(table.class_names))
+    if len(table) and k:
+        order = np.argsort(-table.pred_probs, axis=1, kind="stable")[:, :k]
+        probs = np.take_along_axis(table.pred_probs, order, axis=1)
+        names = np.asarray(table.class_names, dtype=object)
+        for rank in range(k):
+            frame[f"top{rank + 1}"] = names[order[:, rank]]
+            frame[f"top{rank + 1}_prob"] = probs[:, rank]
+    frame["temperature"] = float(table.meta.get("temperature", 1.0))
+    return _to_csv(frame).encode("utf-8")

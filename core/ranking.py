@@ -17,7 +17,7 @@ import pandas as pd
 
 from core.predictions import PredictionTable
 
-QUEUE_KINDS = ("likely_errors", "confusion_cell", "class", "low_confidence", "not_reviewed_by_me")
+QUEUE_KINDS = ("likely_errors", "confusion_cell", "class", "low_confidence", "not_reviewed_by_me", "possibly_unknown")
 OUT_OF_SAMPLE_SPLITS = ("val", "test")
 MIN_CLASS_SAMPLES = 5
 KNN_BUDGET = 2_000_000_000  # query x reference pairs above which the embedding kNN is skipped
@@ -266,12 +266,14 @@ def _rank(table: PredictionTable, messages: list[str], *, method: str, filter_by
     return LabelIssueRanking(out, tuple(table.class_names), rare, tuple(messages))
 
 
-def build_queue(ranking: LabelIssueRanking, spec: QueueSpec, *, reviewed_by_me: Collection[str] = ()
-                ) -> pd.DataFrame:
+def build_queue(ranking: LabelIssueRanking, spec: QueueSpec, *, reviewed_by_me: Collection[str] = (),
+                novelty: pd.Series | None = None) -> pd.DataFrame:
     """The samples of one review queue, in review order (a slice of `ranking.frame`, `rank` kept).
 
     `reviewed_by_me`: sample ids the current reviewer already decided (`LabelStore.reviewed_by`); used by the
-    `not_reviewed_by_me` queue and by `hide_reviewed`.
+    `not_reviewed_by_me` queue and by `hide_reviewed`. `novelty`: sample_id -> novelty score (higher: more likely
+    of no known class; `core.novelty.queue_score`), needed by the `possibly_unknown` queue (most novel first; rows
+    without a score are left out).
     """
     if spec.kind not in QUEUE_KINDS:
         raise ValueError(f"queue kind {spec.kind!r} is not one of {list(QUEUE_KINDS)}")
@@ -290,6 +292,11 @@ def build_queue(ranking: LabelIssueRanking, spec: QueueSpec, *, reviewed_by_me: 
         queue = frame[frame["label"] == spec.class_name]
     elif spec.kind == "low_confidence":
         queue = frame.sort_values(["suggested_prob", "rank"], kind="stable")
+    elif spec.kind == "possibly_unknown":
+        if novelty is None:
+            raise ValueError("a possibly_unknown queue needs novelty scores (core.novelty.table_novelty)")
+        queue = frame.assign(novelty=frame["sample_id"].map(novelty)).dropna(subset=["novelty"])
+        queue = queue.sort_values(["novelty", "rank"], ascending=[False, True], kind="stable")
     else:
         queue = frame
     reviewed = set(reviewed_by_me)

@@ -33,7 +33,7 @@ logger = logging.getLogger(__name__)
 
 RESULTS_DIR = "results"  # under the workspace's predictions folder
 SPLITS = ("val", "train", "test", "all")  # the splits the pages offer
-PAGE_INTERVALS = BootstrapConfig()  # every interval the evaluation pages show: 1,000 stratified resamples, 95%, BCa
+PAGE_INTERVALS = BootstrapConfig()  # every interval the evaluation pages show (the defaults: 1,000 draws, 95%)
 _CODE_MODULES = (metrics, scores, specimens)  # their source is part of every key
 T = TypeVar("T")
 

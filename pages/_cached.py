@@ -9,13 +9,14 @@ from pathlib import Path
 
 import streamlit as st
 
+from core.calibration import CONFIDENCE_MODES, calibrate_table, load_temperature, temperature_path
 from core.curation import LABEL_MODES
 from core.dataset import Dataset
 from core.ensemble import EnsembleSpec, ensemble_tables, read_ensemble_specs
 from core.errors import USER_ERRORS, TaxaLensError, user_message
 from core.predictions import PredictionTable, load_predictions, relabel_table, table_token  # noqa: F401 (re-exported)
 from core.workspace import CONFIG_NAME, Workspace, load_workspace
-from pages._state import KEY_CHECKPOINTS, KEY_LABEL_MODE, KEY_SPLIT, KEY_WORKSPACE
+from pages._state import KEY_CHECKPOINTS, KEY_CONFIDENCES, KEY_LABEL_MODE, KEY_SPLIT, KEY_WORKSPACE
 from pages._text import md, md_list
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -246,6 +247,7 @@ class PageContext:
     split: str  # val | train | test | all
     ensembles: tuple[EnsembleSpec, ...] = ()  # the workspace's usable [[ensembles]]
     label_mode: str = "given"  # given | curated: the labels the evaluation pages score against
+    confidences: str = "raw"  # raw | calibrated: calibrated applies the checkpoint's stored temperature, if any
 
     @property
     def checkpoint(self) -> str | None:
@@ -276,7 +278,37 @@ class PageContext:
         if name is None:
             return None
         table = get_predictions(self.workspace, name)
+        if table is not None and self.confidences == "calibrated":
+            table = calibrated(self.workspace, name, table)
         return None if table is None else table.for_split(split or self.split)
+
+    @property
+    def confidence_stamp(self) -> tuple:
+        """A cache-key part that changes with the confidence mode and with the stored temperature of the primary
+        checkpoint."""
+        if self.confidences != "calibrated" or not self.checkpoint:
+            return (self.confidences,)
+        return (self.confidences, file_mtime_ns(temperature_path(self.workspace.cache_dir, self.checkpoint)))
+
+
+def stored_temperature(workspace: Workspace, name: str, table: PredictionTable):
+    """The stored `TemperatureFit` of checkpoint `name` for the weights behind `table`, or None."""
+    return load_temperature(workspace.cache_dir, name, checkpoint_sha256=table.meta.get("checkpoint_sha256"))
+
+
+@st.cache_resource(show_spinner="Applying the temperature…", max_entries=8)
+def _calibrated(key: str, temperature: float, _table: PredictionTable) -> PredictionTable:
+    table = calibrate_table(_table, temperature)
+    _freeze(table)
+    return table
+
+
+def calibrated(workspace: Workspace, name: str, table: PredictionTable) -> PredictionTable:
+    """`table` temperature-scaled with checkpoint `name`'s stored temperature; unchanged when none is stored."""
+    fit = stored_temperature(workspace, name, table)
+    if fit is None:
+        return table
+    return _calibrated(f"{predictions_key(workspace, name)}|{len(table)}", fit.temperature, table)
 
 
 class SingleCheckpointError(TaxaLensError, ValueError):
@@ -321,8 +353,10 @@ def page_context() -> PageContext | None:
         return None
     split = st.session_state.get(KEY_SPLIT, "val")
     mode = st.session_state.get(KEY_LABEL_MODE, "given")
+    confidences = st.session_state.get(KEY_CONFIDENCES, "raw")
     ctx = PageContext(workspace, dataset, (), split if split in SPLITS else "val", ensemble_specs(workspace),
-                      mode if mode in LABEL_MODES else "given")
+                      mode if mode in LABEL_MODES else "given", confidences if confidences in CONFIDENCE_MODES
+                      else "raw")
     names = ctx.names
     selected = tuple(n for n in st.session_state.get(KEY_CHECKPOINTS, names[:1]) if n in names)
     return replace(ctx, checkpoints=selected)

@@ -69,8 +69,8 @@ FULL_TABLE_TTL_S = 30
 
 
 @st.cache_resource(show_spinner=False, ttl=FULL_TABLE_TTL_S, max_entries=16)
-def _full_table(workspace_root: str, name: str, dataset_id: int, weights_stamp: tuple, _ctx: PageContext
-                ) -> PredictionTable:
+def _full_table(workspace_root: str, name: str, dataset_id: int, weights_stamp: tuple, confidence_stamp: tuple,
+                _ctx: PageContext) -> PredictionTable:
     table = _ctx.table(name, split="all")
     if table is None:
         raise _NoPredictions(name)
@@ -108,7 +108,8 @@ def require_eval_data(ctx: PageContext, *, label_mode: str | None = None) -> Eva
     full = None
     if ctx.checkpoint:
         try:
-            full = _full_table(str(ctx.workspace.root), ctx.checkpoint, id(ctx.dataset), _weights_stamp(ctx), ctx)
+            full = _full_table(str(ctx.workspace.root), ctx.checkpoint, id(ctx.dataset), _weights_stamp(ctx),
+                              ctx.confidence_stamp, ctx)
         except (_NoPredictions, ValueError, FileNotFoundError):  # ValueError: an ensemble that cannot be combined
             full = None
     if full is None:
@@ -203,11 +204,13 @@ def excluded_counts(token: str, _table: PredictionTable) -> pd.Series:
     return metrics.excluded_labels(_table)
 
 
-INTERVALS = PAGE_INTERVALS  # every interval the evaluation pages show (the CLI warms the disk cache with the same)
+INTERVALS = PAGE_INTERVALS  # every interval the evaluation pages show: 1,000 stratified draws, 95%, Bayesian (the
+# command line warms the disk cache with the same configuration, core.result_cache.PAGE_INTERVALS)
 
 
 def interval_caption(unit: Unit) -> str:
-    """"95% CI (BCa), 1,000 specimen resamples, stratified by class" for the pages' intervals."""
+    """"95% CI (Bayesian bootstrap, Jeffreys prior per class), 1,000 specimen resamples, stratified by class" for
+    the pages' intervals."""
     return describe_intervals(INTERVALS, unit)
 
 

@@ -18,4 +18,7 @@ KEY_ACTOR_PROBLEM = "tl_actor_problem"  # why there is no actor (shown where a p
 KEY_CONFUSION_CELL = "cm-cell"  # (true_idx, pred_idx) in model class order: opened on the confusion page, queued
 # by the review page's "confusion cell" queue
 KEY_LABEL_MODE = "tl_label_mode"  # given | curated (core.curation.LABEL_MODES): the labels evaluation pages score
+KEY_CONFIDENCES = "tl_confidences"  # raw | calibrated (core.calibration.CONFIDENCE_MODES): the confidences pages show
+KEY_CONFORMAL = "tl_conformal"  # dict of core.conformal.ConformalConfig fields: set on the Calibration page, read by
+# the review and misclassification pages
 KEY_URL_RESTORED = "tl_url_restored"  # the sidebar keys were seeded from the URL's query string (once per session)

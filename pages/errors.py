@@ -9,6 +9,7 @@ import streamlit as st
 from core.taxonomy_metrics import rows_beyond_rank
 from pages import _evaluation as ev
 from pages import _taxonomy_support as tx
+from pages._confidence import conformal_config, prediction_sets, predictions_csv_bytes
 from pages._gallery import render_gallery, render_sample_view
 from pages._text import md
 
@@ -49,6 +50,9 @@ with st.container(border=True):
         row2[1].caption("No taxonomy columns in this dataset.")
     errors_only = row2[2].toggle("Errors only", value=True, key="mb-errors")
     severity_taxonomy, severity_level = _severity_filter(row2[2], ctx, data)
+    outside_set = row2[2].toggle(f"True class not in the prediction set ({conformal_config().coverage:.0%})",
+                                 value=False, key="mb-outside-set",
+                                 help="errors a split-conformal set would not catch (Calibration page settings)")
 
 specimens = tuple(s.strip() for s in specimen_text.split(",") if s.strip())
 rows = ev.filtered_rows(
@@ -59,9 +63,18 @@ rows = ev.filtered_rows(
 if severity_taxonomy is not None and severity_level > 0:
     levels = tx.error_levels(data.token, tx.taxonomy_token(severity_taxonomy), table, severity_taxonomy)
     rows = rows_beyond_rank(rows, levels, severity_level)
+if outside_set:
+    sets = prediction_sets(ctx, table, data.token)
+    if sets is None:
+        st.info("Prediction sets need labelled images in the val split to calibrate on.")
+    else:
+        rows = rows[rows["sample_id"].isin(sets.loc[~sets["label_in_set"], "sample_id"])]
 kind = "misclassified samples" if errors_only else "samples"
 st.subheader(f"{len(rows):,} {kind}")
 st.caption("Sort the gallery by confidence or loss; press Inspect under an image for a larger view and the top-5.")
+st.download_button(f"Download this split's predictions (CSV, {ctx.confidences} confidences)",
+                   predictions_csv_bytes(data.token, table), key="mb-predictions-csv",
+                   file_name=f"predictions_{data.checkpoint}_{ctx.split}_{ctx.confidences}.csv", mime="text/csv")
 inspected = render_gallery(ctx, rows, key="mb-gallery")
 if inspected is not None:
     st.subheader("Inspect")

@@ -12,10 +12,12 @@ import streamlit as st
 
 from core.errors import USER_ERRORS
 from core.figures import build_top_predictions_figure
+from core.novelty import NOVELTY_LABELS, queue_score
 from core.queries import top_predictions
 from core.ranking import QUEUE_KINDS, QueueSpec, build_queue, typical_examples
 from pages._access import current_actor
-from pages._cached import require_table, start_page
+from pages._cached import require_table, start_page, table_token
+from pages._confidence import conformal_config, novelty_scores, prediction_sets
 from pages._crossval_job import render_crossval_job
 from pages._gallery import sample_paths, sample_thumbnail, show_image
 from pages._links import (
@@ -40,7 +42,8 @@ from pages._text import md
 
 QUEUE_NAMES = {"likely_errors": "Likely label errors", "confusion_cell": "Confusion cell (from the confusion page)",
                "class": "One class", "low_confidence": "Lowest confidence",
-               "not_reviewed_by_me": "Not yet reviewed by me"}
+               "not_reviewed_by_me": "Not yet reviewed by me",
+               "possibly_unknown": "Possibly unknown (none of the known classes)"}
 CURRENT, MESSAGE, NOTE = "rv-current", "rv-message", "rv-note"
 PICK, PICK_FOR, QUEUE_ID = "rv-pick", "rv-pick-for", "rv-queue-id"
 STRIP = 4  # typical examples shown per class
@@ -150,7 +153,13 @@ ranking = label_issue_ranking(ctx, table)
 for message in ranking.messages:  # they name classes: user text
     (st.warning if "unreliable" in message else st.caption)(md(message))
 render_crossval_job(ctx)  # out-of-fold probabilities, so the training split can be ranked
-queue = build_queue(ranking, spec, reviewed_by_me=store.reviewed_by(reviewer) if reviewer else set())
+novelty = None
+if kind == "possibly_unknown":
+    scores = novelty_scores(ctx, table)
+    novelty = queue_score(scores)
+    st.caption(f"Sorted by {NOVELTY_LABELS[str(novelty.name)]}, most unusual first: images far from every training "
+               "image may be a new species, debris or a bad crop.")
+queue = build_queue(ranking, spec, reviewed_by_me=store.reviewed_by(reviewer) if reviewer else set(), novelty=novelty)
 if queue.empty:
     st.success("This queue is empty.")
     st.stop()
@@ -194,6 +203,16 @@ with facts_col:
                 f"**Label quality:** {row['label_quality']:.3f}"
                 + (" · flagged as a likely error" if row["is_label_issue"] else "")
                 + f"  \n**Split:** {md(row['split'])} · **Specimen:** {md(row['specimen_id'])}")
+    sets = prediction_sets(ctx, table, table_token(table, ctx.split, ctx.checkpoint or ""))
+    match = None if sets is None else sets[sets["sample_id"] == sample_id]
+    if match is not None and len(match):
+        members = match.iloc[0]["prediction_set"]
+        set_cfg = conformal_config()
+        listed = ", ".join(md(m) for m in members) or "(empty: no class is needed for this coverage)"
+        st.markdown(f"**Prediction set ({set_cfg.coverage:.0%}):** {listed}"
+                    + ("" if given in members else f" · *{md(given)} is not in it*"),
+                    help="The classes a split-conformal set keeps at this coverage (Calibration page settings); a "
+                    "set of one is a confident call, a long set an uncertain one")
     shown_label = state.label if state.label is not None else given
     st.markdown(f"**Now:** {state.status} · {md(shown_label)}"
                 + (f" · {state.n_reviews} review(s), agreement {state.agreement:.0%}" if state.n_reviews else ""))

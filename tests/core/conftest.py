@@ -37,3 +37,19 @@ def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
         return f"sqlite:///{tmp_path / 'labels.db'}"
     server: PostgresServer = request.getfixturevalue("postgres_server")
     return server.create_database()
+
+
+@pytest.fixture(scope="session")
+def bccd_pixel(bccd_root: Path):
+    """Real bccd crops with out-of-fold probabilities of a pixel-feature probe (`tests/core/real_tables.py`)."""
+    from tests.core.real_tables import bccd_pixel_table
+
+    return bccd_pixel_table(bccd_root)
+
+
+@pytest.fixture(scope="session")
+def demo_predictions(demo_workspace_readonly: Path):
+    """The full demo's stored predictions (every split; never written to)."""
+    from tests.core.real_tables import demo_table
+
+    return demo_table(demo_workspace_readonly)

@@ -1,0 +1,61 @@
+"""`python -m core thresholds` on real bccd (synthetic predictions): the JSON/CSV file, the shim, the errors."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from cli.main import main
+from core.calibration import fit_temperature, save_temperature
+from core.workspace import load_workspace
+from tests.pages.eval_workspaces import CHECKPOINT, build_bccd_workspace, load_table
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def bccd_ws(bccd_root: Path, tmp_path_factory) -> Path:
+    return build_bccd_workspace(tmp_path_factory.mktemp("thr") / "bccd", bccd_root)
+
+
+def test_thresholds_json_names_every_class(bccd_ws: Path, tmp_path: Path, capsys) -> None:
+    out = tmp_path / "thresholds.json"
+    assert main(["thresholds", "--workspace", str(bccd_ws), "--checkpoint", CHECKPOINT, "--precision", "0.9",
+                 "--out", str(out)]) == 0
+    data = json.loads(out.read_text(encoding="utf-8"))
+    table = load_table(bccd_ws)
+    assert set(data["classes"]) == set(table.class_names)
+    assert data["target_precision"] == 0.9 and data["checkpoint"] == CHECKPOINT and data["split"] == "val"
+    assert data["n_rows"] == int((table.frame["split"] == "val").sum())
+    for entry in data["classes"].values():
+        if entry["threshold"] is not None:
+            assert entry["precision"] >= 0.9
+    assert f"wrote {out}" in capsys.readouterr().out
+
+
+def test_calibrated_needs_a_stored_temperature_then_uses_it(bccd_ws: Path, tmp_path: Path, capsys) -> None:
+    out = tmp_path / "t.csv"
+    args = ["thresholds", "--workspace", str(bccd_ws), "--checkpoint", CHECKPOINT, "--calibrated", "--out", str(out)]
+    assert main(args) == 2
+    assert "no temperature stored" in capsys.readouterr().err
+    table = load_table(bccd_ws)
+    save_temperature(load_workspace(bccd_ws).cache_dir, fit_temperature(table.for_split("val"), checkpoint=CHECKPOINT))
+    assert main(args) == 0
+    assert out.read_text(encoding="utf-8").startswith("class,threshold")
+
+
+def test_core_shim_lists_thresholds() -> None:
+    result = subprocess.run([sys.executable, "-m", "core", "thresholds", "--help"], cwd=REPO, capture_output=True,
+                            text=True, timeout=300)
+    assert result.returncode == 0 and "--precision" in result.stdout and "--out" in result.stdout
+
+
+def test_bad_precision_is_a_clear_error(bccd_ws: Path, tmp_path: Path, capsys) -> None:
+    out = tmp_path / "bad.json"
+    assert main(["thresholds", "--workspace", str(bccd_ws), "--checkpoint", CHECKPOINT, "--precision", "1.5",
+                 "--out", str(out)]) != 0
+    assert "--precision" in capsys.readouterr().err and not out.exists()
