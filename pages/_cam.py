@@ -3,15 +3,22 @@
 from __future__ import annotations
 
 import functools
+import logging
+import threading
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
 import streamlit as st
 
+from core.errors import USER_ERRORS
 from core.images import ImageError, load_image_rgb
 from pages._cached import PageContext, file_mtime_ns, single_checkpoint_message
 from pages._text import md
+
+logger = logging.getLogger(__name__)
 
 MAX_ENTRIES = 4096  # cached maps (a 64 px map and view take ~16 kB; a 224 px pair ~200 kB)
 
@@ -36,6 +43,108 @@ def _cam_entry(checkpoint_sha: str, sample_id: str, path: str, mtime_ns: int, me
     return _compute()
 
 
+CamKey = tuple[str, str, str, int, str, int, str]  # _cam_entry's key: sha, sample, path, mtime, method, class, layer
+
+
+class CamPrefetcher:
+    """Maps computed ahead of need on one background thread, so a page's rerun finds them ready.
+
+    `submit` queues a batch (the thread computes it under `models.cam`'s lock, like any other map); `take` hands a
+    queued or finished entry to the page, which waits for it only when it is still being computed. At most
+    `capacity` keys are remembered (oldest dropped); a failed batch is simply computed again by the page.
+    """
+
+    def __init__(self, capacity: int = 256) -> None:
+        self._capacity = capacity
+        self._lock = threading.Lock()
+        self._entries: OrderedDict[CamKey, tuple[Future, int]] = OrderedDict()
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="taxalens-cam-prefetch")
+
+    def submit(self, keys: Sequence[CamKey], compute: Callable[[], list[CamMaps | str]]) -> bool:
+        """Queue `compute` (one result per key, in order) unless every key is known already; True when queued."""
+        with self._lock:
+            if all(key in self._entries for key in keys):
+                return False
+            future = self._pool.submit(compute)
+            for position, key in enumerate(keys):
+                self._entries[key] = (future, position)
+                self._entries.move_to_end(key)
+            while len(self._entries) > self._capacity:
+                self._entries.popitem(last=False)
+            return True
+
+    def take(self, key: CamKey) -> CamMaps | str | None:
+        """The entry for `key` (waiting while its batch runs), or None when it was never queued or its batch
+        failed (the caller computes it then)."""
+        with self._lock:
+            found = self._entries.pop(key, None)
+        if found is None:
+            return None
+        future, position = found
+        try:
+            return future.result()[position]
+        except Exception:  # noqa: BLE001 - a failed prefetch is recomputed in the page, which shows the error
+            logger.debug("Grad-CAM prefetch failed for %s", key, exc_info=True)
+            return None
+
+    def pending(self) -> int:
+        """Batches queued or running (for tests and benchmarks)."""
+        with self._lock:
+            return len({id(future) for future, _ in self._entries.values() if not future.done()})
+
+
+@st.cache_resource(show_spinner=False)
+def cam_prefetcher() -> CamPrefetcher:
+    """The server process's prefetcher (one background thread for every session)."""
+    return CamPrefetcher()
+
+
+def compute_cam_maps(model, card, paths: Sequence[str | None], class_indices: Sequence[int], *, method: str,
+                     layer: str | None = None) -> list[CamMaps | str]:
+    """Maps for each (image path, class) pair in one batch; an entry is a message where the image cannot be read.
+    Plain Python (no Streamlit): the prefetch thread runs it. Raises `CamError` for a bad layer or method."""
+    from models.cam import explain_images
+
+    out: list[CamMaps | str | None] = [None] * len(paths)
+    images, rows = [], []
+    for j, path in enumerate(paths):
+        try:
+            image = load_image_rgb(path) if path else None
+        except ImageError as exc:
+            out[j] = f"image unavailable ({exc.reason})"
+            continue
+        if image is None:
+            out[j] = "image not in the dataset"
+            continue
+        images.append(image)
+        rows.append(j)
+    if rows:
+        explanation = explain_images(model, card, images, [int(class_indices[j]) for j in rows], method=method,
+                                     layer=layer or None)
+        result = explanation.result
+        for i, j in enumerate(rows):
+            out[j] = CamMaps(view=explanation.views[i], cam=np.round(result.cams[i] * 255).astype(np.uint8),
+                             class_index=int(result.class_indices[i]), pred_probs=result.pred_probs[i],
+                             layer=result.layer, grid=result.grid, note=result.note)
+    return out
+
+
+def _cam_keys(sha: str, sample_ids: Sequence[str], paths: Sequence[str | None], class_indices: Sequence[int],
+              method: str, layer: str | None) -> list[CamKey]:
+    return [(sha, str(sample_id), str(path or ""), file_mtime_ns(path), method, int(class_index), layer or "")
+            for sample_id, path, class_index in zip(sample_ids, paths, class_indices, strict=True)]
+
+
+def _checkpoint_sha(ctx: PageContext, name: str) -> str:
+    from models.cam import CamError
+    from models.checkpoints import file_sha256
+
+    spec = ctx.ensemble(name)
+    if spec is not None:
+        raise CamError(single_checkpoint_message(spec))
+    return file_sha256(ctx.workspace.checkpoint(name).path)  # memoised on (path, size, mtime)
+
+
 def cam_maps(
     ctx: PageContext,
     sample_ids: Sequence[str],
@@ -46,59 +155,63 @@ def cam_maps(
     layer: str | None = None,
     checkpoint: str | None = None,
 ) -> list[CamMaps | str]:
-    """Maps for each (sample, class) pair, from the cache or computed in one batch for all pairs still missing.
+    """Maps for each (sample, class) pair, from the cache, from `prefetch_cam_maps`'s thread (waiting for it while
+    it computes them) or computed in one batch for all pairs still missing.
 
     An entry is a `CamMaps`, or a short message when the image cannot be read. Raises `CamError` (bad layer,
     unknown method) for the caller to show.
     """
-    from models.cam import CamError
-    from models.checkpoints import file_sha256
-
     name = checkpoint or ctx.checkpoint
-    spec = ctx.ensemble(name)
-    if spec is not None:
-        raise CamError(single_checkpoint_message(spec))
-    sha = file_sha256(ctx.workspace.checkpoint(name).path)  # memoised on (path, size, mtime)
+    sha = _checkpoint_sha(ctx, name)
+    keys = _cam_keys(sha, sample_ids, paths, class_indices, method, layer)
+    prefetcher = cam_prefetcher()
     filled: dict[int, CamMaps | str] = {}
 
     def fill_from(position: int) -> None:
         # First miss at `position`: items before it are resolved already; compute it and every later one at once.
-        from models.cam import explain_images
-
         todo = [j for j in range(position, len(sample_ids)) if j not in filled]
-        images, rows = [], []
-        for j in todo:
-            try:
-                images.append(load_image_rgb(paths[j]) if paths[j] else None)
-            except ImageError as exc:
-                images.append(None)
-                filled[j] = f"image unavailable ({exc.reason})"
-                continue
-            if images[-1] is None:
-                filled[j] = "image not in the dataset"
-                continue
-            rows.append(j)
-        if not rows:
-            return
         model, card = ctx.model(name)
-        explanation = explain_images(model, card, [images[todo.index(j)] for j in rows],
-                                     [int(class_indices[j]) for j in rows], method=method, layer=layer or None)
-        result = explanation.result
-        for i, j in enumerate(rows):
-            filled[j] = CamMaps(view=explanation.views[i], cam=np.round(result.cams[i] * 255).astype(np.uint8),
-                                class_index=int(result.class_indices[i]), pred_probs=result.pred_probs[i],
-                                layer=result.layer, grid=result.grid, note=result.note)
+        for j, entry in zip(todo, compute_cam_maps(model, card, [paths[j] for j in todo],
+                                                   [class_indices[j] for j in todo], method=method, layer=layer),
+                            strict=True):
+            filled[j] = entry
 
     def compute(position: int) -> CamMaps | str:
         if position not in filled:
+            prefetched = prefetcher.take(keys[position])
+            if prefetched is not None:
+                return prefetched
             fill_from(position)
         return filled[position]
 
-    return [
-        _cam_entry(sha, str(sample_id), str(path or ""), file_mtime_ns(path), method, int(class_index), layer or "",
-                   functools.partial(compute, position))
-        for position, (sample_id, path, class_index) in enumerate(zip(sample_ids, paths, class_indices, strict=True))
-    ]
+    return [_cam_entry(*key, functools.partial(compute, position)) for position, key in enumerate(keys)]
+
+
+def prefetch_cam_maps(
+    ctx: PageContext,
+    sample_ids: Sequence[str],
+    paths: Sequence[str | None],
+    class_indices: Sequence[int],
+    *,
+    method: str,
+    layer: str | None = None,
+    checkpoint: str | None = None,
+) -> bool:
+    """Start computing the maps a later `cam_maps` call with the same arguments will ask for, on the background
+    thread, and return at once (True when a batch was queued). Maps the page cache holds already are recomputed
+    only once: a key is queued at most once until `cam_maps` takes it. Does nothing for an ensemble."""
+    from models.cam import CamError
+
+    name = checkpoint or ctx.checkpoint
+    try:
+        sha = _checkpoint_sha(ctx, name)
+        model, card = ctx.model(name)
+    except (CamError, *USER_ERRORS):
+        return False
+    keys = _cam_keys(sha, sample_ids, paths, class_indices, method, layer)
+    paths, class_indices = list(paths), [int(c) for c in class_indices]
+    return cam_prefetcher().submit(keys, functools.partial(compute_cam_maps, model, card, paths, class_indices,
+                                                           method=method, layer=layer))
 
 
 @st.cache_data(show_spinner=False, max_entries=64)
