@@ -13,7 +13,7 @@ from core.export import export_curated_labels
 from core.labelstore import LabelStore
 from core.workspace import load_workspace
 from pages._review_support import SHORTCUTS, STREAMLIT_KEYS
-from tests.pages.eval_workspaces import build_drawn_workspace, run_page_script
+from tests.pages.eval_workspaces import build_drawn_workspace, plain, run_page_script
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -96,6 +96,11 @@ def test_adjudication_page_resolves_a_disagreement(review_workspace: Path) -> No
         store.record(sample_id, "relabel", reviewer="ann", label=other, given_label=given)
         store.record(sample_id, "confirm", reviewer="bob", label=given, given_label=given)
 
+    # the review page's "Now:" line says disputed, with both votes, and that the given label stands
+    review = _open("pages/review.py", review_workspace, tl_reviewer="cid", **{"rv-current": sample_id})
+    assert _current(review) == sample_id
+    assert _now(review) == f"**Now:** disputed · {given} stands until a lead rules · votes: ann: {other}; bob: {given}"
+
     app = _open("pages/adjudicate.py", review_workspace, tl_reviewer="lead")
     disagreements = next(d.value for d in app.dataframe if "votes" in d.value.columns)
     assert disagreements["sample_id"].tolist() == [sample_id]
@@ -112,6 +117,12 @@ def test_adjudication_page_resolves_a_disagreement(review_workspace: Path) -> No
         state = store.state(sample_id)
         assert (state.label, state.adjudicated, state.decided_by) == (other, True, "lead")
     assert any("No disagreements left" in c.value for c in app.caption)
+    review.run()  # after the ruling: the lead's label, no dispute
+    assert _now(review) == f"**Now:** relabeled · {other} · 2 review(s), agreement 50%"
+
+
+def _now(app) -> str:
+    return plain(next(m.value for m in app.markdown if m.value.startswith("**Now:**")))
 
 
 def _suggested(app) -> str:
