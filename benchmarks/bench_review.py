@@ -6,8 +6,10 @@ Serves app.py (`streamlit run`) on a private copy of the workspace (its label st
 never written), opens the Review queue in headless Chromium, enters a reviewer and warms the page up (ranking,
 model, first Grad-CAM maps). Then, per shortcut, it presses the key `--presses` times and times each press until
 the next sample is rendered (its id in the header and its image, captioned with the id, on screen: the page renders
-the facts and the decision buttons before any Grad-CAM work), and until the script run has ended (Grad-CAM maps of
-the sample and the prefetch of the next one included); it waits for that end before the next press. Prints a table
+the facts and the decision buttons before any Grad-CAM work), and until the script run has ended (the sample's
+Grad-CAM maps included; the next sample's are computed on a background thread and not waited for); it waits for that
+end before the next press. A key press reruns only the page's sample fragment (`st.fragment`), not the sidebar, the
+queue pickers or the ranking. Prints a table
 with the median, 90th percentile and max per key; the target is a median <= 0.5 s for "rendered".
 """
 

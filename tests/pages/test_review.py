@@ -3,6 +3,7 @@ labels and counts are exactly what the events say; the adjudication page lists a
 
 from __future__ import annotations
 
+import time
 from collections import Counter
 from pathlib import Path
 
@@ -161,3 +162,34 @@ def test_review_buttons_carry_shortcuts_that_streamlit_does_not_bind(review_work
         assert proto.shortcut == shortcut, key
     for key in ("rv-confirm", "rv-unsure", "rv-exclude", "rv-undo"):
         assert app.button(key=key).proto.wrap  # a long label wraps instead of being cut
+
+
+def test_the_next_samples_grad_cam_is_computed_in_the_background(review_workspace: Path, monkeypatch) -> None:
+    """A move to the next sample finds its maps computed by the prefetch thread: the page's own run computes none."""
+    import threading
+
+    import streamlit as st
+
+    import models.cam
+    from pages._cam import cam_prefetcher
+
+    st.cache_data.clear()
+    calls: list[tuple[str, int]] = []  # (thread name, images) per explain_images call
+    original = models.cam.explain_images
+
+    def spy(model, card, images, *args, **kwargs):
+        calls.append((threading.current_thread().name, len(images)))
+        return original(model, card, images, *args, **kwargs)
+
+    monkeypatch.setattr(models.cam, "explain_images", spy)
+    app = _open("pages/review.py", review_workspace, tl_reviewer="ann")
+    deadline = time.monotonic() + 120
+    while cam_prefetcher().pending() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    background = [c for c in calls if c[0].startswith("taxalens-cam-prefetch")]
+    assert len(calls) == 2 and len(background) == 1, calls  # this sample in the page, the next one in the background
+    seen = len(calls)
+    _click(app, "rv-next")
+    assert calls[seen:] and all(name.startswith("taxalens-cam-prefetch") for name, _ in calls[seen:]), calls
+    overlays = [c for image in app.image for c in image.captions if c.startswith("Grad-CAM")]
+    assert len(overlays) >= 1  # the prefetched maps are shown
