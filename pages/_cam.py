@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
+import os
+import sys
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
@@ -20,6 +23,7 @@ from pages._text import md
 
 logger = logging.getLogger(__name__)
 
+PREFETCH_NICE = 10  # the prefetch thread's niceness above the server's (Linux)
 MAX_ENTRIES = 4096  # cached maps (a 64 px map and view take ~16 kB; a 224 px pair ~200 kB)
 
 
@@ -58,7 +62,8 @@ class CamPrefetcher:
         self._capacity = capacity
         self._lock = threading.Lock()
         self._entries: OrderedDict[CamKey, tuple[Future, int]] = OrderedDict()
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="taxalens-cam-prefetch")
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="taxalens-cam-prefetch",
+                                        initializer=_lower_thread_priority)
 
     def submit(self, keys: Sequence[CamKey], compute: Callable[[], list[CamMaps | str]]) -> bool:
         """Queue `compute` (one result per key, in order) unless every key is known already; True when queued."""
@@ -91,6 +96,15 @@ class CamPrefetcher:
         """Batches queued or running (for tests and benchmarks)."""
         with self._lock:
             return len({id(future) for future, _ in self._entries.values() if not future.done()})
+
+
+def _lower_thread_priority() -> None:
+    """On Linux, nice this thread alone (a thread id is a process id to setpriority): on a busy CPU a prefetch yields
+    to the page's own script and event loop, so the next key press is not slowed by maps nobody waits for yet."""
+    if sys.platform.startswith("linux"):
+        thread_id = threading.get_native_id()
+        with contextlib.suppress(OSError):  # not permitted here: the thread runs at the server's priority
+            os.setpriority(os.PRIO_PROCESS, thread_id, os.getpriority(os.PRIO_PROCESS, thread_id) + PREFETCH_NICE)
 
 
 @st.cache_resource(show_spinner=False)
