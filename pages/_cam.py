@@ -8,6 +8,7 @@ import logging
 import os
 import sys
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -54,8 +55,9 @@ class CamPrefetcher:
     """Maps computed ahead of need on one background thread, so a page's rerun finds them ready.
 
     `submit` queues a batch (the thread computes it under `models.cam`'s lock, like any other map); `take` hands a
-    queued or finished entry to the page, which waits for it only when it is still being computed. At most
-    `capacity` keys are remembered (oldest dropped); a failed batch is simply computed again by the page.
+    queued or finished entry to the page, which waits for it only when it is still being computed. The last
+    `capacity` keys are remembered (oldest dropped), so a sample seen again is not queued again; a failed batch is
+    computed again by the page.
     """
 
     def __init__(self, capacity: int = 256) -> None:
@@ -80,9 +82,11 @@ class CamPrefetcher:
 
     def take(self, key: CamKey) -> CamMaps | str | None:
         """The entry for `key` (waiting while its batch runs), or None when it was never queued or its batch
-        failed (the caller computes it then)."""
+        failed (the caller computes it then; a failed key is forgotten, so a later `submit` queues it again)."""
         with self._lock:
-            found = self._entries.pop(key, None)
+            found = self._entries.get(key)
+            if found is not None:
+                self._entries.move_to_end(key)
         if found is None:
             return None
         future, position = found
@@ -90,7 +94,19 @@ class CamPrefetcher:
             return future.result()[position]
         except Exception:  # noqa: BLE001 - a failed prefetch is recomputed in the page, which shows the error
             logger.debug("Grad-CAM prefetch failed for %s", key, exc_info=True)
+            with self._lock:
+                self._entries.pop(key, None)
             return None
+
+    def known(self, keys: Sequence[CamKey]) -> bool:
+        """Whether every key is queued, running or computed."""
+        with self._lock:
+            return all(key in self._entries for key in keys)
+
+    def ready(self, keys: Sequence[CamKey]) -> bool:
+        """Whether every key's batch has finished (or failed): `take` returns at once."""
+        with self._lock:
+            return all(key in self._entries and self._entries[key][0].done() for key in keys)
 
     def pending(self) -> int:
         """Batches queued or running (for tests and benchmarks)."""
@@ -291,3 +307,33 @@ def gallery_overlays(ctx: PageContext, rows, paths: Sequence[str | None], settin
         if isinstance(entry, CamMaps):
             overlays[i] = render_overlay(entry.view, entry.cam, opacity=settings.opacity, display_size=size)
     return overlays
+
+
+def await_cam_maps(
+    ctx: PageContext,
+    sample_ids: Sequence[str],
+    paths: Sequence[str | None],
+    class_indices: Sequence[int],
+    *,
+    method: str,
+    message: str = "Computing Grad-CAM…",
+    poll_s: float = 0.2,
+) -> list[CamMaps | str]:
+    """`cam_maps`, computed on the prefetch thread while the page shows `message`: the script touches the page every
+    `poll_s` seconds meanwhile, so a click or key press reruns at once instead of waiting for the maps (Streamlit
+    acts on a rerun request when a script emits an element). Without a prefetch thread for them (an ensemble, a
+    model that cannot be loaded), the same as `cam_maps`, which raises or computes."""
+    name = ctx.checkpoint
+    prefetch_cam_maps(ctx, sample_ids, paths, class_indices, method=method)
+    try:
+        keys = _cam_keys(_checkpoint_sha(ctx, name), sample_ids, paths, class_indices, method, None)
+    except USER_ERRORS:
+        keys = None
+    prefetcher = cam_prefetcher()
+    if keys is not None and prefetcher.known(keys) and not prefetcher.ready(keys):
+        waiting = st.empty()
+        while not prefetcher.ready(keys):
+            waiting.caption(message)
+            time.sleep(poll_s)
+        waiting.empty()
+    return cam_maps(ctx, sample_ids, paths, class_indices, method=method)

@@ -96,10 +96,10 @@ def _strip(ctx, sample_ids: list[str], title: str) -> None:
 def _cam_overlays(ctx, sample_id: str, path: str, classes: list[int]) -> list:
     """Grad-CAM overlays of `sample_id` for each model class index in `classes` (None where unavailable)."""
     from models.cam import CamError, render_overlay
-    from pages._cam import CamMaps, cam_maps
+    from pages._cam import CamMaps, await_cam_maps
 
-    try:
-        maps = cam_maps(ctx, [sample_id] * len(classes), [path] * len(classes), classes, method="gradcam")
+    try:  # computed on the prefetch thread (usually done already); a key press meanwhile reruns at once
+        maps = await_cam_maps(ctx, [sample_id] * len(classes), [path] * len(classes), classes, method="gradcam")
     except CamError as exc:
         st.caption(f"Grad-CAM unavailable: {md(exc)}")
         return [None] * len(classes)
@@ -201,14 +201,6 @@ def sample_view(ctx, table, store, ranking, spec: QueueSpec, reviewer: str | Non
 
     # Grad-CAM of this sample, after everything a decision needs is on screen (the maps are slow on a CPU); the next
     # sample's maps are computed on a background thread meanwhile, so moving on usually finds them ready.
-    cam_on = st.session_state.get("rv-cam", True)
-    if next_id is not None and cam_on:
-        next_path = sample_paths(ctx, [next_id])[0]
-        if next_path:
-            wanted = [names.index(str(queue.iloc[position + 1]["suggested"]))]
-            if given_of.get(next_id) in names:
-                wanted.append(names.index(given_of[next_id]))
-            prefetch_cam_maps(ctx, [next_id] * len(wanted), [next_path] * len(wanted), wanted, method="gradcam")
     with cam_slot:
         if path and st.toggle("Grad-CAM for the suggested and the given class", value=True, key="rv-cam"):
             wanted = [(f"suggested: {suggested}", names.index(suggested))]
@@ -218,9 +210,13 @@ def sample_view(ctx, table, store, ranking, spec: QueueSpec, reviewer: str | Non
             for column, (title, _), overlay in zip(st.columns(len(wanted)), wanted, overlays, strict=True):
                 if overlay is not None:
                     column.image(overlay, caption=f"Grad-CAM · {md(title)}", width="stretch")
-    if next_id is not None:
-        sample_thumbnail(sample_paths(ctx, [next_id])[0])  # the next image lands in the thumbnail cache
-
+    if next_id is not None and st.session_state.get("rv-cam", True):  # queued after this sample's maps
+        next_path = sample_paths(ctx, [next_id])[0]
+        if next_path:
+            wanted = [names.index(str(queue.iloc[position + 1]["suggested"]))]
+            if given_of.get(next_id) in names:
+                wanted.append(names.index(given_of[next_id]))
+            prefetch_cam_maps(ctx, [next_id] * len(wanted), [next_path] * len(wanted), wanted, method="gradcam")
 
 
 ctx = start_page("Review queue")
