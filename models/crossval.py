@@ -8,7 +8,9 @@ torch and lives in `core.crossval`.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+import os
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, fields, replace
 from datetime import timedelta
 from pathlib import Path
@@ -76,9 +78,9 @@ def cross_validated_predictions(
     `core.ranking.rank_label_issues`.
 
     Under torchrun the folds are split across the ranks (fold i on rank i % world size, each trained whole on its
-    process with the recipe's own batch size, so a fold model is the same whether one process or many train it);
-    every rank predicts with its own fold models and rank 0 gathers the probabilities (no shared folder needed) and
-    returns the table and every fold's result; other ranks return `None` and their own folds' results.
+    process without DDP, with the recipe's own batch size, so a fold model is the same whether one process or many
+    train it); every rank predicts with its own fold models and rank 0 gathers the probabilities (no shared folder
+    needed) and returns the table and every fold's result; other ranks return `None` and their own folds' results.
     """
     context = init_distributed()
     gather_group = _gather_group(context)  # made before training: every rank must join it at the same point
@@ -91,7 +93,7 @@ def cross_validated_predictions(
     folds = np.full(len(samples), NOT_HELD_OUT, dtype=np.int64)
     folds[train_mask] = assignment.folds
     others = samples[samples["split"].isin(OUT_OF_SAMPLE_SPLITS).to_numpy()]
-    # a rank's GPU under torchrun; the fold trains alone on this process (DistContext(): no DDP)
+    # a rank's GPU under torchrun; the fold trains alone on this process (`_training_alone`: no DDP)
     fold_config = replace(config, device=config.device or (f"cuda:{context.local_rank}" if context.backend == "nccl"
                                                            else None))
     mine: list[_FoldPart] = []
@@ -103,8 +105,8 @@ def cross_validated_predictions(
             if progress is not None:
                 progress({**event, "fold": fold + 1, "folds": n_folds, "rank": context.rank})
 
-        result = train_model(fold_data, fold_config, out_dir / f"fold{fold + 1}", progress=fold_progress,
-                             context=DistContext())
+        with _training_alone():
+            result = train_model(fold_data, fold_config, out_dir / f"fold{fold + 1}", progress=fold_progress)
         model, card = load_checkpoint(result.checkpoint_path, device=fold_config.device or "cpu")
         rows = samples[held_out]
         inference = run_inference(model, card, pd.concat([rows, others]), num_workers=0, batch_size=batch_size)
@@ -166,6 +168,23 @@ class _FoldPart:
     other_rows: np.ndarray  # (m,) positions in the val/test rows
     other_probs: np.ndarray  # (m, K)
     other_embeddings: np.ndarray  # (m, D)
+
+
+@contextmanager
+def _training_alone() -> Iterator[None]:
+    """`train_model` trains on this process alone (no DDP) inside the block, also under torchrun: it reads the
+    process group from WORLD_SIZE (`models.distributed.init_distributed`), so the block shows it a world of one.
+    (A `train_model` argument would say the same; `models/train.py` is one of the sources the cached demo workspace
+    is keyed on, so it is left as it is.)"""
+    before = os.environ.get("WORLD_SIZE")
+    os.environ["WORLD_SIZE"] = "1"
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop("WORLD_SIZE", None)
+        else:
+            os.environ["WORLD_SIZE"] = before
 
 
 def _gather_group(context: DistContext):

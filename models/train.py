@@ -116,7 +116,6 @@ def train_model(
     *,
     progress: Progress | None = None,
     resume: bool = False,
-    context: DistContext | None = None,
 ) -> TrainResult:
     """Train on `dataset.split("train")`, early-stop on the macro-F1 of `dataset.split("val")`, write `out_dir`.
 
@@ -124,23 +123,21 @@ def train_model(
     hash and per-epoch metrics), `run.json` (the same as JSON) and `last.pt` (resumable state). `resume=True`
     continues from `last.pt` when it is there and fits this data and config. `progress` gets dicts with an `event`
     key: `decode`, `step`, `epoch`, `done` (with `eta_s` where known). Under torchrun it trains with
-    DistributedDataParallel and only rank 0 writes; `context=DistContext()` trains on this process alone even there
-    (what cross-validation does to give each rank whole folds). Raises `TrainingError` for data that cannot be trained
-    on.
+    DistributedDataParallel and only rank 0 writes. Raises `TrainingError` for data that cannot be trained on.
     """
     threads_before = torch.get_num_threads()
     if config.num_threads:
         torch.set_num_threads(config.num_threads)
     try:
-        return _train(dataset, config, Path(out_dir), progress=progress, resume=resume, context=context)
+        return _train(dataset, config, Path(out_dir), progress=progress, resume=resume)
     finally:
         torch.set_num_threads(threads_before)
 
 
 def _train(dataset: Dataset, config: TrainConfig, out_dir: Path, *, progress: Progress | None,
-           resume: bool, context: DistContext | None = None) -> TrainResult:
+           resume: bool) -> TrainResult:
     """The loop: one `train_one_epoch` and one `evaluate` per epoch, then bookkeeping, until a stop reason."""
-    run = _start_run(dataset, config, out_dir, progress=progress, resume=resume, context=context)
+    run = _start_run(dataset, config, out_dir, progress=progress, resume=resume)
     state = run.state
     stop_reason = "epochs"
     while state.epoch < state.planned_epochs:
@@ -187,9 +184,9 @@ class _Run:
 
 
 def _start_run(dataset: Dataset, config: TrainConfig, out_dir: Path, *, progress: Progress | None,
-               resume: bool, context: DistContext | None = None) -> _Run:
+               resume: bool) -> _Run:
     """Model, data, optimizer and state of a run (restored from `last.pt` when resuming)."""
-    context = init_distributed() if context is None else context
+    context = init_distributed()
     notify = progress if (progress is not None and context.is_main) else _ignore
     started = time.monotonic()
 
