@@ -57,7 +57,8 @@ def _run(args: argparse.Namespace) -> int:
     print(f"checkpoint {name} · split {args.split} · {len(table):,} images · ranks {' → '.join(taxonomy.levels)} · "
           f"predicted group = {ROLLUP_RULES[args.rule]} · {n_boot} bootstrap resamples (95% intervals)")
 
-    frame = tm.rank_metrics_frame(tm.metrics_by_rank(table, taxonomy, rule=args.rule, n_boot=n_boot))
+    ranked = tm.rank_bootstrap(table, taxonomy, rule=args.rule, n_boot=n_boot)  # every rank + severity, one resampling
+    frame = tm.rank_metrics_frame(ranked.ranks)
     print("\nMetrics at every rank")
     print(f"{'rank':<10} {'groups':>6}  {'accuracy':<26} {'balanced accuracy':<26} {'macro-F1':<26}")
     for row in frame.itertuples():
@@ -69,7 +70,8 @@ def _run(args: argparse.Namespace) -> int:
     for line in tm.breakdown_lines(frame):
         print(f"  {line}")
 
-    severity = tm.mistake_severity(table, taxonomy, n_boot=n_boot)
+    print(f"  intervals: {ranked.ranks[0].headline.caption}")
+    severity = ranked.severity
     print(f"\nMistake severity ({severity.n_errors:,} errors of {severity.n_evaluated:,})")
     for row in severity.histogram.itertuples():
         print(f"  LCA {row.lca_rank:<10} {row.errors:>6} errors ({row.share:.1%})")
@@ -78,7 +80,8 @@ def _run(args: argparse.Namespace) -> int:
     for estimate in (severity.mistake_severity, severity.mean_distance):
         print(f"  {tm.SEVERITY_MEASURES[estimate.name]}: {_interval(estimate.value, estimate.low, estimate.high)}")
 
-    effect = tm.decision_rule_effect(table, taxonomy, n_boot=n_boot)
+    effect = tm.decision_rule_effect(table, taxonomy, n_boot=n_boot, severity_before=severity,
+                                     before=ranked.ranks if args.rule == "argmax" else None)
     print(f"\nHierarchy-aware decision rule (conditional risk minimisation; changes {effect.n_changed:,} "
           "predictions; groups = ancestors of the predicted class)")
     print(f"{'rank':<10} {'accuracy top-1':<26} {'accuracy rule':<26} {'macro-F1 top-1':<26} {'macro-F1 rule':<26}")

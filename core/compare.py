@@ -48,11 +48,12 @@ class Comparison:
     cluster: Cluster  # what was asked for: images, or whole specimens with all their images
     notes: tuple[str, ...] = field(default_factory=tuple)  # e.g. labels that differ between the two tables
     unit: Unit = "image"  # what was resampled ("specimen" only where some specimen has several images)
-    method: IntervalMethod = DEFAULT_METHOD  # "bca" or "percentile"
+    method: IntervalMethod = DEFAULT_METHOD  # "bayes" (default), "bca" or "percentile"
 
     @property
     def caption(self) -> str:
-        """How the intervals were made: "95% CI (BCa), 1,000 specimen resamples, stratified by class"."""
+        """How the intervals were made: "paired 95% CI (Bayesian bootstrap, Jeffreys prior per class), 1,000
+        specimen resamples, stratified by class"."""
         config = BootstrapConfig(n_boot=self.n_boot, confidence_level=self.confidence_level, method=self.method)
         return "paired " + describe_intervals(config, self.unit) if self.n_boot else "no intervals"
 

@@ -76,12 +76,13 @@ class HeadlineMetrics:
     confidence_level: float  # e.g. 0.95
     unit: Unit = "image"  # what the bootstrap resampled: "specimen" (whole individuals) or "image"
     n_units: int = 0  # specimens (or images) resampled, stratified by class
-    method: IntervalMethod = DEFAULT_METHOD  # "bca" or "percentile"
+    method: IntervalMethod = DEFAULT_METHOD  # "bayes" (default), "bca" or "percentile"
     n_single_specimen_classes: int = 0  # classes with one specimen (of several images), resampled by image
 
     @property
     def caption(self) -> str:
-        """How the intervals were made: "95% CI (BCa), 1,000 specimen resamples, stratified by class"."""
+        """How the intervals were made: "95% CI (Bayesian bootstrap, Jeffreys prior per class), 1,000 specimen
+        resamples, stratified by class"."""
         if not self.n_boot:
             return "no intervals"
         config = BootstrapConfig(n_boot=self.n_boot, confidence_level=self.confidence_level, method=self.method)
@@ -215,7 +216,8 @@ def compute_headline_metrics(
     no more than k classes (it would be trivially 1).
 
     Intervals come from `n_boot` resamples stratified by class, of specimens when specimens have several images,
-    else of images (`core.scores.ResamplingPlan`); `method` "bca" (default) or "percentile". `seed` makes them
+    else of images (`core.scores.ResamplingPlan`); `method` "bayes" (default: the Bayesian bootstrap with a
+    Jeffreys prior per class, see `core.scores`), "bca" or "percentile". `seed` makes them
     reproducible; `n_boot=0` skips intervals. `plan`: `resampling_plan(table)[0]` when the caller holds it already
     (it costs about a second at 100,000 images).
     """
@@ -270,9 +272,9 @@ def per_class_table(
     precision/recall/F1 equal `precision_recall_fscore_support(labels=range(K), zero_division=0)`; classes with
     zero support get 0 and `support == 0` (filter on it). Empty `confused_*` when there is no such error.
     With `intervals`, `precision_low/high`, `recall_low/high`, `f1_low/high` hold per-class intervals from the
-    same stratified (specimen) bootstrap as the headline metrics (`core.scores.class_interval_bounds`: where a
-    score sits at 0 or 1 and no resample can move it, the bound on the open side comes from the Wilson interval
-    of its specimens), NaN for classes without samples. `plan`: `resampling_plan(table)[0]` when held already.
+    same stratified (specimen) bootstrap as the headline metrics (`core.scores.class_interval_bounds`: the Jeffreys
+    prior per class keeps a score of 0 or 1 open), NaN for classes without samples. `plan`:
+    `resampling_plan(table)[0]` when held already.
     """
     k = len(table.class_names)
     names = np.asarray(table.class_names, dtype=object)

@@ -97,7 +97,7 @@ class Coverage:
     """Empirical coverage of one interval recipe over many simulated evaluation sets."""
 
     unit: str  # "image" or "specimen": what the bootstrap resampled
-    method: str  # "bca" or "percentile"
+    method: str  # "bayes", "bca" or "percentile" (`core.scores.INTERVAL_METHODS`)
     n_sets: int  # evaluation sets drawn
     covered: dict[str, float]  # metric -> share of sets whose interval holds the true value
     width: dict[str, float]  # metric -> mean interval width

@@ -192,11 +192,12 @@ def excluded_counts(token: str, _table: PredictionTable) -> pd.Series:
     return metrics.excluded_labels(_table)
 
 
-INTERVALS = BootstrapConfig()  # every interval the evaluation pages show: 1,000 stratified resamples, 95%, BCa
+INTERVALS = BootstrapConfig()  # every interval the evaluation pages show: 1,000 stratified draws, 95%, Bayesian
 
 
 def interval_caption(unit: Unit) -> str:
-    """"95% CI (BCa), 1,000 specimen resamples, stratified by class" for the pages' intervals."""
+    """"95% CI (Bayesian bootstrap, Jeffreys prior per class), 1,000 specimen resamples, stratified by class" for
+    the pages' intervals."""
     return describe_intervals(INTERVALS, unit)
 
 

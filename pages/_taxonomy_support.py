@@ -67,13 +67,19 @@ def rolled_all(token: str, tax: str, rule: str, _table: PredictionTable, _taxono
 
 
 @st.cache_data(show_spinner="Scoring every rank…", max_entries=32)
+def rank_bootstrap(token: str, tax: str, rule: str, _table: PredictionTable, _taxonomy: Taxonomy
+                   ) -> tm.RankBootstrap:
+    """Metrics at every rank and the mistake severity, all from one resampling of the table (the evaluation pages'
+    bootstrap settings), per (table token, taxonomy token, roll-up rule)."""
+    return tm.rank_bootstrap(_table, _taxonomy, rule=rule, n_boot=ev.INTERVALS.n_boot, seed=ev.INTERVALS.seed,
+                             confidence_level=ev.INTERVALS.confidence_level, method=ev.INTERVALS.method,
+                             rolled=rolled_all(token, tax, rule, _table, _taxonomy))
+
+
 def rank_results(token: str, tax: str, rule: str, _table: PredictionTable, _taxonomy: Taxonomy
                  ) -> tuple[tm.RankMetrics, ...]:
-    """Metrics at every rank; the class level is the Overview's cached headline (same token, same bootstrap)."""
-    return tm.metrics_by_rank(_table, _taxonomy, rule=rule, n_boot=ev.INTERVALS.n_boot, seed=ev.INTERVALS.seed,
-                              confidence_level=ev.INTERVALS.confidence_level, method=ev.INTERVALS.method,
-                              class_level=ev.headline(token, _table),
-                              rolled=rolled_all(token, tax, rule, _table, _taxonomy))
+    """Metrics at every rank, class level first (`rank_bootstrap`)."""
+    return rank_bootstrap(token, tax, rule, _table, _taxonomy).ranks
 
 
 @st.cache_data(show_spinner=False, max_entries=32)
@@ -103,9 +109,10 @@ def bottom_at(token: str, tax: str, rank: str, rule: str, _table: PredictionTabl
     return metrics.bottom_classes(per_class_at(token, tax, rank, rule, _table, _taxonomy), n=n)
 
 
-@st.cache_data(show_spinner="Measuring mistake severity…", max_entries=32)
 def severity(token: str, tax: str, _table: PredictionTable, _taxonomy: Taxonomy) -> tm.MistakeSeverity:
-    return tm.mistake_severity(_table, _taxonomy, n_boot=N_BOOT)
+    """The mistake severity of the top-1 class, from the resamples of the default ("sum") rank table (the page's
+    first view), so a first visit resamples the table once."""
+    return rank_bootstrap(token, tax, "sum", _table, _taxonomy).severity
 
 
 @st.cache_data(show_spinner=False, max_entries=32)
@@ -147,15 +154,19 @@ def folded_cell(token: str, tax: str, rank: str, rule: str, true_group: str, pre
 
 @st.cache_data(show_spinner="Applying the hierarchy-aware decision rule…", max_entries=16)
 def decision(token: str, tax: str, _table: PredictionTable, _taxonomy: Taxonomy) -> tm.DecisionRuleEffect:
-    return tm.decision_rule_effect(_table, _taxonomy, n_boot=N_BOOT,
-                                   before=rank_results(token, tax, "argmax", _table, _taxonomy))
+    return tm.decision_rule_effect(_table, _taxonomy, n_boot=ev.INTERVALS.n_boot, seed=ev.INTERVALS.seed,
+                                   confidence_level=ev.INTERVALS.confidence_level, method=ev.INTERVALS.method,
+                                   before=rank_results(token, tax, "argmax", _table, _taxonomy),
+                                   severity_before=severity(token, tax, _table, _taxonomy))
 
 
 @st.cache_data(show_spinner="Comparing along the taxonomy…", max_entries=16)
 def compare_ranks(token_a: str, token_b: str, tax: str, rule: str, n_boot: int, cluster: str,
-                  _a: PredictionTable, _b: PredictionTable, _taxonomy: Taxonomy) -> tuple[pd.DataFrame, pd.DataFrame]:
-    by_rank = tm.compare_by_rank(_a, _b, _taxonomy, rule=rule, n_boot=n_boot, cluster=cluster)
-    return by_rank, tm.compare_severity(_a, _b, _taxonomy, n_boot=n_boot)
+                  _a: PredictionTable, _b: PredictionTable, _taxonomy: Taxonomy) -> tm.TaxonomyComparison:
+    """B against A at every rank and in mistake severity, from one paired resampling (`compare_taxonomy`)."""
+    return tm.compare_taxonomy(_a, _b, _taxonomy, rule=rule, n_boot=n_boot, seed=ev.INTERVALS.seed,
+                               confidence_level=ev.INTERVALS.confidence_level, method=ev.INTERVALS.method,
+                               cluster=cluster)
 
 
 def format_interval(value: float | None, low: float | None, high: float | None, *, digits: int = 3) -> str:

@@ -135,8 +135,9 @@ with st.expander("Per-class table"):
 taxonomy = tx.page_taxonomy(ctx, tuple(dict.fromkeys((*table_a.class_names, *table_b.class_names))), quiet=True)
 if taxonomy is not None:
     st.subheader("Along the taxonomy")
-    by_rank, severity = tx.compare_ranks(table_token(table_a), table_token(table_b), tx.taxonomy_token(taxonomy), "sum",
-                                         int(n_boot), cluster, table_a, table_b, taxonomy)
+    along = tx.compare_ranks(table_token(table_a), table_token(table_b), tx.taxonomy_token(taxonomy), "sum",
+                             int(n_boot), cluster, table_a, table_b, taxonomy)
+    by_rank, severity = along.by_rank, along.severity
     st.dataframe(by_rank.assign(metric=by_rank["metric"].map(LABELS)), hide_index=True, key="cmp-ranks",
                  column_config={c: st.column_config.NumberColumn(format="%.3f") for c in by_rank.columns
                                 if c not in ("rank", "metric")})
@@ -146,7 +147,8 @@ if taxonomy is not None:
                  column_config={c: st.column_config.NumberColumn(format="%.3f") for c in severity.columns
                                 if c not in ("measure", "label")})
     st.caption("Mistake severity = mean height of the lowest common ancestor over errors (lower is better); "
-               "share_b_better = share of paired resamples of images where B's is lower.")
+               f"share_b_better = share of paired resamples where B's is lower. Intervals: {along.caption}, each "
+               "resample scoring both models at every rank.")
 
 # Flips -------------------------------------------------------------------------------------------------------------
 st.subheader("Samples whose prediction flipped")

@@ -43,8 +43,10 @@ else:
                    "several times over and give intervals too narrow; whole specimens are resampled instead.")
     if image_level.n_single_specimen_classes:
         st.caption(f"{image_level.n_single_specimen_classes} class(es) have a single specimen in this split: their "
-                   "images are resampled instead, and no interval can show how another specimen of such a class "
-                   "would fare, so balanced accuracy and macro-F1 are less certain than their intervals say.")
+                   "images are resampled instead, as if independent (with the class's prior), which assumes another "
+                   "specimen of such a class would fare about like this one. No data here can measure how much "
+                   "specimens of such a class differ, so balanced accuracy and macro-F1 may be less certain than "
+                   "their intervals say.")
     if specimen_level is not None and specimen_level.n_evaluated:
         st.markdown("**Image level vs specimen level** (specimen = mean probability over its images)")
         frame = image_level.as_frame()[["label", "value", "low", "high"]].rename(
@@ -96,9 +98,9 @@ st.dataframe(
         "confused_from_count": st.column_config.NumberColumn("n "),
     },
 )
-st.caption(f"Per-class intervals: {ev.interval_caption(image_level.unit)}; where a score is 0 or 1 and no resample can "
-           "move it, the open side is the Wilson bound on the class's specimens, so F1 = 0 on 3 images and on 300 "
-           "read differently.")
+st.caption(f"Per-class intervals: {ev.interval_caption(image_level.unit)}; a prior per class (half a right, half a "
+           "missed and half a falsely predicted image) keeps a score of 0 or 1 open where the class has few samples, "
+           "so F1 = 0 on 3 images and on 300 read differently.")
 st.download_button(
     "Download per-class CSV",
     per_class.to_csv(index=False).encode(),

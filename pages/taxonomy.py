@@ -33,6 +33,8 @@ st.plotly_chart(tx.rank_figure(data.token, tax, rule, table, taxonomy), key="tx-
 st.dataframe(ranks, hide_index=True, key="tx-rank-table",
              column_config={c: st.column_config.NumberColumn(format="%.3f") for c in ranks.columns
                             if c not in ("rank", "groups", "n_evaluated")})
+st.caption(f"Intervals: {tx.rank_results(data.token, tax, rule, table, taxonomy)[0].headline.caption}; every rank "
+           "is scored on the same resamples.")
 
 # One rank ---------------------------------------------------------------------------------------------------------
 st.subheader("Per-class metrics at a rank")
@@ -61,6 +63,7 @@ else:
         column.metric(label, value, help="height of the lowest common ancestor: 1 = same " + taxonomy.levels[1])
         column.caption(interval)
     st.text("\n".join(severity.within_lines()))
+    st.caption(f"Intervals: {severity.caption} (the same resamples as the metrics at every rank).")
     st.plotly_chart(tx.severity_figure(data.token, tax, table, taxonomy), key="tx-severity-chart")
     st.markdown("**Which classes make wild mistakes** (mean LCA height of their errors, share of errors beyond "
                 "each rank)")

@@ -184,7 +184,9 @@ def test_demo_val_intervals_hold_their_point_estimates_near_the_middle(demo_work
         if e.value >= 0.95:
             continue  # near the ceiling a correct interval is skewed inwards (top-5 at 0.98 sits at 0.81 of its width)
         position = (e.value - e.low) / (e.high - e.low)
-        assert 0.2 <= position <= 0.8, (e, position)  # the image bootstrap put balanced accuracy at 0.15
+        # The image bootstrap put balanced accuracy at 0.15. Above 0.8 is allowed up to 0.9: the Jeffreys prior leans
+        # towards 1/2, so a rate near 1 sits in the upper part of its interval (the demo's 0.94 accuracy at 0.78).
+        assert 0.2 <= position <= 0.9, (e, position)
 
 
 def test_per_class_intervals_and_ranking_by_upper_bound():

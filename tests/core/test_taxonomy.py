@@ -150,7 +150,9 @@ def test_metrics_by_rank_are_core_metrics_of_the_rolled_table(tree):
     assert (frame["accuracy_low"] <= frame["accuracy"]).all() and (frame["accuracy"] <= frame["accuracy_high"]).all()
     rolled = T.rollup_table(table, tree, "family")
     direct = metrics.compute_headline_metrics(rolled, n_boot=200)
-    assert results[2].headline["macro_f1"] == direct["macro_f1"]
+    assert results[2].headline["macro_f1"].value == pytest.approx(direct["macro_f1"].value)
+    assert results[2].headline.caption == ("95% CI (Bayesian bootstrap, Jeffreys prior per class), "
+        "200 image resamples, stratified by class")
     lines = T.breakdown_lines(frame)
     assert lines[0].startswith("order (2 groups): accuracy 83.3%")
     assert [line.split(" ")[0] for line in lines] == ["order", "family", "genus", "class"]
@@ -173,9 +175,14 @@ def test_mistake_severity_hand_computed(tree):
     assert result.histogram["lca_rank"].tolist() == ["genus", "family", "order", "root"]
     assert result.histogram["errors"].tolist() == [1, 1, 1, 1]
     assert result.histogram["within"].tolist() == pytest.approx([0.25, 0.5, 0.75, 1.0])
-    assert result.within_lines() == ["25.0% of errors stay within the same genus",
-                                     "50.0% of errors stay within the same family",
-                                     "75.0% of errors stay within the same order"]
+    assert [line.split(" [")[0] for line in result.within_lines()] == [
+        "25.0% of errors stay within the same genus", "50.0% of errors stay within the same family",
+        "75.0% of errors stay within the same order"]
+    histogram = result.histogram
+    assert (histogram["within_low"] <= histogram["within"]).all()
+    assert (histogram["within"] <= histogram["within_high"]).all()
+    assert result.caption == ("95% CI (Bayesian bootstrap, Jeffreys prior per class), "
+        "300 image resamples, stratified by class")
     assert result.mistake_severity.low <= 2.5 <= result.mistake_severity.high
     assert result.mistake_severity.low >= 1.0 and result.mistake_severity.high <= 4.0
     per_class = T.severity_per_class(table, tree)
@@ -318,3 +325,112 @@ def test_workspace_taxonomy_setting(tmp_path, bccd_root):
         (tmp_path / "taxalens.toml").write_text(f'[dataset]\nroot = "{bccd_root}"\ntaxonomy = {bad}\n')
         with pytest.raises(WorkspaceError, match=r"`taxonomy` in \[dataset\] must be a list of manifest columns.*CSV"):
             load_workspace(tmp_path)
+
+
+# ------------------------------------------------------------------------- one bootstrap for every rank and severity
+
+
+def _random_table(tree, class_names, n, *, seed, specimens=None):
+    rng = np.random.default_rng(seed)
+    probs = rng.dirichlet(np.full(len(class_names), 0.5), size=n).astype(np.float32)
+    labels = [class_names[i] for i in rng.integers(0, len(class_names), n)]
+    ids = [f"s{i}" for i in range(n)]
+    return build_prediction_table(ids, probs, np.zeros((n, 0)), labels=labels, splits=["val"] * n,
+                                  specimen_ids=specimens or ids, class_names=class_names)
+
+
+@pytest.mark.parametrize("rule", ["sum", "argmax"])
+def test_rank_scores_equal_sklearn_on_the_rolled_labels(tree, rule):
+    from sklearn.metrics import accuracy_score, balanced_accuracy_score, f1_score
+
+    table = _random_table(tree, CLASSES, 80, seed=1)
+    ranks = T.rank_bootstrap(table, tree, rule=rule, n_boot=0).ranks
+    for level, result in enumerate(ranks):
+        rolled = T.rollup_table(table, tree, level, rule=rule)
+        y, p = rolled.frame["label_idx"].to_numpy(), rolled.frame["pred_idx"].to_numpy()
+        assert result.headline["accuracy"].value == pytest.approx(accuracy_score(y, p))
+        assert result.headline["balanced_accuracy"].value == pytest.approx(balanced_accuracy_score(y, p))
+        assert result.headline["macro_f1"].value == pytest.approx(f1_score(y, p, average="macro",
+                                                                           labels=np.unique(y), zero_division=0))
+        assert result.headline["weighted_f1"].value is None  # not computed per rank, and says so
+    if rule == "sum":  # the sum rule's groups differ from the argmax rule's somewhere in this table
+        argmax = T.rank_bootstrap(table, tree, rule="argmax", n_boot=0).ranks
+        assert [r.headline["accuracy"].value for r in ranks] != [r.headline["accuracy"].value for r in argmax]
+
+
+def test_severity_intervals_resample_within_each_class(tree):
+    # Every image of a class has the same outcome, so a class-stratified resample always holds the same counts and
+    # the intervals collapse onto the values; an unstratified image bootstrap would leave them wide. (The classical
+    # resample: the product's Bayesian draws add each class's Jeffreys prior, which opens them on purpose.)
+    labels = ["a1"] * 4 + ["b1"] * 4 + ["c1"] * 4
+    preds = ["a2"] * 4 + ["b1"] * 4 + ["d1"] * 4  # LCA genus, right, root
+    result = T.mistake_severity(_table(labels, preds), tree, n_boot=200, method="percentile")
+    assert result.mistake_severity.value == pytest.approx((4 * 1 + 4 * 4) / 8)
+    for estimate in (result.mistake_severity, result.mean_distance):
+        assert estimate.low == pytest.approx(estimate.value) and estimate.high == pytest.approx(estimate.value)
+    genus = result.histogram.set_index("lca_rank").loc["genus"]
+    assert genus["within"] == 0.5 and genus["within_low"] == pytest.approx(0.5)
+    assert genus["within_high"] == pytest.approx(0.5)
+
+
+def test_severity_resamples_whole_specimens(tree):
+    # One class, 10 specimens of 4 images: 5 specimens all right, 5 all wrong across the whole tree. Resampling
+    # specimens (the unit) must give a wider interval than pretending the 40 images were independent.
+    n = 40
+    preds = ["a1" if i < 20 else "d1" for i in range(n)]
+    probs = np.array([[0.9, 0.025, 0.025, 0.025, 0.025] if p == "a1" else [0.1, 0.0, 0.0, 0.0, 0.9] for p in preds],
+                     dtype=np.float32)
+
+    def build(specimens):
+        return build_prediction_table([f"i{i}" for i in range(n)], probs, np.zeros((n, 0)), labels=["a1"] * n,
+                                      splits=["val"] * n, specimen_ids=specimens, class_names=CLASSES)
+
+    clustered = T.mistake_severity(build([f"sp{i // 4}" for i in range(n)]), tree, n_boot=400)
+    images = T.mistake_severity(build([f"sp{i}" for i in range(n)]), tree, n_boot=400)
+    assert clustered.caption == ("95% CI (Bayesian bootstrap, Jeffreys prior per class), "
+        "400 specimen resamples, stratified by class")
+    assert images.caption == ("95% CI (Bayesian bootstrap, Jeffreys prior per class), "
+        "400 image resamples, stratified by class")
+    assert clustered.mean_distance.value == images.mean_distance.value == pytest.approx(2.0)
+    width = {name: r.mean_distance.high - r.mean_distance.low for name, r in (("sp", clustered), ("im", images))}
+    assert width["sp"] > 1.5 * width["im"] > 0
+
+
+def test_many_ranks_split_into_plans_that_fit_the_packed_code():
+    # 300 classes under 6 ranks: label + 7 level columns would need 8 x log2(300) > 62 bits (one plan's packed
+    # codes would wrap and merge distinct rows), so the levels are scored from two plans; every level's values
+    # still equal the rolled tables'.
+    k, ranks = 300, ("r1", "r2", "r3", "r4", "r5", "r6")
+    names = tuple(f"c{i:03d}" for i in range(k))
+    rows = [(name, tuple(f"{rank}_{i // 2 ** (j + 1)}" for j, rank in enumerate(ranks)))
+            for i, name in enumerate(names)]
+    taxonomy = build_taxonomy(ranks, rows)
+    table = _random_table(taxonomy, names, 600, seed=2)
+    result = T.rank_bootstrap(table, taxonomy, n_boot=50)
+    for level, rank in enumerate(result.ranks):
+        rolled = T.rollup_table(table, taxonomy, level)
+        right = rolled.frame["label_idx"].to_numpy() == rolled.frame["pred_idx"].to_numpy()
+        assert rank.headline["accuracy"].value == pytest.approx(right.mean())
+        assert rank.headline["accuracy"].low <= right.mean() <= rank.headline["accuracy"].high
+    assert result.severity.mean_distance.low is not None
+
+
+def test_compare_taxonomy_of_a_table_with_itself_is_zero(tree):
+    table = _random_table(tree, CLASSES, 60, seed=3, specimens=[f"sp{i // 2}" for i in range(60)])
+    result = T.compare_taxonomy(table, table, tree, n_boot=100)
+    assert result.caption == ("95% CI (Bayesian bootstrap, Jeffreys prior per class), "
+        "100 specimen resamples, stratified by class")
+    for frame in (result.by_rank, result.severity):
+        assert (frame["delta"] == 0).all() and (frame["delta_low"] == 0).all() and (frame["delta_high"] == 0).all()
+        assert (frame["share_b_better"] == 0).all()
+    assert result.n == 60
+
+
+def test_group_sums_equal_the_one_hot_product(tree):
+    layout = T.level_layout(tree, CLASSES)
+    values = np.random.default_rng(4).random((7, len(CLASSES)))
+    for level in range(len(tree.levels)):
+        codes = layout.codes[level]
+        onehot = np.zeros((len(CLASSES), codes.max() + 1))
+        onehot[np.arange(len(CLASSES)), codes] = 1
+        np.testing.assert_allclose(T.group_sums(values, layout, level), values @ onehot)

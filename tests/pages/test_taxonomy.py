@@ -43,11 +43,16 @@ def test_taxonomy_page_on_demo_columns(drawn_workspace, open_page):
     lines = next(t.value for t in app.text if "groups): accuracy" in t.value).splitlines()
     assert [line.split(" ")[0] for line in lines] == ["kingdom", "phylum", "order", "family", "class"]
 
-    severity = T.mistake_severity(table, taxonomy, n_boot=1000)
+    # The severity comes from the resamples of the default (summed-probability) rank table: one resampling.
+    severity = T.rank_bootstrap(table, taxonomy, rule="sum", n_boot=1000).severity
     metric = next(m for m in app.metric if m.label == "Mistake severity")
     assert metric.value == f"{severity.mistake_severity.value:.3f}"
     within = next(t.value for t in app.text if "of errors stay within" in t.value)
-    assert within.splitlines()[0] == severity.within_lines()[0]
+    assert within.splitlines() == severity.within_lines()
+    assert " [" in within.splitlines()[0]  # with its interval
+    assert any(f"Intervals: {severity.caption} (the same resamples" in c.value for c in app.caption)
+    assert severity.caption.endswith("resamples, stratified by class")
+    assert any(c.value.startswith(f"Intervals: {severity.caption}; every rank") for c in app.caption)
     wild = _frame(app, "worst_error")
     assert wild["class"].tolist() == T.severity_per_class(table, taxonomy)["class"].tolist()
 
