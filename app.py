@@ -46,10 +46,12 @@ PAGES = {
         st.Page("pages/errors.py", title="Misclassifications", icon=":material/image_search:"),
         st.Page("pages/calibration.py", title="Calibration", icon=":material/tune:"),
         st.Page("pages/explain.py", title="Grad-CAM", icon=":material/visibility:"),
+        st.Page("pages/map.py", title="Embedding map", icon=":material/scatter_plot:"),
     ],
     "Curation": [
         st.Page("pages/review.py", title="Review queue", icon=":material/rule:"),
         st.Page("pages/adjudicate.py", title="Adjudicate & export", icon=":material/gavel:"),
+        st.Page("pages/data_quality.py", title="Data quality", icon=":material/cleaning_services:"),
     ],
     "Models": [
         st.Page("pages/retrain.py", title="Retrain", icon=":material/model_training:"),

@@ -17,7 +17,9 @@ import pandas as pd
 
 from core.predictions import PredictionTable
 
-QUEUE_KINDS = ("likely_errors", "confusion_cell", "class", "low_confidence", "not_reviewed_by_me", "possibly_unknown")
+QUEUE_KINDS = ("likely_errors", "confusion_cell", "class", "low_confidence", "not_reviewed_by_me", "possibly_unknown",
+               "selection", "image_quality")
+LISTED_KINDS = ("selection", "image_quality")  # queues of the sample ids a page handed over (`QueueSpec.sample_ids`)
 OUT_OF_SAMPLE_SPLITS = ("val", "test")
 MIN_CLASS_SAMPLES = 5
 KNN_BUDGET = 2_000_000_000  # query x reference pairs above which the embedding kNN is skipped
@@ -48,6 +50,7 @@ class QueueSpec:
     class_name: str | None = None  # class: samples whose given label is this class
     hide_reviewed: bool = False  # drop samples the reviewer already decided (any kind)
     only_flagged: bool = False  # likely_errors: only samples cleanlab flags, not the whole ranking
+    sample_ids: tuple[str, ...] = ()  # selection (lassoed on the map), image_quality (flagged images): the samples
 
 
 def grouped_folds(frame: pd.DataFrame, *, n_splits: int = 5, seed: int = 0, label_column: str = "label",
@@ -292,6 +295,8 @@ def build_queue(ranking: LabelIssueRanking, spec: QueueSpec, *, reviewed_by_me: 
         queue = frame[frame["label"] == spec.class_name]
     elif spec.kind == "low_confidence":
         queue = frame.sort_values(["suggested_prob", "rank"], kind="stable")
+    elif spec.kind in LISTED_KINDS:
+        queue = frame[frame["sample_id"].isin(set(spec.sample_ids))]  # in ranking order: likely errors first
     elif spec.kind == "possibly_unknown":
         if novelty is None:
             raise ValueError("a possibly_unknown queue needs novelty scores (core.novelty.table_novelty)")

@@ -18,7 +18,7 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from core import confusion as cm
-from core import figures, metrics, queries, specimens
+from core import figures, leakage, metrics, queries, specimens
 from core.curation import CuratedTable, apply_curated_labels, compare_label_modes, curated_labels
 from core.errors import USER_ERRORS, TaxaLensError
 from core.labelstore import LabelStore
@@ -395,3 +395,33 @@ def format_estimate(estimate: metrics.MetricEstimate) -> tuple[str, str]:
     level = f"{INTERVALS.confidence_level * 100:g}%"
     interval = "" if estimate.low is None else f"{level} CI {estimate.low:.3f} – {estimate.high:.3f}"
     return f"{estimate.value:.3f}", interval
+
+
+def leak_comparison(ctx: PageContext, data: EvalData, reported: metrics.HeadlineMetrics
+                    ) -> tuple[int, pd.DataFrame] | None:
+    """(leaked images in this split, reported vs de-duplicated headline metrics) when validation/test images of the
+    split leak from training (`core.leakage`, default settings); None when none do or the split is training."""
+    from pages._data_scan import leak_report
+
+    if ctx.split == "train":
+        return None
+    try:
+        report = leak_report(ctx, hash_images=False)
+    except USER_ERRORS:
+        return None
+    if report is None:
+        return None
+    leaked = report.leaks[report.leaks["sample_id"].isin(set(data.table.frame["sample_id"]))]
+    if leaked.empty:
+        return None
+    key = f"{data.token}|{hash(tuple(sorted(leaked['sample_id'])))}"
+    return len(leaked), _dedup_compare(key, data.table, leaked, reported)
+
+
+@st.cache_data(show_spinner="Scoring the de-duplicated evaluation set…", max_entries=32)
+def _dedup_compare(key: str, _table: PredictionTable, _leaks: pd.DataFrame,
+                   _reported: metrics.HeadlineMetrics) -> pd.DataFrame:
+    clean = leakage.deduplicated(_table, _leaks)
+    dedup = metrics.compute_headline_metrics(clean, n_boot=INTERVALS.n_boot, seed=INTERVALS.seed,
+                                             confidence_level=INTERVALS.confidence_level, method=INTERVALS.method)
+    return leakage.compare_reported_deduplicated(_reported, dedup)

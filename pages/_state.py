@@ -22,3 +22,5 @@ KEY_CONFIDENCES = "tl_confidences"  # raw | calibrated (core.calibration.CONFIDE
 KEY_CONFORMAL = "tl_conformal"  # dict of core.conformal.ConformalConfig fields: set on the Calibration page, read by
 # the review and misclassification pages
 KEY_URL_RESTORED = "tl_url_restored"  # the sidebar keys were seeded from the URL's query string (once per session)
+KEY_SELECTION = "tl_selection"  # sample ids lassoed on the Map page: the review page's "selection" queue
+KEY_QUALITY_IDS = "tl_quality_ids"  # sample ids the Data quality page flagged: the "image_quality" queue

@@ -60,6 +60,17 @@ else:
         st.caption(f"{specimen_level.n_evaluated:,} specimens with a known label; specimen intervals: "
                    f"{specimen_level.caption}.")
 
+leaks = ev.leak_comparison(ctx, data, image_level)
+if leaks is not None:
+    n_leaked, comparison = leaks
+    st.warning(f"{n_leaked:,} of {len(table):,} images in this split have a near-duplicate or their specimen in "
+               "training (see **Data quality**): the reported scores count memory as skill. Beside them, the same "
+               "metrics on the de-duplicated evaluation set.")
+    st.dataframe(comparison.drop(columns=["metric"]), hide_index=True, key="dedup-metrics",
+                 column_config={"label": st.column_config.TextColumn("metric"),
+                                **{c: st.column_config.NumberColumn(c.replace("_", " "), format="%+.3f" if c == "delta"
+                                                                    else "%.3f") for c in comparison.columns[2:]}})
+
 if modes is not None:
     st.markdown("**As given vs as curated** (the review decisions applied; Δ = curated − given)")
     st.dataframe(modes.drop(columns=["metric"]), hide_index=True, key="label-modes",

@@ -40,13 +40,17 @@ from pages._review_support import (
     now_line,
     typical_example_ids,
 )
-from pages._state import KEY_CONFUSION_CELL
+from pages._state import KEY_CONFUSION_CELL, KEY_QUALITY_IDS, KEY_SELECTION
 from pages._text import md
 
 QUEUE_NAMES = {"likely_errors": "Likely label errors", "confusion_cell": "Confusion cell (from the confusion page)",
                "class": "One class", "low_confidence": "Lowest confidence",
                "not_reviewed_by_me": "Not yet reviewed by me",
-               "possibly_unknown": "Possibly unknown (none of the known classes)"}
+               "possibly_unknown": "Possibly unknown (none of the known classes)",
+               "selection": "Selection (lassoed on the map)",
+               "image_quality": "Image-quality issues (from Data quality)"}
+LISTED = {"selection": (KEY_SELECTION, "Lasso or box-select points on the Map page and send them here first."),
+          "image_quality": (KEY_QUALITY_IDS, "Send flagged images here from the Data quality page first.")}
 CURRENT, MESSAGE, NOTE = "rv-current", "rv-message", "rv-note"
 PICK, PICK_FOR, QUEUE_ID = "rv-pick", "rv-pick-for", "rv-queue-id"
 STRIP = 4  # typical examples shown per class
@@ -264,11 +268,19 @@ elif kind == "confusion_cell":
         st.stop()
     spec = QueueSpec(kind=kind, true_label=names[cell[0]], pred_label=names[cell[1]])
     top_row[2].markdown(f"**Cell:** given *{md(spec.true_label)}* → predicted *{md(spec.pred_label)}*")
+elif kind in LISTED:
+    key, hint = LISTED[kind]
+    listed = tuple(st.session_state.get(key) or ())
+    if not listed:
+        st.info(hint)
+        st.stop()
+    spec = QueueSpec(kind=kind, sample_ids=listed)
+    top_row[2].markdown(f"**{len(listed):,} samples** handed over")
 hide = top_row[3].toggle("Hide mine", key="rv-hide", help="Hide samples I already decided")
 spec = QueueSpec(kind=spec.kind, true_label=spec.true_label, pred_label=spec.pred_label, class_name=spec.class_name,
-                 hide_reviewed=hide)
+                 hide_reviewed=hide, sample_ids=spec.sample_ids)
 # Another queue (kind, class or cell) starts at its rank 1, not at the sample the last queue was on.
-queue_id = (spec.kind, spec.class_name, spec.true_label, spec.pred_label)
+queue_id = (spec.kind, spec.class_name, spec.true_label, spec.pred_label, hash(spec.sample_ids))
 if st.session_state.get(QUEUE_ID) not in (None, queue_id):
     st.session_state.pop(CURRENT, None)
 st.session_state[QUEUE_ID] = queue_id

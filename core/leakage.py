@@ -1,0 +1,307 @@
+"""Near-duplicates and split leakage: cosine neighbours of the stored embeddings plus a perceptual hash, groups of
+near-identical images, the validation/test images that have a near-duplicate or their specimen in training, and the
+headline metrics on the evaluation set without them."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from core.errors import TaxaLensError
+from core.images import ImageError, load_image_rgb
+from core.metrics import HeadlineMetrics
+from core.predictions import PredictionTable
+
+logger = logging.getLogger(__name__)
+
+EVALUATION_SPLITS = ("val", "test")
+PAIR_COLUMNS = ("a", "b", "sample_a", "sample_b", "split_a", "split_b", "label_a", "label_b", "similarity",
+                "hash_distance", "found_by")
+LEAK_COLUMNS = ("sample_id", "split", "label", "reason", "train_sample_id", "train_label", "similarity",
+                "hash_distance")
+HASH_BUDGET = 4_000_000_000  # image pairs above which hashes are compared only across splits (train x evaluation)
+
+
+class LeakageError(TaxaLensError, ValueError):
+    """The duplicate scan cannot run on these inputs (mismatched lengths, no embeddings and no hashes)."""
+
+
+@dataclass(frozen=True)
+class DuplicateSettings:
+    """When two images count as near-duplicates (either test suffices)."""
+
+    min_similarity: float = 0.995  # cosine similarity of the mean-centred embeddings at or above which a pair matches
+    max_hash_distance: int = 8  # differing bits (of 64) of the perceptual hashes (mirrored, centre-cropped) at or below
+    k: int = 10  # embedding neighbours examined per image
+
+
+@dataclass(frozen=True)
+class LeakReport:
+    """The scan's result over one predictions table (all splits)."""
+
+    pairs: pd.DataFrame  # PAIR_COLUMNS: each near-duplicate pair once (a < b, positions in the table)
+    groups: pd.DataFrame  # sample_id, split, label, group (id), size: images in a group of two or more
+    leaks: pd.DataFrame  # LEAK_COLUMNS: each evaluation image with a training near-duplicate or specimen, once
+    settings: DuplicateSettings
+
+    @property
+    def n_leaked(self) -> int:
+        return int(self.leaks["sample_id"].nunique())
+
+
+# Perceptual hashes --------------------------------------------------------------------------------------------------
+
+HASH_VARIANTS = 4  # the image, its mirror image, its centre (CENTRE_SHARE of each side) and that centre mirrored
+CENTRE_SHARE = 0.9
+
+
+def image_hashes(paths: Sequence[str | None], *, progress: Callable[[int, int], None] | None = None
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    """Perceptual hashes (`imagehash.phash`, 64 bits) of each image in `HASH_VARIANTS` views: as is, mirrored, its
+    centre and its centre mirrored (so flipped and slightly cropped copies still match).
+
+    Returns `(hashes, readable)`: `hashes` uint64 `(N, 4)`, `readable` bool `(N,)` (False for a path that is None
+    or cannot be decoded; its hashes are 0 and never match).
+    """
+    import imagehash
+    from PIL import ImageOps
+
+    hashes = np.zeros((len(paths), HASH_VARIANTS), dtype=np.uint64)
+    readable = np.zeros(len(paths), dtype=bool)
+    for i, path in enumerate(paths):
+        if progress and i % 200 == 0:
+            progress(i, len(paths))
+        if not path:
+            continue
+        try:
+            image = load_image_rgb(path)
+        except ImageError as exc:
+            logger.info("no perceptual hash for %s: %s", path, exc)
+            continue
+        w, h = image.size
+        dx, dy = int(w * (1 - CENTRE_SHARE) / 2), int(h * (1 - CENTRE_SHARE) / 2)
+        centre = image.crop((dx, dy, w - dx, h - dy))
+        for j, view in enumerate((image, ImageOps.mirror(image), centre, ImageOps.mirror(centre))):
+            hashes[i, j] = _hash_bits(imagehash.phash(view))
+        readable[i] = True
+    return hashes, readable
+
+
+def _hash_bits(value) -> np.uint64:
+    bits = np.asarray(value.hash, dtype=bool).ravel()
+    return np.uint64(int("".join("1" if b else "0" for b in bits), 2))
+
+
+def hash_distances(query: np.ndarray, reference: np.ndarray) -> np.ndarray:
+    """Differing bits `(Q, R)` between the hashes `query` `(Q, 4)` and `reference` `(R, 4)` from `image_hashes`: the
+    fewest over one image as is against any view of the other (symmetric)."""
+    out = np.full((len(query), len(reference)), 64, dtype=np.int16)
+    for j in range(query.shape[1]):
+        np.minimum(out, np.bitwise_count(query[:, None, 0] ^ reference[None, :, j]), out=out)
+        np.minimum(out, np.bitwise_count(query[:, None, j] ^ reference[None, :, 0]), out=out)
+    return out
+
+
+# Pairs and groups ---------------------------------------------------------------------------------------------------
+
+def find_near_duplicates(table: PredictionTable, hashes: np.ndarray | None = None,
+                         readable: np.ndarray | None = None, *, settings: DuplicateSettings = DuplicateSettings(),
+                         chunk: int = 2048) -> pd.DataFrame:
+    """Each pair of rows of `table` that are near-duplicates, once (`PAIR_COLUMNS`, sorted by similarity).
+
+    Embedding test: among each row's `settings.k` most similar rows (cosine of the mean-centred embeddings), those at
+    or above
+    `settings.min_similarity`. Hash test (when `hashes` `(N, 4)` from `image_hashes` are given): perceptual hashes
+    within `settings.max_hash_distance` bits. `found_by` says which test (embedding, hash or both) matched.
+    """
+    n = len(table)
+    if hashes is not None and len(hashes) != n:
+        raise LeakageError(f"{len(hashes)} hashes for {n} predictions; hash the images of the same table")
+    width = table.embeddings.shape[1] if table.embeddings.ndim == 2 else 0
+    if width == 0 and hashes is None:
+        raise LeakageError("these predictions hold no embeddings and no image hashes were given; recompute the "
+                           "predictions with a timm checkpoint or hash the images (`image_hashes`)")
+    found: dict[tuple[int, int], list] = {}
+    if width and n > 1:
+        _embedding_pairs(table.embeddings, settings, chunk, found)
+    if hashes is not None and n > 1:
+        ok = np.ones(n, dtype=bool) if readable is None else np.asarray(readable, dtype=bool)
+        _hash_pairs(hashes, ok, table.frame["split"].to_numpy(), settings, chunk, found)
+    if hashes is not None and found:  # fill in the hash distance of pairs only the embeddings found
+        keys = np.array(list(found), dtype=np.int64)
+        d = np.full(len(keys), 64, dtype=np.int16)
+        for j in range(hashes.shape[1]):
+            d = np.minimum(d, np.bitwise_count(hashes[keys[:, 0], 0] ^ hashes[keys[:, 1], j]))
+            d = np.minimum(d, np.bitwise_count(hashes[keys[:, 0], j] ^ hashes[keys[:, 1], 0]))
+        for (a, b), dist in zip(found, d.tolist(), strict=True):
+            found[(a, b)][1] = int(dist)
+    if width and found:  # and the similarity of pairs only the hashes found
+        x = _unit(table.embeddings)
+        keys = np.array(list(found), dtype=np.int64)
+        sims = np.einsum("ij,ij->i", x[keys[:, 0]], x[keys[:, 1]])
+        for (a, b), sim in zip(found, sims.tolist(), strict=True):
+            found[(a, b)][0] = float(sim)
+    return _pairs_frame(table, found, settings)
+
+
+def _unit(embeddings: np.ndarray) -> np.ndarray:
+    """Mean-centred rows of unit length: penultimate features are non-negative (after a ReLU), so raw cosine puts
+    every pair near 1 (the demo's nearest neighbours: median 0.988); centring removes the shared component."""
+    x = np.asarray(embeddings, dtype=np.float32)
+    x = x - x.mean(axis=0, keepdims=True)
+    return x / (np.linalg.norm(x, axis=1, keepdims=True) + 1e-12)
+
+
+def _embedding_pairs(embeddings: np.ndarray, settings: DuplicateSettings, chunk: int,
+                     found: dict[tuple[int, int], list]) -> None:
+    x = _unit(embeddings)
+    n = len(x)
+    k = min(settings.k, n - 1)
+    for start in range(0, n, chunk):
+        sims = x[start:start + chunk] @ x.T
+        rows = np.arange(start, min(start + chunk, n))
+        sims[np.arange(len(rows)), rows] = -np.inf  # not its own neighbour
+        nearest = np.argpartition(-sims, k - 1, axis=1)[:, :k]
+        near_sims = np.take_along_axis(sims, nearest, axis=1)
+        hit_r, hit_c = np.nonzero(near_sims >= settings.min_similarity)
+        for r, c in zip(hit_r.tolist(), hit_c.tolist(), strict=True):
+            a, b = sorted((int(rows[r]), int(nearest[r, c])))
+            found.setdefault((a, b), [float(near_sims[r, c]), None, set()])[2].add("embedding")
+
+
+def _hash_pairs(hashes: np.ndarray, ok: np.ndarray, splits: np.ndarray, settings: DuplicateSettings, chunk: int,
+                found: dict[tuple[int, int], list]) -> None:
+    n = len(hashes)
+    usable = np.flatnonzero(ok)
+    if n * n > HASH_BUDGET:  # at scale only the pairs that leak: evaluation images against training ones
+        logger.info("%d images: perceptual hashes compared across splits only", n)
+        queries = usable[np.isin(splits[usable], EVALUATION_SPLITS)]
+        reference = usable[splits[usable] == "train"]
+    else:
+        queries = reference = usable
+    for start in range(0, len(queries), chunk):
+        part = queries[start:start + chunk]
+        dist = hash_distances(hashes[part], hashes[reference])
+        hit_r, hit_c = np.nonzero(dist <= settings.max_hash_distance)
+        for r, c in zip(hit_r.tolist(), hit_c.tolist(), strict=True):
+            a, b = int(part[r]), int(reference[c])
+            if a == b:
+                continue
+            key = (min(a, b), max(a, b))
+            found.setdefault(key, [None, int(dist[r, c]), set()])[2].add("hash")
+
+
+def _pairs_frame(table: PredictionTable, found: dict[tuple[int, int], list],
+                 settings: DuplicateSettings) -> pd.DataFrame:
+    if not found:
+        return pd.DataFrame({c: pd.Series(dtype=object) for c in PAIR_COLUMNS})
+    keys = np.array(list(found), dtype=np.int64)
+    values = list(found.values())
+    frame = table.frame
+    out = pd.DataFrame({
+        "a": keys[:, 0], "b": keys[:, 1],
+        "sample_a": frame["sample_id"].to_numpy()[keys[:, 0]], "sample_b": frame["sample_id"].to_numpy()[keys[:, 1]],
+        "split_a": frame["split"].to_numpy()[keys[:, 0]], "split_b": frame["split"].to_numpy()[keys[:, 1]],
+        "label_a": frame["label"].to_numpy()[keys[:, 0]], "label_b": frame["label"].to_numpy()[keys[:, 1]],
+        "similarity": [np.nan if v[0] is None else v[0] for v in values],
+        "hash_distance": [np.nan if v[1] is None else v[1] for v in values],
+        "found_by": ["both" if len(v[2]) == 2 else next(iter(v[2])) for v in values],
+    })
+    return out.sort_values(["similarity", "hash_distance"], ascending=[False, True], na_position="last",
+                           kind="stable").reset_index(drop=True)
+
+
+def duplicate_groups(table: PredictionTable, pairs: pd.DataFrame) -> pd.DataFrame:
+    """Groups of near-identical images (connected by `pairs`): `sample_id, split, label, group, size`, the largest
+    group first; images without a near-duplicate are left out."""
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    n = len(table)
+    if n == 0 or pairs.empty:
+        return pd.DataFrame({c: pd.Series(dtype=object) for c in ("sample_id", "split", "label", "group", "size")})
+    a, b = pairs["a"].to_numpy(dtype=np.int64), pairs["b"].to_numpy(dtype=np.int64)
+    graph = coo_matrix((np.ones(len(a)), (a, b)), shape=(n, n))
+    _, component = connected_components(graph, directed=False)
+    sizes = np.bincount(component)
+    members = np.flatnonzero(sizes[component] > 1)
+    frame = table.frame
+    out = pd.DataFrame({"sample_id": frame["sample_id"].to_numpy()[members],
+                        "split": frame["split"].to_numpy()[members], "label": frame["label"].to_numpy()[members],
+                        "component": component[members], "size": sizes[component[members]]})
+    order = out.groupby("component")["size"].first().sort_values(ascending=False, kind="stable").index
+    renumber = {c: i + 1 for i, c in enumerate(order)}
+    out["group"] = out["component"].map(renumber)
+    return out.drop(columns="component").sort_values(["group", "split", "sample_id"]).reset_index(drop=True)
+
+
+def find_split_leaks(table: PredictionTable, pairs: pd.DataFrame) -> pd.DataFrame:
+    """Every validation/test row with a near-duplicate in training (`reason` near-duplicate) or whose specimen id
+    also has training images (`reason` same specimen): `LEAK_COLUMNS`, one row per evaluation image (the closest
+    training match; a near-duplicate wins over a shared specimen)."""
+    frame = table.frame
+    rows: list[tuple] = []
+    if not pairs.empty:
+        for first, second in (("a", "b"), ("b", "a")):
+            s_first, s_second = f"split_{first}", f"split_{second}"
+            hit = pairs[pairs[s_first].isin(EVALUATION_SPLITS) & (pairs[s_second] == "train")]
+            for row in hit.itertuples(index=False):
+                rows.append((getattr(row, f"sample_{first}"), getattr(row, s_first), getattr(row, f"label_{first}"),
+                             "near-duplicate", getattr(row, f"sample_{second}"), getattr(row, f"label_{second}"),
+                             row.similarity, row.hash_distance))
+    train = frame[frame["split"] == "train"]
+    first_train = train.drop_duplicates("specimen_id").set_index("specimen_id")
+    evaluation = frame[frame["split"].isin(EVALUATION_SPLITS) & frame["specimen_id"].isin(first_train.index)]
+    for row in evaluation.itertuples(index=False):
+        match = first_train.loc[row.specimen_id]
+        rows.append((row.sample_id, row.split, row.label, "same specimen", match["sample_id"], match["label"],
+                     np.nan, np.nan))
+    out = pd.DataFrame(rows, columns=list(LEAK_COLUMNS))
+    if out.empty:
+        return out
+    out["_order"] = (out["reason"] != "near-duplicate").astype(int)
+    out = out.sort_values(["_order", "similarity", "hash_distance"], ascending=[True, False, True],
+                          na_position="last", kind="stable")
+    return out.drop_duplicates("sample_id").drop(columns="_order").reset_index(drop=True)
+
+
+def scan_leakage(table: PredictionTable, hashes: np.ndarray | None = None, readable: np.ndarray | None = None, *,
+                 settings: DuplicateSettings = DuplicateSettings()) -> LeakReport:
+    """Pairs, groups and split leaks of `table` (every split) in one call."""
+    pairs = find_near_duplicates(table, hashes, readable, settings=settings)
+    return LeakReport(pairs=pairs, groups=duplicate_groups(table, pairs), leaks=find_split_leaks(table, pairs),
+                      settings=settings)
+
+
+def deduplicated(table: PredictionTable, leaks: pd.DataFrame) -> PredictionTable:
+    """`table` without the leaked rows (`leaks` from `find_split_leaks`)."""
+    return table.subset(~table.frame["sample_id"].isin(set(leaks["sample_id"])).to_numpy())
+
+
+def compare_reported_deduplicated(reported: HeadlineMetrics, dedup: HeadlineMetrics) -> pd.DataFrame:
+    """One row per headline metric: `metric, label, reported, reported_low, reported_high, deduplicated,
+    deduplicated_low, deduplicated_high, delta` (delta = deduplicated - reported; NaN where undefined)."""
+    rows = []
+    other = {e.name: e for e in dedup.estimates}
+    for estimate in reported.estimates:
+        d = other.get(estimate.name)
+        value = None if d is None else d.value
+        delta = None if value is None or estimate.value is None else value - estimate.value
+        rows.append((estimate.name, estimate.label, estimate.value, estimate.low, estimate.high, value,
+                     None if d is None else d.low, None if d is None else d.high, delta))
+    columns = ["metric", "label", "reported", "reported_low", "reported_high", "deduplicated", "deduplicated_low",
+               "deduplicated_high", "delta"]
+    return pd.DataFrame(rows, columns=columns).astype({c: "float64" for c in columns[2:]})
+
+
+def leak_recall_precision(leaks: pd.DataFrame, planted: Sequence[str]) -> tuple[float, float]:
+    """(recall, precision) of the leaked evaluation images against the ids known to be `planted` leaks."""
+    found = set(leaks["sample_id"])
+    truth = set(planted)
+    recall = len(found & truth) / len(truth) if truth else float("nan")
+    precision = len(found & truth) / len(found) if found else float("nan")
+    return recall, precision

@@ -1,0 +1,174 @@
+"""Leak, quality and outlier scans on bccd with planted copies and defects; the map's selection geometry and
+projections on hand-made arrays."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from core.embedding_map import (
+    build_map_figure,
+    colour_values,
+    knn_outlier_scores,
+    map_frame,
+    points_in_box,
+    points_in_polygon,
+    project_embeddings,
+    selected_rows,
+)
+from core.leakage import (
+    DuplicateSettings,
+    LeakageError,
+    deduplicated,
+    find_split_leaks,
+    image_hashes,
+    leak_recall_precision,
+    scan_leakage,
+)
+from core.predictions import build_prediction_table
+from core.quality import QUALITY_CHECKS, flag_quality_issues, measure_images, quality_summary
+from tests.core.planted_data import build_planted_dataset, planted_predictions
+
+
+@pytest.fixture(scope="module")
+def planted(tmp_path_factory, bccd_root):
+    """(planted dataset, its samples, predictions, image paths in table order, hashes, readable)."""
+    import torch
+
+    torch.set_num_threads(1)
+    data = build_planted_dataset(tmp_path_factory.mktemp("planted"), bccd_root)
+    dataset, table = planted_predictions(data, input_px=32)
+    paths = dataset.samples.set_index("sample_id").loc[table.frame["sample_id"], "path"].tolist()
+    hashes, readable = image_hashes(paths)
+    return data, dataset.samples, table, paths, hashes, readable
+
+
+def test_planted_leaks_are_found_at_the_default_threshold(planted):
+    data, _, table, _, hashes, readable = planted
+    report = scan_leakage(table, hashes, readable)
+    recall, precision = leak_recall_precision(report.leaks, list(data.leaks))
+    assert recall >= 0.95, (recall, set(data.leaks) - set(report.leaks["sample_id"]))
+    assert precision >= 0.8, report.leaks[~report.leaks["sample_id"].isin(list(data.leaks))]
+    # each planted copy is matched to the training image it was made from, never to a validation image
+    found = report.leaks.set_index("sample_id")
+    matched = [s for s in data.leaks if s in found.index and found.loc[s, "train_sample_id"] == data.sources[s]]
+    assert len(matched) >= 0.95 * len(data.leaks)
+    assert set(report.leaks["split"]) == {"val"}
+    for kind in ("exact", "flip", "crop", "jitter"):
+        ids = [s for s, how in data.leaks.items() if how == kind]
+        assert found.index.isin(ids).sum() >= len(ids) - 1, kind
+    # every leaked copy and its source sit in one group of near-identical images
+    groups = report.groups.set_index("sample_id")["group"]
+    exact = [s for s, how in data.leaks.items() if how == "exact"]
+    assert all(groups[s] == groups[data.sources[s]] for s in exact)
+
+
+def test_a_stricter_hash_threshold_misses_the_crops(planted):
+    data, _, table, _, hashes, readable = planted
+    strict = scan_leakage(table, hashes, readable, settings=DuplicateSettings(max_hash_distance=0, min_similarity=1.1))
+    crops = [s for s, how in data.leaks.items() if how == "crop"]
+    assert strict.leaks["sample_id"].isin(crops).sum() < len(crops) - 2
+    exact = [s for s, how in data.leaks.items() if how == "exact"]
+    assert strict.leaks["sample_id"].isin(exact).all() or set(exact) <= set(strict.leaks["sample_id"])
+
+
+def test_deduplicated_set_drops_exactly_the_leaks(planted):
+    data, _, table, _, hashes, readable = planted
+    report = scan_leakage(table, hashes, readable)
+    val = table.for_split("val")
+    clean = deduplicated(val, report.leaks)
+    assert len(clean) == len(val) - report.n_leaked
+    assert not clean.frame["sample_id"].isin(list(data.leaks)).any()
+
+
+def test_same_specimen_across_splits_is_a_leak():
+    table = build_prediction_table(
+        ["a", "b", "c", "d"], np.full((4, 2), 0.5), np.eye(4, 3),
+        labels=["x", "x", "y", "y"], splits=["train", "val", "test", "val"], specimen_ids=["s1", "s1", "s2", "s3"],
+        class_names=["x", "y"])
+    pairs = scan_leakage(table, settings=DuplicateSettings(min_similarity=0.999)).pairs
+    leaks = find_split_leaks(table, pairs)
+    assert leaks["sample_id"].tolist() == ["b"]
+    assert leaks["reason"].tolist() == ["same specimen"] and leaks["train_sample_id"].tolist() == ["a"]
+
+
+def test_scan_without_embeddings_or_hashes_says_what_to_do():
+    table = build_prediction_table(["a", "b"], np.full((2, 2), 0.5), np.zeros((2, 0)), labels=["x", "y"],
+                                   splits=["train", "val"], specimen_ids=["a", "b"], class_names=["x", "y"])
+    with pytest.raises(LeakageError, match="no embeddings"):
+        scan_leakage(table)
+
+
+def test_quality_checks_find_the_planted_defects(planted):
+    data, samples, _, _, _, _ = planted
+    stats = measure_images(samples["sample_id"].tolist(), samples["path"].tolist())
+    flagged = flag_quality_issues(stats).set_index("sample_id")
+    for kind, check in (("blurry", "blurry"), ("dark", "dark"), ("bright", "bright")):
+        ids = [s for s, how in data.defects.items() if how == kind]
+        assert flagged.loc[ids, check].all(), (kind, flagged.loc[ids, "issues"])
+    exact = [s for s, how in data.leaks.items() if how == "exact"]
+    assert flagged.loc[exact, "exact_duplicate"].all()
+    assert flagged.loc[[data.sources[s] for s in exact], "exact_duplicate"].all()
+    # the untouched bccd crops that are no exact copy stay clean of exposure and blur flags
+    planted_ids = set(data.defects) | set(data.leaks) | set(data.sources.values())
+    clean = flagged[~flagged.index.isin(planted_ids)]
+    assert not clean[["dark", "bright", "low_information"]].to_numpy().any()
+    assert clean["blurry"].sum() <= 5  # the softest real crops (bccd has upscaled cells) sit near the cut
+    summary = quality_summary(flag_quality_issues(stats))
+    assert summary["check"].tolist() == list(QUALITY_CHECKS)
+    assert int(summary.set_index("check").loc["dark", "images"]) == 6
+
+
+def test_unreadable_image_is_flagged_not_raised(tmp_path):
+    bad = tmp_path / "bad.jpg"
+    bad.write_bytes(b"not an image")
+    flagged = flag_quality_issues(measure_images(["bad", "gone"], [str(bad), None]))
+    assert flagged["unreadable"].tolist() == [True, True]
+    assert not flagged[["blurry", "dark", "exact_duplicate"]].to_numpy().any()
+
+
+def test_outlier_score_ranks_a_foreign_image_first():
+    rng = np.random.default_rng(0)
+    centre = rng.normal(size=16)
+    emb = centre + 0.05 * rng.normal(size=(30, 16))
+    emb[7] = -centre  # one image unlike the rest of its class
+    table = build_prediction_table([f"s{i}" for i in range(30)], np.full((30, 1), 1.0), emb, labels=["a"] * 30,
+                                   splits=["val"] * 30, specimen_ids=[f"s{i}" for i in range(30)], class_names=["a"])
+    scores = knn_outlier_scores(table, k=5)
+    assert scores.sort_values("outlier_score", ascending=False)["sample_id"].iloc[0] == "s7"
+    assert scores.loc[7, "class_percentile"] == 1.0
+
+
+def test_polygon_and_box_selection():
+    coords = np.array([[0, 0], [1, 1], [2, 2], [0.5, 0.2], [5, 5]], dtype=np.float32)
+    triangle = [(-0.1, -0.1), (2.5, -0.1), (2.5, 2.5)]
+    assert points_in_polygon(coords, triangle).tolist() == [True, True, True, True, False]
+    assert points_in_box(coords, (0.4, 1.5), (0.0, 1.2)).tolist() == [False, True, False, True, False]
+    table = build_prediction_table(list("abcde"), np.full((5, 2), 0.5), np.zeros((5, 3)), labels=list("xxyyx"),
+                                   splits=["val"] * 5, specimen_ids=list("abcde"), class_names=["x", "y"])
+    assert selected_rows(table, [3, 1, 3, 99])["sample_id"].tolist() == ["b", "d"]
+
+
+def test_pca_map_separates_two_clusters_and_figure_is_webgl():
+    rng = np.random.default_rng(1)
+    emb = np.vstack([rng.normal(size=(40, 32)) + 4 * np.eye(32)[0], rng.normal(size=(40, 32)) + 4 * np.eye(32)[1]])
+    labels = ["a"] * 40 + ["b"] * 40
+    table = build_prediction_table([f"s{i}" for i in range(80)], np.tile([[0.6, 0.4]], (80, 1)), emb, labels=labels,
+                                   splits=["val"] * 80, specimen_ids=[f"s{i}" for i in range(80)],
+                                   class_names=["a", "b"])
+    coords = project_embeddings(table.embeddings, method="pca")
+    assert coords.shape == (80, 2)
+    frame = map_frame(table, coords)
+    centroid = pd.DataFrame(coords).groupby(np.array(labels)).mean().to_numpy()
+    spread = coords[:40].std(axis=0).max()
+    assert np.linalg.norm(centroid[0] - centroid[1]) > 3 * spread
+    values = colour_values(frame, "correct")
+    assert set(values) == {"correct", "wrong"}
+    fig = build_map_figure(frame, values)
+    assert {trace.type for trace in fig.data} == {"scattergl"}
+    assert sum(len(trace.x) for trace in fig.data) == 80
+    rows = np.concatenate([np.asarray(trace.customdata)[:, 0] for trace in fig.data])
+    assert sorted(rows.tolist()) == list(range(80))
+    taxa = colour_values(frame, "rank:order", taxa={"a": "A-order"})
+    assert set(taxa) == {"A-order", "(not in taxonomy)"}

@@ -1,0 +1,94 @@
+"""The Embedding map and Data quality pages on bccd and the drawn demo (AppTest): they render, the map is WebGL
+with one point per image of the split, the leak scan and quality table show, and the selection queue works."""
+
+from __future__ import annotations
+
+import base64
+import json
+
+import numpy as np
+import pytest
+
+from core.quality import QUALITY_CHECKS
+from core.ranking import QueueSpec, build_queue, rank_label_issues
+from tests.pages.eval_workspaces import load_table
+
+
+def typed_array(value) -> np.ndarray:
+    """A plotly JSON array: a list, or plotly's typed-array form {"dtype", "bdata" (base64)[, "shape"]}."""
+    if isinstance(value, dict):
+        return np.frombuffer(base64.b64decode(value["bdata"]), dtype=value["dtype"]).ravel()
+    return np.asarray(value).ravel()
+
+
+def test_map_page_draws_every_point_of_the_split(open_page, bccd_workspace):
+    workspace = bccd_workspace  # the drawn demo's map is drawn by the browser test (tests/e2e/test_map_lasso.py)
+    app = open_page(workspace, "pages/map.py", state={"map-method": "pca"})
+    charts = [c for c in app.get("plotly_chart")]
+    assert charts, "no map drawn"
+    traces = json.loads(charts[0].proto.spec)["data"]
+    assert {trace["type"] for trace in traces} == {"scattergl"}
+    val = load_table(workspace).for_split("val")
+    assert sum(len(typed_array(trace["x"])) for trace in traces) == len(val)
+    rows = sorted(int(r) for trace in traces for r in typed_array(trace["customdata"]))
+    assert rows == list(range(len(val)))
+    assert not app.error
+
+
+def test_data_quality_page_shows_leaks_quality_and_outliers(open_page, bccd_workspace):
+    app = open_page(bccd_workspace, "pages/data_quality.py")
+    assert not app.error
+    metrics = {m.label: m.value for m in app.metric}
+    assert "Evaluation images leaked from training" in metrics
+    frames = [d.value for d in app.dataframe]
+    summary = next(f for f in frames if "explain" in f.columns)
+    assert summary["title"].tolist() == [c.title for c in QUALITY_CHECKS.values()]
+    assert (summary["images"] >= 0).all()
+    outliers = next(f for f in frames if "outlier_score" in f.columns)
+    assert len(outliers) > 0 and outliers["outlier_score"].dropna().is_monotonic_decreasing
+
+
+def test_selection_queue_holds_exactly_the_selected_val_samples(drawn_workspace):
+    table = load_table(drawn_workspace)
+    ranking = rank_label_issues(table, knn_weight=0.0)
+    chosen = tuple(table.for_split("val").frame["sample_id"].iloc[[0, 3, 5]])
+    queue = build_queue(ranking, QueueSpec(kind="selection", sample_ids=chosen))
+    assert sorted(queue["sample_id"]) == sorted(chosen)
+    assert build_queue(ranking, QueueSpec(kind="image_quality", sample_ids=())).empty
+
+
+def test_overview_reports_deduplicated_metrics_when_val_leaks(tmp_path, bccd_root, open_page):
+    """Five val rows carry a training row's embedding (a planted leak): the Overview warns and scores the val split
+    without them beside the reported numbers."""
+    from sklearn.metrics import accuracy_score
+
+    from core.predictions import build_prediction_table, save_predictions
+    from core.workspace import load_workspace
+    from models.inference import predictions_path
+    from tests.pages.eval_workspaces import CHECKPOINT, build_bccd_workspace
+
+    root = build_bccd_workspace(tmp_path / "bccd", bccd_root, taxonomy=False)
+    table = load_table(root)
+    rng = np.random.default_rng(3)
+    emb = rng.normal(size=(len(table), 16)).astype(np.float32)
+    splits = table.frame["split"].to_numpy()
+    val_rows, train_rows = np.flatnonzero(splits == "val")[:5], np.flatnonzero(splits == "train")[:5]
+    emb[val_rows] = emb[train_rows]
+    frame = table.frame
+    leaky = build_prediction_table(frame["sample_id"].tolist(), table.pred_probs, emb, labels=frame["label"].tolist(),
+                                   splits=frame["split"].tolist(), specimen_ids=frame["specimen_id"].tolist(),
+                                   class_names=table.class_names, meta=table.meta)
+    workspace = load_workspace(root)
+    save_predictions(leaky, predictions_path(workspace, CHECKPOINT, dataset=workspace.load_dataset()))
+
+    app = open_page(root, "pages/overview.py")
+    val = load_table(root).for_split("val")
+    assert any(f"5 of {len(val):,} images in this split" in w.value for w in app.warning)
+    dedup = next(d.value for d in app.dataframe if "deduplicated" in d.value.columns).set_index("label")
+    clean = val.frame[~val.frame["sample_id"].isin(set(frame["sample_id"].iloc[val_rows]))]
+    clean = clean[clean["label_idx"] >= 0]
+    assert dedup.loc["Accuracy", "deduplicated"] == pytest.approx(accuracy_score(clean["label_idx"],
+                                                                                 clean["pred_idx"]))
+    reported = val.frame[val.frame["label_idx"] >= 0]
+    assert dedup.loc["Accuracy", "reported"] == pytest.approx(accuracy_score(reported["label_idx"],
+                                                                             reported["pred_idx"]))
