@@ -2,7 +2,7 @@
 number of flips in the split, for the train and val splits x (in-sample, probe, finetune). Prints a table.
 
     .venv/bin/python benchmarks/bench_crossval.py --demo DIR [--folds 5] [--finetune-folds 5]
-        [--finetune-epochs N] [--finetune-minutes M] [--skip-finetune] [--threads 1]
+        [--finetune-epochs N] [--finetune-minutes M] [--skip-finetune] [--threads 1] [--finetune-table FILE]
 
 `DIR`: a demo workspace (`python -m core demo --out DIR`, `make demo`); it is copied to a temporary folder first
 (timestamps kept, so its cached predictions stay valid), so nothing is written into it.
@@ -11,6 +11,8 @@ number of flips in the split, for the train and val splits x (in-sample, probe, 
 - probe: `python -m core crossval --mode probe` (train: out-of-fold; val: mean of the fold probes).
 - finetune: `--mode finetune`, the checkpoint's recipe per fold (train: out-of-fold; val: mean of the fold models),
   with the epoch/time overrides given (on a CPU, fewer folds or epochs than the recipe keep it to minutes).
+  `--finetune-table FILE` scores a table `python -m cli crossval --mode finetune` already wrote instead (e.g. one
+  computed under torchrun, whose folds run in parallel: see the README).
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from core.crossval import probe_crossval  # noqa: E402
+from core.crossval import load_crossval, probe_crossval  # noqa: E402
 from core.predictions import PredictionTable, build_prediction_table  # noqa: E402
 from core.ranking import precision_at_k, rank_label_issues  # noqa: E402
 from core.workspace import load_workspace  # noqa: E402
@@ -68,6 +70,7 @@ def main() -> None:
     parser.add_argument("--skip-finetune", action="store_true")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     parser.add_argument("--device", help="finetune device (default: the best available)")
+    parser.add_argument("--finetune-table", help="score this cached finetune table instead of training the folds")
     args = parser.parse_args()
 
     import torch
@@ -95,7 +98,14 @@ def main() -> None:
         rows[f"probe ({args.folds} folds, C={probe.meta['C']:g})"] = (
             scores(table, probe, flips, in_sample=False), time.monotonic() - started)
 
-        if not args.skip_finetune:
+        if args.finetune_table:
+            finetuned = load_crossval(args.finetune_table, dataset.samples)
+            meta = finetuned.meta
+            rows[f"finetune ({meta.get('folds')} folds, table of {Path(args.finetune_table).name[:40]}…)"] = (
+                scores(table, finetuned, flips, in_sample=False), float("nan"))
+            print("finetune fold val macro-F1: " + ", ".join(f"{v:.3f}" for v in meta.get("fold_macro_f1", [])),
+                  file=sys.stderr)
+        elif not args.skip_finetune:
             card = read_model_card(workspace.checkpoint(name).path)
             config = recipe_config(card, epochs=args.finetune_epochs, max_minutes=args.finetune_minutes,
                                    num_threads=args.threads, device=args.device)

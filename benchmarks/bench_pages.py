@@ -9,7 +9,8 @@ few "similar" classes, 12% pushed to a random class) stored where the app's pred
 runs the app on split "all" (every sample): the first run of each page fills the caches, the next `--repeats` runs
 are timed (median and max). Cell click -> gallery: a rerun of the confusion page after a new cell is put in the page's
 session state (what the chart's on_select callback does), each time a cell not opened before (cold thumbnails).
-Targets: every page <= 1.5 s, cell -> gallery <= 0.5 s.
+After the warm runs the in-memory caches are dropped (a server restart) and each page is visited once more.
+Targets: every page <= 1.5 s, first visit and restart included; cell -> gallery <= 0.5 s.
 """
 
 from __future__ import annotations
@@ -151,9 +152,19 @@ def main(argv: list[str] | None = None) -> int:
     results = []
     for title, page in PAGES.items():
         app.switch_page(page)
-        first = _timed_run(app, 900)  # fills the caches
+        first = _timed_run(app, 900)  # fills the caches (and the interval results on disk)
         times = [_timed_run(app, 300) for _ in range(args.repeats)]
-        results.append((title, first, statistics.median(times), max(times), TARGET_PAGE_S))
+        results.append([title, first, statistics.median(times), max(times), TARGET_PAGE_S])
+
+    # A server restart: nothing in memory, the interval results on disk (core.result_cache). The first page visited
+    # also reads the predictions table again.
+    import streamlit as st
+
+    st.cache_data.clear()
+    st.cache_resource.clear()
+    for row, page in zip(results, PAGES.values(), strict=True):
+        app.switch_page(page)
+        row.append(_timed_run(app, 900))
 
     # Cell click -> gallery: new off-diagonal cells, largest first (24 thumbnails each, never opened before).
     from core.confusion import confusion_counts
@@ -176,16 +187,19 @@ def main(argv: list[str] | None = None) -> int:
         heading = [h.value for h in app.subheader if ": true " in h.value]
         if not heading or not heading[0].startswith(f"{counts[cell]} sample"):
             raise RuntimeError(f"cell {cell}: gallery heading {heading} does not match count {counts[cell]}")
-    results.append(("Cell click → gallery", cell_times[0], statistics.median(cell_times[1:]), max(cell_times[1:]),
-                    TARGET_CELL_S))
+    results.append(["Cell click → gallery", cell_times[0], statistics.median(cell_times[1:]), max(cell_times[1:]),
+                    TARGET_CELL_S, float("nan")])
 
     print()
     print(f"{len(table):,} samples x {len(table.class_names)} classes, split '{args.split}', "
           f"{int((counts > 0).sum()):,} non-empty off-diagonal cells; {args.repeats} timed runs after a warm-up")
-    print(f"{'page':<24} {'first (s)':>10} {'median (s)':>11} {'max (s)':>8} {'target':>7}  ok")
-    for title, first, median, worst, target in results:
-        verdict = "yes" if median <= target else "NO"
-        print(f"{title:<24} {first:>10.2f} {median:>11.2f} {worst:>8.2f} {target:>7.1f}  {verdict}")
+    print("first: first visit in this process (bootstraps, or reads the interval results a previous run left on "
+          "disk); restart: first visit after the in-memory caches are dropped (a server restart); median/max: warm")
+    print(f"{'page':<24} {'first (s)':>10} {'restart (s)':>12} {'median (s)':>11} {'max (s)':>8} {'target':>7}  ok")
+    for title, first, median, worst, target, restart in results:
+        cold = max(first, restart) if restart == restart else first
+        verdict = "yes" if median <= target and (title.startswith("Cell") or cold <= TARGET_PAGE_S) else "NO"
+        print(f"{title:<24} {first:>10.2f} {restart:>12.2f} {median:>11.2f} {worst:>8.2f} {target:>7.1f}  {verdict}")
     return 0
 
 

@@ -1,7 +1,7 @@
 """`python -m cli crossval`: out-of-sample probabilities for the training split of a workspace checkpoint.
 
 The probe mode runs in `core.crossval` (no torch beyond the predictions it may need); the finetune mode imports
-`models.crossval` lazily and also runs under torchrun.
+`models.crossval` lazily and also runs under torchrun (the folds are split across the ranks; rank 0 writes the table).
 """
 
 from __future__ import annotations
@@ -24,8 +24,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Split the training rows into specimen-grouped, class-stratified folds and give each row the "
         "probabilities of a model that never saw it: --mode probe fits a class-balanced logistic regression on the "
         "checkpoint's stored embeddings per fold (seconds, CPU); --mode finetune retrains the checkpoint's recipe "
-        "per fold (hours on a GPU; runs under `torchrun --nproc_per_node=N`). The table is cached beside the "
-        "predictions and the review queue ranks the training rows from it.",
+        "per fold (hours on a GPU; under `torchrun --nproc_per_node=N` fold i trains on process i mod N). The table "
+        "is cached beside the predictions and the review queue ranks the training rows from it.",
     )
     parser.add_argument("--workspace", required=True, help="workspace folder")
     parser.add_argument("--checkpoint", required=True, help="checkpoint name in the workspace")
@@ -100,6 +100,8 @@ def _probe(workspace, args: argparse.Namespace, dataset, reporter: _Reporter):
         torch.set_num_threads(args.threads)
     # the stored embeddings; computed first (a forward pass over the dataset) when the predictions are not cached
     table = predict_workspace(workspace, args.checkpoint, dataset=dataset, device=args.device)
+    if table is None:  # under torchrun the ranks shared the prediction; rank 0 probes (seconds)
+        return None
     return probe_crossval(table, n_folds=args.folds, seed=args.seed, progress=reporter)
 
 

@@ -20,6 +20,7 @@ logger = logging.getLogger(__name__)
 
 # Modules with `register(subparsers)`; each adds a subparser whose `func(args) -> int` runs the command.
 COMMAND_MODULES = (
+    "cli.cache",
     "cli.cam",
     "cli.crossval",
     "cli.demo",

@@ -12,7 +12,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "predict",
         help="predict a dataset with a checkpoint into a Parquet table",
         description="Predict every image of a dataset. Under `torchrun --nproc_per_node=N` the data is sharded "
-        "across processes and rank 0 merges the shards into one table.",
+        "across processes and rank 0 merges the shards into one table. With --workspace only the images the "
+        "workspace's prediction store lacks (new or changed files) are predicted; under torchrun each rank adds its "
+        "share to the store, so the workspace must be on a filesystem every node shares.",
     )
     parser.add_argument("--data", help="ImageFolder root or CSV manifest (path,label[,split,specimen_id,...])")
     parser.add_argument("--root", help="root that manifest paths are relative to (default: the manifest's folder)")
@@ -24,6 +26,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--workers", type=int, default=None, help="DataLoader worker processes (default: by cores)")
     parser.add_argument("--device", help="cuda, cuda:1, mps or cpu (default: the best available)")
+    parser.add_argument("--no-intervals", action="store_true",
+                        help="with --workspace: skip bootstrapping the evaluation pages' confidence intervals for "
+                        "every split now (by default they are computed once here and cached beside the "
+                        "predictions, so no page has to on its first visit)")
     parser.add_argument("--trust-checkpoint", action="store_true",
                         help="allow loading a pickled Python object or TorchScript; only for files you trust "
                         "(both are code that runs when loaded)")
@@ -50,7 +56,14 @@ def _run(args: argparse.Namespace) -> int:
         table = predict_workspace(workspace, args.checkpoint, progress=progress, batch_size=args.batch_size,
                                   num_workers=args.workers, device=args.device)
         bar.close()
-        print(f"{len(table)} predictions cached in {workspace.cache_dir / 'predictions'}")
+        if table is not None:  # under torchrun, rank 0 assembles the table
+            print(f"{len(table)} predictions cached in {workspace.cache_dir / 'predictions'}")
+            if not args.no_intervals:
+                from core.result_cache import PAGE_INTERVALS, RESULTS_DIR, warm_interval_results
+
+                folder = workspace.cache_dir / "predictions" / RESULTS_DIR
+                computed = warm_interval_results(table, folder, config=PAGE_INTERVALS)
+                print(f"{computed} interval result(s) computed for the evaluation pages in {folder}")
         return 0
     if not args.data or not args.out:
         raise ValueError("give --data PATH and --out DIR (or --workspace DIR --checkpoint NAME)")

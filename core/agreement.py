@@ -34,6 +34,11 @@ def is_disputed(state: SampleState) -> bool:
     return has_disagreement(state) and not state.adjudicated
 
 
+def format_votes(state: SampleState) -> str:
+    """The reviewers' current votes, sorted by reviewer: `ann: Volvox; bob: (excluded)` ("" without votes)."""
+    return "; ".join(f"{reviewer}: {vote}" for reviewer, vote in sorted(state.votes.items()))
+
+
 def list_disagreements(states: Mapping[str, SampleState], *, unresolved_only: bool = False) -> pd.DataFrame:
     """Samples whose reviewers voted differently (DISAGREEMENT_COLUMNS): disputes (no ruling yet) first, then by
     number of reviewers.
@@ -48,7 +53,7 @@ def list_disagreements(states: Mapping[str, SampleState], *, unresolved_only: bo
         disputed = is_disputed(state)
         rows.append({
             "sample_id": state.sample_id,
-            "votes": "; ".join(f"{reviewer}: {vote}" for reviewer, vote in sorted(state.votes.items())),
+            "votes": format_votes(state),
             "n_reviews": state.n_reviews,
             "label": None if disputed else state.label,
             "status": DISPUTED_STATUS if disputed else state.status,

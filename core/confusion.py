@@ -137,3 +137,17 @@ def confusions_of_class(counts: np.ndarray, class_names: Sequence[str], class_id
     return frame.sort_values(["count", "direction", "other"], ascending=[False, True, True], kind="stable").reset_index(
         drop=True
     )
+
+
+def top_confused_classes(counts: np.ndarray, *, n: int) -> np.ndarray:
+    """The `n` classes most involved in errors (off-diagonal samples as the true plus as the predicted class; ties by
+    index), as sorted class indices: the default submatrix of a confusion matrix too large to read whole.
+
+    `counts`: `(K, K)` int array, rows = true class. All K when `n >= K`.
+    """
+    counts = np.asarray(counts)
+    k = counts.shape[0]
+    if n >= k:
+        return np.arange(k)
+    errors = counts.sum(axis=0) + counts.sum(axis=1) - 2 * np.diag(counts)
+    return np.sort(np.argsort(-errors, kind="stable")[:n])

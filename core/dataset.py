@@ -6,13 +6,17 @@ import csv
 import hashlib
 import logging
 import math
+import os
 import re
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Literal
 
+import numpy as np
 import pandas as pd
 
+from core.dataset_index import VERIFY_LEVELS, empty_index, known_results, read_index, write_index
 from core.errors import TaxaLensError
 from core.images import IMAGE_SUFFIXES, ImageError, load_image_rgb
 
@@ -32,6 +36,8 @@ CURATED_MARKERS = ("original_label", "status")
 _FOREIGN_DELIMITERS = {";": "semicolon", "\t": "tab", "|": "pipe"}
 Verify = Literal["none", "header", "full"]
 _DRIVE = re.compile(r"[A-Za-z]:/")  # `C:/...` (or `C:\...`) is a Windows absolute path; `C:x.png` is a file name
+# A relative path of plain segments (no empty, `.` or `..` segment): PurePosixPath would leave it as it is.
+_SIMPLE_PATH = re.compile(r"(?!\.\.?(?:/|$))[^/]+(?:/(?!\.\.?(?:/|$))[^/]+)*")
 
 
 class DatasetError(TaxaLensError, ValueError):
@@ -62,8 +68,8 @@ class Dataset:
         """sha256 over what the images are (ids, sizes, modification times); labels may change without it."""
         digest = hashlib.sha256()
         for sample_id, path in zip(self.samples["sample_id"], self.samples["path"], strict=True):
-            stat = Path(path).stat()
-            digest.update(f"{sample_id}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+            info = os.stat(path)
+            digest.update(f"{sample_id}\0{info.st_size}\0{info.st_mtime_ns}\n".encode())
         return digest.hexdigest()
 
 
@@ -75,6 +81,7 @@ def load_dataset(
     val_fraction: float = 0.2,
     seed: int = 0,
     verify: Verify = "header",
+    index: str | Path | None = None,
 ) -> Dataset:
     """Load an ImageFolder tree (`source` a folder) or a CSV manifest (`source` a `.csv` file).
 
@@ -82,6 +89,8 @@ def load_dataset(
     relative to `root` (default: the manifest's folder) and may not escape it. Without a split, a deterministic
     stratified split keeps all images of one specimen on one side. `verify`: `none` checks that files exist,
     `header` also opens each image's header, `full` decodes every image (catches truncation).
+    `index`: a dataset index file (`core.dataset_index`, a workspace keeps one in its cache folder): images whose
+    size and modification time match their entry are not opened again, and the file is rewritten when that changed.
     Raises `DatasetError` for a manifest that cannot be read; unusable rows go to `Dataset.skipped`.
     """
     source = Path(source)
@@ -91,7 +100,8 @@ def load_dataset(
     if root:
         _refuse_unlikely_root(Path(root))
     try:
-        return _load_dataset(source, root=root, taxonomy=taxonomy, val_fraction=val_fraction, seed=seed, verify=verify)
+        return _load_dataset(source, root=root, taxonomy=taxonomy, val_fraction=val_fraction, seed=seed, verify=verify,
+                             index=index)
     except PermissionError as exc:
         where = exc.filename or source
         raise DatasetError(f"cannot read {where} (permission denied) while loading the dataset {source}; give this "
@@ -99,19 +109,21 @@ def load_dataset(
 
 
 def _load_dataset(source: Path, *, root: str | Path | None, taxonomy: tuple[str, ...] | list[str] | None,
-                  val_fraction: float, seed: int, verify: Verify) -> Dataset:
+                  val_fraction: float, seed: int, verify: Verify, index: str | Path | None) -> Dataset:
     if source.is_dir():
         frame, skipped, warnings = _scan_image_folder(source)
         dataset_root, origin = source.resolve(), "imagefolder"
+        resolver = _PathResolver(dataset_root)
         taxonomy = tuple(taxonomy or ())
         if taxonomy:
             raise DatasetError("an ImageFolder tree has no taxonomy columns; give a CSV manifest with them")
     else:
         dataset_root = Path(root).resolve() if root else source.resolve().parent
-        frame, skipped, warnings = _read_manifest(source, dataset_root, tuple(taxonomy or ()))
+        resolver = _PathResolver(dataset_root)
+        frame, skipped, warnings = _read_manifest(source, dataset_root, tuple(taxonomy or ()), resolver)
         origin = str(source)
     try:
-        frame, more_skipped, more_warnings = _validate_rows(frame, dataset_root, verify)
+        frame, more_skipped, more_warnings = _validate_rows(frame, resolver, verify, index)
     except NoImagesError as exc:
         if origin != "imagefolder" and all(c in frame.columns for c in CURATED_MARKERS):
             raise DatasetError(_curated_root_message(source, dataset_root, frame, root_given=root is not None)) \
@@ -192,6 +204,51 @@ def resolve_sample_path(root: Path, relative: str) -> Path:
     return joined
 
 
+class _PathResolver:
+    """`resolve_sample_path` for many paths under one root, one `lstat` per file: each folder is resolved once, and
+    a file is resolved on its own only when it is a symlink. Remembers each file's `os.stat` (None when missing)."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self._root_text = str(root)
+        self._folders: dict[str, str] = {}  # relative folder -> resolved absolute folder (inside the root)
+        self._found: dict[str, tuple[str, os.stat_result | None]] = {}  # relative path -> (absolute path, stat)
+
+    def locate(self, relative: str) -> tuple[str, os.stat_result | None]:
+        """(absolute path, stat or None when it is not a file); DatasetError when `relative` escapes the root."""
+        known = self._found.get(relative)
+        if known is not None:
+            return known
+        text = str(relative).replace("\\", "/")
+        if _SIMPLE_PATH.fullmatch(text) and not _DRIVE.match(text):  # a/b/c.jpg: split as text (no PurePath: 5x)
+            folder_key, _, name = text.rpartition("/")
+        else:
+            pure = PurePosixPath(text)
+            if not text or pure.is_absolute() or _DRIVE.match(text) or ".." in pure.parts or not pure.name:
+                resolve_sample_path(self.root, relative)  # raises the error that names the problem
+            folder_key, name = pure.parent.as_posix(), pure.name
+            folder_key = "" if folder_key == "." else folder_key
+        folder = self._folders.get(folder_key)
+        if folder is None:
+            resolved = (self.root / folder_key).resolve()
+            if not resolved.is_relative_to(self.root):  # a symlinked folder pointing outside
+                raise DatasetError(f"path {relative!r} resolves to {resolved / name}, outside the dataset root "
+                                   f"{self.root}")
+            folder = self._folders[folder_key] = str(resolved)
+        path = f"{folder}/{name}" if folder != "/" else f"/{name}"
+        try:
+            info = os.lstat(path)
+            if stat.S_ISLNK(info.st_mode):
+                path = str(resolve_sample_path(self.root, relative))  # a link may point anywhere: check its target
+                info = os.stat(path)
+        except (FileNotFoundError, NotADirectoryError):
+            info = None
+        if info is not None and not stat.S_ISREG(info.st_mode):
+            info = None
+        self._found[relative] = (path, info)
+        return path, info
+
+
 class NoImagesError(DatasetError):
     """Not one row of a dataset points at a usable image."""
 
@@ -252,21 +309,37 @@ def _scan_image_folder(root: Path) -> tuple[pd.DataFrame, list, list[str]]:
     rows, skipped, warnings = [], [], []
     for split, base in layout:
         for class_dir in sorted(p for p in base.iterdir() if p.is_dir() and not p.name.startswith(".")):
-            files = sorted(p for p in class_dir.rglob("*") if p.is_file() and not p.name.startswith("."))
+            prefix = class_dir.relative_to(root).as_posix()
             n_images = 0
-            for path in files:
-                sample_id = path.relative_to(root).as_posix()
-                if path.suffix.lower() not in IMAGE_SUFFIXES:
-                    skipped.append((sample_id, "not_image", f"suffix {path.suffix or '(none)'} is not an image type"))
+            for sample_id in sorted(_files_below(class_dir, prefix), key=lambda rel: rel.split("/")):
+                suffix = PurePosixPath(sample_id).suffix
+                if suffix.lower() not in IMAGE_SUFFIXES:
+                    skipped.append((sample_id, "not_image", f"suffix {suffix or '(none)'} is not an image type"))
                     continue
-                rows.append({"path": sample_id, "label": class_dir.name, "split": split})
+                rows.append((sample_id, class_dir.name, split))
                 n_images += 1
             if n_images == 0:
-                warnings.append(f"class folder {class_dir.relative_to(root).as_posix()!r} has no images")
+                warnings.append(f"class folder {prefix!r} has no images")
     return pd.DataFrame(rows, columns=["path", "label", "split"]), skipped, warnings
 
 
-def _read_manifest(path: Path, root: Path, taxonomy: tuple[str, ...]) -> tuple[pd.DataFrame, list, list[str]]:
+def _files_below(folder: Path, prefix: str) -> list[str]:
+    """Relative paths (`prefix/...`) of the files under `folder`, not starting with `.`, through `os.scandir` (the
+    directory entry's type, no stat per file); symlinked folders are not entered, as `Path.rglob` does not."""
+    found, pending = [], [(str(folder), prefix)]
+    while pending:
+        path, rel = pending.pop()
+        with os.scandir(path) as entries:
+            for entry in entries:
+                if entry.is_dir(follow_symlinks=False):
+                    pending.append((entry.path, f"{rel}/{entry.name}"))
+                elif not entry.name.startswith(".") and entry.is_file():
+                    found.append(f"{rel}/{entry.name}")
+    return found
+
+
+def _read_manifest(path: Path, root: Path, taxonomy: tuple[str, ...],
+                   resolver: _PathResolver) -> tuple[pd.DataFrame, list, list[str]]:
     frame = read_manifest_table(path)
     missing = [c for c in ("path", "label") if c not in frame.columns]
     if missing:
@@ -289,15 +362,15 @@ def _read_manifest(path: Path, root: Path, taxonomy: tuple[str, ...]) -> tuple[p
         skipped.append((rel, "missing_label", f"manifest row {row_number + 2} has an empty label"))
     frame = frame[~blank]
     escapes = []
-    for row_number, rel in zip(frame.index, frame["path"], strict=True):
+    for row_number, rel in zip(frame.index.tolist(), frame["path"].tolist(), strict=True):
         try:
-            resolve_sample_path(root, rel)
+            resolver.locate(rel)
         except DatasetError as exc:
             escapes.append(f"row {row_number + 2}: {exc}")
     if escapes:
         shown = "; ".join(escapes[:5]) + (f"; and {len(escapes) - 5} more" if len(escapes) > 5 else "")
         raise DatasetError(f"manifest {path} has {len(escapes)} path(s) outside the dataset root, refused: {shown}")
-    frame = frame.assign(path=[PurePosixPath(p.replace("\\", "/")).as_posix() for p in frame["path"]])
+    frame = frame.assign(path=[_posix(p) for p in frame["path"].tolist()])
     if "split" in frame.columns:
         unknown = sorted(set(frame["split"]) - set(SPLIT_ALIASES) - {""})
         if unknown:
@@ -306,6 +379,12 @@ def _read_manifest(path: Path, root: Path, taxonomy: tuple[str, ...]) -> tuple[p
     else:
         frame = frame.assign(split="")
     return frame.reset_index(drop=True), skipped, warnings
+
+
+def _posix(path: str) -> str:
+    """A manifest path with `/` separators and no `.` or empty segments (plain paths as they are, quickly)."""
+    text = path.replace("\\", "/")
+    return text if _SIMPLE_PATH.fullmatch(text) else PurePosixPath(text).as_posix()
 
 
 def _refuse_foreign_delimiter(path: Path, header: str) -> None:
@@ -342,7 +421,9 @@ def _read_csv_strict(path: Path) -> pd.DataFrame:
     return pd.DataFrame(rows[1:], columns=header, dtype=str)
 
 
-def _validate_rows(frame: pd.DataFrame, root: Path, verify: Verify) -> tuple[pd.DataFrame, list, list[str]]:
+def _validate_rows(frame: pd.DataFrame, resolver: _PathResolver, verify: Verify,
+                   index: str | Path | None) -> tuple[pd.DataFrame, list, list[str]]:
+    root = resolver.root
     skipped, warnings = [], []
     frame = frame.assign(sample_id=frame["path"])
     duplicated = frame.duplicated("sample_id", keep=False)
@@ -356,25 +437,46 @@ def _validate_rows(frame: pd.DataFrame, root: Path, verify: Verify) -> tuple[pd.
                 keep.append(group.index[0])
                 skipped.append((sample_id, "duplicate", f"listed {len(group)} times; kept the first row"))
         frame = frame[~duplicated | frame.index.isin(keep)]
-    usable, paths = [], []
-    for index, sample_id in zip(frame.index, frame["sample_id"], strict=True):
-        path = resolve_sample_path(root, sample_id)
-        problem = _check_image(path, verify)
-        if problem:
-            skipped.append((sample_id, *problem))
-            continue
-        usable.append(index)
-        paths.append(str(path))
-    frame = frame.loc[usable].assign(path=paths)
+    frame, checked = _check_rows(frame, resolver, verify, index)
+    skipped += checked
     if frame.empty:
         reasons = pd.Series([reason for _, reason, _ in skipped]).value_counts().to_dict() if skipped else {}
         raise NoImagesError(f"no usable images under {root} ({len(skipped)} skipped: {reasons})")
     return frame, skipped, warnings
 
 
+def _check_rows(frame: pd.DataFrame, resolver: _PathResolver, verify: Verify,
+                index: str | Path | None) -> tuple[pd.DataFrame, list]:
+    """The rows whose image is usable (`path` made absolute), and (sample_id, reason, detail) for the others.
+
+    Every file is stat-ed; an image is opened only when `index` holds no result for its current stamp (and the
+    index file is rewritten when a result was added or a sample left)."""
+    sample_ids = frame["sample_id"]
+    located = [resolver.locate(sample_id) for sample_id in sample_ids.tolist()]
+    sizes = np.fromiter((info.st_size if info else -1 for _, info in located), np.int64, len(located))
+    mtimes = np.fromiter((info.st_mtime_ns if info else -1 for _, info in located), np.int64, len(located))
+    level = VERIFY_LEVELS[verify]
+    use_index = index is not None and level > 0
+    known = read_index(index) if use_index else empty_index()
+    hit, reasons, details, levels = known_results(known, sample_ids, sizes, mtimes, level)
+    for i in np.flatnonzero(~hit):
+        path, info = located[i]
+        problem = ("missing", "file not found") if info is None else _check_image(Path(path), verify)
+        reasons[i], details[i] = problem if problem else ("", "")
+    usable = reasons == ""
+    skipped = list(zip(sample_ids.to_numpy()[~usable], reasons[~usable], details[~usable], strict=True))
+    present = sizes >= 0
+    if use_index and ((~hit & present).any() or int(present.sum()) != len(known)):
+        write_index(index, pd.DataFrame({"sample_id": sample_ids.to_numpy()[present], "size": sizes[present],
+                                         "mtime_ns": mtimes[present], "level": levels[present],
+                                         "reason": reasons[present], "detail": details[present]}))
+    if use_index:
+        logger.debug("dataset index: %d of %d images checked again", int((~hit).sum()), len(hit))
+    paths = [path for (path, _), ok in zip(located, usable, strict=True) if ok]
+    return frame.loc[usable].assign(path=paths), skipped
+
+
 def _check_image(path: Path, verify: Verify) -> tuple[str, str] | None:
-    if not path.is_file():
-        return ("missing", "file not found")
     if verify == "none":
         return None
     if verify == "full":

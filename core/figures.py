@@ -76,6 +76,7 @@ def build_confusion_figure(
     hide_diagonal: bool = False,
     highlight: Sequence[str] = (),
     selected: tuple[int, int] | None = None,
+    classes: Sequence[int] | np.ndarray | None = None,
 ) -> go.Figure:
     """The confusion matrix as square scatter markers, one per cell with at least one sample.
 
@@ -84,7 +85,9 @@ def build_confusion_figure(
     `order`: permutation of class indices (`core.confusion.order_classes`), drawn top-to-bottom and left-to-right.
     `hide_diagonal` drops correct predictions so the colour scale spans the errors. `highlight` outlines the row and
     column of the named classes (class search); `selected` (true_idx, pred_idx) outlines one cell.
-    Each point's `customdata` is `[true_idx, pred_idx, count]` in model class indices, whatever the order.
+    `classes`: draw only these class indices (a submatrix, e.g. `core.confusion.top_confused_classes` of a large
+    matrix); rates and hover totals still count every class. Each point's `customdata` is `[true_idx, pred_idx,
+    count]` in model class indices, whatever the order or subset.
     """
     counts = np.asarray(counts)
     k = len(class_names)
@@ -93,10 +96,15 @@ def build_confusion_figure(
     order = np.arange(k) if order is None else np.asarray(order, dtype=np.int64)
     if sorted(order.tolist()) != list(range(k)):
         raise ValueError(f"order must be a permutation of range({k}), got {order.tolist()[:10]}...")
-    position = np.empty(k, dtype=np.int64)
-    position[order] = np.arange(k)
+    shown = np.ones(k, dtype=bool)
+    if classes is not None:
+        shown = np.zeros(k, dtype=bool)
+        shown[np.asarray(classes, dtype=np.int64)] = True
+    order = order[shown[order]]  # the drawing order of the classes shown
+    position = np.full(k, -1, dtype=np.int64)
+    position[order] = np.arange(len(order))
     values = normalise_confusion(counts, by=normalise)
-    keep = counts > 0
+    keep = (counts > 0) & shown[:, None] & shown[None, :]
     if hide_diagonal:
         np.fill_diagonal(keep, False)
     true_idx, pred_idx = np.nonzero(keep)
@@ -104,6 +112,7 @@ def build_confusion_figure(
     cell_values = values[true_idx, pred_idx]
     names = np.asarray(class_names, dtype=object)
     support = counts.sum(axis=1)
+    k = len(order)  # from here on: the number of classes drawn
 
     height = confusion_figure_height(k)
     plot_px = height - 160  # the square plotting area left after margins
@@ -189,12 +198,12 @@ def build_confusion_figure(
     shapes = []
     name_index = {name: i for i, name in enumerate(class_names)}
     for name in highlight:
-        if name in name_index:
+        if name in name_index and position[name_index[name]] >= 0:
             pos = int(position[name_index[name]])
             line = dict(color="#d62728", width=1.5)
             shapes.append(dict(type="rect", x0=-0.5, x1=k - 0.5, y0=pos - 0.5, y1=pos + 0.5, line=line))
             shapes.append(dict(type="rect", x0=pos - 0.5, x1=pos + 0.5, y0=-0.5, y1=k - 0.5, line=line))
-    if selected is not None:
+    if selected is not None and min(position[selected[0]], position[selected[1]]) >= 0:
         y, x = int(position[selected[0]]), int(position[selected[1]])
         shapes.append(
             dict(type="rect", x0=x - 0.5, x1=x + 0.5, y0=y - 0.5, y1=y + 0.5, line=dict(color="#ff7f0e", width=2.5))

@@ -133,6 +133,20 @@ def relabel_table(table: PredictionTable, samples: pd.DataFrame) -> PredictionTa
     return table_for_samples(rows, table.pred_probs, table.embeddings, class_names=table.class_names, meta=table.meta)
 
 
+def table_token(table: PredictionTable, *parts: str) -> str:
+    """A content hash of a predictions table for cache keys (pass the table itself unhashed, as `_table`): labels,
+    predictions, confidences, the first MB of the probabilities, the class names and `parts` (split, checkpoint
+    name). Numeric columns only: about 20 ms at 100,000 rows, where hashing the sample-id strings too would take
+    ten times that on every rerun, and the whole probability matrix far more."""
+    digest = hashlib.blake2b(digest_size=16)
+    frame = table.frame
+    for column in ("label_idx", "pred_idx", "confidence"):
+        digest.update(np.ascontiguousarray(frame[column].to_numpy()).tobytes())
+    digest.update(np.ascontiguousarray(table.pred_probs).reshape(-1).view(np.uint8)[:1_000_000].tobytes())
+    digest.update("\0".join((*parts, *table.class_names, str(len(table)))).encode())
+    return digest.hexdigest()
+
+
 def prediction_cache_key(checkpoint_sha256: str, dataset_fingerprint: str, preprocessing: dict) -> str:
     """Key of a cached table: checkpoint content + dataset content + preprocessing, as one sha256 (first 24 hex)."""
     blob = json.dumps(
@@ -143,19 +157,19 @@ def prediction_cache_key(checkpoint_sha256: str, dataset_fingerprint: str, prepr
     return hashlib.sha256(blob.encode()).hexdigest()[:24]
 
 
-def save_predictions(table: PredictionTable, path: str | Path) -> Path:
-    """Write `table` to Parquet atomically (a temp file renamed into place); returns the path."""
+PROBS_DTYPES = {"float32": np.float32, "float16": np.float16}  # how probabilities may be stored
+
+
+def save_predictions(table: PredictionTable, path: str | Path, *, probs_dtype: str = "float32") -> Path:
+    """Write `table` to Parquet atomically (a temp file renamed into place); returns the path.
+
+    `probs_dtype`: "float32", or "float16" for large tables (half the bytes; every probability kept to about 3
+    significant digits, so the full vector stays available for ranking and top-k). `load_predictions` returns
+    float32 either way."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     n, k = table.pred_probs.shape
-    d = table.embeddings.shape[1]
-    columns = {name: pa.array(table.frame[name].to_numpy()) for name in SCALAR_COLUMNS}
-    columns["probs"] = pa.FixedSizeListArray.from_arrays(pa.array(table.pred_probs.reshape(-1)), k)
-    columns["embedding"] = pa.FixedSizeListArray.from_arrays(pa.array(table.embeddings.reshape(-1)), max(d, 1)) \
-        if d else pa.array([None] * n, type=pa.null())
-    meta = {"class_names": list(table.class_names), "embedding_dim": d, **table.meta}
-    schema = pa.schema([(name, col.type) for name, col in columns.items()], metadata={_META_KEY: json.dumps(meta)})
-    arrow = pa.Table.from_arrays(list(columns.values()), schema=schema)
+    arrow = predictions_arrow(table, probs_dtype=probs_dtype)
     fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".parquet.tmp")
     os.close(fd)
     try:
@@ -168,15 +182,38 @@ def save_predictions(table: PredictionTable, path: str | Path) -> Path:
     return path
 
 
+def predictions_arrow(table: PredictionTable, *, probs_dtype: str = "float32") -> pa.Table:
+    """`table` as the Arrow table `save_predictions` writes (also for writing a large table in row groups with a
+    `pyarrow.parquet.ParquetWriter`: every part of one table gets the same schema)."""
+    if probs_dtype not in PROBS_DTYPES:
+        raise ValueError(f"probs_dtype must be one of {sorted(PROBS_DTYPES)}, got {probs_dtype!r}")
+    n, k = table.pred_probs.shape
+    d = table.embeddings.shape[1]
+    columns = {name: pa.array(table.frame[name].to_numpy()) for name in SCALAR_COLUMNS}
+    flat = table.pred_probs.reshape(-1).astype(PROBS_DTYPES[probs_dtype], copy=False)
+    columns["probs"] = pa.FixedSizeListArray.from_arrays(pa.array(flat), k)
+    columns["embedding"] = pa.FixedSizeListArray.from_arrays(pa.array(table.embeddings.reshape(-1)), max(d, 1)) \
+        if d else pa.array([None] * n, type=pa.null())
+    meta = {"class_names": list(table.class_names), "embedding_dim": d, **table.meta}
+    schema = pa.schema([(name, col.type) for name, col in columns.items()], metadata={_META_KEY: json.dumps(meta)})
+    return pa.Table.from_arrays(list(columns.values()), schema=schema)
+
+
 def load_predictions(path: str | Path) -> PredictionTable:
     """Read a table written by `save_predictions`."""
-    arrow = pq.read_table(path)
-    meta = json.loads(arrow.schema.metadata[_META_KEY])
+    meta = json.loads(pq.read_schema(path).metadata[_META_KEY])
     class_names = tuple(meta.pop("class_names"))
     d = int(meta.pop("embedding_dim"))
-    n = arrow.num_rows
-    probs = arrow.column("probs").combine_chunks().flatten().to_numpy(zero_copy_only=False)
-    pred_probs = probs.reshape(n, len(class_names)).astype(np.float32, copy=False)
+    probs_column = pq.read_table(path, columns=["probs"]).column("probs")
+    n = len(probs_column)
+    pred_probs = np.empty((n, len(class_names)), dtype=np.float32)
+    start = 0
+    for chunk in probs_column.chunks:  # float16 or float32 on disk; never the whole matrix twice in memory
+        values = chunk.flatten().to_numpy(zero_copy_only=False).reshape(-1, len(class_names))
+        pred_probs[start:start + len(values)] = values
+        start += len(values)
+    del probs_column
+    arrow = pq.read_table(path, columns=[*SCALAR_COLUMNS, "embedding"])
     if d:
         flat = arrow.column("embedding").combine_chunks().flatten().to_numpy(zero_copy_only=False)
         embeddings = flat.reshape(n, d).astype(np.float32, copy=False)

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 from filelock import FileLock, Timeout
 
 from core.dataset import Dataset, load_dataset
+from core.dataset_index import INDEX_NAME
 from core.errors import TaxaLensError
 
 if TYPE_CHECKING:
@@ -78,7 +79,15 @@ class Workspace:
         raise WorkspaceError(f"no checkpoint named {name!r} in {self.root / CONFIG_NAME}; "
                              f"known: {[c.name for c in self.checkpoints]}")
 
+    @property
+    def dataset_index_path(self) -> Path:
+        """The dataset index (`core.dataset_index`): each image's check result under its size and mtime."""
+        return self.cache_dir / INDEX_NAME
+
     def load_dataset(self, **kwargs) -> Dataset:
+        """The workspace dataset (`core.dataset.load_dataset` keyword arguments); images are checked through the
+        workspace's dataset index, so a reopen opens only the new or changed ones."""
+        kwargs.setdefault("index", self.dataset_index_path)
         return load_dataset(self.dataset_source, root=self.dataset_root, taxonomy=self.taxonomy,
                             val_fraction=self.val_fraction, seed=self.seed, **kwargs)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +20,14 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from core.dataset import Dataset as SampleSet
 from core.images import ImageError, load_image_rgb
+from core.prediction_store import (
+    StoredPredictions,
+    file_stamps,
+    model_cache_key,
+    read_store,
+    store_folder,
+    write_part,
+)
 from core.predictions import (
     PredictionTable,
     load_predictions,
@@ -32,6 +41,7 @@ from models.checkpoints import ModelCard, load_checkpoint, model_device, read_cl
 
 logger = logging.getLogger(__name__)
 
+TABLE_KEY_LENGTH = 24  # hex digits of `prediction_cache_key` in a table's file name
 Progress = Callable[[int, int], None]
 
 
@@ -193,8 +203,9 @@ def load_workspace_model(
     return model, card
 
 
-def _cache_identity(workspace: Workspace, spec: CheckpointSpec, dataset: SampleSet) -> dict:
-    """Everything the cached table depends on, computable without loading weights."""
+def model_identity(workspace: Workspace, spec: CheckpointSpec, dataset: SampleSet) -> dict:
+    """What a prediction of one image depends on besides the image: the checkpoint's sha256 and the preprocessing
+    (`checkpoint`, `preprocessing`); computable without loading weights."""
     from models.checkpoints import file_sha256
 
     card = read_model_card(spec.path)
@@ -203,15 +214,30 @@ def _cache_identity(workspace: Workspace, spec: CheckpointSpec, dataset: SampleS
     else:
         class_names, _ = spec_class_names(spec, dataset)
         preprocessing = {"arch": spec.arch, "classes": list(class_names or ()), "timm": timm.__version__}
-    return {"checkpoint": file_sha256(spec.path), "dataset": dataset.fingerprint(), "preprocessing": preprocessing}
+    return {"checkpoint": file_sha256(spec.path), "preprocessing": preprocessing}
 
 
 def predictions_path(workspace: Workspace, name: str, *, dataset: SampleSet | None = None) -> Path:
-    """Where the predictions of checkpoint `name` on the workspace dataset are (or would be) cached."""
+    """Where the predictions table of checkpoint `name` on the workspace dataset is (or would be) cached: keyed by
+    checkpoint, preprocessing and dataset fingerprint."""
     dataset = dataset if dataset is not None else workspace.load_dataset()
-    identity = _cache_identity(workspace, workspace.checkpoint(name), dataset)
-    key = prediction_cache_key(identity["checkpoint"], identity["dataset"], identity["preprocessing"])
-    return workspace.cache_dir / "predictions" / f"{safe_file_name(name)}-{key}.parquet"
+    identity = model_identity(workspace, workspace.checkpoint(name), dataset)
+    key = prediction_cache_key(identity["checkpoint"], dataset.fingerprint(), identity["preprocessing"])
+    return predictions_dir(workspace) / f"{safe_file_name(name)}-{key}.parquet"
+
+
+def predictions_dir(workspace: Workspace) -> Path:
+    """The folder of the workspace's predictions tables (and, under `store/`, the per-sample stores)."""
+    return workspace.cache_dir / "predictions"
+
+
+def store_path(workspace: Workspace, name: str, *, dataset: SampleSet | None = None) -> Path:
+    """The per-sample prediction store (`core.prediction_store`) of checkpoint `name` under its current weights
+    and preprocessing."""
+    dataset = dataset if dataset is not None else workspace.load_dataset()
+    identity = model_identity(workspace, workspace.checkpoint(name), dataset)
+    return store_folder(predictions_dir(workspace), safe_file_name(name),
+                        model_cache_key(identity["checkpoint"], identity["preprocessing"]))
 
 
 def predict_workspace(
@@ -224,32 +250,128 @@ def predict_workspace(
     num_workers: int | None = None,
     device: str | None = None,
     force: bool = False,
-) -> PredictionTable:
-    """Predictions of checkpoint `name` on every usable sample, from the cache when nothing changed.
+) -> PredictionTable | None:
+    """Predictions of checkpoint `name` on every usable sample, computing only what no cache holds.
 
-    A hit performs no forward pass; labels and splits are refreshed from the dataset on every read.
-    Images that fail to decode are listed in `<cache>/<name>-<key>.skipped.csv` and left out of the table.
+    The table for the current dataset is read when it exists (no forward pass). Otherwise only the images the
+    per-sample store (`store_path`) lacks under their current size and mtime are predicted (`force`: all of them),
+    appended to the store, and the table is assembled and saved; tables of `name` for older datasets or weights,
+    with their side files, are removed. Labels and splits are refreshed from the dataset on every read. Images that
+    fail to decode are listed in `<table>.skipped.csv` and left out of the table (and not retried until they change).
+
+    Under torchrun every rank predicts its share of the missing images into the store (which must be on a
+    filesystem all nodes share) and rank 0 assembles the table; the other ranks return None.
     """
+    import torch.distributed as dist
+
+    from models.distributed import init_distributed, shutdown_distributed
+
     dataset = dataset if dataset is not None else workspace.load_dataset()
     path = predictions_path(workspace, name, dataset=dataset)
+    joined_here = not (dist.is_available() and dist.is_initialized())  # a caller's process group is left to it
+    context = init_distributed()
     if path.is_file() and not force:
         logger.debug("predictions of %s read from the cache %s", name, path)
-        return relabel_table(load_predictions(path), dataset.samples)
-    logger.info("predicting %d images with %s", len(dataset.samples), name)
-    model, card = load_workspace_model(workspace, name, dataset=dataset, device=device)
-    result = run_inference(model, card, dataset.samples, batch_size=batch_size, num_workers=num_workers,
-                           progress=progress)
-    meta = {"checkpoint": name, "checkpoint_sha256": card.sha256, "dataset_fingerprint": dataset.fingerprint(),
-            "preprocessing": card.preprocessing_key(), "source_format": card.source_format,
-            "created": pd.Timestamp.now(tz="UTC").isoformat(), "n_failed": len(result.failed)}
-    table = table_from_result(result, dataset.samples, card, meta)
+        if joined_here:
+            shutdown_distributed(context)
+        return relabel_table(load_predictions(path), dataset.samples) if context.is_main else None
+    samples = dataset.samples
+    folder = store_path(workspace, name, dataset=dataset)
+    sizes, mtimes = file_stamps(samples["path"].tolist())
+    stored = None if force else read_store(folder)
+    fresh = stored.positions(samples["sample_id"], sizes, mtimes) if stored is not None else \
+        np.full(len(samples), -1)
+    missing = np.flatnonzero(fresh < 0)
+    logger.info("predicting %d of %d images with %s (%d from the store)", len(missing), len(samples), name,
+                len(samples) - len(missing))
+    model = card = None
+    if len(missing):
+        target = device or (str(context.device()) if context.enabled else None)
+        model, card = load_workspace_model(workspace, name, dataset=dataset, device=target)
+        todo = samples.iloc[missing].reset_index(drop=True)
+        sampler = None
+        if context.enabled:
+            from torch.utils.data.distributed import DistributedSampler
+
+            sampler = DistributedSampler(range(len(todo)), num_replicas=context.world_size, rank=context.rank,
+                                         shuffle=False, drop_last=False)
+        result = run_inference(model, card, todo, batch_size=batch_size, num_workers=num_workers, sampler=sampler,
+                               progress=progress if context.is_main else None)
+        write_part(folder, _store_rows(result, todo, sizes[missing], mtimes[missing], card), tag=str(context.rank))
+    context.barrier()
+    table = None
+    if context.is_main:
+        table = _assemble_table(workspace, name, dataset, folder, sizes, mtimes, path, card)
+    if joined_here:
+        shutdown_distributed(context)
+    else:
+        context.barrier()  # the other ranks wait until the table is there
+    return table
+
+
+def _store_rows(result: InferenceResult, todo: pd.DataFrame, sizes: np.ndarray, mtimes: np.ndarray,
+                card: ModelCard) -> StoredPredictions:
+    """Store rows for what `run_inference` saw of `todo`: decoded images with their outputs, failures with zeros."""
+    done = pd.Index(todo["sample_id"].iloc[result.rows])
+    failed = result.failed
+    fail_rows = pd.Index(todo["sample_id"]).get_indexer(failed["sample_id"])
+    rows = np.concatenate([result.rows, fail_rows]).astype(np.int64)
+    d = result.embeddings.shape[1] if len(result.rows) else 0
+    probs = np.concatenate([result.pred_probs.reshape(len(result.rows), card.num_classes),
+                            np.zeros((len(fail_rows), card.num_classes), np.float32)])
+    feats = np.concatenate([result.embeddings.reshape(len(result.rows), d), np.zeros((len(fail_rows), d), np.float32)])
+    reasons = np.array([""] * len(done) + failed["reason"].astype(str).tolist(), dtype=object)
+    details = np.array([""] * len(done) + failed["detail"].astype(str).tolist(), dtype=object)
+    return StoredPredictions(todo["sample_id"].to_numpy(object)[rows], sizes[rows], mtimes[rows], probs, feats,
+                             reasons, details, tuple(card.class_names))
+
+
+def _assemble_table(workspace: Workspace, name: str, dataset: SampleSet, folder: Path, sizes: np.ndarray,
+                    mtimes: np.ndarray, path: Path, card: ModelCard | None) -> PredictionTable:
+    """The predictions table of the current dataset from the store; saved at `path`, older tables of `name`
+    removed."""
+    samples = dataset.samples
+    stored = read_store(folder)
+    if stored is None:
+        raise FileNotFoundError(f"the prediction store {folder} disappeared while predicting; run the prediction again")
+    fresh = stored.positions(samples["sample_id"], sizes, mtimes)
+    if (fresh < 0).any():
+        lost = samples["sample_id"].iloc[np.flatnonzero(fresh < 0)[:3]].tolist()
+        raise FileNotFoundError(f"{int((fresh < 0).sum())} image(s) changed while being predicted (e.g. {lost}); "
+                                "run the prediction again")
+    rows = stored.take(fresh)
+    ok = rows.reasons == ""
+    if card is None:
+        card = read_model_card(workspace.checkpoint(name).path)
+    identity = model_identity(workspace, workspace.checkpoint(name), dataset)
+    meta = {"checkpoint": name, "checkpoint_sha256": identity["checkpoint"],
+            "dataset_fingerprint": dataset.fingerprint(), "preprocessing": identity["preprocessing"],
+            "source_format": card.source_format if card is not None else "",
+            "created": pd.Timestamp.now(tz="UTC").isoformat(), "n_failed": int((~ok).sum())}
+    table = table_for_samples(samples[ok], rows.pred_probs[ok], rows.embeddings[ok], class_names=stored.class_names,
+                              meta=meta)
     save_predictions(table, path)
-    result.failed.to_csv(path.with_suffix(".skipped.csv"), index=False)
-    if len(result.failed):
-        logger.warning("%d image(s) could not be decoded and are left out; listed in %s", len(result.failed),
+    failed = pd.DataFrame({"sample_id": rows.sample_ids[~ok], "reason": rows.reasons[~ok],
+                           "detail": rows.details[~ok]})
+    failed.to_csv(path.with_suffix(".skipped.csv"), index=False)
+    if len(failed):
+        logger.warning("%d image(s) could not be decoded and are left out; listed in %s", len(failed),
                        path.with_suffix(".skipped.csv"))
+    for old in stale_table_files(path):
+        old.unlink(missing_ok=True)
+        logger.info("removed %s (predictions of %s for an older dataset or weights)", old, name)
     logger.debug("%d predictions of %s cached in %s", len(table), name, path)
     return table
+
+
+def stale_table_files(current: Path) -> list[Path]:
+    """Files beside the predictions table `current` that belong to an older table of the same checkpoint (another
+    key): the table, its skipped list and its cross-validated tables."""
+    stem = current.name.removesuffix(".parquet")
+    prefix = stem[: -(TABLE_KEY_LENGTH + 1)]
+    pattern = re.compile(rf"{re.escape(prefix)}-([0-9a-f]{{{TABLE_KEY_LENGTH}}})(\.parquet|\.skipped\.csv|\.cv-.+)")
+    return sorted(p for p in current.parent.glob(f"{prefix}-*") if p.is_file() and
+                  (m := pattern.fullmatch(p.name)) is not None and m.group(1) != stem[-TABLE_KEY_LENGTH:])
 
 
 def cached_predictions(workspace: Workspace, name: str, *, dataset: SampleSet | None = None) -> PredictionTable | None:

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import hashlib
 import os
 import sys
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-import numpy as np
 import streamlit as st
 
 from core.calibration import CONFIDENCE_MODES, calibrate_table, load_temperature, temperature_path
@@ -16,7 +14,7 @@ from core.curation import LABEL_MODES
 from core.dataset import Dataset
 from core.ensemble import EnsembleSpec, ensemble_tables, read_ensemble_specs
 from core.errors import USER_ERRORS, TaxaLensError, user_message
-from core.predictions import PredictionTable, load_predictions, relabel_table
+from core.predictions import PredictionTable, load_predictions, relabel_table, table_token  # noqa: F401 (re-exported)
 from core.workspace import CONFIG_NAME, Workspace, load_workspace
 from pages._state import KEY_CHECKPOINTS, KEY_CONFIDENCES, KEY_LABEL_MODE, KEY_SPLIT, KEY_WORKSPACE
 from pages._text import md, md_list
@@ -45,20 +43,6 @@ def file_mtime_ns(path: str | Path | None) -> int:
         return Path(path).stat().st_mtime_ns if path else -1
     except OSError:
         return -1
-
-
-def table_token(table: PredictionTable, *parts: str) -> str:
-    """A content hash of a predictions table for cache keys (pass the table itself unhashed, as `_table`): labels,
-    predictions, confidences, the first MB of the probabilities, the class names and `parts` (split, checkpoint
-    name). Numeric columns only: about 20 ms at 100,000 rows, where hashing the sample-id strings too would take
-    ten times that on every rerun, and the whole probability matrix far more."""
-    digest = hashlib.blake2b(digest_size=16)
-    frame = table.frame
-    for column in ("label_idx", "pred_idx", "confidence"):
-        digest.update(np.ascontiguousarray(frame[column].to_numpy()).tobytes())
-    digest.update(np.ascontiguousarray(table.pred_probs).reshape(-1).view(np.uint8)[:1_000_000].tobytes())
-    digest.update("\0".join((*parts, *table.class_names, str(len(table)))).encode())
-    return digest.hexdigest()
 
 
 def _config_stamp(path: str) -> int:

@@ -9,7 +9,8 @@ building the page.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -22,9 +23,19 @@ from core.curation import CuratedTable, apply_curated_labels, compare_label_mode
 from core.errors import USER_ERRORS, TaxaLensError
 from core.labelstore import LabelStore
 from core.predictions import PredictionTable
-from core.scores import BootstrapConfig, ResamplingPlan, Unit, describe_intervals
-from pages._cached import PageContext, checkpoint_stamp, require_table, start_page, table_token
+from core.result_cache import PAGE_INTERVALS, RESULTS_DIR, interval_result, resampling_plan_of
+from core.scores import ResamplingPlan, Unit, describe_intervals
+from pages._cached import (
+    PageContext,
+    checkpoint_stamp,
+    default_workspace_path,
+    open_workspace,
+    require_table,
+    start_page,
+    table_token,
+)
 from pages._review_support import label_store
+from pages._state import KEY_WORKSPACE
 from pages._text import md, md_list
 
 
@@ -193,7 +204,8 @@ def excluded_counts(token: str, _table: PredictionTable) -> pd.Series:
     return metrics.excluded_labels(_table)
 
 
-INTERVALS = BootstrapConfig()  # every interval the evaluation pages show: 1,000 stratified draws, 95%, Bayesian
+INTERVALS = PAGE_INTERVALS  # every interval the evaluation pages show: 1,000 stratified draws, 95%, Bayesian (the
+# command line warms the disk cache with the same configuration, core.result_cache.PAGE_INTERVALS)
 
 
 def interval_caption(unit: Unit) -> str:
@@ -205,14 +217,24 @@ def interval_caption(unit: Unit) -> str:
 @st.cache_resource(show_spinner=False, max_entries=8)
 def resampling(token: str, _table: PredictionTable) -> ResamplingPlan | None:
     """The table's bootstrap plan (shared by the headline and per-class intervals), None without evaluated rows."""
-    return metrics.resampling_plan(_table)[0] if len(metrics.evaluated(_table)) else None
+    return resampling_plan_of(_table)
+
+
+def results_dir() -> Path | None:
+    """Where interval results are cached on disk: beside the open workspace's predictions (None when no workspace
+    opens). Read inside the cached functions below, on a miss only; their disk keys are content keys."""
+    try:
+        workspace = open_workspace(st.session_state.get(KEY_WORKSPACE) or default_workspace_path())
+    except USER_ERRORS:
+        return None
+    return workspace.cache_dir / "predictions" / RESULTS_DIR
 
 
 @st.cache_data(show_spinner="Bootstrapping confidence intervals…", max_entries=64)
 def headline(token: str, _table: PredictionTable, *, n_boot: int = INTERVALS.n_boot, seed: int | None = INTERVALS.seed
              ) -> metrics.HeadlineMetrics:
-    return metrics.compute_headline_metrics(_table, n_boot=n_boot, seed=seed, plan=resampling(token, _table),
-                                            confidence_level=INTERVALS.confidence_level, method=INTERVALS.method)
+    config = replace(INTERVALS, n_boot=n_boot, seed=seed)
+    return interval_result(results_dir(), "headline", token, _table, config, plan=lambda: resampling(token, _table))
 
 
 @st.cache_resource(show_spinner=False, max_entries=16)
@@ -224,10 +246,7 @@ def specimen_level(token: str, _table: PredictionTable) -> PredictionTable | Non
 @st.cache_data(show_spinner="Specimen-level metrics…", max_entries=64)
 def specimen_headline(token: str, _table: PredictionTable, *, n_boot: int = INTERVALS.n_boot
                       ) -> metrics.HeadlineMetrics | None:
-    table = specimen_level(token, _table)
-    return None if table is None else metrics.compute_headline_metrics(
-        table, n_boot=n_boot, seed=INTERVALS.seed, confidence_level=INTERVALS.confidence_level,
-        method=INTERVALS.method)
+    return interval_result(results_dir(), "specimen-headline", token, _table, replace(INTERVALS, n_boot=n_boot))
 
 
 @st.cache_data(show_spinner=False, max_entries=64)
@@ -237,8 +256,8 @@ def confusion(token: str, _table: PredictionTable) -> np.ndarray:
 
 @st.cache_data(show_spinner="Bootstrapping per-class intervals…", max_entries=64)
 def per_class(token: str, _table: PredictionTable) -> pd.DataFrame:
-    return metrics.per_class_table(_table, counts=confusion(token, _table), intervals=INTERVALS,
-                                   plan=resampling(token, _table))
+    return interval_result(results_dir(), "per-class", token, _table, INTERVALS,
+                           plan=lambda: resampling(token, _table))
 
 
 @st.cache_data(show_spinner=False, max_entries=64)
@@ -285,12 +304,24 @@ def confusion_figure(
     hide_diagonal: bool,
     highlight: tuple[str, ...],
     selected: tuple[int, int] | None,
+    classes: tuple[int, ...] | None = None,
 ) -> go.Figure:
     return figures.build_confusion_figure(
         confusion(token, _table), _table.class_names, normalise=normalise,
         order=class_order(token, _table, order, taxa), hide_diagonal=hide_diagonal, highlight=highlight,
-        selected=selected,
+        selected=selected, classes=classes,
     )
+
+
+# Above SUBMATRIX_ABOVE classes the confusion page draws the SUBMATRIX_CLASSES classes most involved in errors by
+# default (a 1,000-class matrix has too many cells to read, or to send to the browser on every rerun).
+SUBMATRIX_ABOVE = 150
+SUBMATRIX_CLASSES = 100
+
+
+@st.cache_data(show_spinner=False, max_entries=64)
+def top_confused(token: str, _table: PredictionTable, n: int) -> tuple[int, ...]:
+    return tuple(int(i) for i in cm.top_confused_classes(confusion(token, _table), n=n))
 
 
 @st.cache_resource(show_spinner=False, max_entries=32)

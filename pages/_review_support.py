@@ -6,10 +6,11 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
+from core.agreement import DISPUTED_STATUS, format_votes, is_disputed
 from core.errors import USER_ERRORS, user_message
-from core.labelstore import LabelStore, open_label_store
+from core.labelstore import LabelStore, SampleState, open_label_store
 from core.predictions import PredictionTable
-from core.ranking import LabelIssueRanking, rank_label_issues
+from core.ranking import LabelIssueRanking, rank_label_issues, typical_examples
 from core.workspace import Workspace
 from pages._access import current_actor, explain_hidden
 from pages._cached import PageContext, get_predictions, predictions_key
@@ -63,6 +64,34 @@ def label_issue_ranking(ctx: PageContext, table: PredictionTable) -> LabelIssueR
     reference = full.for_split("train") if full is not None else None
     cv_table, cv_key = crossval_table(ctx)
     return _ranking(predictions_key(ctx.workspace, ctx.checkpoint), ctx.split, cv_key, table, reference, cv_table)
+
+
+@st.cache_data(show_spinner=False, max_entries=512)
+def _typical_ids(predictions_key: str, split: str, rows: int, class_name: str, n: int,
+                 _table: PredictionTable) -> list[str]:
+    return typical_examples(_table, class_name, n=n)["sample_id"].astype(str).tolist()
+
+
+def typical_example_ids(ctx: PageContext, table: PredictionTable, class_name: str, *, n: int,
+                        exclude: str | None = None) -> list[str]:
+    """Ids of up to `n` correctly classified samples of `class_name` in `table` (the selected split of the primary
+    checkpoint's predictions), most confident first, leaving out `exclude`; cached per predictions file and split, so
+    a move to the next sample does not sort the split again."""
+    ids = _typical_ids(predictions_key(ctx.workspace, ctx.checkpoint), ctx.split, len(table), class_name, n + 1,
+                       table)
+    return [i for i in ids if i != exclude][:n]
+
+
+def now_line(state: SampleState, given: str) -> str:
+    """The review page's "Now:" line (Markdown, user text escaped): the status and the label that stands, the number
+    of reviews and their agreement. A dispute (reviewers disagree, no ruling) says so, with every vote: the given
+    label stands, not the last reviewer's."""
+    if is_disputed(state):
+        return (f"**Now:** {DISPUTED_STATUS} · {md(given)} stands until a lead rules · votes: "
+                f"{md(format_votes(state))}")
+    shown = state.label if state.label is not None else given
+    return (f"**Now:** {state.status} · {md(shown)}"
+            + (f" · {state.n_reviews} review(s), agreement {state.agreement:.0%}" if state.n_reviews else ""))
 
 
 @st.cache_resource(show_spinner=False, max_entries=8)

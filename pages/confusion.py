@@ -122,9 +122,19 @@ cell = st.session_state.get(KEY_CONFUSION_CELL)
 if cell is not None and not (0 <= cell[0] < len(names) and 0 <= cell[1] < len(names)):
     cell = None
 outline = cell if len(names) <= OUTLINE_MAX_CLASSES else None
+shown_classes = None
+if len(names) > ev.SUBMATRIX_ABOVE:
+    scopes = [f"the {ev.SUBMATRIX_CLASSES} most confused", f"all {len(names):,}"]
+    scope = st.radio("Classes shown", scopes, key="cm-scope", horizontal=True,
+                     help="the classes most involved in errors (as true or predicted class), plus any you search "
+                     "for; rates and totals still count every class")
+    if scope == scopes[0]:
+        top = ev.top_confused(data.token, table, ev.SUBMATRIX_CLASSES)
+        shown_classes = tuple(sorted({*top, *(index[name] for name in search)}))
 left, right = st.columns([3, 1])
 with left:
-    figure = ev.confusion_figure(data.token, table, normalise, order, taxa, hide_diagonal, tuple(search), outline)
+    figure = ev.confusion_figure(data.token, table, normalise, order, taxa, hide_diagonal, tuple(search), outline,
+                                 shown_classes)
     st.plotly_chart(figure, key="cm-chart", on_select=_open_cell_from_chart, selection_mode="points",
                     config={"scrollZoom": True})
     st.caption("Click a cell to open its images; drag to zoom, double-click to reset.")

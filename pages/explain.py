@@ -1,13 +1,18 @@
-"""Grad-CAM: for any sample, the image beside heat maps for the predicted class, the true class and a chosen class."""
+"""Grad-CAM: for any sample, the image beside heat maps for the predicted class, the true class and a chosen class.
+
+The true class follows the sidebar's label mode: as curated, a reviewed sample's map explains the label the label
+store says now, and excluded or disputed samples leave the list (as on every evaluation page)."""
 
 from __future__ import annotations
 
 import streamlit as st
 
+from core.curation import LABEL_MODES
 from core.queries import top_predictions
 from models.cam import CAM_METHODS, MIN_CAM_GRID, CamError, render_overlay
-from pages._cached import require_single_checkpoint, require_table, start_page
+from pages._cached import require_single_checkpoint, start_page
 from pages._cam import CamMaps, auto_layer, cam_maps
+from pages._evaluation import require_eval_data, show_curation_notes
 from pages._gallery import sample_paths, show_image
 from pages._links import PARAM_SAMPLE, copy_link_control, set_page_params, url_param
 from pages._text import md
@@ -23,11 +28,15 @@ def _commit_sample() -> None:
 
 ctx = start_page("Grad-CAM")
 require_single_checkpoint(ctx, "Grad-CAM")  # an ensemble has no model to explain
-table = require_table(ctx)
+data = require_eval_data(ctx)  # under the sidebar's label mode: as curated, the "True" map is the curated label
+table = data.table
 names = list(table.class_names)
 frame = table.frame
-st.caption(f"Checkpoint **{md(ctx.checkpoint)}** · split **{ctx.split}** · {len(table):,} images. The maps show where "
+st.caption(f"Checkpoint **{md(ctx.checkpoint)}** · split **{ctx.split}** · {len(table):,} images · labels "
+           f"{LABEL_MODES[data.label_mode]}. The maps show where "
            "the model's evidence for a class lies, on the image as the model saw it (resized and cropped).")
+
+show_curation_notes(data)
 
 linked = url_param(PARAM_SAMPLE)
 if linked and linked in set(frame["sample_id"]):

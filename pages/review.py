@@ -14,9 +14,10 @@ from core.errors import USER_ERRORS
 from core.figures import build_top_predictions_figure
 from core.novelty import NOVELTY_LABELS, queue_score
 from core.queries import top_predictions
-from core.ranking import QUEUE_KINDS, QueueSpec, build_queue, typical_examples
+from core.ranking import QUEUE_KINDS, QueueSpec, build_queue
 from pages._access import current_actor
 from pages._cached import require_table, start_page, table_token
+from pages._cam import prefetch_cam_maps
 from pages._confidence import conformal_config, novelty_scores, prediction_sets
 from pages._crossval_job import render_crossval_job
 from pages._gallery import sample_paths, sample_thumbnail, show_image
@@ -36,6 +37,8 @@ from pages._review_support import (
     given_labels,
     label_issue_ranking,
     label_store,
+    now_line,
+    typical_example_ids,
 )
 from pages._state import KEY_CONFUSION_CELL, KEY_QUALITY_IDS, KEY_SELECTION
 from pages._text import md
@@ -85,13 +88,13 @@ def _go(sample_id: str | None) -> None:
         st.session_state[CURRENT] = sample_id
 
 
-def _strip(ctx, rows, title: str) -> None:
+def _strip(ctx, sample_ids: list[str], title: str) -> None:
     st.caption(title)  # callers escape the names in it
-    if rows.empty:
+    if not sample_ids:
         st.caption("no correctly classified example in this split")
         return
     cells = st.columns(STRIP)
-    for cell, path in zip(cells, sample_paths(ctx, rows["sample_id"].tolist()), strict=False):
+    for cell, path in zip(cells, sample_paths(ctx, sample_ids), strict=False):
         data = sample_thumbnail(path)
         if data is not None:
             cell.image(data, width="stretch")
@@ -100,15 +103,138 @@ def _strip(ctx, rows, title: str) -> None:
 def _cam_overlays(ctx, sample_id: str, path: str, classes: list[int]) -> list:
     """Grad-CAM overlays of `sample_id` for each model class index in `classes` (None where unavailable)."""
     from models.cam import CamError, render_overlay
-    from pages._cam import CamMaps, cam_maps
+    from pages._cam import CamMaps, await_cam_maps
 
-    try:
-        maps = cam_maps(ctx, [sample_id] * len(classes), [path] * len(classes), classes, method="gradcam")
+    try:  # computed on the prefetch thread (usually done already); a key press meanwhile reruns at once
+        maps = await_cam_maps(ctx, [sample_id] * len(classes), [path] * len(classes), classes, method="gradcam")
     except CamError as exc:
         st.caption(f"Grad-CAM unavailable: {md(exc)}")
         return [None] * len(classes)
     return [render_overlay(m.view, m.cam, opacity=0.45, display_size=256) if isinstance(m, CamMaps) else None
             for m in maps]
+
+
+@st.fragment
+def sample_view(ctx, table, store, ranking, spec: QueueSpec, reviewer: str | None, novelty=None) -> None:
+    """The sample under review and the decision buttons: a decision or a move reruns only this fragment, not the
+    sidebar, the queue pickers, the ranking or the cross-validation panel (the key press -> next sample path)."""
+    names = list(table.class_names)
+    given_of = given_labels(ctx)
+    queue = build_queue(ranking, spec, reviewed_by_me=store.reviewed_by(reviewer) if reviewer else set(),
+                        novelty=novelty)
+    if queue.empty:
+        st.success("This queue is empty.")
+        return
+    ids = queue["sample_id"].tolist()
+    current = st.session_state.get(CURRENT)
+    position = ids.index(current) if current in ids else 0
+    row = queue.iloc[position]
+    sample_id = str(row["sample_id"])
+    st.session_state[CURRENT] = sample_id
+    set_page_params("review", queue=spec.kind, **{PARAM_CLASS: spec.class_name, PARAM_TRUE: spec.true_label,
+                                                  PARAM_PRED: spec.pred_label, PARAM_SAMPLE: sample_id})
+    next_id = ids[position + 1] if position + 1 < len(ids) else None
+    given = given_of.get(sample_id, str(row["label"]))
+    suggested = str(row["suggested"])
+    state = store.state(sample_id)
+    if st.session_state.get(PICK_FOR) != sample_id:  # the picker starts on this sample's suggestion, not the last pick
+        st.session_state[PICK] = suggested
+        st.session_state[PICK_FOR] = sample_id
+
+    flash = st.session_state.pop(MESSAGE, None)
+    if flash:
+        (st.error if flash[0] == "error" else st.toast)(flash[1])
+
+    with st.container(horizontal=True, vertical_alignment="center", key="rv-nav"):
+        st.button("Previous", key="rv-prev", icon=":material/arrow_back:", on_click=_go,
+                  args=(ids[position - 1] if position else None,), disabled=position == 0,
+                  shortcut=SHORTCUTS["rv-prev"])
+        st.button("Next", key="rv-next", icon=":material/arrow_forward:", on_click=_go, args=(next_id,),
+                  disabled=next_id is None, shortcut=SHORTCUTS["rv-next"])
+        st.caption(f"Sample {position + 1} of {len(ids)} · queue rank {int(row['rank'])} · {md(sample_id)}")
+        copy_link_control("rv-link")
+
+    path = sample_paths(ctx, [sample_id])[0]
+    image_col, facts_col = st.columns([3, 2])
+    with image_col:
+        show_image(path, sample_id)
+        cam_slot = st.container()  # filled last: the decision buttons render before any Grad-CAM work
+    with facts_col:
+        st.markdown(f"**Given label:** {md(given)}  \n**Suggested:** {md(suggested)} ({row['suggested_prob']:.1%}, "
+                    f"model blended with its embedding neighbours)  \n"
+                    f"**Label quality:** {row['label_quality']:.3f}"
+                    + (" · flagged as a likely error" if row["is_label_issue"] else "")
+                    + f"  \n**Split:** {md(row['split'])} · **Specimen:** {md(row['specimen_id'])}")
+        sets = prediction_sets(ctx, table, table_token(table, ctx.split, ctx.checkpoint or ""))
+        match = None if sets is None else sets[sets["sample_id"] == sample_id]
+        if match is not None and len(match):
+            members = match.iloc[0]["prediction_set"]
+            set_cfg = conformal_config()
+            listed = ", ".join(md(m) for m in members) or "(empty: no class is needed for this coverage)"
+            st.markdown(f"**Prediction set ({set_cfg.coverage:.0%}):** {listed}"
+                        + ("" if given in members else f" · *{md(given)} is not in it*"),
+                        help="The classes a split-conformal set keeps at this coverage (Calibration page settings); "
+                        "a set of one is a confident call, a long set an uncertain one")
+        st.markdown(now_line(state, given))
+        table_row = int(np.flatnonzero(table.frame["sample_id"].to_numpy() == sample_id)[0])
+        st.plotly_chart(build_top_predictions_figure(top_predictions(table, table_row, k=5), true_label=given),
+                        key=f"rv-top-{sample_id}")
+
+    if reviewer is not None:  # viewers (and a local user who typed no name) see no note box and no review buttons
+        st.text_input("Note (optional, stored as plain text)", key=NOTE)
+        common = {"reviewer": reviewer, "given": given, "checkpoint": ctx.checkpoint, "next_id": next_id}
+        # One wrapping row of content-wide buttons: a label is never cut ("Uns…"), a long class name wraps instead.
+        with st.container(horizontal=True, vertical_alignment="center", key="rv-actions"):
+            st.button(f"Confirm {md(given)}", key="rv-confirm", type="primary", on_click=_act,
+                      args=(store, sample_id, "confirm"), kwargs={**common, "label": given},
+                      shortcut=SHORTCUTS["rv-confirm"], wrap=True)
+            st.button(f"Accept {md(suggested)}", key="rv-accept", disabled=suggested == given, on_click=_act,
+                      args=(store, sample_id, "relabel"), kwargs={**common, "label": suggested},
+                      shortcut=SHORTCUTS["rv-accept"], wrap=True)
+            st.selectbox("Pick class", names, key=PICK, label_visibility="collapsed",
+                         help="Type to search the classes", width=240)
+            st.button("Relabel to picked", key="rv-relabel", on_click=_act,
+                      args=(store, sample_id, "relabel"), kwargs={**common, "label_key": PICK},
+                      shortcut=SHORTCUTS["rv-relabel"], wrap=True)
+            st.button("Unsure", key="rv-unsure", on_click=_act, args=(store, sample_id, "unsure"),
+                      kwargs=common, shortcut=SHORTCUTS["rv-unsure"], wrap=True)
+            st.button("Exclude: bad image", key="rv-exclude", on_click=_act,
+                      args=(store, sample_id, "exclude"), kwargs=common, shortcut=SHORTCUTS["rv-exclude"], wrap=True)
+            st.button("Undo my last", key="rv-undo", on_click=_undo, args=(store, reviewer),
+                      shortcut=SHORTCUTS["rv-undo"], wrap=True)
+
+    strips = st.columns(2)
+    with strips[0]:
+        _strip(ctx, typical_example_ids(ctx, table, given, n=STRIP, exclude=sample_id), f"Typical {md(given)} (given)")
+    with strips[1]:
+        _strip(ctx, typical_example_ids(ctx, table, suggested, n=STRIP, exclude=sample_id),
+               f"Typical {md(suggested)} (suggested)")
+
+    history = store.events_frame(sample_ids=[sample_id])
+    if len(history):
+        with st.expander(f"History of this sample ({len(history)} events)"):
+            # st.dataframe renders every cell as text: notes never become HTML
+            st.dataframe(history[["id", "created_at", "reviewer", "action", "previous_label", "new_label", "note",
+                                  "adjudication"]], hide_index=True)
+
+    # Grad-CAM of this sample, after everything a decision needs is on screen (the maps are slow on a CPU); the next
+    # sample's maps are computed on a background thread meanwhile, so moving on usually finds them ready.
+    with cam_slot:
+        if path and st.toggle("Grad-CAM for the suggested and the given class", value=True, key="rv-cam"):
+            wanted = [(f"suggested: {suggested}", names.index(suggested))]
+            if given in names:
+                wanted.append((f"given: {given}", names.index(given)))
+            overlays = _cam_overlays(ctx, sample_id, path, [i for _, i in wanted])
+            for column, (title, _), overlay in zip(st.columns(len(wanted)), wanted, overlays, strict=True):
+                if overlay is not None:
+                    column.image(overlay, caption=f"Grad-CAM · {md(title)}", width="stretch")
+    if next_id is not None and st.session_state.get("rv-cam", True):  # queued after this sample's maps
+        next_path = sample_paths(ctx, [next_id])[0]
+        if next_path:
+            wanted = [names.index(str(queue.iloc[position + 1]["suggested"]))]
+            if given_of.get(next_id) in names:
+                wanted.append(names.index(given_of[next_id]))
+            prefetch_cam_maps(ctx, [next_id] * len(wanted), [next_path] * len(wanted), wanted, method="gradcam")
 
 
 ctx = start_page("Review queue")
@@ -167,129 +293,7 @@ for message in ranking.messages:  # they name classes: user text
 render_crossval_job(ctx)  # out-of-fold probabilities, so the training split can be ranked
 novelty = None
 if kind == "possibly_unknown":
-    scores = novelty_scores(ctx, table)
-    novelty = queue_score(scores)
+    novelty = queue_score(novelty_scores(ctx, table))
     st.caption(f"Sorted by {NOVELTY_LABELS[str(novelty.name)]}, most unusual first: images far from every training "
                "image may be a new species, debris or a bad crop.")
-queue = build_queue(ranking, spec, reviewed_by_me=store.reviewed_by(reviewer) if reviewer else set(), novelty=novelty)
-if queue.empty:
-    st.success("This queue is empty.")
-    st.stop()
-
-ids = queue["sample_id"].tolist()
-current = st.session_state.get(CURRENT)
-position = ids.index(current) if current in ids else 0
-row = queue.iloc[position]
-sample_id = str(row["sample_id"])
-st.session_state[CURRENT] = sample_id
-set_page_params("review", queue=kind, **{PARAM_CLASS: spec.class_name, PARAM_TRUE: spec.true_label,
-                                         PARAM_PRED: spec.pred_label, PARAM_SAMPLE: sample_id})
-next_id = ids[position + 1] if position + 1 < len(ids) else None
-given = given_of.get(sample_id, str(row["label"]))
-suggested = str(row["suggested"])
-state = store.state(sample_id)
-if st.session_state.get(PICK_FOR) != sample_id:  # the picker starts on this sample's suggestion, not the last pick
-    st.session_state[PICK] = suggested
-    st.session_state[PICK_FOR] = sample_id
-
-flash = st.session_state.pop(MESSAGE, None)
-if flash:
-    (st.error if flash[0] == "error" else st.toast)(flash[1])
-
-with st.container(horizontal=True, vertical_alignment="center", key="rv-nav"):
-    st.button("Previous", key="rv-prev", icon=":material/arrow_back:", on_click=_go,
-              args=(ids[position - 1] if position else None,), disabled=position == 0, shortcut=SHORTCUTS["rv-prev"])
-    st.button("Next", key="rv-next", icon=":material/arrow_forward:", on_click=_go, args=(next_id,),
-              disabled=next_id is None, shortcut=SHORTCUTS["rv-next"])
-    st.caption(f"Sample {position + 1} of {len(ids)} · queue rank {int(row['rank'])} · {md(sample_id)}")
-    copy_link_control("rv-link")
-
-path = sample_paths(ctx, [sample_id])[0]
-image_col, facts_col = st.columns([3, 2])
-with image_col:
-    show_image(path, sample_id)
-    cam_slot = st.container()  # filled last: the decision buttons render before any Grad-CAM work
-with facts_col:
-    st.markdown(f"**Given label:** {md(given)}  \n**Suggested:** {md(suggested)} ({row['suggested_prob']:.1%}, "
-                f"model blended with its embedding neighbours)  \n"
-                f"**Label quality:** {row['label_quality']:.3f}"
-                + (" · flagged as a likely error" if row["is_label_issue"] else "")
-                + f"  \n**Split:** {md(row['split'])} · **Specimen:** {md(row['specimen_id'])}")
-    sets = prediction_sets(ctx, table, table_token(table, ctx.split, ctx.checkpoint or ""))
-    match = None if sets is None else sets[sets["sample_id"] == sample_id]
-    if match is not None and len(match):
-        members = match.iloc[0]["prediction_set"]
-        set_cfg = conformal_config()
-        listed = ", ".join(md(m) for m in members) or "(empty: no class is needed for this coverage)"
-        st.markdown(f"**Prediction set ({set_cfg.coverage:.0%}):** {listed}"
-                    + ("" if given in members else f" · *{md(given)} is not in it*"),
-                    help="The classes a split-conformal set keeps at this coverage (Calibration page settings); a "
-                    "set of one is a confident call, a long set an uncertain one")
-    shown_label = state.label if state.label is not None else given
-    st.markdown(f"**Now:** {state.status} · {md(shown_label)}"
-                + (f" · {state.n_reviews} review(s), agreement {state.agreement:.0%}" if state.n_reviews else ""))
-    table_row = int(np.flatnonzero(table.frame["sample_id"].to_numpy() == sample_id)[0])
-    st.plotly_chart(build_top_predictions_figure(top_predictions(table, table_row, k=5), true_label=given),
-                    key=f"rv-top-{sample_id}")
-
-if reviewer is not None:  # viewers (and a local user who typed no name) see no note box and no review buttons
-    st.text_input("Note (optional, stored as plain text)", key=NOTE)
-    common = {"reviewer": reviewer, "given": given, "checkpoint": ctx.checkpoint, "next_id": next_id}
-    disabled = reviewer is None
-    # One wrapping row of content-wide buttons: a label is never cut ("Uns…"), a long class name wraps instead.
-    with st.container(horizontal=True, vertical_alignment="center", key="rv-actions"):
-        st.button(f"Confirm {md(given)}", key="rv-confirm", type="primary", disabled=disabled, on_click=_act,
-                  args=(store, sample_id, "confirm"), kwargs={**common, "label": given},
-                  shortcut=SHORTCUTS["rv-confirm"], wrap=True)
-        st.button(f"Accept {md(suggested)}", key="rv-accept", disabled=disabled or suggested == given, on_click=_act,
-                  args=(store, sample_id, "relabel"), kwargs={**common, "label": suggested},
-                  shortcut=SHORTCUTS["rv-accept"], wrap=True)
-        st.selectbox("Pick class", names, key=PICK, label_visibility="collapsed", help="Type to search the classes",
-                     width=240)
-        st.button("Relabel to picked", key="rv-relabel", disabled=disabled, on_click=_act,
-                  args=(store, sample_id, "relabel"), kwargs={**common, "label_key": PICK},
-                  shortcut=SHORTCUTS["rv-relabel"], wrap=True)
-        st.button("Unsure", key="rv-unsure", disabled=disabled, on_click=_act, args=(store, sample_id, "unsure"),
-                  kwargs=common, shortcut=SHORTCUTS["rv-unsure"], wrap=True)
-        st.button("Exclude: bad image", key="rv-exclude", disabled=disabled, on_click=_act,
-                  args=(store, sample_id, "exclude"), kwargs=common, shortcut=SHORTCUTS["rv-exclude"], wrap=True)
-        st.button("Undo my last", key="rv-undo", disabled=disabled, on_click=_undo, args=(store, reviewer),
-                  shortcut=SHORTCUTS["rv-undo"], wrap=True)
-
-strips = st.columns(2)
-exclude = [sample_id]
-with strips[0]:
-    _strip(ctx, typical_examples(table, given, n=STRIP, exclude=exclude), f"Typical {md(given)} (given)")
-with strips[1]:
-    _strip(ctx, typical_examples(table, suggested, n=STRIP, exclude=exclude),
-           f"Typical {md(suggested)} (suggested)")
-
-history = store.events_frame(sample_ids=[sample_id])
-if len(history):
-    with st.expander(f"History of this sample ({len(history)} events)"):
-        # st.dataframe renders every cell as text: notes never become HTML
-        st.dataframe(history[["id", "created_at", "reviewer", "action", "previous_label", "new_label", "note",
-                              "adjudication"]], hide_index=True)
-
-# Grad-CAM of this sample, after everything a decision needs is on screen (the maps are slow on a CPU).
-with cam_slot:
-    if path and st.toggle("Grad-CAM for the suggested and the given class", value=True, key="rv-cam"):
-        wanted = [(f"suggested: {suggested}", names.index(suggested))]
-        if given in names:
-            wanted.append((f"given: {given}", names.index(given)))
-        overlays = _cam_overlays(ctx, sample_id, path, [i for _, i in wanted])
-        for column, (title, _), overlay in zip(st.columns(len(wanted)), wanted, overlays, strict=True):
-            if overlay is not None:
-                column.image(overlay, caption=f"Grad-CAM · {md(title)}", width="stretch")
-
-# Prepare the next sample while the reviewer decides: its image and maps land in the caches.
-if next_id is not None:
-    next_path = sample_paths(ctx, [next_id])[0]
-    if next_path:
-        sample_thumbnail(next_path)
-        if st.session_state.get("rv-cam", True):
-            next_row = queue.iloc[position + 1]
-            wanted = [names.index(str(next_row["suggested"]))]
-            if given_of.get(next_id) in names:
-                wanted.append(names.index(given_of[next_id]))
-            _cam_overlays(ctx, next_id, next_path, wanted)
+sample_view(ctx, table, store, ranking, spec, reviewer, novelty)

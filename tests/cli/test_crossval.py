@@ -3,6 +3,8 @@ cached beside the predictions, covers the training split, and the ranking uses i
 
 from __future__ import annotations
 
+import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -67,6 +69,28 @@ def test_finetune_on_bccd_with_a_tiny_budget(bccd_ws: Path, tmp_path: Path) -> N
     state = pd.read_json(status, typ="series")
     assert state["state"] == "done" and state["path"] == str(path)
     assert not list((bccd_ws / ".taxalens").glob("**/fold1")), "fold runs go to a temporary folder"
+
+
+def test_finetune_under_torchrun_splits_the_folds_across_two_gloo_processes(bccd_ws: Path, tmp_path: Path) -> None:
+    """`torchrun --nproc_per_node=2 -m cli crossval --mode finetune` on CPU: each rank trains its own folds (fold i on
+    rank i % 2, no DDP), rank 0 gathers the held-out probabilities and writes the one table."""
+    out, status = tmp_path / "folds", tmp_path / "status.json"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "cli",
+               "crossval", "--workspace", str(bccd_ws), "--checkpoint", CHECKPOINT, *TINY_FINETUNE, "--seed", "1",
+               "--out", str(out), "--status-file", str(status)]
+    done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    dataset, path, cv = _cv_table(bccd_ws, "finetune")
+    assert "finetune-2f-s1-" in path.name  # seed 1: not the single-process test's table
+    assert set(cv.for_split("train").frame["sample_id"]) == set(dataset.split("train")["sample_id"])
+    assert set(cv.for_split("val").frame["sample_id"]) == set(dataset.split("val")["sample_id"])
+    assert cv.meta["world_size"] == 2 and cv.meta["fold_ranks"] == [0, 1]
+    runs = [json.loads((out / f"fold{i}" / "run.json").read_text()) for i in (1, 2)]
+    assert [r["world_size"] for r in runs] == [1, 1]  # each fold trained whole on one rank
+    assert runs[0]["n_train"] + runs[1]["n_train"] == len(dataset.split("train"))  # each training row held out once
+    state = json.loads(status.read_text())
+    assert state["state"] == "done" and state["path"] == str(path)
 
 
 def test_bad_requests_say_what_to_do(bccd_ws: Path, capsys) -> None:

@@ -113,3 +113,33 @@ def test_bottom_f1_figure_draws_the_interval_as_error_bars():
     assert list(bars.error_x.array) == pytest.approx([0.1, 0.7]) and list(bars.error_x.arrayminus) == pytest.approx(
         [0.2, 0.0])
     assert "CI 0.00–0.70" in bars.hovertext[1]
+
+
+def test_a_1000_class_matrix_draws_its_most_confused_submatrix_with_model_indices():
+    from core.confusion import top_confused_classes
+
+    rng = np.random.default_rng(1)
+    k = 1000
+    counts = np.diag(rng.integers(20, 400, k))
+    hot = np.array([7, 123, 500, 998])  # classes confused with each other far more than the rest
+    for t in hot:
+        counts[t, hot[hot != t]] += 40
+    counts[rng.integers(0, k, 3000), rng.integers(0, k, 3000)] += 1
+    off = counts - np.diag(np.diag(counts))
+    top = top_confused_classes(counts, n=50)
+    assert len(top) == 50 and set(hot) <= set(top.tolist()) and np.all(np.diff(top) > 0)
+    errors = off.sum(axis=0) + off.sum(axis=1)
+    assert errors[top].min() >= np.delete(errors, top).max()  # no class left out has more errors
+    assert top_confused_classes(counts, n=k + 5).tolist() == list(range(k))
+
+    fig = F.build_confusion_figure(counts, [f"c{i}" for i in range(k)], normalise="true", classes=top,
+                                   selected=(7, 123), highlight=["c500", "c1"])
+    trace = fig.data[0]
+    cells = np.asarray(trace.customdata)
+    inside = np.isin(np.arange(k), top)
+    assert len(cells) == int(((counts > 0) & inside[:, None] & inside[None, :]).sum())
+    assert set(cells[:, 0]) <= set(top.tolist()) and cells[:, 2].tolist() == counts[cells[:, 0], cells[:, 1]].tolist()
+    assert max(trace.x) == 49 and max(trace.y) == 49  # drawn on a 50 x 50 grid
+    share = trace.marker.color[(cells[:, 0] == 7) & (cells[:, 1] == 123)][0]
+    assert share == pytest.approx(counts[7, 123] / counts[7].sum())  # rates over the whole row, not the submatrix
+    assert len(fig.layout.shapes) == 3  # c500's row and column, the selected cell; c1 is not drawn

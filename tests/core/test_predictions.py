@@ -111,3 +111,21 @@ def test_cache_key_changes_with_each_part_and_not_with_dict_order():
               prediction_cache_key("sha-a", "data-2", {"input_size": [3, 64, 64], "mean": [0.5]}),
               prediction_cache_key("sha-a", "data-1", {"input_size": [3, 96, 96], "mean": [0.5]})}
     assert key not in others and len(others) == 3
+
+
+def test_float16_storage_halves_the_probabilities_and_keeps_their_order(tmp_path):
+    from core.predictions import load_predictions, save_predictions
+    from tests.core.tables import random_table
+
+    table = random_table(n=500, k=40, seed=5)
+    small = save_predictions(table, tmp_path / "half.parquet", probs_dtype="float16")
+    full = save_predictions(table, tmp_path / "full.parquet")
+    back = load_predictions(small)
+    assert back.pred_probs.dtype == np.float32 and back.pred_probs.shape == table.pred_probs.shape
+    np.testing.assert_allclose(back.pred_probs, table.pred_probs, rtol=1e-3, atol=1e-7)
+    top5 = np.argsort(-table.pred_probs, axis=1)[:, :5]
+    assert (np.argsort(-back.pred_probs, axis=1)[:, :5] == top5).mean() > 0.99  # ranking survives (ties aside)
+    assert back.frame["pred"].tolist() == table.frame["pred"].tolist()
+    assert small.stat().st_size < 0.7 * full.stat().st_size
+    with pytest.raises(ValueError, match="probs_dtype"):
+        save_predictions(table, tmp_path / "x.parquet", probs_dtype="int8")

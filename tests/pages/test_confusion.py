@@ -103,3 +103,34 @@ def test_filtered_pairs_check_the_open_cell_and_nothing_else(drawn_workspace, op
     pairs = next(d.value for d in app.dataframe if "share_of_true" in d.value.columns)
     assert not ((pairs["true"] == names[true_idx]) & (pairs["pred"] == names[pred_idx])).any()
     assert app.session_state[pairs_key([hidden], (true_idx, pred_idx))].selection.rows == []
+
+
+def _customdata(app) -> np.ndarray:
+    """The confusion chart's `customdata` ([true_idx, pred_idx, count] per cell) as the browser receives it."""
+    import base64
+    import json
+
+    data = json.loads(app.get("plotly_chart")[0].proto.spec)["data"][0]["customdata"]
+    if isinstance(data, dict):  # plotly's typed-array encoding
+        shape = tuple(int(v) for v in str(data["shape"]).split(","))
+        return np.frombuffer(base64.b64decode(data["bdata"]), dtype=data["dtype"]).reshape(shape)
+    return np.asarray(data)
+
+
+def test_a_large_matrix_opens_on_its_most_confused_classes(drawn_workspace, open_page, monkeypatch):
+    from core.confusion import top_confused_classes
+    from pages import _evaluation as ev
+
+    monkeypatch.setattr(ev, "SUBMATRIX_ABOVE", 5)  # the drawn demo's 9 classes count as "large" here
+    monkeypatch.setattr(ev, "SUBMATRIX_CLASSES", 4)
+    table = load_table(drawn_workspace).for_split("val")
+    counts = _confusion(table)
+    app = open_page(drawn_workspace, PAGE)
+    scope = next(r for r in app.radio if r.label == "Classes shown")
+    assert scope.value == "the 4 most confused"
+    cells = _customdata(app)
+    top = set(top_confused_classes(counts, n=4).tolist())
+    assert set(cells[:, 0]) | set(cells[:, 1]) <= top and len(cells) == int((counts[np.ix_(sorted(top),
+                                                                                             sorted(top))] > 0).sum())
+    scope.set_value(f"all {len(table.class_names)}").run()
+    assert len(_customdata(app)) == int((counts > 0).sum())

@@ -118,3 +118,41 @@ def test_gallery_overlay_toggle_computes_a_page_in_one_batch_and_caches_it(drawn
     app.radio(key="mb-gallery-cam-target").set_value("pred").run()
     app.slider(key="mb-gallery-cam-opacity").set_value(0.3).run()
     assert counted == [len(shown), len(shown)]  # back to the first class, new opacity: all from the cache
+
+
+@pytest.fixture(scope="module")
+def relabelled_workspace(tmp_path_factory):
+    """A private small workspace whose label store relabels one wrongly predicted val sample and excludes another:
+    (root, relabelled row, the curated label, excluded sample id)."""
+    from core.labelstore import LabelStore
+    from core.workspace import load_workspace
+    from tests.pages.eval_workspaces import build_drawn_workspace
+
+    root = build_drawn_workspace(tmp_path_factory.mktemp("explain-curated") / "ws")
+    frame = load_table(root).for_split("val").frame
+    known = frame[frame["label_idx"] >= 0]
+    row = known[known["label_idx"] != known["pred_idx"]].iloc[0]
+    names = load_table(root).class_names
+    curated = next(c for c in names if c not in (row["label"], row["pred"]))
+    other = known[known["sample_id"] != row["sample_id"]].iloc[0]
+    excluded = str(other["sample_id"])
+    with LabelStore(load_workspace(root).label_store_url) as store:
+        store.record(row["sample_id"], "relabel", reviewer="ann", label=curated, given_label=row["label"])
+        store.record(excluded, "exclude", reviewer="ann", given_label=other["label"])
+    return root, row, curated, excluded
+
+
+def test_true_map_follows_the_curated_label_mode(relabelled_workspace, counted, monkeypatch):
+    monkeypatch.delenv("TAXALENS_LABEL_STORE_URL", raising=False)
+    root, row, curated, excluded = relabelled_workspace
+    as_given = _open(root, **{"cam-sample": row["sample_id"]})
+    assert _captions(as_given)[2].startswith(f"True: {row['label']} (")
+
+    as_curated = _open(root, **{"cam-sample": row["sample_id"], "tl_label_mode": "curated"})
+    captions = _captions(as_curated)
+    assert captions[0] == f"{row['sample_id']} · true {curated}"
+    assert captions[1].startswith(f"Predicted: {row['pred']} (")
+    assert captions[2].startswith(f"True: {curated} (")  # the reviewer's label, not the dataset's
+    box = as_curated.selectbox(key="cam-sample-box")
+    assert row["sample_id"] in box.options and excluded not in box.options  # excluded samples leave the list
+    assert any("1 relabelled, 1 excluded" in plain(i.value) for i in as_curated.info)

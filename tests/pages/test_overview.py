@@ -85,3 +85,48 @@ def test_overview_all_splits_and_empty_split(drawn_workspace, open_page):
     app = open_page(drawn_workspace, PAGE, split="test")  # the demo has no test split
     assert any("has no samples" in w.value for w in app.warning)
     assert not app.metric
+
+
+def test_a_restarted_server_reads_the_intervals_from_disk(drawn_workspace, open_page, monkeypatch):
+    import streamlit as st
+
+    from core import metrics
+
+    first = open_page(drawn_workspace, PAGE)
+    results = drawn_workspace / ".taxalens" / "predictions" / "results"
+    kinds = sorted({p.name.split("-")[0] for p in results.iterdir()})
+    assert kinds == ["headline", "per", "specimen"]  # headline-, per-class-, specimen-headline-<key>
+    st.cache_data.clear()  # a new server process: nothing in memory
+    st.cache_resource.clear()
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("bootstrapped again although the result is on disk")
+
+    monkeypatch.setattr(metrics, "compute_headline_metrics", refuse)
+    monkeypatch.setattr(metrics, "per_class_table", refuse)
+    again = open_page(drawn_workspace, PAGE)
+    assert [(m.label, m.value) for m in again.metric] == [(m.label, m.value) for m in first.metric]
+    shown = [c.value for c in again.caption if "CI" in c.value]
+    assert shown == [c.value for c in first.caption if "CI" in c.value] and shown
+    _check_page(again, load_table(drawn_workspace).for_split("val"))
+
+
+def test_intervals_warmed_by_the_command_line_serve_the_first_visit(bccd_root, tmp_path, open_page, monkeypatch):
+    """What `predict --workspace` computes after predicting (`warm_interval_results`) is keyed exactly as the pages
+    ask for it: the page's very first visit bootstraps nothing."""
+    from core import metrics
+    from core.result_cache import PAGE_INTERVALS, warm_interval_results
+    from tests.pages.eval_workspaces import build_bccd_workspace
+
+    root = build_bccd_workspace(tmp_path / "bccd", bccd_root)
+    table = load_table(root)
+    folder = root / ".taxalens" / "predictions" / "results"
+    assert warm_interval_results(table, folder, config=PAGE_INTERVALS, splits=("val",)) == 3
+    assert warm_interval_results(table, folder, config=PAGE_INTERVALS, splits=("val",)) == 0  # already there
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("bootstrapped although the command line computed it")
+
+    monkeypatch.setattr(metrics, "compute_headline_metrics", refuse)
+    monkeypatch.setattr(metrics, "per_class_table", refuse)
+    _check_page(open_page(root, PAGE), table.for_split("val"))

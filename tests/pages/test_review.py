@@ -3,6 +3,7 @@ labels and counts are exactly what the events say; the adjudication page lists a
 
 from __future__ import annotations
 
+import time
 from collections import Counter
 from pathlib import Path
 
@@ -13,7 +14,7 @@ from core.export import export_curated_labels
 from core.labelstore import LabelStore
 from core.workspace import load_workspace
 from pages._review_support import SHORTCUTS, STREAMLIT_KEYS
-from tests.pages.eval_workspaces import build_drawn_workspace, run_page_script
+from tests.pages.eval_workspaces import build_drawn_workspace, plain, run_page_script
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -96,6 +97,11 @@ def test_adjudication_page_resolves_a_disagreement(review_workspace: Path) -> No
         store.record(sample_id, "relabel", reviewer="ann", label=other, given_label=given)
         store.record(sample_id, "confirm", reviewer="bob", label=given, given_label=given)
 
+    # the review page's "Now:" line says disputed, with both votes, and that the given label stands
+    review = _open("pages/review.py", review_workspace, tl_reviewer="cid", **{"rv-current": sample_id})
+    assert _current(review) == sample_id
+    assert _now(review) == f"**Now:** disputed · {given} stands until a lead rules · votes: ann: {other}; bob: {given}"
+
     app = _open("pages/adjudicate.py", review_workspace, tl_reviewer="lead")
     disagreements = next(d.value for d in app.dataframe if "votes" in d.value.columns)
     assert disagreements["sample_id"].tolist() == [sample_id]
@@ -112,6 +118,12 @@ def test_adjudication_page_resolves_a_disagreement(review_workspace: Path) -> No
         state = store.state(sample_id)
         assert (state.label, state.adjudicated, state.decided_by) == (other, True, "lead")
     assert any("No disagreements left" in c.value for c in app.caption)
+    review.run()  # after the ruling: the lead's label, no dispute
+    assert _now(review) == f"**Now:** relabeled · {other} · 2 review(s), agreement 50%"
+
+
+def _now(app) -> str:
+    return plain(next(m.value for m in app.markdown if m.value.startswith("**Now:**")))
 
 
 def _suggested(app) -> str:
@@ -150,3 +162,40 @@ def test_review_buttons_carry_shortcuts_that_streamlit_does_not_bind(review_work
         assert proto.shortcut == shortcut, key
     for key in ("rv-confirm", "rv-unsure", "rv-exclude", "rv-undo"):
         assert app.button(key=key).proto.wrap  # a long label wraps instead of being cut
+
+
+def test_the_next_samples_grad_cam_is_computed_in_the_background(review_workspace: Path, monkeypatch) -> None:
+    """Grad-CAM maps are computed on the prefetch thread, never in the page's script run, and a move to the next
+    sample finds its maps there already."""
+    import threading
+
+    import streamlit as st
+
+    import models.cam
+    from pages._cam import cam_prefetcher
+
+    st.cache_data.clear()
+    calls: list[tuple[str, int]] = []  # (thread name, images) per explain_images call
+    original = models.cam.explain_images
+
+    def spy(model, card, images, *args, **kwargs):
+        calls.append((threading.current_thread().name, len(images)))
+        return original(model, card, images, *args, **kwargs)
+
+    monkeypatch.setattr(models.cam, "explain_images", spy)
+    app = _open("pages/review.py", review_workspace, tl_reviewer="ann")
+    _settle(cam_prefetcher())
+    # this sample's maps and the next one's, both on the prefetch thread (the page waits for the first, not the next)
+    assert [(name.split("_")[0], images) for name, images in calls] == [("taxalens-cam-prefetch", 2)] * 2, calls
+    seen = len(calls)
+    _click(app, "rv-next")  # its maps are ready: the one new batch is the sample after it, in the background
+    _settle(cam_prefetcher())
+    assert [(name.split("_")[0], images) for name, images in calls[seen:]] == [("taxalens-cam-prefetch", 2)], calls
+    overlays = [c for image in app.image for c in image.captions if c.startswith("Grad-CAM")]
+    assert len(overlays) >= 1  # the prefetched maps are shown
+
+
+def _settle(prefetcher) -> None:
+    deadline = time.monotonic() + 120
+    while prefetcher.pending() and time.monotonic() < deadline:
+        time.sleep(0.05)

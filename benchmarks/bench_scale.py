@@ -1,0 +1,205 @@
+"""A million images and 1,000 classes: every page's first visit, warm rerun and the server's peak memory.
+
+Usage: python benchmarks/bench_scale.py [--workdir DIR] [--samples 1000000] [--classes 1000] [--repeats 3]
+
+Builds (once; reused when DIR already holds it) a synthetic workspace: `--samples` small JPEGs hard-linked from a
+few hundred real files under one folder per class, a manifest with specimens and two taxonomy ranks, a tiny
+resnet10t checkpoint for the model card, and a predictions table written in row groups of 50,000 with float16
+probabilities (`save_predictions(probs_dtype="float16")`'s format: the full vector kept, half the bytes), stored
+where the app's prediction cache looks. The intervals of split "all" are computed once, as `predict --workspace`
+does after predicting (timed apart). Then, in this process (the "server": AppTest runs the app in-process), each
+page is opened on split "all": first visit, then `--repeats` warm reruns (median), and the process's peak RSS so
+far. Targets: first visit <= 3 s, warm <= 0.5 s, peak RSS <= 8 GB. Needs about 12 GB of free memory at 1M x 1,000
+(check `free -g`); the build takes long on a busy machine (hard links and 1,000 probabilities per image).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import resource
+import statistics
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+PAGES = {
+    "Workspace (landing)": "pages/home.py",
+    "Overview": "pages/overview.py",
+    "Confusion matrix": "pages/confusion.py",
+    "Taxonomy": "pages/taxonomy.py",
+    "Weakest classes": "pages/classes.py",
+    "Misclassifications": "pages/errors.py",
+    "Review queue": "pages/review.py",
+}
+TARGET_FIRST_S, TARGET_WARM_S, TARGET_RSS_GB = 3.0, 0.5, 8.0
+CHECKPOINT = "synthetic"
+BASE_IMAGES = 500
+CHUNK = 50_000
+
+
+def build_workspace(root: Path, *, n: int, k: int, seed: int = 0) -> Path:
+    """The synthetic workspace described in the module docstring (skipped when `root` already has predictions)."""
+    predictions = root / ".taxalens" / "predictions"
+    if (root / "taxalens.toml").is_file() and predictions.is_dir() and list(predictions.glob("*.parquet")):
+        return root
+    import pyarrow.parquet as pq
+    import timm
+    from PIL import Image
+
+    from core.predictions import build_prediction_table, predictions_arrow
+    from core.workspace import load_workspace
+    from models.checkpoints import ModelCard, save_taxalens_checkpoint
+    from models.inference import predictions_path
+
+    rng = np.random.default_rng(seed)
+    names = [f"taxon_{i:04d}" for i in range(k)]
+    weights = 1.0 / np.arange(1, k + 1) ** 0.8  # Zipf-like class sizes, every class at least 5 images
+    sizes = np.maximum(5, np.floor(weights / weights.sum() * n)).astype(int)
+    sizes[0] += n - sizes.sum()
+    labels = np.repeat(np.arange(k), sizes)
+    rng.shuffle(labels)
+    base = root / "base"
+    base.mkdir(parents=True, exist_ok=True)
+    for b in range(BASE_IMAGES):
+        pixels = np.clip(rng.integers(0, 256, 3) + rng.normal(0, 40, (64, 64, 3)), 0, 255).astype(np.uint8)
+        Image.fromarray(pixels).save(base / f"b{b}.jpg", quality=80)
+    for name in names:
+        (root / "data" / "images" / name).mkdir(parents=True, exist_ok=True)
+    rels = [f"images/{names[label]}/s{i:07d}.jpg" for i, label in enumerate(labels)]
+    for i, rel in enumerate(rels):
+        target = root / "data" / rel
+        if not target.exists():
+            os.link(base / f"b{i % BASE_IMAGES}.jpg", target)
+    split = np.where(np.arange(n) % 10 < 7, "train", np.where(np.arange(n) % 10 < 9, "val", "test"))
+    manifest = pd.DataFrame({"path": rels, "label": np.asarray(names)[labels], "split": split,
+                             "specimen_id": [f"spec{i // 3:07d}" for i in range(n)],
+                             "phylum": [f"phylum_{v % 9}" for v in labels],
+                             "order": [f"order_{v % 61}" for v in labels]})
+    manifest.to_csv(root / "data" / "manifest.csv", index=False)
+    (root / "taxalens.toml").write_text(
+        '[dataset]\nmanifest = "data/manifest.csv"\ntaxonomy = ["phylum", "order"]\n\n'
+        f'[[checkpoints]]\nname = "{CHECKPOINT}"\npath = "checkpoints/{CHECKPOINT}.safetensors"\n', encoding="utf-8")
+    model = timm.create_model("resnet10t", pretrained=False, num_classes=k)
+    card = ModelCard(arch="resnet10t", class_names=tuple(names), input_size=(3, 32, 32))
+    save_taxalens_checkpoint(model, card, root / "checkpoints" / f"{CHECKPOINT}.safetensors")
+    del model
+
+    workspace = load_workspace(root)
+    dataset = workspace.load_dataset(verify="none")
+    samples = dataset.samples
+    truth_all = samples["label"].map({c: i for i, c in enumerate(names)}).to_numpy()
+    path = predictions_path(workspace, CHECKPOINT, dataset=dataset)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    writer = None
+    for start in range(0, len(samples), CHUNK):
+        rows = samples.iloc[start:start + CHUNK]
+        truth = truth_all[start:start + CHUNK]
+        m = len(rows)
+        logits = rng.normal(0.0, 1.0, size=(m, k)).astype(np.float32)
+        idx = np.arange(m)
+        logits[idx, truth] += 6.0
+        for step, boost in ((1, 4.8), (2, 4.0), (5, 3.4)):  # each class's look-alikes
+            logits[idx, (truth + step) % k] += boost * rng.random(m).astype(np.float32)
+        noisy = rng.random(m) < 0.12
+        logits[idx[noisy], rng.integers(0, k, int(noisy.sum()))] += 8.0
+        logits -= logits.max(axis=1, keepdims=True)
+        np.exp(logits, out=logits)
+        logits /= logits.sum(axis=1, keepdims=True)
+        table = build_prediction_table(rows["sample_id"].tolist(), logits, np.zeros((m, 0), np.float32),
+                                       labels=rows["label"].tolist(), splits=rows["split"].tolist(),
+                                       specimen_ids=rows["specimen_id"].tolist(), class_names=tuple(names),
+                                       meta={"checkpoint": CHECKPOINT, "synthetic": True})
+        arrow = predictions_arrow(table, probs_dtype="float16")
+        if writer is None:
+            writer = pq.ParquetWriter(str(path), arrow.schema)
+        writer.write_table(arrow)
+    writer.close()
+    return root
+
+
+def _rss_gb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2  # ru_maxrss is in KiB on Linux
+
+
+def _timed_run(app, timeout: float) -> float:
+    start = time.perf_counter()
+    app.run(timeout=timeout)
+    elapsed = time.perf_counter() - start
+    if app.exception:
+        raise RuntimeError(f"page raised: {[e.value for e in app.exception]}")
+    return elapsed
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--workdir", default="/tmp/taxalens_bench_scale")
+    parser.add_argument("--samples", type=int, default=1_000_000)
+    parser.add_argument("--classes", type=int, default=1000)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--split", default="all")
+    args = parser.parse_args(argv)
+
+    started = time.perf_counter()
+    root = build_workspace(Path(args.workdir), n=args.samples, k=args.classes)
+    print(f"workspace {root} ready in {time.perf_counter() - started:.1f}s")
+    import subprocess
+
+    warm = subprocess.run([sys.executable, "-c", _WARM, str(root), args.split], capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": str(REPO)})
+    print(f"intervals of split '{args.split}' (once per table, as `predict --workspace` does): "
+          f"{warm.stdout.strip() or warm.stderr.strip()[-500:]}")
+
+    from streamlit.testing.v1 import AppTest
+
+    app = AppTest.from_file(str(REPO / "app.py"), default_timeout=1800)
+    app.session_state["tl_workspace"] = str(root)
+    app.session_state["tl_split"] = args.split
+    results = []
+    first = _timed_run(app, 1800)
+    warm_runs = [_timed_run(app, 600) for _ in range(args.repeats)]
+    results.append(("Workspace (landing)", first, statistics.median(warm_runs), _rss_gb()))
+    for title, page in list(PAGES.items())[1:]:
+        app.switch_page(page)
+        try:
+            first = _timed_run(app, 1800)
+            warm_runs = [_timed_run(app, 600) for _ in range(args.repeats)]
+            results.append((title, first, statistics.median(warm_runs), _rss_gb()))
+        except RuntimeError as exc:
+            results.append((title, float("nan"), float("nan"), _rss_gb()))
+            print(f"{title}: {exc}")
+
+    print()
+    print(f"{args.samples:,} images x {args.classes:,} classes, split '{args.split}', float16 probabilities on disk; "
+          f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores; {args.repeats} warm runs (median)")
+    print(f"{'page':<22} {'first (s)':>10} {'warm (s)':>9} {'peak RSS (GB)':>14}  ok (<= {TARGET_FIRST_S:g} s, "
+          f"<= {TARGET_WARM_S:g} s, <= {TARGET_RSS_GB:g} GB)")
+    for title, first, warm_s, rss in results:
+        ok = first <= TARGET_FIRST_S and warm_s <= TARGET_WARM_S and rss <= TARGET_RSS_GB
+        print(f"{title:<22} {first:>10.2f} {warm_s:>9.2f} {rss:>14.2f}  {'yes' if ok else 'NO'}")
+    return 0
+
+
+# Run in a child process so its memory does not count towards the server's peak RSS.
+_WARM = """
+import sys, time
+from core.result_cache import PAGE_INTERVALS, RESULTS_DIR, warm_interval_results
+from core.workspace import load_workspace
+from models.inference import cached_predictions
+workspace = load_workspace(sys.argv[1])
+table = cached_predictions(workspace, "synthetic")
+start = time.perf_counter()
+n = warm_interval_results(table, workspace.cache_dir / "predictions" / RESULTS_DIR, config=PAGE_INTERVALS,
+                          splits=(sys.argv[2],))
+print(f"{n} results in {time.perf_counter() - start:.1f}s")
+"""
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

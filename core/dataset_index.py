@@ -1,0 +1,91 @@
+"""The dataset index: each image's check result cached under its file stamp (size, mtime_ns), so reopening a
+workspace stats its files instead of decoding them, and only new or changed images are checked again."""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+logger = logging.getLogger(__name__)
+
+INDEX_NAME = "dataset-index.parquet"  # in the workspace cache folder (`.taxalens/`)
+# How thoroughly a file was checked; a result at one level serves every request at that level or below.
+VERIFY_LEVELS = {"none": 0, "header": 1, "full": 2}
+INDEX_COLUMNS = ("sample_id", "size", "mtime_ns", "level", "reason", "detail")  # reason "" = usable
+
+
+def empty_index() -> pd.DataFrame:
+    """An index with no rows, in the column types `read_index` returns."""
+    return pd.DataFrame({"sample_id": pd.Series([], dtype=object), "size": np.zeros(0, np.int64),
+                         "mtime_ns": np.zeros(0, np.int64), "level": np.zeros(0, np.int8),
+                         "reason": pd.Series([], dtype=object), "detail": pd.Series([], dtype=object)})
+
+
+def read_index(path: str | Path | None) -> pd.DataFrame:
+    """The index at `path` (`INDEX_COLUMNS`, one row per sample id); empty when there is none or it cannot be read
+    (a damaged index only costs a re-check, so it is logged and ignored)."""
+    if path is None or not Path(path).is_file():
+        return empty_index()
+    try:
+        frame = pq.read_table(path).to_pandas()
+    except (OSError, pa.ArrowException) as exc:
+        logger.warning("ignoring the dataset index %s, which cannot be read (%s); every image is checked again",
+                       path, exc)
+        return empty_index()
+    if tuple(frame.columns) != INDEX_COLUMNS:
+        logger.warning("ignoring the dataset index %s: columns %s, expected %s", path, list(frame.columns),
+                       list(INDEX_COLUMNS))
+        return empty_index()
+    return frame
+
+
+def known_results(index: pd.DataFrame, sample_ids: pd.Series, sizes: np.ndarray, mtimes: np.ndarray,
+                  level: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Which samples the index already answers: `(hit (N,) bool, reason (N,) object, detail (N,) object, level (N,)
+    int8)` for the
+    samples `sample_ids` whose current stamps are `sizes`/`mtimes` (int64, -1 for a missing file), checked at
+    `level` (a `VERIFY_LEVELS` value). A hit needs the same id, size and mtime, and a check at `level` or above."""
+    n = len(sample_ids)
+    if index.empty or n == 0:
+        return np.zeros(n, bool), np.full(n, "", object), np.full(n, "", object), np.full(n, level, np.int8)
+    position = pd.Index(index["sample_id"]).get_indexer(sample_ids)
+    found = position >= 0
+    safe = np.where(found, position, 0)
+    levels = index["level"].to_numpy(np.int8)[safe]
+    hit = (found & (index["size"].to_numpy()[safe] == sizes) & (index["mtime_ns"].to_numpy()[safe] == mtimes)
+           & (levels >= level) & (sizes >= 0))
+    reasons = np.where(hit, index["reason"].to_numpy(object)[safe], "").astype(object)
+    details = np.where(hit, index["detail"].to_numpy(object)[safe], "").astype(object)
+    return hit, reasons, details, np.where(hit, levels, np.int8(level)).astype(np.int8)
+
+
+def write_index(path: str | Path, frame: pd.DataFrame) -> bool:
+    """Write `frame` (`INDEX_COLUMNS`) to `path` atomically; False (logged) when the folder is not writable, so a
+    read-only workspace still opens, only without the speed-up."""
+    path = Path(path)
+    tmp = None
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".dataset-index.", suffix=".tmp")
+        os.close(fd)
+        os.chmod(tmp, 0o644)  # mkstemp makes it 0600: others sharing the workspace must read it
+        table = pa.Table.from_pandas(frame.loc[:, list(INDEX_COLUMNS)], preserve_index=False)
+        pq.write_table(table, tmp)
+        os.replace(tmp, path)
+        tmp = None
+    except OSError as exc:
+        logger.warning("could not write the dataset index %s (%s); the next start checks every image again",
+                       path, exc)
+        return False
+    finally:
+        if tmp is not None and os.path.exists(tmp):
+            os.unlink(tmp)
+    logger.debug("dataset index %s: %d files", path, len(frame))
+    return True
