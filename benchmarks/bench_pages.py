@@ -118,7 +118,8 @@ def build_workspace(root: Path, *, n: int, k: int, seed: int = 0) -> Path:
     return root
 
 
-def _timed_run(app, timeout: float) -> float:
+def timed_run(app, timeout: float) -> float:
+    """Seconds one AppTest run takes; raises when the page raised."""
     start = time.perf_counter()
     app.run(timeout=timeout)
     elapsed = time.perf_counter() - start
@@ -152,8 +153,8 @@ def main(argv: list[str] | None = None) -> int:
     results = []
     for title, page in PAGES.items():
         app.switch_page(page)
-        first = _timed_run(app, 900)  # fills the caches (and the interval results on disk)
-        times = [_timed_run(app, 300) for _ in range(args.repeats)]
+        first = timed_run(app, 900)  # fills the caches (and the interval results on disk)
+        times = [timed_run(app, 300) for _ in range(args.repeats)]
         results.append([title, first, statistics.median(times), max(times), TARGET_PAGE_S])
 
     # A server restart: nothing in memory, the interval results on disk (core.result_cache). The first page visited
@@ -164,7 +165,7 @@ def main(argv: list[str] | None = None) -> int:
     st.cache_resource.clear()
     for row, page in zip(results, PAGES.values(), strict=True):
         app.switch_page(page)
-        row.append(_timed_run(app, 900))
+        row.append(timed_run(app, 900))
 
     # Cell click -> gallery: new off-diagonal cells, largest first (24 thumbnails each, never opened before).
     from core.confusion import confusion_counts
@@ -179,11 +180,11 @@ def main(argv: list[str] | None = None) -> int:
     order = np.argsort(-counts, axis=None)[: args.repeats + 1]
     cells = [tuple(int(v) for v in np.unravel_index(flat, counts.shape)) for flat in order]
     app.switch_page(PAGES["Confusion matrix"])
-    _timed_run(app, 300)
+    timed_run(app, 300)
     cell_times = []
     for cell in cells:
         app.session_state["cm-cell"] = cell
-        cell_times.append(_timed_run(app, 300))
+        cell_times.append(timed_run(app, 300))
         heading = [h.value for h in app.subheader if ": true " in h.value]
         if not heading or not heading[0].startswith(f"{counts[cell]} sample"):
             raise RuntimeError(f"cell {cell}: gallery heading {heading} does not match count {counts[cell]}")

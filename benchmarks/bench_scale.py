@@ -29,6 +29,8 @@ sys.path.insert(0, str(REPO))
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from benchmarks.bench_pages import timed_run  # noqa: E402
+
 PAGES = {
     "Workspace (landing)": "pages/home.py",
     "Overview": "pages/overview.py",
@@ -128,15 +130,6 @@ def _rss_gb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2  # ru_maxrss is in KiB on Linux
 
 
-def _timed_run(app, timeout: float) -> float:
-    start = time.perf_counter()
-    app.run(timeout=timeout)
-    elapsed = time.perf_counter() - start
-    if app.exception:
-        raise RuntimeError(f"page raised: {[e.value for e in app.exception]}")
-    return elapsed
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workdir", default="/tmp/taxalens_bench_scale")
@@ -162,14 +155,14 @@ def main(argv: list[str] | None = None) -> int:
     app.session_state["tl_workspace"] = str(root)
     app.session_state["tl_split"] = args.split
     results = []
-    first = _timed_run(app, 1800)
-    warm_runs = [_timed_run(app, 600) for _ in range(args.repeats)]
+    first = timed_run(app, 1800)
+    warm_runs = [timed_run(app, 600) for _ in range(args.repeats)]
     results.append(("Workspace (landing)", first, statistics.median(warm_runs), _rss_gb()))
     for title, page in list(PAGES.items())[1:]:
         app.switch_page(page)
         try:
-            first = _timed_run(app, 1800)
-            warm_runs = [_timed_run(app, 600) for _ in range(args.repeats)]
+            first = timed_run(app, 1800)
+            warm_runs = [timed_run(app, 600) for _ in range(args.repeats)]
             results.append((title, first, statistics.median(warm_runs), _rss_gb()))
         except RuntimeError as exc:
             results.append((title, float("nan"), float("nan"), _rss_gb()))
