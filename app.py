@@ -156,7 +156,7 @@ _sign_in()
 restore_sidebar_from_url()
 _sidebar()
 require_access()  # with sign-in: an account that [access] gives no role sees no page
-page = st.navigation(PAGES)
+page = st.navigation(PAGES, expanded=True)  # every page listed: past 12 Streamlit hides the rest behind "View more"
 sync_url(page.url_path)
 try:
     page.run()
