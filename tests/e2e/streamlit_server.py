@@ -56,7 +56,7 @@ def serve_app(workspace: Path, log_path: Path | None = None, *, env: dict[str, s
     the server runs from (its `.streamlit/secrets.toml` is the deployment's), default the repository."""
     port = port or free_port()
     environment = {**os.environ, "TAXALENS_WORKSPACE": str(workspace), "STREAMLIT_BROWSER_GATHER_USAGE_STATS": "false",
-                   "OMP_NUM_THREADS": "1", **(env or {})}
+                   "OMP_NUM_THREADS": "1", "TAXALENS_NO_UMAP": "1", **(env or {})}  # PCA maps: no numba compile
     with open(log_path or workspace / "streamlit.log", "w") as log:
         process = subprocess.Popen(
             [sys.executable, "-m", "streamlit", "run", str(REPO / "app.py"), "--server.headless", "true",

@@ -118,7 +118,9 @@ def test_user_text_renders_literally_and_fetches_nothing(hostile, trap, tmp_path
 
         visit("Weakest classes", "weakest classes by")
         visit("Misclassifications", "Sort the gallery")
+        visit("Calibration", "Reliability diagram")
         visit("Grad-CAM", "The maps show where")
+        visit("Embedding map", "No selection yet.")
         visit("Review queue", "Queue")
         page.get_by_label("Queue", exact=True).click()
         page.get_by_role("option", name="One class").click()
@@ -134,7 +136,9 @@ def test_user_text_renders_literally_and_fetches_nothing(hostile, trap, tmp_path
         expect(page.get_by_text(f"Given label: {hostile_class}")).to_be_visible()
 
         visit("Adjudicate & export", "Disputes")
-        expect(page.get_by_text(f"{reviewer}: {hostile_class}")).to_be_visible(timeout=90_000)
+        # the votes line (exact: the Disputes grid's hidden cell holds the same text)
+        expect(page.get_by_text(f"{reviewer}: {hostile_class}", exact=True)).to_be_visible(timeout=90_000)
+        visit("Data quality", "Near-duplicates & leaks")
         visit("Retrain", "Train a new checkpoint")
         visit("Compare", "Scores with paired bootstrap intervals")
         page.screenshot(path=str(tmp_path / "user_text.png"), full_page=True)
