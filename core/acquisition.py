@@ -31,6 +31,7 @@ import numpy as np
 
 from core.errors import TaxaLensError
 from core.novelty import knn_distance
+from core.predictions import PredictionTable
 
 logger = logging.getLogger(__name__)
 
@@ -238,6 +239,23 @@ ORDERS: dict[str, AcquisitionOrder] = {
         AcquisitionOrder("random", "Random", "a seeded random order (the baseline)", frozenset(), _rank_random),
     )
 }
+
+
+def pool_view(probs: np.ndarray, embeddings: np.ndarray | None, labelled: PredictionTable, *,
+              novelty: np.ndarray | None = None, split: str | None = "train") -> PoolView:
+    """The `PoolView` of a pool predicted as `probs` `(n, k)` (and `embeddings` `(n, d)`), where the labelled set
+    is `labelled`'s rows of `split` with a known label (every split when `split` is None or has no such row):
+    their class counts and, when their width matches, their embeddings."""
+    known = labelled.frame["label_idx"].to_numpy() >= 0
+    rows = known & (labelled.frame["split"].to_numpy() == split) if split else known
+    rows = rows if rows.any() else known
+    counts = np.bincount(labelled.frame["label_idx"].to_numpy()[rows], minlength=len(labelled.class_names))
+    reference = labelled.embeddings[rows]
+    usable = (embeddings is not None and np.ndim(embeddings) == 2 and reference.shape[1] > 0
+              and reference.shape[1] == np.shape(embeddings)[1])
+    empty = embeddings is None or np.ndim(embeddings) != 2 or np.shape(embeddings)[1] == 0
+    return PoolView(probs=probs, embeddings=None if empty else embeddings, labelled_counts=counts, novelty=novelty,
+                    labelled_embeddings=reference if usable else None)
 
 
 # --- the public edge -----------------------------------------------------------------------------------------------

@@ -15,17 +15,22 @@ random's final mean macro-F1, as a share of random's labels (the issue's target:
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from core import acquisition
 from core.acquisition import ORDERS, AcquisitionError, PoolView, rank_pool
 from core.errors import TaxaLensError
 from core.predictions import PredictionTable
+from core.result_cache import result_key
 from core.scores import ClassCounts, headline_scores
 
 logger = logging.getLogger(__name__)
@@ -248,6 +253,20 @@ def labels_to_reach(curve: pd.DataFrame, *, baseline: str = BASELINE) -> pd.Data
                                          na_position="last").reset_index(drop=True)
     out.attrs.update(target=target, baseline_labels=base_labels)
     return out
+
+
+@cache
+def _code_digest() -> str:
+    digest = hashlib.sha256()
+    for source in (acquisition.__file__, __file__):
+        digest.update(Path(source).read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def simulation_key(token: str, config: SimulationConfig) -> str:
+    """The disk key (`core.result_cache`) of the curves of the table whose content token (labels, probabilities
+    and embeddings) is `token` under `config`; it changes with this module's and core.acquisition's source."""
+    return result_key("active-learning", token, repr(config), _code_digest())
 
 
 def build_learning_curve_figure(curve: pd.DataFrame, *, title: str = "") -> object:
