@@ -28,6 +28,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
+from scipy.special import entr
 
 from core.errors import TaxaLensError
 from core.novelty import knn_distance
@@ -93,8 +94,7 @@ def margin_scores(probs: np.ndarray) -> np.ndarray:
 
 def entropy_scores(probs: np.ndarray) -> np.ndarray:
     """(n,) Shannon entropy (nats) of each row of `probs` `(n, k)`; larger = more uncertain."""
-    p = np.clip(probs.astype(np.float64), 0.0, None)
-    return -(p * np.log(np.clip(p, _EPS, None))).sum(axis=1)
+    return entr(np.clip(probs, 0.0, None)).sum(axis=1, dtype=np.float64)  # entr(p) = -p log p, 0 at p = 0
 
 
 def _order_by(score: np.ndarray, rng: np.random.Generator, *, descending: bool = False) -> np.ndarray:
