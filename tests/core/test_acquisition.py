@@ -159,3 +159,14 @@ def test_pool_view_takes_counts_and_embeddings_of_the_labelled_training_rows() -
     narrower = acquisition.pool_view(probs, np.ones((4, 2)), table)  # other weights: no labelled embeddings
     assert narrower.labelled_embeddings is None and narrower.has("embeddings")
     assert acquisition.pool_view(probs, np.zeros((4, 0)), table).embeddings is None
+
+
+def test_a_large_labelled_set_is_sampled_and_still_steers_diversity_and_novelty(monkeypatch: pytest.MonkeyPatch
+                                                                                ) -> None:
+    x, cluster = _clusters((50, 40, 3, 1), dim=48)
+    labelled = x[cluster <= 1]  # 90 labelled images of the two big clusters
+    monkeypatch.setattr(acquisition, "MAX_REFERENCE", 12)
+    monkeypatch.setattr(acquisition, "EXACT_BUDGET", 0)  # and the projected path for both
+    view = _view(np.full((len(x), 2), 0.5), embeddings=x, labelled_embeddings=labelled)
+    assert sorted(cluster[rank_pool("diversity", view, batch=4)[:2]].tolist()) == [2, 3]
+    assert set(cluster[rank_pool("unknown_first", view)[:4]].tolist()) == {2, 3}
