@@ -195,25 +195,27 @@ def k_center_greedy(embeddings: np.ndarray, *, batch: int, rng: np.random.Genera
             d2 = sq_norms[start:start + chunk, None] - 2.0 * block @ centres.T + centre_norms[None, :]
             min_dist[start:start + chunk] = np.maximum(d2.min(axis=1), 0.0)
     gain_weight = None if weights is None else np.asarray(weights, dtype=np.float32)
-    xt = np.ascontiguousarray(x.T)  # (d, n): a row vector times it streams memory about twice as fast as x @ centre
+    xt = np.ascontiguousarray(x.T, dtype=np.float32)  # (d, n): a row vector times it streams memory faster
     picked = np.zeros(n, dtype=bool)
     order = np.empty(n, dtype=np.int64)
-    # A seeded nudge so equal distances do not always favour the lowest index; a picked image's distance is 0, so
-    # it cannot win again while any unpicked image is farther than the nudge.
-    nudge = (rng.random(n) * 1e-7).astype(np.float32)
-    gain = np.empty(n, dtype=np.float32)
-    for step in range(batch):
+    gain = min_dist if gain_weight is None else np.empty(n, dtype=np.float32)
+    step_dist = np.empty(n, dtype=np.float32)
+    for step in range(batch):  # in-place float32 passes: one matvec and five vector operations per pick
         if step == 0 and centres is None:
-            choice = int(rng.integers(n)) if gain_weight is None else int(np.argmax(gain_weight + nudge))
+            choice = int(rng.integers(n)) if gain_weight is None else int(np.argmax(gain_weight))
         else:
-            np.multiply(min_dist, gain_weight, out=gain) if gain_weight is not None else np.copyto(gain, min_dist)
-            gain += nudge
-            gain[picked] = -np.inf
+            if gain_weight is not None:
+                np.multiply(min_dist, gain_weight, out=gain)
             choice = int(np.argmax(gain))
         order[step] = choice
         picked[choice] = True
         centre = x[choice]
-        np.minimum(min_dist, np.maximum(sq_norms - 2.0 * (centre @ xt) + float(centre @ centre), 0.0), out=min_dist)
+        np.matmul(centre, xt, out=step_dist)  # squared distance = |x|^2 - 2 x.c + |c|^2
+        step_dist *= -2.0
+        step_dist += sq_norms
+        step_dist += float(centre @ centre)
+        np.minimum(min_dist, step_dist, out=min_dist)
+        min_dist[choice] = -np.inf  # picked: never the farthest again (weights are positive)
     rest = np.flatnonzero(~picked)
     if len(rest):
         gain = np.where(np.isfinite(min_dist[rest]), min_dist[rest], 0.0)
