@@ -16,6 +16,9 @@ Semantics (one sample, events in id order):
   record, adjudicate, undo_others) and the recorded reviewer is `actor.name` (nobody writes as someone else).
   `actor=None` is a trusted caller: the command line run by the owner of the server's files, tests, benchmarks;
   the dashboard always passes the signed-in (or local) actor.
+- Pool annotation (`core.pools`): `label` sets the class of a new, unlabelled image (status `labelled`; it needs a
+  label, like relabel); `auto_accept` is one lead's bulk event on a pool's own id, whose note lists what it accepted
+  (never anyone's vote; undone like any event).
 - The *effective* events are the non-undo events that were not undone. If any effective event is an adjudication
   (a lead resolving a conflict), only the adjudications count ("the lead wins"); otherwise all effective events do.
   Within that layer the latest event sets the status (confirm -> confirmed, relabel -> relabeled, unsure -> unsure,
@@ -770,7 +773,7 @@ def _validate_new_event(new: NewEvent) -> NewEvent:
     if label is not None and (not isinstance(label, str) or not label.strip()):
         raise ValueError(f"label must be a non-empty class name, got {label!r}")
     if new.action in ("relabel", "label") and label is None:
-        raise ValueError(f"{new.action} of sample {new.sample_id!r} needs the class: pass label=")
+        raise ValueError(f"{new.action} of sample {new.sample_id!r} needs the new class: pass label=")
     if new.action in _NO_LABEL_ACTIONS and label is not None:
         raise ValueError(f"{new.action} takes no label (got {label!r}); use relabel or confirm to set one")
     if new.reverts_id is not None and (new.action != "undo" or isinstance(new.reverts_id, bool)
