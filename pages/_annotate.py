@@ -152,14 +152,28 @@ def _labelled_counts(ctx: PageContext, predictions: PoolPredictions, labels: pd.
     return labelled_class_counts(predictions.class_names, given + new)
 
 
+def _labelled_embeddings(ctx: PageContext, predictions: PoolPredictions) -> np.ndarray | None:
+    """The training split's stored embeddings (what diversity keeps away from), when as wide as the pool's."""
+    table = get_predictions(ctx.workspace, ctx.checkpoint)
+    if table is None or not predictions.embeddings.shape[1]:
+        return None
+    train = table.for_split("train").embeddings
+    return train if train.ndim == 2 and len(train) > 1 and train.shape[1] == predictions.embeddings.shape[1] else None
+
+
 @st.fragment
 def annotate_view(ctx: PageContext, store: LabelStore, pool: Pool, predictions: PoolPredictions, order: str,
                   reviewer: str | None) -> None:
     """The pool image to label and its buttons; a decision reruns only this fragment."""
     labels = pool_label_frame(store, pool)
     counts = pool_counts(pool, labels)
-    queue = annotation_queue(predictions, labels, order=order,
-                             labelled_counts=_labelled_counts(ctx, predictions, labels))
+    try:
+        queue = annotation_queue(predictions, labels, order=order,
+                                 labelled_counts=_labelled_counts(ctx, predictions, labels),
+                                 labelled_embeddings=_labelled_embeddings(ctx, predictions))
+    except USER_ERRORS as exc:  # an order the pool's predictions cannot serve (e.g. no embeddings)
+        st.error(md(user_message(exc)))
+        return
     flash = st.session_state.pop(MESSAGE, None)
     if flash:
         (st.error if flash[0] == "error" else st.toast)(flash[1])
