@@ -317,6 +317,8 @@ def render_annotation(ctx: PageContext, store: LabelStore, reviewer: str | None,
     if ctx.checkpoint is None or ctx.ensemble() is not None:
         st.info("Pick a single checkpoint in the sidebar: its predictions are the suggestions.")
         st.stop()
+    if st.button("Rescan pool", key="an-rescan", help="Look for images added to the pool since it was opened"):
+        _pool.clear()
     try:
         pool = pool_of(ctx, name)
     except USER_ERRORS as exc:

@@ -10,7 +10,7 @@ from core.pools import pool_counts, pool_label_frame
 from core.summary import checkpoint_rows, class_count_table
 from pages._annotate import pool_of
 from pages._cached import ensemble_problem, missing_members, predictions_file, start_page
-from pages._review_support import label_store
+from pages._review_support import label_store_or_problem
 from pages._text import md
 
 ctx = start_page("TaxaLens")
@@ -39,10 +39,13 @@ else:
 if ctx.workspace.pools:
     st.subheader("Unlabelled pools")
     pool_rows = []
-    for spec in ctx.workspace.pools:
+    store, problem = label_store_or_problem(ctx)
+    if store is None:
+        st.warning(f"Pool labels unavailable: cannot open the label store ({md(problem)})")
+    for spec in ctx.workspace.pools if store is not None else ():
         try:
             pool = pool_of(ctx, spec.name)
-            counts = pool_counts(pool, pool_label_frame(label_store(ctx), pool))
+            counts = pool_counts(pool, pool_label_frame(store, pool))
         except USER_ERRORS as exc:
             st.warning(f"Pool {md(spec.name)}: {md(user_message(exc))}")
             continue
