@@ -7,6 +7,7 @@ import sys
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+import pandas as pd
 import streamlit as st
 
 from core.calibration import CONFIDENCE_MODES, calibrate_table, load_temperature, temperature_path
@@ -17,6 +18,7 @@ from core.ensemble import EnsembleSpec, ensemble_tables, read_ensemble_specs
 from core.errors import USER_ERRORS, TaxaLensError, user_message
 from core.prediction_paths import predictions_path
 from core.predictions import PredictionTable, load_predictions, relabel_table, table_token  # noqa: F401 (re-exported)
+from core.summary import class_count_table
 from core.workspace import CONFIG_NAME, Workspace, load_workspace
 from pages._state import KEY_CHECKPOINTS, KEY_CONFIDENCES, KEY_LABEL_MODE, KEY_SPLIT, KEY_WORKSPACE
 from pages._text import md, md_list
@@ -69,6 +71,17 @@ def _load_dataset(path: str, stamp: int, manifest_stamp: int) -> Dataset:
 def load_dataset(workspace: Workspace) -> Dataset:
     """The workspace dataset (shared across sessions, treated as read-only), re-read when the manifest changes."""
     return _load_dataset(str(workspace.root), _config_stamp(str(workspace.root)), _manifest_stamp(workspace))
+
+
+@st.cache_resource(show_spinner=False, max_entries=4)
+def _class_counts(dataset_id: int, _dataset: Dataset) -> tuple[pd.DataFrame, int]:
+    return class_count_table(_dataset), int(_dataset.samples["specimen_id"].nunique())
+
+
+def class_counts(dataset: Dataset) -> tuple[pd.DataFrame, int]:
+    """The landing page's class table (`core.summary.class_count_table`) and the number of specimens, once per
+    dataset object (a million images: seconds, on every rerun otherwise). Treat the table as read-only."""
+    return _class_counts(id(dataset), dataset)
 
 
 @st.cache_resource(show_spinner="Loading the model…", max_entries=4)
