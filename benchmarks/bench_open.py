@@ -5,8 +5,10 @@ Usage: python benchmarks/bench_open.py [--workdir DIR] [--samples 100000] [--cla
 Builds (once) the synthetic workspace of `benchmarks/bench_pages.py` (small JPEGs hard-linked under distinct paths,
 a manifest, a tiny checkpoint, a predictions table). Each measurement runs in a fresh Python process, as a server
 restart does: `load_dataset` with no index (every header opened), the same with the index written by the first
-run, and the landing page (app.py's home page through AppTest: dataset, class counts, checkpoint rows). Target:
-landing page <= 2 s with the index.
+run (and the parsed manifest it caches), and the landing page (app.py's home page through AppTest: dataset, class
+counts, checkpoint rows, whether predictions are cached), after the test harness's own start-up. Target: landing page
+<= 2 s with the caches, judged by the CPU seconds of the thread that runs the app script (this machine's 2 cores are
+shared: wall time, the whole process's CPU time and the load average are printed beside it).
 """
 
 from __future__ import annotations
@@ -31,22 +33,49 @@ def _child(mode: str, root: str) -> dict:
     if mode == "landing":
         from streamlit.testing.v1 import AppTest
 
+        # What a running server has done before its first page: the harness's own start (component manifests
+        # scanned, the bare-mode check), paid here on a one-line script and not counted.
+        AppTest.from_string("import streamlit as st\nst.write('')", default_timeout=900).run(timeout=900)
+        script_cpu = _count_script_cpu()
         imported, cpu_imported = time.perf_counter(), time.process_time()
         app = AppTest.from_file(str(REPO / "app.py"), default_timeout=900)
         app.session_state["tl_workspace"] = root
         app.run(timeout=900)
         if app.exception:
             raise RuntimeError(f"home page raised: {[e.value for e in app.exception]}")
+        cached = next((d.value for d in app.dataframe if "predictions" in d.value.columns), None)
         return {"seconds": time.perf_counter() - imported, "cpu": time.process_time() - cpu_imported,
-                "imports": imported - started}
+                "imports": imported - started, "load": os.getloadavg()[0], "torch": "torch" in sys.modules,
+                "script_cpu": sum(script_cpu),
+                "predictions": "" if cached is None else ",".join(cached["predictions"].astype(str))}
     from core.workspace import load_workspace
 
     workspace = load_workspace(root)
     imported, cpu_imported = time.perf_counter(), time.process_time()
-    index = workspace.dataset_index_path if mode == "index" else None
-    dataset = workspace.load_dataset(index=index)
+    cached = mode == "index"  # the dataset index and the parsed manifest in the cache folder, or neither
+    dataset = workspace.load_dataset(index=workspace.dataset_index_path if cached else None,
+                                     manifest_cache=workspace.manifest_cache_path if cached else None)
     return {"seconds": time.perf_counter() - imported, "cpu": time.process_time() - cpu_imported,
-            "samples": len(dataset)}
+            "samples": len(dataset), "load": os.getloadavg()[0]}
+
+
+def _count_script_cpu() -> list[float]:
+    """CPU seconds of the thread that runs the app script, one entry per run (`time.thread_time()` around
+    Streamlit's script execution): the page's own cost, without the test harness polling it from the main thread."""
+    from streamlit.runtime.scriptrunner import script_runner
+
+    spent: list[float] = []
+    run = script_runner.exec_func_with_error_handling
+
+    def timed(func, ctx):
+        start = time.thread_time()
+        try:
+            return run(func, ctx)
+        finally:
+            spent.append(time.thread_time() - start)
+
+    script_runner.exec_func_with_error_handling = timed
+    return spent
 
 
 def _measure(mode: str, root: Path) -> dict:
@@ -60,6 +89,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workdir", default="/tmp/taxalens_bench_open")
     parser.add_argument("--samples", type=int, default=100_000)
     parser.add_argument("--classes", type=int, default=300)
+    parser.add_argument("--repeats", type=int, default=3, help="landing-page measurements (fresh processes)")
     parser.add_argument("--reopen-only", action="store_true",
                         help="keep the index a previous run wrote; measure only the reopen and the landing page")
     parser.add_argument("--_child", help=argparse.SUPPRESS)
@@ -78,19 +108,29 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     if not args.reopen_only or not index.is_file():
         index.unlink(missing_ok=True)
-        rows.append(("load_dataset, no index (every header opened)", _measure("plain", root), None))
-        rows.append(("load_dataset, first run (writes the index)", _measure("index", root), None))
-    rows.append(("load_dataset, reopen with the index", _measure("index", root), None))
-    rows.append(("landing page after a restart, with the index", _measure("landing", root), TARGET_LANDING_S))
+        (root / ".taxalens" / "manifest-cache.parquet").unlink(missing_ok=True)
+        rows.append(("load_dataset, no caches (every header opened)", _measure("plain", root), None))
+        rows.append(("load_dataset, first run (writes the caches)", _measure("index", root), None))
+    rows.append(("load_dataset, reopen (index + parsed manifest)", _measure("index", root), None))
+    for attempt in range(args.repeats):
+        rows.append((f"landing page after a restart ({attempt + 1})", _measure("landing", root), TARGET_LANDING_S))
     print()
-    print(f"{args.samples:,} images x {args.classes} classes; each row a fresh process (imports not counted); "
-          f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
-    print("seconds: wall clock; CPU s: the process's CPU seconds, all threads (about the wall clock when idle)")
-    print(f"{'measurement':<48} {'seconds':>8} {'CPU s':>7} {'target':>7}  ok (by CPU s)")
+    print(f"{args.samples:,} images x {args.classes} classes; each row a fresh process (Python and streamlit imports "
+          f"not counted; app.py's own imports counted); {os.cpu_count()} cores")
+    print("seconds: wall clock; CPU s: the process's CPU seconds (time.process_time(), all threads, the harness's "
+          "polling included; about the wall clock on an idle machine); script CPU s: the app script's own thread; "
+          "load: 1-minute load average when the row was measured")
+    print(f"{'measurement':<48} {'seconds':>8} {'CPU s':>7} {'script CPU s':>12} {'load':>5} {'target':>7}  "
+          "ok (by script CPU s)")
     for title, result, target in rows:
-        verdict = "" if target is None else ("yes" if result["cpu"] <= target else "NO")
+        script = result.get("script_cpu", result["cpu"])
+        verdict = "" if target is None else ("yes" if script <= target else "NO")
         shown = "" if target is None else f"{target:.1f}"
-        print(f"{title:<48} {result['seconds']:>8.2f} {result['cpu']:>7.2f} {shown:>7}  {verdict}")
+        print(f"{title:<48} {result['seconds']:>8.2f} {result['cpu']:>7.2f} {script:>12.2f} {result['load']:>5.1f} "
+              f"{shown:>7}  {verdict}")
+    landing = [result for title, result, _ in rows if title.startswith("landing")]
+    print(f"landing page: torch imported: {'yes' if any(r['torch'] for r in landing) else 'no'}; predictions "
+          f"found: {landing[-1]['predictions'] or '(no checkpoint)'}")
     return 0
 
 

@@ -9,6 +9,7 @@ import math
 import os
 import re
 import stat
+import time
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Literal
@@ -16,7 +17,16 @@ from typing import Literal
 import numpy as np
 import pandas as pd
 
-from core.dataset_index import VERIFY_LEVELS, empty_index, known_results, read_index, write_index
+from core.dataset_index import (
+    VERIFY_LEVELS,
+    empty_index,
+    known_results,
+    manifest_cache_key,
+    read_index,
+    read_manifest_cache,
+    write_index,
+    write_manifest_cache,
+)
 from core.errors import TaxaLensError
 from core.images import IMAGE_SUFFIXES, ImageError, load_image_rgb
 
@@ -36,6 +46,7 @@ CURATED_MARKERS = ("original_label", "status")
 _FOREIGN_DELIMITERS = {";": "semicolon", "\t": "tab", "|": "pipe"}
 Verify = Literal["none", "header", "full"]
 _DRIVE = re.compile(r"[A-Za-z]:/")  # `C:/...` (or `C:\...`) is a Windows absolute path; `C:x.png` is a file name
+_SIZE, _MTIME = "__file_size", "__file_mtime_ns"  # columns carrying each row's file stamp until the load ends
 # A relative path of plain segments (no empty, `.` or `..` segment): PurePosixPath would leave it as it is.
 _SIMPLE_PATH = re.compile(r"(?!\.\.?(?:/|$))[^/]+(?:/(?!\.\.?(?:/|$))[^/]+)*")
 POOL_ID_PREFIX = "pool:"  # sample ids of unlabelled-pool images: `pool:<pool name>/<path relative to the pool root>`
@@ -44,6 +55,21 @@ POOL_COLUMN = "pool"  # a curated export's column naming the pool a row's image 
 
 class DatasetError(TaxaLensError, ValueError):
     """A dataset that cannot be used as given; the message names the rows or files and the fix."""
+
+
+@dataclass(frozen=True)
+class FileStamps:
+    """The file stamps a dataset load took (one stat per image), kept so the fingerprint needs no second pass."""
+
+    sample_ids: np.ndarray  # (N,) object, the samples they belong to, in order
+    sizes: np.ndarray  # (N,) int64 file sizes
+    mtimes: np.ndarray  # (N,) int64 modification times (ns)
+    taken_at: float  # time.monotonic() when the files were stat-ed
+
+    def matches(self, sample_ids: pd.Series) -> bool:
+        """True when these stamps are of exactly `sample_ids`, in that order."""
+        return len(sample_ids) == len(self.sample_ids) and bool(
+            np.array_equal(sample_ids.to_numpy(object), self.sample_ids))
 
 
 @dataclass(frozen=True)
@@ -58,6 +84,7 @@ class Dataset:
     skipped: pd.DataFrame = field(default_factory=lambda: _skip_frame([]))  # sample_id, reason, detail
     warnings: tuple[str, ...] = ()  # human-readable notes (empty classes, filled specimen ids, ...)
     source: str = "imagefolder"  # "imagefolder" or the manifest's path
+    file_stamps: FileStamps | None = field(default=None, repr=False, compare=False)  # taken by the load
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -66,13 +93,26 @@ class Dataset:
         """Rows of one split (`train`, `val`, `test`)."""
         return self.samples[self.samples["split"] == name]
 
-    def fingerprint(self) -> str:
-        """sha256 over what the images are (ids, sizes, modification times); labels may change without it."""
-        digest = hashlib.sha256()
-        for sample_id, path in zip(self.samples["sample_id"], self.samples["path"], strict=True):
-            info = os.stat(path)
-            digest.update(f"{sample_id}\0{info.st_size}\0{info.st_mtime_ns}\n".encode())
-        return digest.hexdigest()
+    def stamps(self, *, max_age_s: float | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """(sizes, mtime_ns) of each sample's file, int64 arrays in `samples` order: the stamps taken when the
+        dataset was loaded (its checks describe the files as they were then), or the files stat-ed again when there
+        are none for these samples or they are older than `max_age_s` seconds. Raises `FileNotFoundError` when a
+        file stat-ed again is gone."""
+        recorded = self.file_stamps
+        if recorded is not None and (max_age_s is None or time.monotonic() - recorded.taken_at <= max_age_s) \
+                and recorded.matches(self.samples["sample_id"]):
+            return recorded.sizes, recorded.mtimes
+        infos = [os.stat(path) for path in self.samples["path"].tolist()]
+        return (np.fromiter((i.st_size for i in infos), np.int64, len(infos)),
+                np.fromiter((i.st_mtime_ns for i in infos), np.int64, len(infos)))
+
+    def fingerprint(self, *, max_age_s: float | None = None) -> str:
+        """sha256 over what the images are (ids, sizes, modification times); labels may change without it. The
+        stamps are `stamps(max_age_s=...)`: those of the load unless older than `max_age_s` (None: any age)."""
+        sizes, mtimes = self.stamps(max_age_s=max_age_s)
+        text = "".join(f"{sample_id}\0{size}\0{mtime}\n" for sample_id, size, mtime
+                       in zip(self.samples["sample_id"].tolist(), sizes.tolist(), mtimes.tolist(), strict=True))
+        return hashlib.sha256(text.encode()).hexdigest()
 
 
 def pool_sample_id(pool_name: str, relative: str) -> str:
@@ -98,6 +138,7 @@ def load_dataset(
     verify: Verify = "header",
     index: str | Path | None = None,
     pool_roots: dict[str, Path] | None = None,
+    manifest_cache: str | Path | None = None,
 ) -> Dataset:
     """Load an ImageFolder tree (`source` a folder) or a CSV manifest (`source` a `.csv` file).
 
@@ -109,6 +150,9 @@ def load_dataset(
     size and modification time match their entry are not opened again, and the file is rewritten when that changed.
     `pool_roots`: pool name -> its root, for a curated export holding labelled pool images (rows whose `pool` column
     names a pool: their paths are relative to that pool's root and their sample ids are `pool_sample_id`s).
+    `manifest_cache`: a file for the parsed manifest (`core.dataset_index.MANIFEST_CACHE_NAME`): while the manifest's
+    size and modification time are unchanged its rows are read from there instead of parsed again (not used with
+    `pool_roots`).
     Raises `DatasetError` for a manifest that cannot be read; unusable rows go to `Dataset.skipped`.
     """
     source = Path(source)
@@ -119,7 +163,7 @@ def load_dataset(
         _refuse_unlikely_root(Path(root))
     try:
         return _load_dataset(source, root=root, taxonomy=taxonomy, val_fraction=val_fraction, seed=seed, verify=verify,
-                             index=index, pool_roots=pool_roots)
+                             index=index, pool_roots=pool_roots, manifest_cache=manifest_cache)
     except PermissionError as exc:
         where = exc.filename or source
         raise DatasetError(f"cannot read {where} (permission denied) while loading the dataset {source}; give this "
@@ -128,7 +172,8 @@ def load_dataset(
 
 def _load_dataset(source: Path, *, root: str | Path | None, taxonomy: tuple[str, ...] | list[str] | None,
                   val_fraction: float, seed: int, verify: Verify, index: str | Path | None,
-                  pool_roots: dict[str, Path] | None = None) -> Dataset:
+                  pool_roots: dict[str, Path] | None = None, manifest_cache: str | Path | None = None) -> Dataset:
+    taken_at = time.monotonic()  # the files are stat-ed from here on (the manifest's rows, then the checks)
     if source.is_dir():
         frame, skipped, warnings = _scan_image_folder(source)
         dataset_root, origin = source.resolve(), "imagefolder"
@@ -140,7 +185,16 @@ def _load_dataset(source: Path, *, root: str | Path | None, taxonomy: tuple[str,
         dataset_root = Path(root).resolve() if root else source.resolve().parent
         resolver = _PathResolver(dataset_root, pools={name: _PathResolver(Path(folder).resolve())
                                                       for name, folder in (pool_roots or {}).items()})
-        frame, skipped, warnings = _read_manifest(source, dataset_root, tuple(taxonomy or ()), resolver)
+        manifest_cache = None if pool_roots else manifest_cache  # pool rows resolve against the pools' roots
+        key = manifest_cache_key(source, dataset_root, tuple(taxonomy or ())) if manifest_cache else {}
+        cached = read_manifest_cache(manifest_cache, key) if manifest_cache else None
+        if cached is not None:  # rows already read, checked as text and normalised: only the files are looked at
+            frame, skipped, warnings = cached
+            resolver.normalised = True
+        else:
+            frame, skipped, warnings = _read_manifest(source, dataset_root, tuple(taxonomy or ()), resolver)
+            if manifest_cache:
+                write_manifest_cache(manifest_cache, key, frame, skipped, warnings)
         origin = str(source)
     try:
         frame, more_skipped, more_warnings = _validate_rows(frame, resolver, verify, index)
@@ -153,6 +207,8 @@ def _load_dataset(source: Path, *, root: str | Path | None, taxonomy: tuple[str,
     warnings += more_warnings
     frame = _fill_specimen_ids(frame, warnings)
     frame = _assign_split(frame, val_fraction=val_fraction, seed=seed)
+    stamps = FileStamps(frame["sample_id"].to_numpy(object), frame.pop(_SIZE).to_numpy(np.int64),
+                        frame.pop(_MTIME).to_numpy(np.int64), taken_at)
     class_names = tuple(sorted(frame["label"].unique()))
     logger.debug("loaded %s: %d samples in %d classes, %d skipped, %d warnings", origin, len(frame), len(class_names),
                  len(skipped), len(warnings))
@@ -166,6 +222,7 @@ def _load_dataset(source: Path, *, root: str | Path | None, taxonomy: tuple[str,
         skipped=_skip_frame(skipped),
         warnings=tuple(warnings),
         source=origin,
+        file_stamps=stamps,
     )
 
 
@@ -234,6 +291,9 @@ class _PathResolver:
         self._root_text = str(root)
         self._folders: dict[str, str] = {}  # relative folder -> resolved absolute folder (inside the root)
         self._found: dict[str, tuple[str, os.stat_result | None]] = {}  # relative path -> (absolute path, stat)
+        # True when every relative path given is one `_read_manifest` already checked and normalised (plain
+        # segments joined by `/`), so it is split as text without checking it again
+        self.normalised = False
 
     def locate(self, relative: str) -> tuple[str, os.stat_result | None]:
         """(absolute path, stat or None when it is not a file); DatasetError when `relative` escapes the root."""
@@ -244,7 +304,7 @@ class _PathResolver:
         if pooled is not None and pooled[0] in self.pools:
             return self.pools[pooled[0]].locate(pooled[1])
         text = str(relative).replace("\\", "/")
-        if _SIMPLE_PATH.fullmatch(text) and not _DRIVE.match(text):  # a/b/c.jpg: split as text (no PurePath: 5x)
+        if self.normalised or (_SIMPLE_PATH.fullmatch(text) and not _DRIVE.match(text)):  # a/b/c.jpg: split as text
             folder_key, _, name = text.rpartition("/")
         else:
             pure = PurePosixPath(text)
@@ -271,6 +331,30 @@ class _PathResolver:
             info = None
         self._found[relative] = (path, info)
         return path, info
+
+
+    def locate_all(self, relatives: list[str]) -> list[tuple[str, os.stat_result | None]]:
+        """`locate` of each path, in order; for normalised paths a tight loop (one `lstat` per regular file, the
+        full `locate` for a folder not seen yet, a symlink or anything else)."""
+        if not self.normalised or self.pools:
+            return [self.locate(relative) for relative in relatives]
+        found, folders, lstat, is_regular = self._found, self._folders, os.lstat, stat.S_ISREG
+        located = []
+        for relative in relatives:
+            known = found.get(relative)
+            if known is None:
+                folder_key, _, name = relative.rpartition("/")
+                folder = folders.get(folder_key)
+                try:
+                    info = lstat(f"{folder}/{name}") if folder is not None and folder != "/" else None
+                except (FileNotFoundError, NotADirectoryError):
+                    info = None
+                    known = found[relative] = (f"{folder}/{name}", None)
+                if known is None:
+                    known = found[relative] = (f"{folder}/{name}", info) if info is not None and \
+                        is_regular(info.st_mode) else self.locate(relative)
+            located.append(known)
+        return located
 
 
 def list_image_files(folder: str | Path) -> tuple[list[str], pd.DataFrame]:
@@ -548,7 +632,7 @@ def _check_rows(frame: pd.DataFrame, resolver: _PathResolver, verify: Verify,
     Every file is stat-ed; an image is opened only when `index` holds no result for its current stamp (and the
     index file is rewritten when a result was added or a sample left)."""
     sample_ids = frame["sample_id"]
-    located = [resolver.locate(sample_id) for sample_id in sample_ids.tolist()]
+    located = resolver.locate_all(sample_ids.tolist())
     sizes = np.fromiter((info.st_size if info else -1 for _, info in located), np.int64, len(located))
     mtimes = np.fromiter((info.st_mtime_ns if info else -1 for _, info in located), np.int64, len(located))
     level = VERIFY_LEVELS[verify]
@@ -569,7 +653,7 @@ def _check_rows(frame: pd.DataFrame, resolver: _PathResolver, verify: Verify,
     if use_index:
         logger.debug("dataset index: %d of %d images checked again", int((~hit).sum()), len(hit))
     paths = [path for (path, _), ok in zip(located, usable, strict=True) if ok]
-    return frame.loc[usable].assign(path=paths), skipped
+    return frame.loc[usable].assign(path=paths, **{_SIZE: sizes[usable], _MTIME: mtimes[usable]}), skipped
 
 
 def _check_image(path: Path, verify: Verify) -> tuple[str, str] | None:

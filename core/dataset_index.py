@@ -1,8 +1,10 @@
 """The dataset index: each image's check result cached under its file stamp (size, mtime_ns), so reopening a
-workspace stats its files instead of decoding them, and only new or changed images are checked again."""
+workspace stats its files instead of decoding them, and only new or changed images are checked again; and the parsed
+manifest, cached under the manifest's own stamp, so a reopen does not parse the CSV again."""
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import tempfile
@@ -69,23 +71,70 @@ def known_results(index: pd.DataFrame, sample_ids: pd.Series, sizes: np.ndarray,
 def write_index(path: str | Path, frame: pd.DataFrame) -> bool:
     """Write `frame` (`INDEX_COLUMNS`) to `path` atomically; False (logged) when the folder is not writable, so a
     read-only workspace still opens, only without the speed-up."""
+    table = pa.Table.from_pandas(frame.loc[:, list(INDEX_COLUMNS)], preserve_index=False)
+    return _write_atomic(path, table, "dataset index")
+
+
+def _write_atomic(path: str | Path, table: pa.Table, what: str) -> bool:
+    """Write `table` to `path` through a temporary file renamed into place; False (logged) on an OSError."""
     path = Path(path)
     tmp = None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".dataset-index.", suffix=".tmp")
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".tmp")
         os.close(fd)
         os.chmod(tmp, 0o644)  # mkstemp makes it 0600: others sharing the workspace must read it
-        table = pa.Table.from_pandas(frame.loc[:, list(INDEX_COLUMNS)], preserve_index=False)
         pq.write_table(table, tmp)
         os.replace(tmp, path)
         tmp = None
     except OSError as exc:
-        logger.warning("could not write the dataset index %s (%s); the next start checks every image again",
-                       path, exc)
+        logger.warning("could not write the %s %s (%s); the next start does that work again", what, path, exc)
         return False
     finally:
         if tmp is not None and os.path.exists(tmp):
             os.unlink(tmp)
-    logger.debug("dataset index %s: %d files", path, len(frame))
+    logger.debug("%s %s: %d rows", what, path, table.num_rows)
     return True
+
+
+# The parsed manifest --------------------------------------------------------------------------------------------------
+# A manifest's rows as `core.dataset` reads them (cells unguarded, paths normalised and checked as text, splits
+# mapped), cached under the manifest's stamp, so a server restart reads one Parquet file instead of parsing the CSV.
+
+MANIFEST_CACHE_NAME = "manifest-cache.parquet"  # in the workspace cache folder (`.taxalens/`)
+_MANIFEST_META = b"taxalens-manifest"
+_MANIFEST_CACHE_VERSION = 1  # bump when what `core.dataset` reads from a manifest changes
+
+
+def manifest_cache_key(manifest: str | Path, root: str | Path, taxonomy: tuple[str, ...]) -> dict:
+    """What a parsed manifest depends on: the file (path, size, mtime_ns), the dataset root and the taxonomy
+    columns. Raises `OSError` when the manifest cannot be stat-ed."""
+    info = os.stat(manifest)
+    return {"version": _MANIFEST_CACHE_VERSION, "manifest": str(Path(manifest).resolve()), "size": info.st_size,
+            "mtime_ns": info.st_mtime_ns, "root": str(root), "taxonomy": list(taxonomy)}
+
+
+def read_manifest_cache(path: str | Path | None, key: dict) -> tuple[pd.DataFrame, list, list[str]] | None:
+    """`(frame, skipped, warnings)` cached at `path` for `key` (`manifest_cache_key`), or None when there is none,
+    it was written for another key, or it cannot be read (logged: it only costs a parse)."""
+    if path is None or not Path(path).is_file():
+        return None
+    try:
+        table = pq.read_table(path)
+        meta = json.loads((table.schema.metadata or {})[_MANIFEST_META])
+    except (OSError, KeyError, ValueError, pa.ArrowException) as exc:
+        logger.warning("ignoring the manifest cache %s, which cannot be read (%s); the manifest is parsed again",
+                       path, exc)
+        return None
+    if meta.get("key") != key:
+        return None
+    frame = table.to_pandas()
+    return frame, [tuple(row) for row in meta["skipped"]], list(meta["warnings"])
+
+
+def write_manifest_cache(path: str | Path, key: dict, frame: pd.DataFrame, skipped: list, warnings: list[str]) -> bool:
+    """Cache a parsed manifest at `path` (atomically); False (logged) when the folder is not writable."""
+    meta = {"key": key, "skipped": [list(row) for row in skipped], "warnings": list(warnings)}
+    table = pa.Table.from_pandas(frame, preserve_index=False)
+    table = table.replace_schema_metadata({**(table.schema.metadata or {}), _MANIFEST_META: json.dumps(meta)})
+    return _write_atomic(path, table, "manifest cache")

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 from filelock import FileLock, Timeout
 
 from core.dataset import Dataset, load_dataset
-from core.dataset_index import INDEX_NAME
+from core.dataset_index import INDEX_NAME, MANIFEST_CACHE_NAME
 from core.errors import TaxaLensError
 
 if TYPE_CHECKING:
@@ -109,10 +109,17 @@ class Workspace:
         """The dataset index (`core.dataset_index`): each image's check result under its size and mtime."""
         return self.cache_dir / INDEX_NAME
 
+    @property
+    def manifest_cache_path(self) -> Path:
+        """The parsed manifest (`core.dataset_index.read_manifest_cache`), under the manifest's size and mtime."""
+        return self.cache_dir / MANIFEST_CACHE_NAME
+
     def load_dataset(self, **kwargs) -> Dataset:
         """The workspace dataset (`core.dataset.load_dataset` keyword arguments); images are checked through the
-        workspace's dataset index, so a reopen opens only the new or changed ones."""
+        workspace's dataset index, so a reopen opens only the new or changed ones, and an unchanged manifest is read
+        from its parsed copy in the cache folder."""
         kwargs.setdefault("index", self.dataset_index_path)
+        kwargs.setdefault("manifest_cache", self.manifest_cache_path)
         return load_dataset(self.dataset_source, root=self.dataset_root, taxonomy=self.taxonomy,
                             val_fraction=self.val_fraction, seed=self.seed, **kwargs)
 

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import functools
-import hashlib
 import json
 import logging
 import math
@@ -22,10 +20,17 @@ from safetensors.torch import load_file, safe_open, save_file
 from timm.data import resolve_model_data_config
 from torch import nn
 
-from core.errors import TaxaLensError
+from core.checkpoint_header import (  # noqa: F401 (file_sha256, read_class_names re-exported)
+    DATA_CONFIG_DEFAULTS,
+    METADATA_KEY,
+    CheckpointError,
+    file_sha256,
+    preprocessing_key,
+    read_class_names,
+)
 
 TAXALENS_FORMAT_VERSION = 1
-_META_KEY = "taxalens"
+_META_KEY = METADATA_KEY
 # Containers written by training scripts, in order of preference (EMA weights evaluate better when present).
 _STATE_DICT_KEYS = ("state_dict_ema", "model_ema", "state_dict", "model", "module")
 # Input side lengths a checkpoint's metadata may ask for: smaller gives nothing to classify, larger is a typo or a
@@ -45,22 +50,18 @@ _PREFIXES = (
 logger = logging.getLogger(__name__)
 
 
-class CheckpointError(TaxaLensError, ValueError):
-    """A checkpoint that cannot be loaded as asked; the message says why and what to pass instead."""
-
-
 @dataclass(frozen=True)
 class ModelCard:
     """What a model is and how its inputs must look (the TaxaLens checkpoint's metadata, read the same way)."""
 
     arch: str  # timm architecture name ("torchscript" for scripted models)
     class_names: tuple[str, ...]  # class names in output order
-    input_size: tuple[int, int, int] = (3, 224, 224)  # channels, height, width
-    mean: tuple[float, ...] = (0.485, 0.456, 0.406)  # per-channel normalisation mean
-    std: tuple[float, ...] = (0.229, 0.224, 0.225)  # per-channel normalisation std
-    interpolation: str = "bicubic"  # resize interpolation
-    crop_pct: float = 0.875  # centre-crop fraction at eval
-    crop_mode: str = "center"  # timm crop mode
+    input_size: tuple[int, int, int] = DATA_CONFIG_DEFAULTS["input_size"]  # channels, height, width
+    mean: tuple[float, ...] = DATA_CONFIG_DEFAULTS["mean"]  # per-channel normalisation mean
+    std: tuple[float, ...] = DATA_CONFIG_DEFAULTS["std"]  # per-channel normalisation std
+    interpolation: str = DATA_CONFIG_DEFAULTS["interpolation"]  # resize interpolation
+    crop_pct: float = DATA_CONFIG_DEFAULTS["crop_pct"]  # centre-crop fraction at eval
+    crop_mode: str = DATA_CONFIG_DEFAULTS["crop_mode"]  # timm crop mode
     source_format: str = "taxalens"  # taxalens | safetensors | timm-state-dict | timm-train | torchscript | pickle
     sha256: str = ""  # sha256 of the checkpoint file's bytes
     training: dict = field(default_factory=dict)  # how it was trained (config, data hash, per-epoch metrics)
@@ -93,7 +94,7 @@ class ModelCard:
 
     def preprocessing_key(self) -> dict:
         """What the predictions cache key must cover besides the weights."""
-        return {"arch": self.arch, "classes": list(self.class_names), **self.data_config()}
+        return preprocessing_key(self.arch, self.class_names, self.data_config())
 
 
 def select_device(prefer: str | None = None) -> torch.device:
@@ -112,33 +113,6 @@ def model_device(model: nn.Module) -> torch.device:
     for parameter in model.parameters():
         return parameter.device
     return torch.device("cpu")
-
-
-def file_sha256(path: str | Path) -> str:
-    """sha256 of a file's bytes, memoised on (path, size, mtime)."""
-    stat = Path(path).stat()
-    return _file_sha256(str(Path(path).resolve()), stat.st_size, stat.st_mtime_ns)
-
-
-@functools.lru_cache(maxsize=256)
-def _file_sha256(path: str, size: int, mtime_ns: int) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def read_class_names(path: str | Path) -> tuple[str, ...]:
-    """Class names from a text file (one per line) or a JSON list."""
-    text = Path(path).read_text(encoding="utf-8")
-    if text.lstrip().startswith("["):
-        names = json.loads(text)
-    else:
-        names = [line.strip() for line in text.splitlines() if line.strip()]
-    if not names or len(set(names)) != len(names):
-        raise CheckpointError(f"class list {path} must name each class once, one per line; got {len(names)} entries")
-    return tuple(str(n) for n in names)
 
 
 def load_checkpoint(
@@ -236,7 +210,7 @@ def _card_from_metadata(meta: dict, path: str | Path) -> ModelCard:
     if missing:
         raise CheckpointError(f"{path}: TaxaLens metadata lacks {missing}; re-save the checkpoint with TaxaLens")
     try:
-        crop_pct = float(meta.get("crop_pct", 0.875))
+        crop_pct = float(meta.get("crop_pct", DATA_CONFIG_DEFAULTS["crop_pct"]))
     except (TypeError, ValueError) as exc:
         raise CheckpointError(f"{path}: metadata key `crop_pct` must be a number, got {meta['crop_pct']!r}") from exc
     if not 0.0 < crop_pct <= 2.0:  # timm's own configs go up to 1.15 (volo_d4_448)

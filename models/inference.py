@@ -12,7 +12,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import timm
 import torch
 from timm.data import create_transform
 from torch import nn
@@ -21,28 +20,28 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from core.dataset import Dataset as SampleSet
 from core.images import ImageError, load_image_rgb
 from core.pools import Pool, PoolPredictions
-from core.prediction_store import (
-    StoredPredictions,
-    file_stamps,
-    model_cache_key,
-    read_store,
-    store_folder,
-    write_part,
+from core.prediction_paths import (  # noqa: F401 (TABLE_KEY_LENGTH, predictions_dir, safe_file_name re-exported)
+    TABLE_KEY_LENGTH,
+    model_identity,
+    predictions_dir,
+    predictions_path,
+    safe_file_name,
+    spec_class_names,
+    store_path,
 )
+from core.prediction_store import StoredPredictions, file_stamps, read_store, write_part
 from core.predictions import (
     PredictionTable,
     load_predictions,
-    prediction_cache_key,
     relabel_table,
     save_predictions,
     table_for_samples,
 )
-from core.workspace import CheckpointSpec, Workspace
-from models.checkpoints import ModelCard, load_checkpoint, model_device, read_class_names, read_model_card
+from core.workspace import Workspace
+from models.checkpoints import ModelCard, load_checkpoint, model_device, read_model_card
 
 logger = logging.getLogger(__name__)
 
-TABLE_KEY_LENGTH = 24  # hex digits of `prediction_cache_key` in a table's file name
 Progress = Callable[[int, int], None]
 
 
@@ -179,15 +178,6 @@ def table_from_result(
                              class_names=card.class_names, meta=meta)
 
 
-def spec_class_names(spec: CheckpointSpec, dataset: SampleSet) -> tuple[tuple[str, ...] | None, str | None]:
-    """Class names for a workspace checkpoint: its own card, its `classes` file, or (with a note) the dataset's."""
-    if read_model_card(spec.path) is not None:
-        return None, None
-    if spec.classes is not None:
-        return read_class_names(spec.classes), None
-    return dataset.class_names, "class names assumed to be the dataset's sorted classes (set `classes` to be sure)"
-
-
 def load_workspace_model(
     workspace: Workspace, name: str, *, dataset: SampleSet | None = None, device: str | None = None
 ) -> tuple[nn.Module, ModelCard]:
@@ -202,43 +192,6 @@ def load_workspace_model(
 
         card = replace(card, notes=card.notes + (note,))
     return model, card
-
-
-def model_identity(workspace: Workspace, spec: CheckpointSpec, dataset: SampleSet) -> dict:
-    """What a prediction of one image depends on besides the image: the checkpoint's sha256 and the preprocessing
-    (`checkpoint`, `preprocessing`); computable without loading weights."""
-    from models.checkpoints import file_sha256
-
-    card = read_model_card(spec.path)
-    if card is not None:
-        preprocessing = card.preprocessing_key()
-    else:
-        class_names, _ = spec_class_names(spec, dataset)
-        preprocessing = {"arch": spec.arch, "classes": list(class_names or ()), "timm": timm.__version__}
-    return {"checkpoint": file_sha256(spec.path), "preprocessing": preprocessing}
-
-
-def predictions_path(workspace: Workspace, name: str, *, dataset: SampleSet | None = None) -> Path:
-    """Where the predictions table of checkpoint `name` on the workspace dataset is (or would be) cached: keyed by
-    checkpoint, preprocessing and dataset fingerprint."""
-    dataset = dataset if dataset is not None else workspace.load_dataset()
-    identity = model_identity(workspace, workspace.checkpoint(name), dataset)
-    key = prediction_cache_key(identity["checkpoint"], dataset.fingerprint(), identity["preprocessing"])
-    return predictions_dir(workspace) / f"{safe_file_name(name)}-{key}.parquet"
-
-
-def predictions_dir(workspace: Workspace) -> Path:
-    """The folder of the workspace's predictions tables (and, under `store/`, the per-sample stores)."""
-    return workspace.cache_dir / "predictions"
-
-
-def store_path(workspace: Workspace, name: str, *, dataset: SampleSet | None = None) -> Path:
-    """The per-sample prediction store (`core.prediction_store`) of checkpoint `name` under its current weights
-    and preprocessing."""
-    dataset = dataset if dataset is not None else workspace.load_dataset()
-    identity = model_identity(workspace, workspace.checkpoint(name), dataset)
-    return store_folder(predictions_dir(workspace), safe_file_name(name),
-                        model_cache_key(identity["checkpoint"], identity["preprocessing"]))
 
 
 def predict_workspace(
@@ -439,11 +392,6 @@ def cached_predictions(workspace: Workspace, name: str, *, dataset: SampleSet | 
     dataset = dataset if dataset is not None else workspace.load_dataset()
     path = predictions_path(workspace, name, dataset=dataset)
     return relabel_table(load_predictions(path), dataset.samples) if path.is_file() else None
-
-
-def safe_file_name(text: str) -> str:
-    """`text` as one file-name part: letters, digits, `-`, `_` and `.` kept, anything else (`/`, spaces) as `_`."""
-    return "".join(c if c.isalnum() or c in "-_." else "_" for c in str(text))
 
 
 def write_run_summary(out_dir: Path, table: PredictionTable, failed: pd.DataFrame, card: ModelCard) -> None:

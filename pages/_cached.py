@@ -7,14 +7,18 @@ import sys
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+import pandas as pd
 import streamlit as st
 
 from core.calibration import CONFIDENCE_MODES, calibrate_table, load_temperature, temperature_path
+from core.checkpoint_header import file_sha256
 from core.curation import LABEL_MODES
 from core.dataset import Dataset
 from core.ensemble import EnsembleSpec, ensemble_tables, read_ensemble_specs
 from core.errors import USER_ERRORS, TaxaLensError, user_message
+from core.prediction_paths import predictions_path
 from core.predictions import PredictionTable, load_predictions, relabel_table, table_token  # noqa: F401 (re-exported)
+from core.summary import class_count_table
 from core.workspace import CONFIG_NAME, Workspace, load_workspace
 from pages._state import KEY_CHECKPOINTS, KEY_CONFIDENCES, KEY_LABEL_MODE, KEY_SPLIT, KEY_WORKSPACE
 from pages._text import md, md_list
@@ -69,6 +73,17 @@ def load_dataset(workspace: Workspace) -> Dataset:
     return _load_dataset(str(workspace.root), _config_stamp(str(workspace.root)), _manifest_stamp(workspace))
 
 
+@st.cache_resource(show_spinner=False, max_entries=4)
+def _class_counts(dataset_id: int, _dataset: Dataset) -> tuple[pd.DataFrame, int]:
+    return class_count_table(_dataset), int(_dataset.samples["specimen_id"].nunique())
+
+
+def class_counts(dataset: Dataset) -> tuple[pd.DataFrame, int]:
+    """The landing page's class table (`core.summary.class_count_table`) and the number of specimens, once per
+    dataset object (a million images: seconds, on every rerun otherwise). Treat the table as read-only."""
+    return _class_counts(id(dataset), dataset)
+
+
 @st.cache_resource(show_spinner="Loading the model…", max_entries=4)
 def load_model(workspace_path: str, name: str, sha256: str):
     """(model, card) for a workspace checkpoint; keyed by file content so a replaced file reloads."""
@@ -102,20 +117,21 @@ def _freeze(table: PredictionTable) -> None:
     table.embeddings.setflags(write=False)
 
 
-# `predictions_path` hashes the dataset's file list (one stat per image: about 1 s at 100,000 images) and reads the
-# checkpoint's header, so its answer is held per (workspace, checkpoint, weights file, config, manifest, dataset
-# object): new weights, a new config or a new manifest change the key at once; images replaced in place (same
-# paths, new bytes) are noticed within PREDICTIONS_PATH_TTL_S.
+# `predictions_path` hashes the dataset's file list (one stat per image: about 1 s at 100,000 images, unless the
+# dataset's load-time stamps are fresh) and reads the checkpoint's header, so its answer is held per (workspace,
+# checkpoint, weights file, config, manifest, dataset object): new weights, a new config or a new manifest change
+# the key at once; images replaced in place (same paths, new bytes) are noticed within PREDICTIONS_PATH_TTL_S.
 PREDICTIONS_PATH_TTL_S = 30
 
 
 @st.cache_resource(show_spinner=False, ttl=PREDICTIONS_PATH_TTL_S, max_entries=64)
 def _predictions_path(workspace_path: str, name: str, weights_stamp: tuple, config_stamp: int,
                       manifest_stamp: int, dataset_id: int) -> Path:
-    from models.inference import predictions_path
-
+    # core.prediction_paths reads the checkpoint's header, not the model: no torch import on the landing page. The
+    # dataset's own file stamps (taken by its load) serve while younger than the TTL: a server start stats each
+    # image once, not twice.
     workspace = load_workspace(workspace_path)
-    return predictions_path(workspace, name, dataset=load_dataset(workspace))
+    return predictions_path(workspace, name, dataset=load_dataset(workspace), max_stamp_age_s=PREDICTIONS_PATH_TTL_S)
 
 
 def predictions_file(workspace: Workspace, name: str) -> Path:
@@ -232,8 +248,6 @@ def compute_predictions(workspace: Workspace, name: str) -> None:
 
 
 def _sha(workspace: Workspace, name: str) -> str:
-    from models.checkpoints import file_sha256
-
     return file_sha256(workspace.checkpoint(name).path)
 
 

@@ -16,7 +16,9 @@ from core import embedding_map as em
 from core import leakage, quality
 from core.errors import USER_ERRORS, user_message
 from core.predictions import PredictionTable
+from core.result_cache import cached_result, result_key
 from pages._cached import PageContext, get_predictions, predictions_key, table_token
+from pages._evaluation import results_dir
 from pages._gallery import sample_paths
 
 
@@ -135,8 +137,24 @@ def full_table(ctx: PageContext) -> tuple[PredictionTable, str] | None:
 @st.cache_resource(show_spinner="Looking for near-duplicates and split leaks…", max_entries=16)
 def _scan(token: str, min_similarity: float, max_hash_distance: int, _table: PredictionTable,
           _hashes: tuple[np.ndarray, np.ndarray]) -> leakage.LeakReport:
+    # The pair search compares every image with every other (minutes at 100,000 images): its pairs are kept on disk
+    # beside the interval results (core.result_cache), so a server restart reads them; groups and leaks follow from
+    # the pairs at once. The key covers the table and embeddings (`token`), the settings, the image hashes and the
+    # leakage code.
     settings = leakage.DuplicateSettings(min_similarity=min_similarity, max_hash_distance=max_hash_distance)
-    return leakage.scan_leakage(_table, _hashes[0], _hashes[1], settings=settings)
+    key = result_key("near-duplicates", token, settings, _digest(_hashes[0]), _digest(_hashes[1]), _LEAKAGE_CODE)
+    pairs = cached_result(results_dir(), key,
+                          lambda: leakage.find_near_duplicates(_table, _hashes[0], _hashes[1], settings=settings))
+    return leakage.LeakReport(pairs=pairs, groups=leakage.duplicate_groups(_table, pairs),
+                              leaks=leakage.find_split_leaks(_table, pairs), settings=settings)
+
+
+_LEAKAGE_CODE = hashlib.sha256(Path(leakage.__file__).read_bytes()).hexdigest()[:16]  # in the pairs' disk key
+
+
+def _digest(values: np.ndarray | None) -> str:
+    return "none" if values is None else hashlib.blake2b(np.ascontiguousarray(values).tobytes(),
+                                                         digest_size=16).hexdigest()
 
 
 def leak_report(ctx: PageContext, settings: leakage.DuplicateSettings = leakage.DuplicateSettings(), *,

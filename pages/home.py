@@ -7,9 +7,9 @@ import streamlit as st
 
 from core.errors import USER_ERRORS, user_message
 from core.pools import pool_counts, pool_label_frame
-from core.summary import checkpoint_rows, class_count_table
+from core.summary import checkpoint_rows
 from pages._annotate import pool_of
-from pages._cached import ensemble_problem, missing_members, predictions_file, start_page
+from pages._cached import class_counts, ensemble_problem, missing_members, predictions_file, start_page
 from pages._review_support import label_store_or_problem
 from pages._text import md
 
@@ -17,12 +17,12 @@ ctx = start_page("TaxaLens")
 
 dataset = ctx.dataset
 st.caption(f"Workspace {md(ctx.workspace.root)} · dataset {md(dataset.source)}")
-counts = class_count_table(dataset)
+counts, n_specimens = class_counts(dataset)
 splits = [c for c in counts.columns if c != "total"]
 cols = st.columns(4)
 cols[0].metric("Images", f"{len(dataset):,}")
 cols[1].metric("Classes", len(dataset.class_names))
-cols[2].metric("Specimens", f"{dataset.samples['specimen_id'].nunique():,}")
+cols[2].metric("Specimens", f"{n_specimens:,}")
 largest, smallest = int(counts["total"].max()), int(counts["total"].min())
 cols[3].metric("Imbalance", f"{largest / max(smallest, 1):.0f} : 1", help="largest class / smallest class")
 

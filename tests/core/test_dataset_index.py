@@ -3,6 +3,7 @@ still opens when its index cannot be read or written."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 from pathlib import Path
@@ -123,3 +124,85 @@ def test_a_damaged_or_unwritable_index_costs_only_a_recheck(workspace_root: Path
     assert len(workspace.load_dataset()) == N_IMAGES
     assert len(opened) == N_IMAGES
     assert "could not write the dataset index" in caplog.text
+
+
+@pytest.fixture()
+def manifest_root(workspace_root: Path) -> Path:
+    """The same 19 images through a manifest with a taxonomy column, paths written three ways (plain, `./`, `//`)."""
+    rows = ["path,label,order"]
+    for i, image in enumerate(sorted((workspace_root / "data").rglob("*.jpg"))):
+        rel = image.relative_to(workspace_root / "data").as_posix()
+        rel = f"./{rel}" if i % 3 == 1 else rel.replace("/", "//") if i % 3 == 2 else rel
+        rows.append(f"{rel},{image.parent.name},order_{len(image.parent.name) % 2}")
+    (workspace_root / "data" / "manifest.csv").write_text("\n".join(rows) + "\n", encoding="utf-8")
+    (workspace_root / "taxalens.toml").write_text('[dataset]\nmanifest = "data/manifest.csv"\ntaxonomy = ["order"]\n',
+                                                  encoding="utf-8")
+    return workspace_root
+
+
+@pytest.fixture()
+def parsed(monkeypatch) -> list[str]:
+    """Manifests `core.dataset` parsed (rather than read from the manifest cache), in order."""
+    calls: list[str] = []
+    parse = dataset_module._read_manifest
+
+    def counting(path: Path, *args):
+        calls.append(Path(path).name)
+        return parse(path, *args)
+
+    monkeypatch.setattr(dataset_module, "_read_manifest", counting)
+    return calls
+
+
+def test_an_unchanged_manifest_is_read_from_its_parsed_copy(manifest_root: Path, parsed: list[str]):
+    workspace = load_workspace(manifest_root)
+    first = workspace.load_dataset()
+    assert parsed == ["manifest.csv"] and workspace.manifest_cache_path.is_file()
+    assert set(first.samples["sample_id"]) == {p.relative_to(manifest_root / "data").as_posix()
+                                               for p in (manifest_root / "data").rglob("*.jpg")}  # normalised
+
+    again = workspace.load_dataset()
+    assert parsed == ["manifest.csv"]  # not parsed again
+    pd.testing.assert_frame_equal(again.samples, first.samples)
+    pd.testing.assert_frame_equal(again.skipped, first.skipped)
+    assert again.warnings == first.warnings and again.class_names == first.class_names
+
+    manifest = manifest_root / "data" / "manifest.csv"
+    lines = manifest.read_text(encoding="utf-8").splitlines()
+    lines[1] = lines[1].replace(",order_", ",Relabelled,order_", 1).replace(",Basophil,", ",")  # a new label
+    manifest.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    third = workspace.load_dataset()
+    assert parsed == ["manifest.csv", "manifest.csv"]  # its stamp changed: parsed again
+    assert "Relabelled" in third.class_names
+    assert workspace.load_dataset(manifest_cache=None).class_names == third.class_names
+
+
+def test_a_manifest_cache_of_another_manifest_or_damaged_is_not_used(manifest_root: Path, parsed: list[str],
+                                                                     caplog):
+    workspace = load_workspace(manifest_root)
+    workspace.load_dataset()
+    other = manifest_root / "data" / "other.csv"
+    shutil.copy2(manifest_root / "data" / "manifest.csv", other)  # same size and mtime, another file
+    dataset_module.load_dataset(other, manifest_cache=workspace.manifest_cache_path)
+    assert parsed == ["manifest.csv", "other.csv"]
+    workspace.manifest_cache_path.write_bytes(b"not parquet")
+    assert len(workspace.load_dataset()) == N_IMAGES
+    assert parsed[-1] == "manifest.csv" and "cannot be read" in caplog.text
+
+
+def test_the_fingerprint_reuses_the_load_stamps_until_they_are_too_old(manifest_root: Path, monkeypatch):
+    dataset = load_workspace(manifest_root).load_dataset()
+    recorded = dataset.fingerprint()
+    stats: list[str] = []
+    stat = os.stat
+    monkeypatch.setattr(os, "stat", lambda path, *a, **k: stats.append(path) or stat(path, *a, **k))
+    assert dataset.fingerprint() == recorded and stats == []  # the load's stamps: no second pass over the files
+    assert dataset.fingerprint(max_age_s=0) == recorded and len(stats) == N_IMAGES  # re-stat-ed: nothing changed
+    monkeypatch.setattr(os, "stat", stat)
+
+    _bump_mtime(Path(dataset.samples["path"].iloc[0]))
+    assert dataset.fingerprint() == recorded  # the dataset as loaded
+    assert dataset.fingerprint(max_age_s=0) != recorded  # the files as they are now
+    assert load_workspace(manifest_root).load_dataset().fingerprint() == dataset.fingerprint(max_age_s=0)
+    subset = dataclasses.replace(dataset, samples=dataset.samples.iloc[1:])  # other samples: stamps not theirs
+    assert subset.fingerprint() != dataset.fingerprint(max_age_s=0)

@@ -8,26 +8,27 @@ import pytest
 import streamlit as st
 
 import core.dataset
-import models.inference
+import pages._cached
 from tests.pages.eval_workspaces import CHECKPOINT
 
 
 @pytest.fixture
 def counted(monkeypatch) -> dict[str, int]:
-    """Cold caches; counts calls of `models.inference.predictions_path` and of `Dataset.fingerprint` (the stat pass)."""
+    """Cold caches; counts the pages' calls of `core.prediction_paths.predictions_path` and of `Dataset.fingerprint`
+    (the stat pass)."""
     st.cache_resource.clear()
     calls = {"predictions_path": 0, "fingerprint": 0}
-    original_path, original_fingerprint = models.inference.predictions_path, core.dataset.Dataset.fingerprint
+    original_path, original_fingerprint = pages._cached.predictions_path, core.dataset.Dataset.fingerprint
 
     def predictions_path(*args, **kwargs):
         calls["predictions_path"] += 1
         return original_path(*args, **kwargs)
 
-    def fingerprint(self):
+    def fingerprint(self, **kwargs):
         calls["fingerprint"] += 1
-        return original_fingerprint(self)
+        return original_fingerprint(self, **kwargs)
 
-    monkeypatch.setattr(models.inference, "predictions_path", predictions_path)
+    monkeypatch.setattr(pages._cached, "predictions_path", predictions_path)
     monkeypatch.setattr(core.dataset.Dataset, "fingerprint", fingerprint)
     return calls
 

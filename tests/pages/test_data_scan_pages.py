@@ -57,7 +57,7 @@ def test_selection_queue_holds_exactly_the_selected_val_samples(drawn_workspace)
     assert build_queue(ranking, QueueSpec(kind="image_quality", sample_ids=())).empty
 
 
-def test_overview_reports_deduplicated_metrics_when_val_leaks(tmp_path, bccd_root, open_page):
+def test_overview_reports_deduplicated_metrics_when_val_leaks(tmp_path, bccd_root, open_page, monkeypatch):
     """Five val rows carry a training row's embedding (a planted leak): the Overview warns and scores the val split
     without them beside the reported numbers."""
     from sklearn.metrics import accuracy_score
@@ -92,3 +92,20 @@ def test_overview_reports_deduplicated_metrics_when_val_leaks(tmp_path, bccd_roo
     reported = val.frame[val.frame["label_idx"] >= 0]
     assert dedup.loc["Accuracy", "reported"] == pytest.approx(accuracy_score(reported["label_idx"],
                                                                              reported["pred_idx"]))
+
+    # The pair search is kept on disk: a server restart (caches dropped) shows the same leaks without searching again.
+    import streamlit as st
+
+    from core import leakage
+
+    saved = sorted((root / ".taxalens" / "predictions" / "results").glob("near-duplicates-*.parquet"))
+    assert len(saved) == 1
+    st.cache_resource.clear()
+    st.cache_data.clear()
+
+    def no_search(*args, **kwargs):
+        raise AssertionError("the near-duplicate search ran again after a restart")
+
+    monkeypatch.setattr(leakage, "find_near_duplicates", no_search)
+    again = open_page(root, "pages/overview.py")
+    assert any(f"5 of {len(val):,} images in this split" in w.value for w in again.warning)

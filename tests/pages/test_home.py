@@ -2,8 +2,15 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 from core.workspace import load_workspace
 from tests.pages.eval_workspaces import CHECKPOINT, plain
+
+REPO = Path(__file__).resolve().parents[2]
 
 
 def test_landing_page_shows_the_workspace(drawn_workspace, open_app):
@@ -26,3 +33,22 @@ def test_landing_page_shows_the_workspace(drawn_workspace, open_app):
     assert checkpoints["status"].tolist() == ["ok"]
     assert checkpoints["predictions"].tolist() == ["cached"]
     assert not any("members" in d.value.columns for d in app.dataframe)  # no [[ensembles]] in this workspace
+
+
+def test_the_landing_page_imports_no_torch(drawn_workspace):
+    """A server restart's first page finds the cached predictions from the checkpoint's header alone: torch, timm
+    and torchvision are never imported (run in a fresh interpreter; this test process has them loaded)."""
+    code = (
+        "import sys\n"
+        "from streamlit.testing.v1 import AppTest\n"
+        f"app = AppTest.from_file({str(REPO / 'app.py')!r}, default_timeout=180)\n"
+        f"app.session_state['tl_workspace'] = {str(drawn_workspace)!r}\n"
+        "app.run()\n"
+        "assert not app.exception, [e.value for e in app.exception]\n"
+        "rows = next(d.value for d in app.dataframe if 'predictions' in d.value.columns)\n"
+        "print(sorted(m for m in ('torch', 'timm', 'torchvision') if m in sys.modules), rows['predictions'].tolist())\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=600,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip().splitlines()[-1] == "[] ['cached']"
