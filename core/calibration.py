@@ -7,10 +7,11 @@ recovered from probabilities; `core.novelty` says how it handles that.) Temperat
 predicted class, only the confidences.
 
 Intervals come from the one bootstrap (`core.scores`: specimen-cluster, class-stratified), all calibration metrics
-(overall and per class) from one run of it: the plan's only column is the row itself (`k` = the number of rows), so
-each draw's tally holds every row's weight, and every metric is a weighted sum of per-row contributions (a sparse
-matrix for the binned counts, three float32 `(N, K)` matrices for the per-class sums: probability, its square and
--log(1 - p)), so a draw of every metric is a few matrix products and the resampled values are exact, not binned.
+(overall and per class) from one run of it: the plan's only column is the row's weight group (`weight_groups`: the
+rows every draw weights alike, i.e. its resampled unit), so each draw's tally holds every group's weight, and every
+metric is a weighted sum of the groups' contributions (sparse matrices for the binned counts, one float32 `(G, 3K)`
+matrix for the per-class sums of the probability, its square and -log(1 - p)): a draw of every metric is a few
+matrix products, and the resampled values are exact, not binned.
 
 Per class (`per_class_calibration`) the metrics are one-vs-rest: class c's probability against [y = c] over every
 row, as scikit-learn computes them on the column (`calibration_curve`, `brier_score_loss`, `log_loss`); its bins
@@ -482,7 +483,7 @@ def calibration_intervals(table: PredictionTable, config: BootstrapConfig, *, n_
     """ECE, MCE, Brier, NLL, accuracy and mean confidence of the labelled rows of `table` (the top label, bins of
     `strategy`), and per class one-vs-rest (`class_ece`, `class_mce`, `class_brier`, `class_nll`: `(K,)`, equal-width
     bins), with intervals from one run of `core.scores.bootstrap` (specimen-cluster, class-stratified; the module
-    docstring says how). The "bca" method's jackknife holds a `(types, 3 N)` block per chunk, so above
+    docstring says how). The "bca" method's jackknife holds a `(types, 3 G)` block per chunk, so above
     `BCA_MAX_ROWS` rows the percentile interval of the same draws is given instead (the caption says so)."""
     _check_strategy(strategy)
     rows = _labelled(table)

@@ -158,3 +158,16 @@ def test_per_class_metrics_equal_sklearn_one_vs_rest():
     sharp = report.metrics.set_index("metric")
     assert sharp.loc["ece", "low"] > calibrated.loc["ece", "high"]
 
+
+
+def test_weight_groups_follow_the_resampled_units():
+    import pandas as pd
+
+    from core.calibration import weight_groups
+
+    frame = pd.DataFrame({"specimen_id": ["A", "A", "B", "C", "C", "D"], "label_idx": [0, 0, 0, 1, 1, 2]})
+    groups = weight_groups(frame)
+    assert groups[0] == groups[1]  # a specimen is drawn whole
+    assert len({groups[2], groups[0], groups[3], groups[4], groups[5]}) == 5  # C, the only specimen of class 1,
+    # has its images resampled one by one
+    assert weight_groups(frame.assign(specimen_id=list("ABCDEF"))).tolist() == list(range(6))
