@@ -25,8 +25,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from core.calibration import calibrate_table, load_temperature
-    from core.thresholds import ThresholdConfig, auto_accept_thresholds, write_thresholds
+    from core.calibration import load_temperature
+    from core.predictions import table_token
+    from core.result_cache import RESULTS_DIR, thresholds_result
+    from core.thresholds import ThresholdConfig, write_thresholds
     from core.workspace import load_workspace
     from models.inference import cached_predictions
 
@@ -48,12 +50,13 @@ def _run(args: argparse.Namespace) -> int:
                   "--calibrated", file=sys.stderr)
             return 2
         temperature = fit.temperature
-        table = calibrate_table(table, temperature)
     rows = table.for_split(args.split)
     if len(rows) == 0:
         print(f"error: the {args.split!r} split has no rows; pick another with --split", file=sys.stderr)
         return 2
-    result = auto_accept_thresholds(rows, config)
+    # cached beside the predictions under the same key as the Calibration page's: a second call reads it
+    result = thresholds_result(workspace.cache_dir / "predictions" / RESULTS_DIR, table_token(rows, args.split), rows,
+                               config=config, temperature=temperature)
     out = write_thresholds(result, args.out, checkpoint=args.checkpoint, split=args.split, temperature=temperature)
     print(f"{'class':<30} {'threshold':>9} {'coverage':>8} {'precision':>9} {'low':>6} {'held-out':>8}")
     for row in result.frame.itertuples(index=False):

@@ -6,12 +6,16 @@ applied on log-probabilities without loss. (Scores that need the constant itself
 recovered from probabilities; `core.novelty` says how it handles that.) Temperature scaling never changes the
 predicted class, only the confidences.
 
-Intervals come from the one bootstrap (`core.scores`: specimen-cluster, class-stratified). That bootstrap tallies
-counts of discrete cells, so each row's continuous values enter it as a level: the top-label confidence as one of
-`n_bins * LEVELS_PER_BIN` equal-width levels (and, for equal-mass bins, as many equal-mass levels), each paired with
-right/wrong, and the row's Brier and NLL as one of `LEVELS` equal-mass levels. A level's value is the exact mean
-of the table's rows in it, so every point estimate equals the exact one; only the spread within a level is lost in
-the resamples (a fraction of a bin's width).
+Intervals come from the one bootstrap (`core.scores`: specimen-cluster, class-stratified), all calibration metrics
+(overall and per class) from one run of it: the plan's only column is the row's weight group (`weight_groups`: the
+rows every draw weights alike, i.e. its resampled unit), so each draw's tally holds every group's weight, and every
+metric is a weighted sum of the groups' contributions (sparse matrices for the binned counts, one float32 `(G, 3K)`
+matrix for the per-class sums of the probability, its square and -log(1 - p)): a draw of every metric is a few
+matrix products, and the resampled values are exact, not binned.
+
+Per class (`per_class_calibration`) the metrics are one-vs-rest: class c's probability against [y = c] over every
+row, as scikit-learn computes them on the column (`calibration_curve`, `brier_score_loss`, `log_loss`); its bins
+are equal-width (equal-mass bins of a one-vs-rest column put nearly every bin at p ~ 0).
 """
 
 from __future__ import annotations
@@ -21,13 +25,13 @@ import logging
 import os
 import tempfile
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Literal
 
 import numpy as np
 import pandas as pd
-from scipy.optimize import minimize_scalar
+from scipy import sparse
 from scipy.special import log_softmax
 
 from core.errors import TaxaLensError
@@ -40,14 +44,15 @@ logger = logging.getLogger(__name__)
 BinStrategy = Literal["uniform", "quantile"]
 BIN_STRATEGIES: dict[str, str] = {"uniform": "equal width", "quantile": "equal mass"}
 DEFAULT_BINS = 15
-LEVELS_PER_BIN = 10  # confidence levels per bin in the bootstrap encoding
-LEVELS = 150  # equal-mass levels of a row's Brier score and NLL in the bootstrap encoding
 CONFIDENCE_MODES: dict[str, str] = {"raw": "as the model gives them", "calibrated": "temperature-scaled"}
 CALIBRATION_METRICS: dict[str, str] = {"ece": "ECE", "mce": "MCE", "brier": "Brier score", "nll": "NLL",
                                        "accuracy": "Accuracy", "mean_confidence": "Mean confidence"}
 EXACT_FOLD_SPECIMENS = 300  # specimens up to which folds come from core.ranking.grouped_folds
 TEMPERATURE_BOUNDS = (0.05, 20.0)  # temperatures searched
+_NEWTON_STEPS = 50  # at most, per temperature fit (it converges in about 5)
 _EPS = 1e-12
+_EMPTY_BIN = 1e-9  # a one-vs-rest bin whose weight (the total minus the other bins') is below this holds no row
+BCA_MAX_ROWS = 20_000  # calibration intervals by BCa up to this many rows (its jackknife is costly above)
 CALIBRATION_DIR = "calibration"  # under the workspace's cache folder
 
 
@@ -151,11 +156,49 @@ def apply_temperature(pred_probs: np.ndarray, temperature: float) -> np.ndarray:
     return np.exp(log_softmax(logp / temperature, axis=1)).astype(np.float32)
 
 
-def _nll_at(logp: np.ndarray, y: np.ndarray, temperature: float, row_max: np.ndarray, given: np.ndarray) -> float:
-    """Mean NLL of softmax(logp / T): logsumexp(logp / T) - logp[y] / T per row, shifted by the row maximum."""
-    scaled = np.exp((logp - row_max[:, None]) * np.float32(1.0 / temperature))
-    lse = np.log(scaled.sum(axis=1, dtype=np.float64)) + row_max / temperature
-    return float(np.mean(lse - given / temperature))
+class _Shifted:
+    """Log-probabilities shifted so that each row's maximum is 0 (`(N, K)` float32) and the given class's entry:
+    the NLL of `softmax(logp * beta)` (beta = 1 / T) is `mean(log sum_j exp(beta a_ij) - beta a_iy)`, convex in
+    beta, with derivatives `mean(E_q[a] - a_y)` and `mean(Var_q[a])` (q = the scaled softmax), so Newton's method
+    fits it in a few passes over the matrix."""
+
+    def __init__(self, logp: np.ndarray, y: np.ndarray) -> None:
+        self.a = logp - logp.max(axis=1, keepdims=True)
+        self.given = self.a[np.arange(len(y)), y].astype(np.float64)
+
+    def passes(self, beta: float, rows: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Per row `sum exp(beta a)`, `E_q[a]` and `E_q[a^2]` (float64), over `rows` (a mask) or all."""
+        a = self.a if rows is None else self.a[rows]
+        e = np.exp(a * np.float32(beta))
+        s0 = e.sum(axis=1, dtype=np.float64)
+        e *= a
+        s1 = e.sum(axis=1, dtype=np.float64)
+        s2 = np.einsum("ij,ij->i", e, a, dtype=np.float64)
+        return s0, s1 / s0, s2 / s0
+
+    def fit(self, rows: np.ndarray | None = None, *, start: float = 1.0) -> float:
+        """The temperature minimising the NLL of `rows` (a mask, or all): safeguarded Newton on beta = 1 / T within
+        `TEMPERATURE_BOUNDS`."""
+        given = self.given if rows is None else self.given[rows]
+        low, high = 1.0 / TEMPERATURE_BOUNDS[1], 1.0 / TEMPERATURE_BOUNDS[0]
+        beta = float(np.clip(start, low, high))
+        for _ in range(_NEWTON_STEPS):
+            _, mean_a, mean_a2 = self.passes(beta, rows)
+            grad = float(np.mean(mean_a - given))
+            curvature = float(np.mean(mean_a2 - mean_a ** 2))
+            if grad > 0:
+                high = beta
+            else:
+                low = beta
+            step = grad / curvature if curvature > 0 else np.inf
+            proposal = beta - step
+            if not low < proposal < high:
+                proposal = 0.5 * (low + high)
+            if abs(proposal - beta) <= 1e-7 * beta or high - low <= 1e-9:
+                beta = proposal
+                break
+            beta = proposal
+        return float(1.0 / beta)
 
 
 def specimen_folds(frame: pd.DataFrame, *, n_folds: int = 5, seed: int = 0) -> np.ndarray:
@@ -180,16 +223,6 @@ def specimen_folds(frame: pd.DataFrame, *, n_folds: int = 5, seed: int = 0) -> n
     fold_of_specimen = np.empty(len(uniques), dtype=np.int64)
     fold_of_specimen[order] = np.arange(len(uniques)) % n_folds
     return fold_of_specimen[codes]
-
-
-def _fit(logp: np.ndarray, y: np.ndarray) -> float:
-    logp = np.asarray(logp, dtype=np.float32)
-    row_max = logp.max(axis=1).astype(np.float64)
-    given = logp[np.arange(len(y)), y].astype(np.float64)
-    low, high = np.log(TEMPERATURE_BOUNDS[0]), np.log(TEMPERATURE_BOUNDS[1])
-    result = minimize_scalar(lambda log_t: _nll_at(logp, y, float(np.exp(log_t)), row_max, given),
-                             bounds=(low, high), method="bounded", options={"xatol": 1e-3})
-    return float(np.exp(result.x))
 
 
 @dataclass(frozen=True)
@@ -223,30 +256,34 @@ def fit_temperature(table: PredictionTable, *, checkpoint: str = "", split: str 
                                "temperature scaling needs labelled rows (pick the val split in the sidebar)")
     rows = table.subset(known) if not known.all() else table
     y = rows.frame["label_idx"].to_numpy(dtype=np.int64)
-    logp = np.log(np.clip(rows.pred_probs, np.float32(_EPS), None)).astype(np.float32)
+    shifted = _Shifted(np.log(np.clip(rows.pred_probs, np.float32(_EPS), None)).astype(np.float32), y)
+    temperature = shifted.fit()
     n_specimens = rows.frame["specimen_id"].nunique()
     folds_used = min(n_folds, n_specimens)
-    oof = np.empty(logp.shape, dtype=np.float64)
+    # out of fold: each row's sum exp(a / T_fold) gives its calibrated NLL and top-label confidence (a's maximum is
+    # 0, so the top probability is 1 / sum); the predicted class never changes
+    sum_after = np.empty(len(y), dtype=np.float64)
+    beta_after = np.empty(len(y), dtype=np.float64)
     fold_ts: list[float] = []
     if folds_used >= 2:
         folds = specimen_folds(rows.frame, n_folds=folds_used, seed=seed)
         for fold in range(folds_used):
             held = folds == fold
-            t = _fit(logp[~held], y[~held])
+            t = shifted.fit(~held, start=1.0 / temperature)
             fold_ts.append(t)
-            oof[held] = log_softmax(logp[held].astype(np.float64) / t, axis=1)
+            sum_after[held] = shifted.passes(1.0 / t, held)[0]
+            beta_after[held] = 1.0 / t
     else:
         folds_used = 0
-        oof = log_softmax(logp.astype(np.float64) / _fit(logp, y), axis=1)
-    temperature = _fit(logp, y)
-    probs_after = np.exp(oof)
+        sum_after = shifted.passes(1.0 / temperature)[0]
+        beta_after[:] = 1.0 / temperature
     correct = rows.frame["pred_idx"].to_numpy() == y
     fit = TemperatureFit(
         checkpoint=checkpoint, temperature=temperature, split=split, n_rows=len(y), n_folds=folds_used,
         fold_temperatures=tuple(fold_ts), nll_before=float(log_losses(rows.pred_probs, y).mean()),
-        nll_after=float(-oof[np.arange(len(y)), y].mean()),
+        nll_after=float(np.mean(np.log(sum_after) - beta_after * shifted.given)),
         ece_before=expected_calibration_error(rows.frame["confidence"].to_numpy(), correct),
-        ece_after=expected_calibration_error(probs_after.max(axis=1), probs_after.argmax(axis=1) == y),
+        ece_after=expected_calibration_error(1.0 / sum_after, correct),
         checkpoint_sha256=table.meta.get("checkpoint_sha256"),
     )
     logger.info("temperature %.3f for %s on %s (%d rows, %d folds): NLL %.4f -> %.4f out of fold", temperature,
@@ -335,75 +372,150 @@ def _labelled(table: PredictionTable) -> PredictionTable:
     return table if known.all() else table.subset(known)
 
 
-def _levels(values: np.ndarray, n_levels: int) -> np.ndarray:
-    """Equal-mass level (0..n_levels-1) of each value."""
-    edges = np.unique(np.percentile(values, np.linspace(0, 100, n_levels + 1)[1:-1]))
-    return np.searchsorted(edges, values, side="right")
+CLASS_METRICS: dict[str, str] = {"ece": "ECE", "mce": "MCE", "brier": "Brier", "nll": "NLL"}  # per class, one-vs-rest
+_EXACT_ROWS = 8  # weightings up to this many (the point values) are summed in float64, more in float32
+_EXACT_CHUNK = 8192  # weight groups per float64 block of the exact sums
 
 
-def _level_means(level: np.ndarray, values: np.ndarray, n_levels: int) -> np.ndarray:
-    count = np.bincount(level, minlength=n_levels)
-    return np.bincount(level, weights=values, minlength=n_levels) / np.maximum(count, 1)
+def weight_groups(table_frame: pd.DataFrame) -> np.ndarray:
+    """Per row, its group of rows that every draw of `core.scores.ResamplingPlan` weights alike (codes 0..G-1): its
+    unit, as that module's docstring defines it: the specimen when some specimen has several images, else the image;
+    a specimen that is the only one of its class (its most common label, ties: the lower class) has its images
+    resampled instead, so each of its images is a group of its own."""
+    n = len(table_frame)
+    codes, uniques = pd.factorize(table_frame["specimen_id"], sort=False)
+    codes = codes.astype(np.int64)
+    if len(uniques) == n:
+        return np.arange(n)
+    y = table_frame["label_idx"].to_numpy(dtype=np.int64)
+    pairs = pd.DataFrame({"unit": codes, "label": y}).value_counts().reset_index(name="count")
+    pairs = pairs.sort_values(["unit", "count", "label"], ascending=[True, False, True]).drop_duplicates("unit")
+    majority = np.empty(len(uniques), dtype=np.int64)
+    majority[pairs["unit"].to_numpy()] = pairs["label"].to_numpy()
+    sizes = np.bincount(codes, minlength=len(uniques))
+    lone = (np.bincount(majority)[majority] == 1) & (sizes > 1)
+    split_rows = lone[codes]
+    codes = np.where(split_rows, len(uniques) + np.arange(n), codes)
+    return pd.factorize(codes, sort=False)[0].astype(np.int64)
+
+
+class _Contributions:
+    """Every calibration sum's contribution of each weight group (`weight_groups`; see the module docstring), so
+    that a tally's group weights `(R, G)` give each metric of each weighting by a few matrix products (`metrics`)."""
+
+    def __init__(self, rows: PredictionTable, groups: np.ndarray, edges: np.ndarray, n_bins: int) -> None:
+        y = rows.frame["label_idx"].to_numpy(dtype=np.int64)
+        n, k = len(y), len(rows.class_names)
+        g = int(groups.max()) + 1
+        self.k, self.n_bins = k, n_bins
+        self.group_rows = np.bincount(groups, minlength=g).astype(np.float64)
+        to_group = sparse.csr_matrix((np.ones(n, dtype=np.float32), (groups, np.arange(n))), shape=(g, n))
+        probs = np.ascontiguousarray(rows.pred_probs, dtype=np.float32)
+        confidence = rows.frame["confidence"].to_numpy(dtype=np.float64)
+        correct = (rows.frame["pred_idx"].to_numpy() == y).astype(np.float64)
+        # overall: per confidence bin (the chosen strategy) count, confidence sum and hits; Brier and NLL per row
+        b = bin_index(confidence, edges)
+        cols = np.r_[b, n_bins + b, 2 * n_bins + b, [3 * n_bins] * n, [3 * n_bins + 1] * n]
+        vals = np.r_[np.ones(n), confidence, correct, brier_scores(rows.pred_probs, y), log_losses(rows.pred_probs, y)]
+        self.overall = sparse.csr_matrix((vals, (np.tile(groups, 5), cols)), shape=(g, 3 * n_bins + 2))
+        # per class, one-vs-rest over equal-width bins: the (row, class) pairs above the first bin's edge are few
+        # (at most n_bins - 1 per row); the first bin's count and probability sum are the totals minus the others
+        uniform = np.linspace(0.0, 1.0, n_bins + 1)
+        row_i, cls_i = np.nonzero(probs > uniform[1])
+        p_hi = probs[row_i, cls_i].astype(np.float64)
+        bin_hi = bin_index(p_hi, uniform)
+        p_true = probs[np.arange(n), y].astype(np.float64)
+        bin_true = bin_index(p_true, uniform)
+        kb = k * n_bins
+        cols = np.r_[cls_i * n_bins + bin_hi, kb + cls_i * n_bins + bin_hi, 2 * kb + y * n_bins + bin_true,
+                     3 * kb + y, 3 * kb + k + y]
+        vals = np.r_[np.ones(len(p_hi)), p_hi, np.ones(n), 1.0 - 2.0 * p_true,
+                     -np.log(np.clip(p_true, _EPS, 1.0)) + np.log(np.clip(1.0 - p_true, _EPS, 1.0))]
+        at = np.r_[groups[row_i], groups[row_i], groups, groups, groups]
+        self.sparse_class = sparse.csr_matrix((vals, (at, cols)), shape=(g, 3 * kb + 2 * k))
+        # dense per-class sums of each group: p, p^2 and -log(1 - p) of every (row, class), `(G, 3K)` float32
+        dense = np.empty((n, 3 * k), dtype=np.float32)
+        dense[:, :k] = probs
+        np.square(probs, out=dense[:, k:2 * k])
+        np.log(np.clip(1.0 - probs, np.float32(_EPS), None), out=dense[:, 2 * k:])
+        dense[:, 2 * k:] *= -1
+        self.dense = dense if g == n else np.asarray(to_group @ dense, dtype=np.float32)
+
+    def metrics(self, group_weights: np.ndarray) -> dict[str, np.ndarray]:
+        """Every calibration metric under weights `(R, G)` of each group's rows: overall `(R,)`, per class
+        `class_*` `(R, K)`."""
+        r, k, nb = len(group_weights), self.k, self.n_bins
+        weights = group_weights / self.group_rows  # the weight of each of a group's rows
+        total = group_weights.sum(axis=1)
+        safe_total = np.where(total > 0, total, 1.0)
+        sums = np.asarray((self.overall.T @ weights.T).T)
+        count, conf, hits = sums[:, :nb], sums[:, nb:2 * nb], sums[:, 2 * nb:3 * nb]
+        gap = np.abs(hits - conf)
+        out = {
+            "ece": gap.sum(axis=1) / safe_total,
+            "mce": np.where(count > 0, gap / np.maximum(count, _EPS), 0.0).max(axis=1),
+            "brier": sums[:, 3 * nb] / safe_total,
+            "nll": sums[:, 3 * nb + 1] / safe_total,
+            "accuracy": hits.sum(axis=1) / safe_total,
+            "mean_confidence": conf.sum(axis=1) / safe_total,
+        }
+        if r <= _EXACT_ROWS:
+            dense = sum(weights[:, i:i + _EXACT_CHUNK] @ self.dense[i:i + _EXACT_CHUNK].astype(np.float64)
+                        for i in range(0, len(self.dense), _EXACT_CHUNK))
+        else:  # (D^T W^T)^T: OpenBLAS is far faster on this orientation than on W D with W's few long rows
+            dense = (self.dense.T @ weights.astype(np.float32).T).T.astype(np.float64)
+        kb = k * nb
+        sparse_sums = np.asarray((self.sparse_class.T @ weights.T).T)
+        count_c = sparse_sums[:, :kb].reshape(r, k, nb)
+        prob_c = sparse_sums[:, kb:2 * kb].reshape(r, k, nb)
+        count_c[:, :, 0] = total[:, None] - count_c[:, :, 1:].sum(axis=2)
+        prob_c[:, :, 0] = dense[:, :k] - prob_c[:, :, 1:].sum(axis=2)
+        gap_c = np.abs(sparse_sums[:, 2 * kb:3 * kb].reshape(r, k, nb) - prob_c)
+        out["class_ece"] = gap_c.sum(axis=2) / safe_total[:, None]
+        out["class_mce"] = np.where(count_c > _EMPTY_BIN, gap_c / np.maximum(count_c, _EPS), 0.0).max(axis=2)
+        out["class_brier"] = (dense[:, k:2 * k] + sparse_sums[:, 3 * kb:3 * kb + k]) / safe_total[:, None]
+        out["class_nll"] = (dense[:, 2 * k:] + sparse_sums[:, 3 * kb + k:]) / safe_total[:, None]
+        return out
 
 
 def calibration_intervals(table: PredictionTable, config: BootstrapConfig, *, n_bins: int = DEFAULT_BINS,
                           strategy: BinStrategy = "uniform") -> BootstrapResult:
-    """ECE, MCE, Brier, NLL, accuracy and mean confidence of the labelled rows of `table`, with intervals from
-    `core.scores.bootstrap` (specimen-cluster, class-stratified; the encoding is in the module docstring)."""
+    """ECE, MCE, Brier, NLL, accuracy and mean confidence of the labelled rows of `table` (the top label, bins of
+    `strategy`), and per class one-vs-rest (`class_ece`, `class_mce`, `class_brier`, `class_nll`: `(K,)`, equal-width
+    bins), with intervals from one run of `core.scores.bootstrap` (specimen-cluster, class-stratified; the module
+    docstring says how). The "bca" method's jackknife holds a `(types, 3 G)` block per chunk, so above
+    `BCA_MAX_ROWS` rows the percentile interval of the same draws is given instead (the caption says so)."""
     _check_strategy(strategy)
     rows = _labelled(table)
     if len(rows) == 0:
         raise CalibrationError("no row has a label the model knows; there is nothing to calibrate")
+    if config.method == "bca" and len(rows) > BCA_MAX_ROWS:
+        logger.warning("calibration intervals: BCa above %d rows is too costly; percentile intervals instead",
+                       BCA_MAX_ROWS)
+        config = replace(config, method="percentile")
     y = rows.frame["label_idx"].to_numpy(dtype=np.int64)
     confidence = rows.frame["confidence"].to_numpy(dtype=np.float64)
-    correct = (rows.frame["pred_idx"].to_numpy() == y).astype(np.int64)
-    k = len(rows.class_names)
-    n_conf = n_bins * LEVELS_PER_BIN
-    edges = bin_edges(confidence, n_bins=n_bins, strategy=strategy)
-    bin_of_row = bin_index(confidence, edges)
-    # confidence levels nested in the bins (equal-mass within each bin): a level never straddles two bins
-    level = np.zeros(len(y), dtype=np.int64)
-    for b in np.unique(bin_of_row):
-        inside = bin_of_row == b
-        level[inside] = b * LEVELS_PER_BIN + np.minimum(_levels(confidence[inside], LEVELS_PER_BIN),
-                                                        LEVELS_PER_BIN - 1)
-    conf_cell = level + n_conf * correct  # (level, right/wrong)
-    brier, nll = brier_scores(rows.pred_probs, y), log_losses(rows.pred_probs, y)
-    brier_level, nll_level = _levels(brier, LEVELS), _levels(nll, LEVELS)
-    k_plan = max(k, 2 * n_conf, LEVELS + 1)
-    conf_mean = _level_means(conf_cell, confidence, 2 * n_conf)
-    brier_mean, nll_mean = _level_means(brier_level, brier, LEVELS + 1), _level_means(nll_level, nll, LEVELS + 1)
-    plan = ResamplingPlan(y, {"conf": conf_cell, "brier": brier_level, "nll": nll_level}, k=k_plan,
+    groups = weight_groups(rows.frame)
+    n_groups = int(groups.max()) + 1
+    parts = _Contributions(rows, groups, bin_edges(confidence, n_bins=n_bins, strategy=strategy), n_bins)
+    # the plan's one column is the row's weight group: a tally's counts of it are the groups' weights
+    plan = ResamplingPlan(y, {"group": groups}, k=max(n_groups, len(rows.class_names)),
                           groups=rows.frame["specimen_id"].to_numpy(), class_prior=False)
 
     def statistic(tally: Tally) -> Mapping[str, np.ndarray]:
-        counts = tally.predicted["conf"][:, : 2 * n_conf]
-        n = counts.sum(axis=1)
-        wrong, right = counts[:, :n_conf], counts[:, n_conf:]
-        per_level = wrong + right
-        conf_sum = wrong * conf_mean[:n_conf] + right * conf_mean[n_conf:]
-        bin_n = np.add.reduceat(per_level, np.arange(0, n_conf, LEVELS_PER_BIN), axis=1)
-        bin_conf = np.add.reduceat(conf_sum, np.arange(0, n_conf, LEVELS_PER_BIN), axis=1)
-        bin_hit = np.add.reduceat(right, np.arange(0, n_conf, LEVELS_PER_BIN), axis=1)
-        gap = np.abs(bin_hit - bin_conf)
-        safe_n = np.where(n > 0, n, 1.0)
-        mce = np.where(bin_n > 0, gap / np.maximum(bin_n, 1e-12), 0.0).max(axis=1)
-        return {
-            "ece": gap.sum(axis=1) / safe_n,
-            "mce": mce,
-            "brier": tally.predicted["brier"][:, : LEVELS + 1] @ brier_mean / safe_n,
-            "nll": tally.predicted["nll"][:, : LEVELS + 1] @ nll_mean / safe_n,
-            "accuracy": right.sum(axis=1) / safe_n,
-            "mean_confidence": conf_sum.sum(axis=1) / safe_n,
-        }
+        return parts.metrics(np.asarray(tally.predicted["group"][:, :n_groups], dtype=np.float64))
 
     return bootstrap(plan, statistic, config)
 
 
-def per_class_calibration(table: PredictionTable, *, n_bins: int = DEFAULT_BINS) -> pd.DataFrame:
+def per_class_calibration(table: PredictionTable, *, n_bins: int = DEFAULT_BINS,
+                          result: BootstrapResult | None = None) -> pd.DataFrame:
     """One row per model class with labelled rows: `class`, `support`, `accuracy` (recall), `mean_confidence` (of
-    the class's rows' top label), `classwise_ece` (one-vs-rest: class c's probability against [y = c] over every
-    row, equal-width bins), `brier` (the class's rows' mean multiclass Brier), `nll` (their mean NLL)."""
+    the class's rows' top label), `gap` (accuracy - mean confidence), and one-vs-rest over every row (class c's
+    probability against [y = c], `n_bins` equal-width bins) `ece`, `mce`, `brier`, `nll` each with `_low` and `_high`
+    from `result` (`calibration_intervals` of the same rows; NaN without it). `ece`/`mce` are those of
+    `sklearn.calibration.calibration_curve(y == c, p[:, c])`, `brier` is `brier_score_loss(y == c, p[:, c])`, `nll`
+    is `log_loss(y == c, p[:, c])`."""
     rows = _labelled(table)
     y = rows.frame["label_idx"].to_numpy(dtype=np.int64)
     k = len(rows.class_names)
@@ -411,29 +523,25 @@ def per_class_calibration(table: PredictionTable, *, n_bins: int = DEFAULT_BINS)
     correct = (rows.frame["pred_idx"].to_numpy() == y).astype(np.float64)
     safe = np.maximum(support, 1)
     confidence = rows.frame["confidence"].to_numpy(dtype=np.float64)
-    brier, nll = brier_scores(rows.pred_probs, y), log_losses(rows.pred_probs, y)
-    # (N, K) equal-width bin of each class probability (a value on an inner edge goes to the upper bin here)
-    which = np.minimum((rows.pred_probs * n_bins).astype(np.int64), n_bins - 1)
-    classwise = np.zeros(k)
-    n = len(y)
-    if n:
-        onehot = np.zeros_like(rows.pred_probs, dtype=np.float64)
-        onehot[np.arange(n), y] = 1.0
-        flat = (which + n_bins * np.arange(k)[None, :]).ravel()
-        prob_sum = np.bincount(flat, weights=rows.pred_probs.astype(np.float64).ravel(),
-                               minlength=n_bins * k).reshape(k, n_bins)
-        hit_sum = np.bincount(flat, weights=onehot.ravel(), minlength=n_bins * k).reshape(k, n_bins)
-        classwise = np.abs(hit_sum - prob_sum).sum(axis=1) / n
+    if result is None:
+        groups = np.arange(len(y))
+        parts = _Contributions(rows, groups, bin_edges(confidence, n_bins=n_bins), n_bins)
+        values = {name: v[0] for name, v in parts.metrics(np.ones((1, len(y)))).items()}
+        low = high = {f"class_{m}": np.full(k, np.nan) for m in CLASS_METRICS}
+    else:
+        values, low, high = result.values, result.low, result.high
     frame = pd.DataFrame({
         "class": list(rows.class_names),
         "support": support,
         "accuracy": np.bincount(y, weights=correct, minlength=k) / safe,
         "mean_confidence": np.bincount(y, weights=confidence, minlength=k) / safe,
-        "classwise_ece": classwise,
-        "brier": np.bincount(y, weights=brier, minlength=k) / safe,
-        "nll": np.bincount(y, weights=nll, minlength=k) / safe,
     })
     frame["gap"] = frame["accuracy"] - frame["mean_confidence"]
+    for metric in CLASS_METRICS:
+        key = f"class_{metric}"
+        frame[metric] = np.asarray(values[key], dtype=np.float64)
+        frame[f"{metric}_low"] = np.asarray(low[key], dtype=np.float64)
+        frame[f"{metric}_high"] = np.asarray(high[key], dtype=np.float64)
     return frame[frame["support"] > 0].reset_index(drop=True)
 
 
@@ -454,5 +562,6 @@ def calibration_report(table: PredictionTable, *, n_bins: int = DEFAULT_BINS, st
         "low": [float(result.low[m]) for m in CALIBRATION_METRICS],
         "high": [float(result.high[m]) for m in CALIBRATION_METRICS],
     })
-    return CalibrationReport(bins=bins, metrics=metrics, per_class=per_class_calibration(rows, n_bins=n_bins),
+    return CalibrationReport(bins=bins, metrics=metrics, per_class=per_class_calibration(rows, n_bins=n_bins,
+                                                                                         result=result),
                              n_rows=len(rows), caption=result.caption, strategy=strategy, n_bins=n_bins)

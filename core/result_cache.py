@@ -5,6 +5,11 @@ A key covers what the result depends on: the caller's parts (the table's content
 bootstrap configuration, the specimen grouping) and the source of the modules that compute it, so a change to the
 interval code never serves an old result. Values are written as JSON (dataclasses) or Parquet (DataFrames), never
 pickled: a workspace may be shared, and a cache file must not be able to run code.
+
+The Calibration page's results (calibration report, auto-accept thresholds, prediction-set coverage) are cached the
+same way (`calibration_result`, `thresholds_result`, `coverage_result`), keyed also by the temperature, the bins
+and the source of the calibration modules, so a second visit, a restarted server or a second `python -m core
+thresholds` on an unchanged workspace reads them from disk.
 """
 
 from __future__ import annotations
@@ -24,10 +29,13 @@ from typing import Any, TypeVar
 import numpy as np
 import pandas as pd
 
-from core import confusion, metrics, scores, specimens
+from core import calibration, conformal, confusion, metrics, scores, specimens, thresholds
+from core.calibration import CalibrationReport, calibrate_table, calibration_report
+from core.conformal import ConformalConfig, CoverageReport, evaluate_coverage
 from core.metrics import HeadlineMetrics, MetricEstimate
 from core.predictions import PredictionTable, table_token
 from core.scores import BootstrapConfig, ResamplingPlan
+from core.thresholds import AutoAcceptThresholds, ThresholdConfig, auto_accept_thresholds
 
 logger = logging.getLogger(__name__)
 
@@ -56,6 +64,8 @@ def _encode(value: Any) -> Any:
         return {"type": "none"}
     if isinstance(value, HeadlineMetrics):
         return {"type": "headline", "value": dataclasses.asdict(value)}
+    if type(value) in RECORD_TYPES.values():
+        return {"type": "record", "value": _encode_field(value)}
     raise TypeError(f"no JSON codec for {type(value).__name__}")
 
 
@@ -63,20 +73,66 @@ def _read_json(path: Path) -> Any:
     blob = json.loads(path.read_text(encoding="utf-8"))
     if blob["type"] == "none":
         return None
+    if blob["type"] == "record":
+        return _decode_field(blob["value"])
     fields = blob["value"]
     return HeadlineMetrics(**{**fields, "estimates": tuple(MetricEstimate(**e) for e in fields["estimates"]),
                               "excluded_labels": tuple(fields["excluded_labels"])})
+
+
+def _encode_field(value: Any) -> Any:
+    """A JSON value of a record's field: frozen dataclasses (by `RECORD_TYPES` name), DataFrames (columns, values
+    and dtypes), tuples, numpy scalars and plain values."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {"record": type(value).__name__,
+                "fields": {f.name: _encode_field(getattr(value, f.name)) for f in dataclasses.fields(value)}}
+    if isinstance(value, pd.DataFrame):
+        return {"frame": {"columns": [str(c) for c in value.columns],
+                          "dtypes": [str(t) for t in value.dtypes],
+                          "values": [_encode_field(value[c].tolist()) for c in value.columns]}}
+    if isinstance(value, tuple):
+        return {"tuple": [_encode_field(v) for v in value]}
+    if isinstance(value, list):
+        return [_encode_field(v) for v in value]
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
+def _decode_field(value: Any) -> Any:
+    if isinstance(value, list):
+        return [_decode_field(v) for v in value]
+    if not isinstance(value, dict):
+        return value
+    if "record" in value:
+        cls = RECORD_TYPES[value["record"]]
+        return cls(**{name: _decode_field(v) for name, v in value["fields"].items()})
+    if "frame" in value:
+        frame = value["frame"]
+        data = {c: pd.Series(v, dtype=t) for c, v, t in zip(frame["columns"], frame["values"], frame["dtypes"],
+                                                              strict=True)}
+        return pd.DataFrame(data, columns=frame["columns"])
+    if "tuple" in value:
+        return tuple(_decode_field(v) for v in value["tuple"])
+    raise ValueError(f"unknown field encoding {sorted(value)}")
 
 
 def _write_frame(value: pd.DataFrame, path: Path) -> None:
     value.to_parquet(path)
 
 
+# Frozen dataclasses stored as JSON records (their fields: DataFrames, tuples, nested records of this table, plain
+# values); a new one is one entry.
+RECORD_TYPES: dict[str, type] = {cls.__name__: cls for cls in (
+    CalibrationReport, AutoAcceptThresholds, ThresholdConfig, CoverageReport, ConformalConfig)}
+
 # Result types and their codecs; a new cached result type is one entry.
 CODECS: dict[type, _Codec] = {
     HeadlineMetrics: _Codec(".json", _write_json, _read_json),
     type(None): _Codec(".json", _write_json, _read_json),
     pd.DataFrame: _Codec(".parquet", _write_frame, pd.read_parquet),
+    **{cls: _Codec(".json", _write_json, _read_json) for cls in RECORD_TYPES.values() if cls not in (
+        ThresholdConfig, ConformalConfig)},
 }
 
 
@@ -215,3 +271,49 @@ def warm_interval_results(table: PredictionTable, folder: Path, *, config: Boots
             computed += 1
     logger.debug("warmed %d interval results in %s", computed, folder)
     return computed
+
+
+# Calibration results ---------------------------------------------------------------------------------------------
+
+_CALIBRATION_MODULES = (calibration, thresholds, conformal)  # their source is part of the calibration keys
+
+
+@cache
+def calibration_code_version() -> str:
+    """sha256 (16 hex) of the source of the calibration, threshold and prediction-set modules."""
+    digest = hashlib.sha256()
+    for module in _CALIBRATION_MODULES:
+        digest.update(Path(module.__file__).read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def _scaled(table: PredictionTable, temperature: float) -> PredictionTable:
+    return table if temperature == 1.0 else calibrate_table(table, temperature)
+
+
+def calibration_result(folder: Path | None, token: str, table: PredictionTable, *, n_bins: int, strategy: str,
+                       temperature: float, config: BootstrapConfig) -> CalibrationReport:
+    """`core.calibration.calibration_report` of `table` scaled by `temperature` (1: raw), from `folder` when
+    cached there, else computed and stored. `token`: the table's content token (`table_token`, with the split and,
+    for curated labels, the label store's last event), as the evaluation pages key their intervals."""
+    key = result_key("calibration", token, grouping_digest(table.frame), calibration_code_version(), n_bins,
+                     strategy, repr(float(temperature)), repr(config))
+    return cached_result(folder, key, lambda: calibration_report(_scaled(table, temperature), n_bins=n_bins,
+                                                                 strategy=strategy, config=config))
+
+
+def thresholds_result(folder: Path | None, token: str, table: PredictionTable, *, config: ThresholdConfig,
+                      temperature: float = 1.0) -> AutoAcceptThresholds:
+    """`core.thresholds.auto_accept_thresholds` of `table` scaled by `temperature`, from `folder` when cached there,
+    else computed and stored (the Calibration page and `python -m core thresholds` share the entry)."""
+    key = result_key("thresholds", token, grouping_digest(table.frame), calibration_code_version(), repr(config),
+                     repr(float(temperature)))
+    return cached_result(folder, key, lambda: auto_accept_thresholds(_scaled(table, temperature), config))
+
+
+def coverage_result(folder: Path | None, token: str, table: PredictionTable, *, config: ConformalConfig,
+                    repeats: int) -> CoverageReport:
+    """`core.conformal.evaluate_coverage` of `table`, from `folder` when cached there, else computed and stored."""
+    key = result_key("coverage", token, grouping_digest(table.frame), calibration_code_version(), repr(config),
+                     repeats)
+    return cached_result(folder, key, lambda: evaluate_coverage(table, config, repeats=repeats))

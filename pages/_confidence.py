@@ -8,28 +8,33 @@ from dataclasses import asdict
 import pandas as pd
 import streamlit as st
 
-from core.calibration import CalibrationReport, calibrate_table, calibration_report
-from core.conformal import ConformalConfig, CoverageReport, calibrate_on_table, evaluate_coverage, set_frame
+from core.calibration import CalibrationReport
+from core.conformal import ConformalConfig, CoverageReport, calibrate_on_table, set_frame
 from core.novelty import NoveltyScores, table_novelty
 from core.predictions import PredictionTable
-from core.scores import BootstrapConfig
-from core.thresholds import AutoAcceptThresholds, ThresholdConfig, auto_accept_thresholds, risk_coverage_curve
+from core.result_cache import PAGE_INTERVALS, calibration_result, coverage_result, thresholds_result
+from core.thresholds import AutoAcceptThresholds, ThresholdConfig, risk_coverage_curve
 from pages._cached import PageContext, table_token
+from pages._evaluation import results_dir
 from pages._state import KEY_CONFORMAL
 
-CALIBRATION_INTERVALS = BootstrapConfig()  # 1,000 stratified resamples, 95%, BCa, as the other evaluation pages
+CALIBRATION_INTERVALS = PAGE_INTERVALS  # as the other evaluation pages: 1,000 stratified draws, 95%, Bayesian
+COVERAGE_REPEATS = 10  # calibration/evaluation splits of the prediction-set coverage
 
 
 @st.cache_resource(show_spinner="Measuring calibration…", max_entries=16)
 def report(token: str, n_bins: int, strategy: str, temperature: float, _table: PredictionTable) -> CalibrationReport:
-    table = _table if temperature == 1.0 else calibrate_table(_table, temperature)
-    return calibration_report(table, n_bins=n_bins, strategy=strategy, config=CALIBRATION_INTERVALS)
+    """`core.calibration.calibration_report` of the table scaled by `temperature` (1: raw), cached in memory and on
+    disk beside the predictions (`core.result_cache.calibration_result`)."""
+    return calibration_result(results_dir(), token, _table, n_bins=n_bins, strategy=strategy,
+                              temperature=temperature, config=CALIBRATION_INTERVALS)
 
 
 @st.cache_resource(show_spinner="Choosing thresholds…", max_entries=16)
 def thresholds(token: str, precision: float, temperature: float, _table: PredictionTable) -> AutoAcceptThresholds:
-    table = _table if temperature == 1.0 else calibrate_table(_table, temperature)
-    return auto_accept_thresholds(table, ThresholdConfig(precision=precision))
+    """Auto-accept thresholds, cached in memory and on disk (shared with `python -m core thresholds`)."""
+    return thresholds_result(results_dir(), token, _table, config=ThresholdConfig(precision=precision),
+                             temperature=temperature)
 
 
 @st.cache_data(show_spinner=False, max_entries=16)
@@ -67,7 +72,7 @@ def prediction_sets(ctx: PageContext, table: PredictionTable, token: str) -> pd.
 
 @st.cache_resource(show_spinner="Measuring coverage…", max_entries=16)
 def coverage(token: str, config: ConformalConfig, _table: PredictionTable) -> CoverageReport:
-    return evaluate_coverage(_table, config, repeats=10)
+    return coverage_result(results_dir(), token, _table, config=config, repeats=COVERAGE_REPEATS)
 
 
 @st.cache_resource(show_spinner="Scoring novelty…", max_entries=8)

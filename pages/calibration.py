@@ -86,12 +86,15 @@ st.caption(f"{before.n_rows:,} images with a known label; intervals: {before.cap
            "NLL: natural log.")
 
 st.subheader("Per class")
-per_class = (after or before).per_class
+shown = after or before
+per_class = shown.per_class
 st.dataframe(per_class, hide_index=True, key="cal-per-class",
-             column_config={c: st.column_config.NumberColumn(format="%.3f") for c in per_class.columns[2:]})
+             column_config={c: st.column_config.NumberColumn(format="%.4f") for c in per_class.columns[2:]})
 st.caption(("Temperature-scaled. " if after is not None else "")
-           + "classwise ECE: the class's own probability against being that class, over every image; gap: accuracy "
-           "minus mean confidence on the class's images (negative: over-confident).")
+           + f"ECE, MCE, Brier and NLL per class are one-vs-rest: the class's own probability against being that "
+           f"class, over every image ({n_bins} equal-width bins), with {shown.caption} (the same draws as the "
+           "overall metrics). accuracy, mean_confidence and gap (accuracy minus mean confidence; negative: "
+           "over-confident) are over the class's own images.")
 
 st.subheader("Auto-accept thresholds")
 row = st.columns([1, 1, 2])

@@ -37,6 +37,20 @@ def test_thresholds_json_names_every_class(bccd_ws: Path, tmp_path: Path, capsys
     assert f"wrote {out}" in capsys.readouterr().out
 
 
+def test_a_second_call_reads_the_thresholds_from_disk(bccd_ws: Path, tmp_path: Path, monkeypatch) -> None:
+    from core import result_cache
+
+    first, second = tmp_path / "first.json", tmp_path / "second.json"
+    args = ["thresholds", "--workspace", str(bccd_ws), "--checkpoint", CHECKPOINT, "--precision", "0.85", "--out"]
+    assert main([*args, str(first)]) == 0
+    monkeypatch.setattr(result_cache, "auto_accept_thresholds", lambda *a, **k: pytest.fail("computed again"))
+    assert main([*args, str(second)]) == 0
+    assert second.read_bytes() == first.read_bytes()
+    with pytest.raises(pytest.fail.Exception, match="computed again"):  # another target is another entry
+        main(["thresholds", "--workspace", str(bccd_ws), "--checkpoint", CHECKPOINT, "--precision", "0.8", "--out",
+              str(second)])
+
+
 def test_calibrated_needs_a_stored_temperature_then_uses_it(bccd_ws: Path, tmp_path: Path, capsys) -> None:
     out = tmp_path / "t.csv"
     args = ["thresholds", "--workspace", str(bccd_ws), "--checkpoint", CHECKPOINT, "--calibrated", "--out", str(out)]

@@ -130,3 +130,44 @@ def test_predictions_export_carries_the_calibrated_confidences():
     np.testing.assert_allclose(scaled["confidence"], apply_temperature(table.pred_probs, 2.0).max(axis=1), atol=1e-6)
     assert (scaled["pred"] == raw["pred"]).all() and (scaled["top1"] == raw["pred"]).all()
     assert (scaled["confidence"] < raw["confidence"]).all()  # T > 1 softens
+
+
+def test_per_class_metrics_equal_sklearn_one_vs_rest():
+    # each class's probability column against [y == c]: scikit-learn's calibration curve, Brier and log loss (to
+    # float32 rounding: a specimen's rows are summed in float32)
+    table = _table(n=900, k=4, sharpen=1.7, seed=3)
+    report = calibration_report(table, n_bins=10, config=BootstrapConfig(n_boot=200, seed=2))
+    per_class = report.per_class.set_index("class")
+    y = table.frame["label_idx"].to_numpy()
+    probs = table.pred_probs.astype(np.float64)
+    for c in range(4):
+        hit, p = (y == c).astype(int), probs[:, c]
+        prob_true, prob_pred = calibration_curve(hit, p, n_bins=10, strategy="uniform")
+        counts = np.bincount(np.searchsorted(np.linspace(0, 1, 11)[1:-1], p), minlength=10)
+        counts = counts[counts > 0]
+        row = per_class.loc[f"c{c}"]
+        assert row["ece"] == pytest.approx((counts * np.abs(prob_true - prob_pred)).sum() / len(p), abs=1e-7)
+        assert row["mce"] == pytest.approx(np.abs(prob_true - prob_pred).max(), abs=1e-7)
+        assert row["brier"] == pytest.approx(brier_score_loss(hit, p), abs=1e-7)
+        assert row["nll"] == pytest.approx(log_loss(hit, p), rel=1e-6)
+        for metric in ("ece", "brier", "nll"):
+            assert row[f"{metric}_low"] < row[metric] < row[f"{metric}_high"], (c, metric)
+    # a sharpened model is over-confident: its top-label ECE interval lies above that of the calibrated one
+    calibrated = calibration_report(_table(n=900, k=4, sharpen=1.0, seed=3), n_bins=10,
+                                    config=BootstrapConfig(n_boot=200, seed=2)).metrics.set_index("metric")
+    sharp = report.metrics.set_index("metric")
+    assert sharp.loc["ece", "low"] > calibrated.loc["ece", "high"]
+
+
+
+def test_weight_groups_follow_the_resampled_units():
+    import pandas as pd
+
+    from core.calibration import weight_groups
+
+    frame = pd.DataFrame({"specimen_id": ["A", "A", "B", "C", "C", "D"], "label_idx": [0, 0, 0, 1, 1, 2]})
+    groups = weight_groups(frame)
+    assert groups[0] == groups[1]  # a specimen is drawn whole
+    assert len({groups[2], groups[0], groups[3], groups[4], groups[5]}) == 5  # C, the only specimen of class 1,
+    # has its images resampled one by one
+    assert weight_groups(frame.assign(specimen_id=list("ABCDEF"))).tolist() == list(range(6))

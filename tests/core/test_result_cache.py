@@ -75,3 +75,41 @@ def test_has_result_says_whether_a_key_is_stored(tmp_path: Path):
     assert not has_result(tmp_path, key) and not has_result(None, key)
     cached_result(tmp_path, key, lambda: pd.DataFrame({"x": [1, 2]}))
     assert has_result(tmp_path, key) and not has_result(tmp_path, result_key("curves", "other"))
+
+
+def test_calibration_results_come_back_equal_and_are_keyed_by_temperature(table, tmp_path: Path, monkeypatch):
+    from core import result_cache
+    from core.conformal import ConformalConfig
+    from core.predictions import table_token
+    from core.thresholds import ThresholdConfig
+
+    token = table_token(table, "val")
+    config = BootstrapConfig(n_boot=40)
+    report = result_cache.calibration_result(tmp_path, token, table, n_bins=10, strategy="uniform", temperature=1.0,
+                                             config=config)
+    scaled = result_cache.calibration_result(tmp_path, token, table, n_bins=10, strategy="uniform",
+                                             temperature=2.0, config=config)
+    thresholds = result_cache.thresholds_result(tmp_path, token, table, config=ThresholdConfig(precision=0.8,
+                                                                                                n_boot=40))
+    coverage = result_cache.coverage_result(tmp_path, token, table, config=ConformalConfig(), repeats=2)
+    assert len(list(tmp_path.glob("*.json"))) == 4
+    # a second call reads every result back from disk, equal to what was computed
+    for name in ("calibration_report", "auto_accept_thresholds", "evaluate_coverage", "calibrate_table"):
+        monkeypatch.setattr(result_cache, name, lambda *a, **k: pytest.fail("computed again"))
+    again = result_cache.calibration_result(tmp_path, token, table, n_bins=10, strategy="uniform", temperature=1.0,
+                                            config=config)
+    for name in ("bins", "metrics", "per_class"):
+        pd.testing.assert_frame_equal(getattr(again, name), getattr(report, name))
+    assert (again.n_rows, again.caption, again.strategy) == (report.n_rows, report.caption, report.strategy)
+    # the temperature is part of the key: the scaled report is another entry with other numbers
+    scaled_again = result_cache.calibration_result(tmp_path, token, table, n_bins=10, strategy="uniform",
+                                                   temperature=2.0, config=config)
+    pd.testing.assert_frame_equal(scaled_again.metrics, scaled.metrics)
+    assert scaled.metrics["value"].iloc[0] != report.metrics["value"].iloc[0]
+    thresholds_again = result_cache.thresholds_result(tmp_path, token, table,
+                                                      config=ThresholdConfig(precision=0.8, n_boot=40))
+    pd.testing.assert_frame_equal(thresholds_again.frame, thresholds.frame)
+    assert thresholds_again.config == thresholds.config and thresholds_again.unreachable == thresholds.unreachable
+    coverage_again = result_cache.coverage_result(tmp_path, token, table, config=ConformalConfig(), repeats=2)
+    pd.testing.assert_frame_equal(coverage_again.per_class, coverage.per_class)
+    assert coverage_again.config == coverage.config

@@ -1,18 +1,28 @@
-"""Real browser (one server, one Chromium): the Calibration page draws its reliability diagram and fits a temperature;
-the review screen shows the prediction set of the sample on screen and offers the "possibly unknown" queue."""
+"""Real browser (one server, one Chromium): the Calibration page draws its reliability diagram, fits a temperature,
+shows the per-class table and prediction sets, and downloads the auto-accept thresholds the core computes; the review
+screen shows the prediction set of the sample on screen and offers the "possibly unknown" queue.
+
+Kept cheap: the drawn workspace at a small scale (about 80 images over 9 classes; drawing the images was most of the
+setup at 0.15). At this size the page's 1,000-draw bootstraps take well under a second, so fewer draws would save
+nothing; the server start and the browser dominate.
+"""
 
 from __future__ import annotations
 
+import json
+import math
 from pathlib import Path
 
 import pytest
 
 from core.calibration import load_temperature
+from core.thresholds import ThresholdConfig, auto_accept_thresholds
 from tests.e2e.streamlit_server import CHROMIUM, CHROMIUM_ARGS, serve_app
-from tests.pages.eval_workspaces import CHECKPOINT, build_drawn_workspace
+from tests.pages.eval_workspaces import CHECKPOINT, build_drawn_workspace, load_table
 
 pytestmark = pytest.mark.e2e
-TIMEOUT_MS = 240_000  # the Calibration page computes 1,000-resample intervals on its first run; 2 busy cores
+TIMEOUT_MS = 240_000  # the server's first page imports torch and reads the dataset; 2 busy cores
+SCALE = 0.06  # of the drawn demo: about 80 images, every class in the val split's sets
 
 
 @pytest.fixture(scope="module")
@@ -20,7 +30,7 @@ def served(tmp_path_factory):
     sync_api = pytest.importorskip("playwright.sync_api")
     if not Path(CHROMIUM).exists():
         pytest.skip(f"chromium not installed at {CHROMIUM}")
-    root = build_drawn_workspace(tmp_path_factory.mktemp("e2e-calibration") / "demo")
+    root = build_drawn_workspace(tmp_path_factory.mktemp("e2e-calibration") / "demo", scale=SCALE)
     with serve_app(root, root / "streamlit.log") as url, sync_api.sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
         try:
@@ -57,8 +67,19 @@ def test_calibration_page_draws_the_reliability_diagram_and_fits(served) -> None
         fit = load_temperature(root / ".taxalens", CHECKPOINT)
         assert fit is not None
         assert page.get_by_text(f"T = {fit.temperature:.3f}").first.is_visible()
+        page.get_by_role("heading", name="Per class").wait_for()
         page.get_by_role("heading", name="Prediction sets").wait_for()
         assert page.get_by_text("Empirical coverage").is_visible()
+        # the thresholds a deployment downloads are the core's, class by class
+        with page.expect_download() as download:
+            page.get_by_role("button", name="Thresholds (JSON)").click()
+        exported = json.loads(Path(download.value.path()).read_text(encoding="utf-8"))
+        expected = auto_accept_thresholds(load_table(root).for_split("val"), ThresholdConfig(precision=0.95))
+        assert exported["target_precision"] == 0.95 and exported["checkpoint"] == CHECKPOINT
+        assert exported["accepted_share"] == pytest.approx(expected.accepted_share)
+        for row in expected.frame.itertuples(index=False):
+            threshold = exported["classes"][row[0]]["threshold"]
+            assert (threshold is None) if math.isnan(row.threshold) else threshold == pytest.approx(row.threshold)
     finally:
         context.close()
 
