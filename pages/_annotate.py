@@ -28,9 +28,9 @@ from core.pools import (
     record_auto_accept,
     undo_auto_accept,
 )
-from core.thresholds import ThresholdConfig, auto_accept_thresholds
+from pages import _confidence as confidence
 from pages._access import current_actor, may
-from pages._cached import PageContext, file_mtime_ns, get_predictions, predictions_key
+from pages._cached import PageContext, file_mtime_ns, get_predictions, table_token
 from pages._cam import prefetch_cam_maps
 from pages._gallery import sample_thumbnail, show_image
 from pages._review_support import typical_example_ids
@@ -94,11 +94,6 @@ def _predict(ctx: PageContext, pool: Pool) -> None:
         bar.progress(done / max(total, 1), text=f"Predicting pool {md(pool.name)}: {done:,} of {total:,} images")
 
     predict_pool(ctx.workspace, ctx.checkpoint, pool, dataset=ctx.dataset, progress=progress)
-
-
-@st.cache_data(show_spinner="Choosing auto-accept thresholds…", max_entries=16)
-def _thresholds(key: str, precision: float, _table) -> pd.DataFrame:
-    return auto_accept_thresholds(_table, ThresholdConfig(precision=precision, n_boot=200)).frame
 
 
 def _act(store: LabelStore, sample_id: str, action: str, *, label: str | None, checkpoint: str | None,
@@ -262,7 +257,8 @@ def auto_accept_panel(ctx: PageContext, store: LabelStore, pool: Pool, predictio
                               help="Per predicted class, the lowest confidence whose validation precision (its lower "
                               "95% bound) reaches this target")
         try:
-            frame = _thresholds(predictions_key(ctx.workspace, ctx.checkpoint), float(precision), val)
+            # the Calibration page's thresholds (raw confidences), cached in memory and on disk beside the predictions
+            frame = confidence.thresholds(table_token(val, "val"), float(precision), 1.0, val).frame
         except USER_ERRORS as exc:
             st.error(md(user_message(exc)))
             return

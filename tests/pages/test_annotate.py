@@ -88,7 +88,7 @@ def test_the_auto_accept_panel_matches_core_and_records_one_event(workspace_copy
     app.slider(key="an-precision").set_value(0.8).run()
     assert not app.exception, [e.value for e in app.exception]
     val = load_table(workspace_copy).for_split("val")
-    frame = auto_accept_thresholds(val, ThresholdConfig(precision=0.8, n_boot=200)).frame
+    frame = auto_accept_thresholds(val, ThresholdConfig(precision=0.8)).frame  # the page shares the Calibration page's
     with LabelStore(workspace.label_store_url) as store:
         plan = plan_auto_accept(predictions, frame, pool_label_frame(store, pool), checkpoint="tiny",
                                 target_precision=0.8)
