@@ -12,6 +12,7 @@ from pages import _data_scan as scan
 from pages._cached import require_table, start_page, table_token
 from pages._evaluation import selected_customdata
 from pages._gallery import render_gallery, render_sample_view
+from pages._map_hover import render_hover_preview
 from pages._review_support import label_issue_ranking
 from pages._state import KEY_SELECTION
 from pages._text import md
@@ -66,10 +67,11 @@ figure = em.build_map_figure(frame, values, continuous=bool(mode and mode.contin
                              "points")
 event = st.plotly_chart(figure, key="map-chart", on_select="rerun", selection_mode=("lasso", "box", "points"),
                         config={"scrollZoom": True})
+render_hover_preview(ctx, table, token)
 caption = f"{len(frame):,} images of split **{ctx.split}**"
 if len(frame) < len(table):
     caption += f" (an even sample of {len(table):,})"
-st.caption(caption + ". Hover a point for its sample; drag with the lasso (default) or box tool to select a "
+st.caption(caption + ". Hover a point for its thumbnail; drag with the lasso (default) or box tool to select a "
            "cluster, click one point to see it large.")
 
 points = (event or {}).get("selection", {}).get("points", []) if event else []
