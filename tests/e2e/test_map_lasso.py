@@ -1,6 +1,6 @@
 """Real browser: hovering a point of the Embedding map (PCA) shows that sample's thumbnail (an <img> fetched from
-Python on hover); a lasso drawn on the map opens the gallery of exactly the points inside it, and the selection
-becomes the review queue "selection"."""
+Python on hover); a lasso drawn on the map opens the gallery of exactly the points inside it (relayed to the page's
+selection fragment by pages/_map_events), and the selection becomes the review queue "selection"."""
 
 from __future__ import annotations
 
@@ -86,7 +86,7 @@ def test_hover_shows_the_thumbnail_and_lasso_opens_its_gallery_and_queue(served_
         fractions = (point_pixels - [box["x"] + axes["x0"], box["y"] + axes["y0"]]) / [axes["xl"], axes["yl"]]
         row = isolated_point(point_pixels, ((fractions > 0.05) & (fractions < 0.95)).all(axis=1))
         sample_id = str(val.frame["sample_id"].iloc[row])
-        page.locator(".js-plotly-plot[data-tl-hover=attached]").wait_for(timeout=60_000)
+        page.locator(".js-plotly-plot[data-tl-hover=attached][data-tl-select=attached]").wait_for(timeout=60_000)
         hx, hy = point_pixels[row]
         page.mouse.move(hx - 30, hy - 30)
         page.mouse.move(hx, hy, steps=6)

@@ -15,7 +15,7 @@ from core.images import load_image_rgb
 from core.quality import QUALITY_CHECKS
 from core.ranking import QueueSpec, build_queue, rank_label_issues
 from core.workspace import load_workspace
-from pages._map_hover import HOVER_ROW_KEY
+from pages._map_events import HOVER_ROW_KEY, selection_rows
 from tests.pages.eval_workspaces import load_table
 
 
@@ -60,6 +60,13 @@ def test_map_page_draws_every_point_of_the_split(open_page, bccd_workspace):
     other = val.frame["sample_id"].iloc[5]
     if thumbnail(other).shape == shown.shape:
         assert np.abs(shown - thumbnail(other)).mean() > np.abs(shown - thumbnail(sample_id)).mean()
+
+
+def test_a_selection_counts_only_on_the_table_it_was_made_on():
+    state = {"scope": "val|tiny|abc", "rows": [3, 1.0, "x", 7], "at": 1}
+    assert selection_rows(state, "val|tiny|abc") == [3, 1, 7]
+    assert selection_rows(state, "train|tiny|abc") == []  # rows of another split mean other samples
+    assert selection_rows(None, "val|tiny|abc") == [] and selection_rows({"scope": "s"}, "s") == []
 
 
 def test_data_quality_page_shows_leaks_quality_and_outliers(open_page, bccd_workspace):

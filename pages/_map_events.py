@@ -1,7 +1,11 @@
-"""The Embedding map's hover preview: a custom component (`streamlit.components.v2`, inline JavaScript, no build step,
-nothing fetched from the network) that listens to the plotly map's hover events in the browser and shows the hovered
-sample's thumbnail beside the pointer. Thumbnails are fetched lazily, one per hovered point, through a fragment rerun
-(only this component's fragment reruns, never the 100,000-point chart); the browser keeps the last `BROWSER_CACHE`."""
+"""The Embedding map's browser events, relayed by two custom components (`streamlit.components.v2`, inline
+JavaScript, no build step, nothing fetched from the network) that listen to the plotly chart's events in the page:
+
+- hover: the hovered sample's thumbnail beside the pointer, fetched lazily (one per hovered point) through a fragment
+  rerun; the browser keeps the last `BROWSER_CACHE`.
+- selection: the rows a lasso, a box or a click selected, handed to the caller's fragment, so a selection reruns that
+  fragment only (its gallery) and never re-sends the 100,000-point chart (seconds at that size).
+"""
 
 from __future__ import annotations
 
@@ -13,6 +17,9 @@ from core.predictions import PredictionTable
 from pages._cached import PageContext
 from pages._gallery import sample_paths, sample_thumbnail
 
+CHART_KEY = "map-chart"  # the st.plotly_chart both components listen to
+CHART_SELECTOR = f".st-key-{CHART_KEY} .js-plotly-plot"
+SELECT_KEY = "map-select"  # the selection component's widget key (its state `selection` = {scope, rows, at})
 HOVER_KEY = "map-hover"  # the component's widget key (its trigger `hover` carries the hovered point's table row)
 HOVER_ROW_KEY = "tl_map_hover"  # this page's own: (request number, row) of the last hover the browser asked about
 BROWSER_CACHE = 128  # thumbnails (data URIs, ~6 kB each) the browser keeps, least recently shown dropped first
@@ -23,7 +30,7 @@ PREVIEW_PX = 160  # the preview's longest side in the browser (the gallery's thu
 # box with an <img> (alt = sample id) near the pointer. A row it has no thumbnail for is asked of Python with the
 # trigger `hover`; the answer comes back as this component's `data` ({row, sample_id, caption, src}). Its state lives
 # on `window` under one symbol so it survives the function being called again for new data.
-_JS = """
+_HOVER_JS = """
 const G = (window[Symbol.for("taxalens.mapHover")] ??= {cache: new Map(), wanted: null, pointer: null, timer: null});
 
 function entryFor(row) {
@@ -148,7 +155,7 @@ export default function (component) {
 }
 """
 
-_component = st.components.v2.component("taxalens_map_hover", js=_JS)
+_hover_component = st.components.v2.component("taxalens_map_hover", js=_HOVER_JS)
 
 
 def _remember_hover() -> None:
@@ -165,7 +172,7 @@ def hover_payload(ctx: PageContext, table: PredictionTable, row: int | None, *, 
     """What the component receives: the chart to listen to, `scope` (the table's token: the browser forgets its
     thumbnails when it changes, rows then mean other samples), and for `row` (a position in `table`, or None) its
     sample id, caption and thumbnail as a data URI (`src` None when the image cannot be read)."""
-    payload: dict = {"chart": ".st-key-map-chart .js-plotly-plot", "max_cached": BROWSER_CACHE, "size": PREVIEW_PX,
+    payload: dict = {"chart": CHART_SELECTOR, "max_cached": BROWSER_CACHE, "size": PREVIEW_PX,
                      "scope": scope, "row": None, "request": request}
     if row is None or not 0 <= row < len(table):
         return payload
@@ -180,7 +187,85 @@ def hover_payload(ctx: PageContext, table: PredictionTable, row: int | None, *, 
 
 @st.fragment
 def render_hover_preview(ctx: PageContext, table: PredictionTable, scope: str) -> None:
-    """Mount the hover preview for the map drawn with key `map-chart` from rows of `table` (`scope`: its token)."""
+    """Mount the hover preview for the map drawn with key `CHART_KEY` from rows of `table` (`scope`: its token)."""
     request, row = st.session_state.get(HOVER_ROW_KEY, (0, None))
-    _component(key=HOVER_KEY, data=hover_payload(ctx, table, row, scope=scope, request=request),
+    _hover_component(key=HOVER_KEY, data=hover_payload(ctx, table, row, scope=scope, request=request),
                on_hover_change=_remember_hover)
+
+
+# Selection ------------------------------------------------------------------------------------------------------------
+
+# Sends {scope, rows, at} as the state `selection` on plotly_selected (lasso, box), plotly_click (one point) and
+# plotly_deselect (rows []); a deselect that plotly fires with a click is ignored. `at` makes a repeated selection of
+# the same rows a change.
+_SELECT_JS = """
+const S = (window[Symbol.for("taxalens.mapSelect")] ??= {gd: null, clickAt: 0});
+
+function rowsOf(event) {
+  const rows = [];
+  for (const point of (event && event.points) || []) {
+    const data = point.customdata;
+    const row = Number(Array.isArray(data) || ArrayBuffer.isView(data) ? data[0] : data);
+    if (Number.isFinite(row)) rows.push(row);
+  }
+  return rows;
+}
+
+function send(rows) { S.send("selection", {scope: S.scope, rows, at: Date.now()}); }
+function onSelected(event) { if (event && event.points) send(rowsOf(event)); }
+function onClick(event) {
+  const rows = rowsOf(event);
+  if (rows.length) { S.clickAt = Date.now(); send(rows.slice(0, 1)); }
+}
+function onDeselect() { if (Date.now() - S.clickAt > 400) send([]); }
+
+function detach() {
+  if (S.gd && typeof S.gd.removeListener === "function") {
+    S.gd.removeListener("plotly_selected", onSelected);
+    S.gd.removeListener("plotly_click", onClick);
+    S.gd.removeListener("plotly_deselect", onDeselect);
+    delete S.gd.dataset.tlSelect;
+  }
+  S.gd = null;
+}
+
+function attach() {
+  const gd = document.querySelector(S.selector);
+  if (!gd || gd === S.gd || typeof gd.on !== "function") return;
+  detach();
+  gd.on("plotly_selected", onSelected);
+  gd.on("plotly_click", onClick);
+  gd.on("plotly_deselect", onDeselect);
+  S.gd = gd;
+  gd.dataset.tlSelect = "attached";
+}
+
+export default function (component) {
+  const {data, setStateValue} = component;
+  S.send = setStateValue;
+  S.selector = data.chart;
+  S.scope = data.scope;
+  attach();
+  clearInterval(S.poll);
+  S.poll = setInterval(attach, 500);  // Streamlit may replace the chart's element when the page reruns
+  return () => { clearInterval(S.poll); detach(); };
+}
+"""
+
+_select_component = st.components.v2.component("taxalens_map_select", js=_SELECT_JS)
+
+
+def selection_rows(value: object, scope: str) -> list[int]:
+    """The table rows in the selection component's state `value` ({scope, rows, at}); none when there is no
+    selection or it was made on another table (`scope` differs: rows there mean other samples)."""
+    if not isinstance(value, dict) or value.get("scope") != scope:
+        return []
+    return [int(row) for row in value.get("rows") or () if isinstance(row, int | float)]
+
+
+def map_selection(scope: str) -> list[int]:
+    """Mount the selection listener for the chart with key `CHART_KEY` (call it inside the fragment that shows the
+    selection) and return the selected rows of the table whose token is `scope`."""
+    result = _select_component(key=SELECT_KEY, data={"chart": CHART_SELECTOR, "scope": scope},
+                               on_selection_change=lambda: None)
+    return selection_rows(getattr(result, "selection", None), scope)
