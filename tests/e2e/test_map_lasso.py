@@ -106,6 +106,10 @@ def test_hover_shows_the_thumbnail_and_lasso_opens_its_gallery_and_queue(served_
         if other_pixels.shape == shown.shape:  # the check above can tell two samples apart
             assert np.abs(shown - other_pixels).mean() > np.abs(shown - expected_pixels).mean()
         page.screenshot(path=str(tmp_path / "map_hover.png"), full_page=True)
+        # A click on that point selects it alone (its sample opens large)
+        page.mouse.click(hx, hy)
+        page.get_by_text("Selection: 1 images").wait_for(timeout=60_000)
+        page.get_by_text(sample_id).first.wait_for(timeout=60_000)
         page.mouse.move(box["x"] + 2, box["y"] + 2)  # away from the plot: the preview goes
         sync_api.expect(preview).to_be_hidden(timeout=10_000)
 
