@@ -245,7 +245,7 @@ def build_map_figure(frame: pd.DataFrame, values: pd.Series, *, title: str = "",
                 text=text[members], hovertemplate=hover, marker={"size": marker_size, "opacity": 0.8},
             ))
     fig = go.Figure(data=traces)
-    fig.update_layout(height=height, dragmode="lasso", margin={"l": 10, "r": 10, "t": 30, "b": 10},
+    fig.update_layout(height=height, dragmode="lasso", hovermode="closest", margin={"l": 10, "r": 10, "t": 30, "b": 10},
                       legend={"itemsizing": "constant"}, xaxis={"showticklabels": False, "title": None},
                       yaxis={"showticklabels": False, "title": None}, title={"text": title})
     return fig

@@ -36,10 +36,17 @@ class DuplicateSettings:
 
     min_similarity: float = 0.995  # cosine similarity of the mean-centred embeddings at or above which a pair matches
     max_hash_distance: int = 8  # differing bits (of 64) of the perceptual hashes (mirrored, centre-cropped) at or below
-    # a hash candidate is a near-duplicate only when its 256-bit confirmation hashes (mirrored, centre crops of
-    # CONFIRM_SHARES) differ in at most this many bits: drawn images on plain backgrounds collide in 64 bits. 26: the
-    # farthest planted bccd copy (a 4-8 % crop) is at 26, the demo's distinct cross-split candidates at 22, then >= 28
-    max_confirm_distance: int = 26
+    # a hash candidate is a near-duplicate only when both checks below confirm it (drawn images on plain backgrounds
+    # collide in 64 bits, and one look-alike demo pair passes the 256-bit hash at 22 bits):
+    # 1. its 256-bit confirmation hashes (mirrored, centre crops of CONFIRM_SHARES) differ in at most this many bits.
+    #    32: the farthest planted bccd copy (a 4-8 % crop) is at 26; the demo's distinct pairs from 22 bits on are
+    #    left to the colour check
+    max_confirm_distance: int = 32
+    # 2. their colour layouts (LAYOUT_PX x LAYOUT_PX RGB, normalised by the image's own mean and spread, best over
+    #    mirror and centre crops) differ by at most this mean absolute value (in standard deviations). 0.1: planted
+    #    bccd copies (exact, flip, 4-8 % crop, +-15 % jitter) <= 0.056; the demo's look-alike Daphnia pair 0.29; every
+    #    distinct demo pair the 64-bit hash matches >= 0.115
+    max_layout_distance: float = 0.1
     k: int = 10  # embedding neighbours examined per image
 
 
@@ -65,21 +72,25 @@ CONFIRM_SHARES = (1.0, 0.92, 0.88, 0.84)  # views (each also mirrored) of the 25
 CONFIRM_BITS = 256
 CONFIRM_WORDS = CONFIRM_BITS // 64
 CONFIRM_VIEWS = 2 * len(CONFIRM_SHARES)
-HASH_COLUMNS = HASH_VARIANTS + CONFIRM_VIEWS * CONFIRM_WORDS
+LAYOUT_PX = 8  # side of the colour layout: a LAYOUT_PX x LAYOUT_PX RGB thumbnail of each CONFIRM_SHARES crop
+LAYOUT_BYTES = len(CONFIRM_SHARES) * LAYOUT_PX * LAYOUT_PX * 3  # stored as uint8 RGB in the hash rows' last words
+LAYOUT_WORDS = LAYOUT_BYTES // 8
+HASH_COLUMNS = HASH_VARIANTS + CONFIRM_VIEWS * CONFIRM_WORDS + LAYOUT_WORDS
 
 
 def image_hashes(paths: Sequence[str | None], *, progress: Callable[[int, int], None] | None = None
                  ) -> tuple[np.ndarray, np.ndarray]:
     """Perceptual hashes of each image: `imagehash.phash` (64 bits) in `HASH_VARIANTS` views (as is, mirrored, its
     centre and its centre mirrored, so flipped and slightly cropped copies still match), then a 256-bit phash in
-    `CONFIRM_VIEWS` views (as is and centre crops of `CONFIRM_SHARES`, each also mirrored) that confirms a candidate.
+    `CONFIRM_VIEWS` views (as is and centre crops of `CONFIRM_SHARES`, each also mirrored) and a colour layout (an
+    8 x 8 RGB thumbnail of each of those crops) that confirm a candidate.
 
     Returns `(hashes, readable)`: `hashes` uint64 `(N, HASH_COLUMNS)` (the 64-bit views first, then each
-    confirmation view as `CONFIRM_WORDS` words), `readable` bool `(N,)` (False for a path that is None or cannot be
-    decoded; its hashes are 0 and never match).
+    confirmation view as `CONFIRM_WORDS` words, then the layouts' `LAYOUT_BYTES` bytes as `LAYOUT_WORDS` words),
+    `readable` bool `(N,)` (False for a path that is None or cannot be decoded; its hashes are 0 and never match).
     """
     import imagehash
-    from PIL import ImageOps
+    from PIL import Image, ImageOps
 
     hashes = np.zeros((len(paths), HASH_COLUMNS), dtype=np.uint64)
     readable = np.zeros(len(paths), dtype=bool)
@@ -97,11 +108,14 @@ def image_hashes(paths: Sequence[str | None], *, progress: Callable[[int, int], 
         for j, view in enumerate((image, ImageOps.mirror(image), centre, ImageOps.mirror(centre))):
             hashes[i, j] = _words(imagehash.phash(view))[0]
         column = HASH_VARIANTS
+        layouts = []
         for share in CONFIRM_SHARES:
             crop = _centre(image, share)
             for view in (crop, ImageOps.mirror(crop)):
                 hashes[i, column:column + CONFIRM_WORDS] = _words(imagehash.phash(view, hash_size=16))
                 column += CONFIRM_WORDS
+            layouts.append(np.asarray(crop.resize((LAYOUT_PX, LAYOUT_PX), Image.Resampling.BILINEAR), dtype=np.uint8))
+        hashes[i, column:] = np.frombuffer(np.stack(layouts).tobytes(), dtype=np.uint64)
         readable[i] = True
     return hashes, readable
 
@@ -138,12 +152,35 @@ def hash_distances(query: np.ndarray, reference: np.ndarray) -> np.ndarray:
 def confirmation_distances(hashes: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Differing bits (of `CONFIRM_BITS`) between the confirmation hashes of rows `a` and `b` (paired arrays of
     positions into `hashes` from `image_hashes`): the fewest over one image as is against any view of the other."""
-    words = hashes[:, HASH_VARIANTS:].reshape(len(hashes), CONFIRM_VIEWS, CONFIRM_WORDS)
+    words = hashes[:, HASH_VARIANTS:HASH_VARIANTS + CONFIRM_VIEWS * CONFIRM_WORDS].reshape(
+        len(hashes), CONFIRM_VIEWS, CONFIRM_WORDS)
     out = np.full(len(a), CONFIRM_BITS, dtype=np.int16)
     for j in range(CONFIRM_VIEWS):
         for first, second in ((words[a, 0], words[b, j]), (words[a, j], words[b, 0])):
             np.minimum(out, np.bitwise_count(first ^ second).sum(axis=1, dtype=np.int16), out=out)
     return out
+
+
+def layout_distances(hashes: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Colour-layout distance `(len(a),)` float32 between rows `a` and `b` (paired arrays of positions into `hashes`
+    from `image_hashes`): the mean absolute difference of their 8 x 8 RGB layouts, each normalised by its own mean
+    and standard deviation (a brightness or contrast change cancels out, a different background tint or body does
+    not), the fewest over one image as is against the other's crops, each also mirrored (symmetric)."""
+    shape = (len(hashes), len(CONFIRM_SHARES), LAYOUT_PX, LAYOUT_PX, 3)
+    layouts = np.ascontiguousarray(hashes[:, -LAYOUT_WORDS:]).view(np.uint8).reshape(shape)
+    first, second = _normalised(layouts[a]), _normalised(layouts[b])
+    out = np.full(len(a), np.inf, dtype=np.float32)
+    for j in range(len(CONFIRM_SHARES)):
+        for one, other in ((first[:, 0], second[:, j]), (second[:, 0], first[:, j])):
+            for view in (other, other[:, :, ::-1]):  # as is, mirrored (columns reversed)
+                np.minimum(out, np.abs(one - view).mean(axis=(1, 2, 3)), out=out)
+    return out
+
+
+def _normalised(layouts: np.ndarray) -> np.ndarray:
+    x = layouts.astype(np.float32)
+    mean = x.mean(axis=(2, 3, 4), keepdims=True)
+    return (x - mean) / (x.std(axis=(2, 3, 4), keepdims=True) + 1e-3)
 
 
 # Pairs and groups ---------------------------------------------------------------------------------------------------
@@ -156,7 +193,8 @@ def find_near_duplicates(table: PredictionTable, hashes: np.ndarray | None = Non
     Embedding test: among each row's `settings.k` most similar rows (cosine of the mean-centred embeddings), those at
     or above `settings.min_similarity`. Hash test (when `hashes` from `image_hashes` are given): 64-bit perceptual
     hashes within `settings.max_hash_distance` bits, confirmed by 256-bit ones within
-    `settings.max_confirm_distance`. `found_by` says which test (embedding, hash or both) matched.
+    `settings.max_confirm_distance` and by colour layouts within `settings.max_layout_distance`. `found_by` says
+    which test (embedding, hash or both) matched.
     """
     n = len(table)
     if hashes is not None and len(hashes) != n:
@@ -231,6 +269,8 @@ def _hash_pairs(hashes: np.ndarray, ok: np.ndarray, splits: np.ndarray, settings
         hit_r, hit_c = np.nonzero(dist <= settings.max_hash_distance)
         confirmed = confirmation_distances(hashes, part[hit_r], reference[hit_c]) <= settings.max_confirm_distance
         hit_r, hit_c = hit_r[confirmed], hit_c[confirmed]
+        alike = layout_distances(hashes, part[hit_r], reference[hit_c]) <= settings.max_layout_distance
+        hit_r, hit_c = hit_r[alike], hit_c[alike]
         for r, c in zip(hit_r.tolist(), hit_c.tolist(), strict=True):
             a, b = int(part[r]), int(reference[c])
             if a == b:

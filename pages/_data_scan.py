@@ -105,8 +105,8 @@ def outlier_scores(token: str, table: PredictionTable) -> pd.DataFrame:
 
 
 def _hash_file(ctx: PageContext, token: str) -> Path:
-    # v2: with the confirmation hashes (files of 4 columns from before are left unread)
-    return Path(ctx.workspace.root) / ".taxalens" / "scan" / f"hashes-v2-{token[:24]}.npz"
+    # v3: with the colour layouts (v2 files, without them, and v1 files of 4 columns are left unread)
+    return Path(ctx.workspace.root) / ".taxalens" / "scan" / f"hashes-v3-{token[:24]}.npz"
 
 
 @st.cache_resource(show_spinner="Hashing the images…", max_entries=4)

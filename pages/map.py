@@ -10,8 +10,8 @@ from core import embedding_map as em
 from core.taxonomy import load_taxonomy
 from pages import _data_scan as scan
 from pages._cached import require_table, start_page, table_token
-from pages._evaluation import selected_customdata
 from pages._gallery import render_gallery, render_sample_view
+from pages._map_events import CHART_KEY, map_selection, render_hover_preview
 from pages._review_support import label_issue_ranking
 from pages._state import KEY_SELECTION
 from pages._text import md
@@ -64,17 +64,22 @@ mode = em.COLOUR_MODES.get(colour)
 figure = em.build_map_figure(frame, values, continuous=bool(mode and mode.continuous),
                              title=f"{em.PROJECTIONS[method].title if job is None else 'PCA'} · {len(frame):,} "
                              "points")
-event = st.plotly_chart(figure, key="map-chart", on_select="rerun", selection_mode=("lasso", "box", "points"),
-                        config={"scrollZoom": True})
+# Selections are relayed by pages/_map_events (only the fragment below reruns), so the chart ignores them itself.
+st.plotly_chart(figure, key=CHART_KEY, on_select="ignore", config={"scrollZoom": True})
+render_hover_preview(ctx, table, token)
 caption = f"{len(frame):,} images of split **{ctx.split}**"
 if len(frame) < len(table):
     caption += f" (an even sample of {len(table):,})"
-st.caption(caption + ". Hover a point for its sample; drag with the lasso (default) or box tool to select a "
-           "cluster, click one point to see it large.")
+st.caption(caption + ". Hover a point for its thumbnail; drag with the lasso (default) or box tool to select a "
+           "cluster, click one point to see it large, double-click to clear.")
 
-points = (event or {}).get("selection", {}).get("points", []) if event else []
-picked = [int(selected_customdata(p)[0]) for p in points if selected_customdata(p)]
-if picked:
+
+@st.fragment
+def _selection() -> None:
+    picked = map_selection(token)
+    if not picked:
+        st.caption("No selection yet.")
+        return
     selected = em.selected_rows(table, picked)
     st.subheader(f"Selection: {len(selected):,} images", anchor=False)
     if len(selected) == 1:
@@ -88,5 +93,6 @@ if picked:
     chosen = render_gallery(ctx, selected, key="map-gallery")
     if chosen and len(selected) > 1:
         render_sample_view(ctx, table, chosen)
-else:
-    st.caption("No selection yet.")
+
+
+_selection()

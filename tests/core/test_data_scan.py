@@ -18,11 +18,15 @@ from core.embedding_map import (
     selected_rows,
 )
 from core.leakage import (
+    CONFIRM_BITS,
     DuplicateSettings,
     LeakageError,
+    confirmation_distances,
     deduplicated,
     find_split_leaks,
+    hash_distances,
     image_hashes,
+    layout_distances,
     leak_recall_precision,
     scan_leakage,
 )
@@ -174,6 +178,56 @@ def test_pca_map_separates_two_clusters_and_figure_is_webgl():
     assert set(taxa) == {"A-order", "(not in taxonomy)"}
 
 
+UNCONFIRMED = DuplicateSettings(max_confirm_distance=CONFIRM_BITS, max_layout_distance=np.inf)  # 64-bit hash alone
+
+
+def test_planted_copies_pass_both_confirmations_with_a_margin(planted):
+    """Each planted copy and its source: 256-bit hashes well inside `max_confirm_distance` (the farthest, a crop, at
+    26 of 32 bits) and colour layouts well inside `max_layout_distance` (at most about half of it)."""
+    data, _, table, _, hashes, _ = planted
+    position = {s: i for i, s in enumerate(table.frame["sample_id"])}
+    copies = np.array([position[s] for s in data.leaks])
+    sources = np.array([position[data.sources[s]] for s in data.leaks])
+    settings = DuplicateSettings()
+    assert confirmation_distances(hashes, copies, sources).max() <= settings.max_confirm_distance - 4
+    layouts = layout_distances(hashes, copies, sources)
+    assert layouts.max() <= 0.6 * settings.max_layout_distance
+    assert np.allclose(layouts[[data.leaks[s] in ("exact", "flip") for s in data.leaks]], 0.0)
+
+
+def test_the_demos_look_alike_daphnia_are_no_leak_but_their_copies_are(demo_workspace_readonly, tmp_path):
+    """The full demo's one false leak before the colour check: two drawings of different Daphnia in one pose whose
+    hashes match in 64 bits and in 256 bits (22 of 32); their colour layouts (another background tint, another body)
+    keep them apart. A jittered and a mirrored-and-cropped copy of one of them still count as leaks."""
+    from PIL import ImageEnhance, ImageOps
+
+    from core.images import load_image_rgb
+
+    images = demo_workspace_readonly / "data" / "images" / "Daphnia"
+    first, second = images / "DAPH-0023_1.jpg", images / "DAPH-0039_1.jpg"
+    image = load_image_rgb(first)
+    jitter = ImageEnhance.Color(ImageEnhance.Brightness(image).enhance(1.12)).enhance(0.88)
+    w, h = image.size
+    cropped = ImageOps.mirror(image.crop((6, 6, w - 6, h - 6)).resize((w, h)))
+    paths = [first, second]
+    for name, copy in (("jitter.png", jitter), ("crop.png", cropped)):
+        copy.save(tmp_path / name)
+        paths.append(tmp_path / name)
+    hashes, readable = image_hashes([str(p) for p in paths])
+    settings = DuplicateSettings()
+    pair = (np.array([0]), np.array([1]))
+    assert hash_distances(hashes[:1], hashes[1:2])[0, 0] <= settings.max_hash_distance  # the case this test is about
+    assert confirmation_distances(hashes, *pair)[0] <= settings.max_confirm_distance
+    assert layout_distances(hashes, *pair)[0] > 2 * settings.max_layout_distance
+    ids = ["train-a", "val-b", "val-jitter", "val-crop"]
+    table = build_prediction_table(ids, np.full((4, 1), 1.0), np.zeros((4, 0)), labels=["Daphnia"] * 4,
+                                   splits=["train", "val", "val", "val"], specimen_ids=ids, class_names=["Daphnia"])
+    assert set(scan_leakage(table, hashes, readable, settings=UNCONFIRMED).leaks["sample_id"]) == set(ids[1:])
+    report = scan_leakage(table, hashes, readable)
+    assert sorted(report.leaks["sample_id"]) == ["val-crop", "val-jitter"]
+    assert set(report.leaks["train_sample_id"]) == {"train-a"}
+
+
 def test_distinct_drawn_images_on_plain_backgrounds_are_no_leak(tmp_path):
     """Demo-style drawings (one plain microscope background, organisms alike in shape) collide in the 64-bit hash;
     the 256-bit confirmation keeps them apart and still finds a real copy and a mirrored copy."""
@@ -199,7 +253,7 @@ def test_distinct_drawn_images_on_plain_backgrounds_are_no_leak(tmp_path):
                                    labels=labels, splits=splits, specimen_ids=specimen_ids, class_names=classes)
     hashes, readable = image_hashes([str(tmp_path / i) for i in ids])
     assert readable.all()
-    unconfirmed = scan_leakage(table, hashes, readable, settings=DuplicateSettings(max_confirm_distance=256))
+    unconfirmed = scan_leakage(table, hashes, readable, settings=UNCONFIRMED)
     distinct = unconfirmed.pairs[~unconfirmed.pairs["sample_a"].isin(["copy.png", "mirror.png"])
                                  & ~unconfirmed.pairs["sample_b"].isin(["copy.png", "mirror.png"])]
     assert len(distinct) >= 3  # the drawn images do collide in 64 bits: the case this test is about

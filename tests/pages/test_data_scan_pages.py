@@ -4,13 +4,18 @@ with one point per image of the split, the leak scan and quality table show, and
 from __future__ import annotations
 
 import base64
+import io
 import json
 
 import numpy as np
 import pytest
+from PIL import Image
 
+from core.images import load_image_rgb
 from core.quality import QUALITY_CHECKS
 from core.ranking import QueueSpec, build_queue, rank_label_issues
+from core.workspace import load_workspace
+from pages._map_events import HOVER_ROW_KEY, selection_rows
 from tests.pages.eval_workspaces import load_table
 
 
@@ -23,7 +28,8 @@ def typed_array(value) -> np.ndarray:
 
 def test_map_page_draws_every_point_of_the_split(open_page, bccd_workspace):
     workspace = bccd_workspace  # the drawn demo's map is drawn by the browser test (tests/e2e/test_map_lasso.py)
-    app = open_page(workspace, "pages/map.py", state={"map-method": "pca"})
+    # as if the browser had asked for the thumbnail of the val table's row 4 (the hover component's trigger)
+    app = open_page(workspace, "pages/map.py", state={"map-method": "pca", HOVER_ROW_KEY: (1, 4)})
     charts = [c for c in app.get("plotly_chart")]
     assert charts, "no map drawn"
     traces = json.loads(charts[0].proto.spec)["data"]
@@ -33,6 +39,34 @@ def test_map_page_draws_every_point_of_the_split(open_page, bccd_workspace):
     rows = sorted(int(r) for trace in traces for r in typed_array(trace["customdata"]))
     assert rows == list(range(len(val)))
     assert not app.error
+    # The hover preview got row 4's sample and its thumbnail (a JPEG of that very image, not another one).
+    components = [e for e in app.get("bidi_component") if e.proto.component_name == "taxalens_map_hover"]
+    assert len(components) == 1
+    data = json.loads(components[0].proto.json)
+    sample_id = val.frame["sample_id"].iloc[4]
+    assert (data["row"], data["sample_id"]) == (4, sample_id)
+    assert data["chart"] == ".st-key-map-chart .js-plotly-plot"
+    shown = np.asarray(Image.open(io.BytesIO(base64.b64decode(data["src"].removeprefix("data:image/jpeg;base64,")))),
+                       dtype=np.float32)
+    samples = load_workspace(workspace).load_dataset().samples.set_index("sample_id")["path"]
+
+    def thumbnail(sid: str) -> np.ndarray:
+        image = load_image_rgb(samples[sid])
+        image.thumbnail((160, 160))
+        return np.asarray(image, dtype=np.float32)
+
+    assert shown.shape == thumbnail(sample_id).shape
+    assert np.abs(shown - thumbnail(sample_id)).mean() < 6
+    other = val.frame["sample_id"].iloc[5]
+    if thumbnail(other).shape == shown.shape:
+        assert np.abs(shown - thumbnail(other)).mean() > np.abs(shown - thumbnail(sample_id)).mean()
+
+
+def test_a_selection_counts_only_on_the_table_it_was_made_on():
+    state = {"scope": "val|tiny|abc", "rows": [3, 1.0, "x", 7], "at": 1}
+    assert selection_rows(state, "val|tiny|abc") == [3, 1, 7]
+    assert selection_rows(state, "train|tiny|abc") == []  # rows of another split mean other samples
+    assert selection_rows(None, "val|tiny|abc") == [] and selection_rows({"scope": "s"}, "s") == []
 
 
 def test_data_quality_page_shows_leaks_quality_and_outliers(open_page, bccd_workspace):
