@@ -20,6 +20,7 @@ from core.result_cache import cached_result, has_result
 from pages._cached import PageContext, get_predictions, table_token
 from pages._data_scan import embedding_token
 from pages._evaluation import results_dir
+from pages._review_support import label_store_or_problem
 
 PREVIEW_ROWS = 20  # pool images the preview lists
 
@@ -109,7 +110,7 @@ def pool_preview(ctx: PageContext, table: PredictionTable, pool_name: str, order
                  rows: int = PREVIEW_ROWS) -> tuple[pd.DataFrame | None, str]:
     """(the first `rows` images of pool `pool_name` in `order`, or None; a note). The pool's stored predictions of
     the primary checkpoint rank it; the labelled set is `table`'s training split."""
-    from core.pools import load_pool
+    from core.pools import QUEUED_STATUS, load_pool, pool_label_frame
     from models.inference import cached_pool_predictions
 
     try:
@@ -123,15 +124,28 @@ def pool_preview(ctx: PageContext, table: PredictionTable, pool_name: str, order
                       f"{ctx.checkpoint}`)")
     if tuple(predicted.class_names) != tuple(table.class_names):
         return None, "the pool's predictions come from other weights than the dataset's; predict both again"
-    probs = np.asarray(predicted.pred_probs, dtype=np.float32)
-    view = pool_view(probs, np.asarray(predicted.embeddings, dtype=np.float32), table)
+    # only the images still to label are ranked (as the review screen's annotation queue does); without a label
+    # store the whole pool is, and the note says so
+    store, problem = label_store_or_problem(ctx)
+    if store is not None:
+        labels = pool_label_frame(store, pool)
+        queued = labels.loc[labels["status"] == QUEUED_STATUS, "sample_id"]
+        keep = np.flatnonzero(pd.Index(predicted.sample_ids).isin(queued))
+        scope = f"{len(keep):,} of {len(predicted.sample_ids):,} images in pool {pool_name!r} still to label"
+    else:
+        keep = np.arange(len(predicted.sample_ids))
+        scope = f"{len(keep):,} predicted images in pool {pool_name!r} (labelled ones included: {problem})"
+    if not len(keep):
+        return None, f"every image of pool {pool_name!r} is labelled, excluded or auto-accepted"
+    probs = np.asarray(predicted.pred_probs, dtype=np.float32)[keep]
+    view = pool_view(probs, np.asarray(predicted.embeddings, dtype=np.float32)[keep], table)
     try:
         ranked = rank_pool(order, view, seed=seed, batch=max(rows, 1))[:rows]
     except USER_ERRORS as exc:
         return None, user_message(exc)
     best = probs[ranked].argmax(axis=1)
     frame = pd.DataFrame({"rank": np.arange(1, len(ranked) + 1),
-                          "image": np.asarray(predicted.paths, dtype=object)[ranked],
+                          "image": np.asarray(predicted.paths, dtype=object)[keep][ranked],
                           "suggested": [table.class_names[i] for i in best],
                           "confidence": probs[ranked, best]})
-    return frame, f"{len(probs):,} predicted images in pool {pool_name!r}; {ORDERS[order].help}"
+    return frame, f"{scope}; {ORDERS[order].help}"
