@@ -98,12 +98,31 @@ METRIC_LABELS: dict[str, str] = {
 CLASS_METRIC_LABELS: dict[str, str] = {"precision": "Precision", "recall": "Recall", "f1": "F1"}
 DEFAULT_METHOD: IntervalMethod = "bayes"  # the product's interval (see benchmarks/bench_coverage.py)
 JEFFREYS_MASS = 0.5  # prior mass of each pseudo-image (right, missed, false alarm) of a class stratum
+SPECIMEN_MASS_LESS = 2.0  # a stratum of m specimens has Dirichlet mass m - 2 (at least 1): variance s^2 / m
+IMAGE_MASS_LESS = 1.0  # a stratum of m single images has mass m + its prior's mass - 1 (at least 1)
+LONE_SPECIMEN_MASS_LESS = 2.0  # the images of a class's lone specimen: mass m + prior's - 2 (they share a specimen)
 BOOT_CHUNK_NUMBERS = 4_000_000  # resample counts are drawn in chunks of about this many numbers (memory bound)
 _MAX_MERGED_UNIT = 16  # units with more images than this are never merged into a type (bounds the padded key)
 
 
 class ScoresError(TaxaLensError, ValueError):
     """Bad arguments to a score or bootstrap function; the message names the argument and its allowed values."""
+
+
+def stratum_mass(units: np.ndarray, *, prior_mass: float, single_share: np.ndarray, lone: np.ndarray) -> np.ndarray:
+    """Total Dirichlet mass of each class stratum in a Bayesian draw (its units and pseudo-images together).
+
+    `units`: `(H,)` units per stratum; `prior_mass`: the pseudo-images' mass per stratum (0 without a class prior);
+    `single_share`: `(H,)` share of each stratum's units that are single images; `lone`: `(H,)` True where the
+    units are the images of the class's lone specimen. A stratum of m specimens gets m - `SPECIMEN_MASS_LESS`, one
+    of m single images m + `prior_mass` - `IMAGE_MASS_LESS` (`LONE_SPECIMEN_MASS_LESS` for a lone specimen's
+    images), a mixed one the blend by `single_share`; at least 1. The module docstring says why.
+    """
+    units = np.asarray(units, dtype=np.float64)
+    specimens = np.maximum(units - SPECIMEN_MASS_LESS, 1.0)
+    less = np.where(lone, LONE_SPECIMEN_MASS_LESS, IMAGE_MASS_LESS)
+    images = np.maximum(units + prior_mass - less, 1.0)
+    return single_share * images + (1.0 - single_share) * specimens
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -327,6 +346,7 @@ class ResamplingPlan:
         stratum_of_unit = _majority_label(unit_of_row, y_true, n_units, k)
         lone = np.bincount(stratum_of_unit, minlength=k)[stratum_of_unit] == 1
         lone &= np.bincount(unit_of_row, minlength=n_units) > 1
+        self._lone_strata = np.unique(stratum_of_unit[lone]) if self.unit == "specimen" else np.zeros(0, np.int64)
         if self.unit == "specimen" and lone.any():
             split_rows = lone[unit_of_row]
             unit_of_row = unit_of_row.copy()
@@ -467,19 +487,19 @@ class ResamplingPlan:
         position = np.searchsorted(strata, stratum_of_type)
         self._bayes_stratum = np.r_[position, np.tile(np.arange(h), 3)]
         units = np.bincount(position, weights=self.multiplicity, minlength=h)  # real units per stratum
-        # Masses: 1 per unit and JEFFREYS_MASS per pseudo-unit, all scaled so that the stratum's total is m - 1 (at
-        # least 1): the prior takes its mass from the data's instead of adding to it, and a weighted mean varies by
-        # sigma^2 / m, as in the ordinary bootstrap (a total of m would give sigma^2 / (m + 1), m + 1.5 less still:
-        # the module docstring has the coverage).
-        scale = np.maximum(units - 1, 1) / (units + 3 * mass)
-        self._bayes_shape = np.r_[self.multiplicity * scale[position], np.tile(mass * scale, 3)]
         type_images = np.asarray(self._map[:, -1].todense()).ravel()  # images of one unit of each type
+        single = np.bincount(position, weights=self.multiplicity * (type_images == 1), minlength=h) / units
+        total = stratum_mass(units, prior_mass=3 * mass, single_share=single, lone=np.isin(strata, self._lone_strata))
+        scale = total / (units + 3 * mass)
+        self._bayes_shape = np.r_[self.multiplicity * scale[position], np.tile(mass * scale, 3)]
         carried = np.r_[type_images, one, one, 0 * one]
         self._bayes_members = sparse.csr_matrix((carried, (np.arange(len(carried)), self._bayes_stratum)),
                                                 shape=(len(carried), h))
         # A draw is scaled so that the stratum's images weigh what they do in the table: each class keeps its
         # weight (its support, exactly, when its specimens hold only its own label).
         self._bayes_total = np.bincount(position, weights=self.multiplicity * type_images, minlength=h)
+        # One (T + 3 H, Q) map from a draw's weights (real types, then pseudo-units) to a tally row.
+        self._bayes_map = sparse.vstack([self._map, self._prior_map], format="csr")
 
     def _split(self, sums: np.ndarray) -> Tally:
         k, c = self.k, len(self.columns)
@@ -539,15 +559,13 @@ class ResamplingPlan:
         rng = np.random.default_rng(seed)
         width = len(self._bayes_shape)
         chunk = max(1, BOOT_CHUNK_NUMBERS // max(width, 1))
-        t = self.n_types
         for start in range(0, n_boot, chunk):
             size = min(chunk, n_boot - start)
-            gammas = rng.standard_gamma(self._bayes_shape, size=(size, width))
+            # float32 variates (a third cheaper than float64; a weight needs no more than 7 digits), sums in float64
+            gammas = rng.standard_gamma(self._bayes_shape, size=(size, width), dtype=np.float32).astype(np.float64)
             totals = np.asarray((self._bayes_members.T @ gammas.T).T)  # (size, H) per-stratum sums
             gammas *= (self._bayes_total / totals)[:, self._bayes_stratum]
-            sums = (self._map.T @ np.ascontiguousarray(gammas[:, :t].T)).T
-            sums = np.asarray(sums) + np.asarray((self._prior_map.T @ np.ascontiguousarray(gammas[:, t:].T)).T)
-            yield self._split(sums)
+            yield self._split(np.asarray((self._bayes_map.T @ np.ascontiguousarray(gammas.T)).T))
 
     def jackknife(self, chunk_types: int = 2048) -> Iterator[tuple[Tally, np.ndarray]]:
         """Leave-one-unit-out tallies, one row per type (every unit of a type gives the same), with the units per
