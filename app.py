@@ -52,6 +52,7 @@ PAGES = {
         st.Page("pages/review.py", title="Review queue", icon=":material/rule:"),
         st.Page("pages/adjudicate.py", title="Adjudicate & export", icon=":material/gavel:"),
         st.Page("pages/data_quality.py", title="Data quality", icon=":material/cleaning_services:"),
+        st.Page("pages/active_learning.py", title="Label next", icon=":material/format_list_numbered:"),
     ],
     "Models": [
         st.Page("pages/retrain.py", title="Retrain", icon=":material/model_training:"),

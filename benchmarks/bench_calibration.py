@@ -104,7 +104,7 @@ def _figures(name: str, table: PredictionTable) -> None:
     print("mean AUROC: " + ", ".join(f"{c[6:]} {loco[c].mean():.3f}" for c in loco.columns if c.startswith("auroc")))
 
 
-def _bccd_table(workdir: Path) -> PredictionTable:
+def bccd_table(workdir: Path) -> PredictionTable:
     """The bccd workspace of the module docstring (built once in `workdir`)."""
     from core.workspace import load_workspace
     from models.inference import cached_predictions
@@ -138,7 +138,7 @@ def run_report(demo: Path | None, bccd_workdir: Path) -> None:
     if demo is not None:
         files = sorted((demo / ".taxalens" / "predictions").glob("*.parquet"))
         _figures(f"demo ({demo.name})", load_predictions(files[0]))  # read-only: nothing is written there
-    _figures("bccd (resnet10t, 64 px, trained from scratch)", _bccd_table(bccd_workdir))
+    _figures("bccd (resnet10t, 64 px, trained from scratch)", bccd_table(bccd_workdir))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -12,8 +12,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="write the curated label manifest (and the review audit log) as CSV",
         description="Export the workspace's dataset with the labels the review events say now: "
         "path,label,original_label,status,n_reviews,agreement,last_reviewer,updated_at plus the dataset's own "
-        "columns. Excluded samples are kept and marked status=excluded. The file is a manifest: load it with the "
-        "dataset root as its root (paths stay relative to it).",
+        "columns. Excluded samples are kept and marked status=excluded. Labelled images of the workspace's pools "
+        "([[pools]]) follow with status=new, split train, their pool in column `pool` (paths relative to that pool's "
+        "root) and label_source manual or auto (a bulk auto-accept). The file is a manifest: load it with the "
+        "dataset root as its root (paths stay relative to it; train with --workspace so pool rows find their "
+        "pool).",
     )
     parser.add_argument("--workspace", required=True, help="the workspace folder (holds taxalens.toml)")
     parser.add_argument("--out", required=True, help="the curated manifest CSV to write")
@@ -26,12 +29,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def _run(args: argparse.Namespace) -> int:
     from core.export import export_curated_labels
     from core.labelstore import open_label_store
+    from core.pools import load_pools
     from core.workspace import load_workspace
 
     workspace = load_workspace(args.workspace)
     dataset = workspace.load_dataset(verify=args.verify)
+    pools = load_pools(workspace, verify=args.verify)
     with open_label_store(workspace) as store:
-        summary = export_curated_labels(dataset, store, args.out, audit_out=args.audit)
+        summary = export_curated_labels(dataset, store, args.out, audit_out=args.audit, pools=pools)
     for line in summary.warnings:
         print(f"warning: {line}", file=sys.stderr)
     if len(dataset.skipped):

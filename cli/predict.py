@@ -30,10 +30,40 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="with --workspace: skip bootstrapping the evaluation pages' confidence intervals for "
                         "every split now (by default they are computed once here and cached beside the "
                         "predictions, so no page has to on its first visit)")
+    parser.add_argument("--no-pools", action="store_true",
+                        help="with --workspace: do not predict the workspace's unlabelled pools ([[pools]]); by "
+                        "default each pool's new or changed images are predicted after the dataset")
     parser.add_argument("--trust-checkpoint", action="store_true",
                         help="allow loading a pickled Python object or TorchScript; only for files you trust "
                         "(both are code that runs when loaded)")
     parser.set_defaults(func=_run)
+
+
+def _predict_pools(workspace, args: argparse.Namespace, progress) -> None:
+    """Each `[[pools]]` pool's images with the same checkpoint (only those the store lacks)."""
+    from tqdm import tqdm
+
+    from core.pools import load_pool
+    from models.inference import predict_pool
+
+    dataset = workspace.load_dataset()
+    for spec in workspace.pools:
+        pool = load_pool(workspace, spec.name)
+        if len(pool.skipped):
+            print(f"warning: pool {spec.name}: {len(pool.skipped)} file(s) skipped: "
+                  f"{pool.skipped['reason'].value_counts().to_dict()}", file=sys.stderr)
+        bar = tqdm(unit="img", file=sys.stderr, disable=None, desc=f"pool {spec.name}")
+
+        def pool_progress(done: int, total: int, bar=bar) -> None:
+            bar.total = total
+            bar.n = done
+            bar.refresh()
+
+        found = predict_pool(workspace, args.checkpoint, pool, dataset=dataset, progress=pool_progress,
+                             batch_size=args.batch_size, num_workers=args.workers, device=args.device)
+        bar.close()
+        print(f"pool {spec.name}: {len(found)} of {len(pool)} images predicted"
+              + (f", {len(found.failed)} could not be decoded" if len(found.failed) else ""))
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -58,6 +88,8 @@ def _run(args: argparse.Namespace) -> int:
         bar.close()
         if table is not None:  # under torchrun, rank 0 assembles the table
             print(f"{len(table)} predictions cached in {workspace.cache_dir / 'predictions'}")
+            if not args.no_pools:
+                _predict_pools(workspace, args, progress)
             if not args.no_intervals:
                 from core.result_cache import PAGE_INTERVALS, RESULTS_DIR, warm_interval_results
 

@@ -52,6 +52,7 @@ PERMISSIONS: dict[str, Role] = {
     "record": Role.REVIEWER,  # confirm, relabel, unsure, exclude, label; undo one's own events
     "undo_others": Role.LEAD,  # undo an event another reviewer recorded
     "adjudicate": Role.LEAD,
+    "auto_accept": Role.LEAD,  # accept every pool prediction above its class threshold in one bulk event
     "export": Role.LEAD,  # curated label CSVs and the audit log
     "retrain": Role.LEAD,  # start or stop training and cross-validation runs
     "edit_workspace": Role.ADMIN,  # add checkpoints or ensembles, change taxalens.toml

@@ -38,6 +38,8 @@ Verify = Literal["none", "header", "full"]
 _DRIVE = re.compile(r"[A-Za-z]:/")  # `C:/...` (or `C:\...`) is a Windows absolute path; `C:x.png` is a file name
 # A relative path of plain segments (no empty, `.` or `..` segment): PurePosixPath would leave it as it is.
 _SIMPLE_PATH = re.compile(r"(?!\.\.?(?:/|$))[^/]+(?:/(?!\.\.?(?:/|$))[^/]+)*")
+POOL_ID_PREFIX = "pool:"  # sample ids of unlabelled-pool images: `pool:<pool name>/<path relative to the pool root>`
+POOL_COLUMN = "pool"  # a curated export's column naming the pool a row's image comes from ("" for the dataset)
 
 
 class DatasetError(TaxaLensError, ValueError):
@@ -73,6 +75,19 @@ class Dataset:
         return digest.hexdigest()
 
 
+def pool_sample_id(pool_name: str, relative: str) -> str:
+    """The sample id of the pool image `relative` (a POSIX path under the pool's root): `pool:<name>/<relative>`."""
+    return f"{POOL_ID_PREFIX}{pool_name}/{relative}"
+
+
+def split_pool_sample_id(sample_id: str) -> tuple[str, str] | None:
+    """(pool name, path relative to the pool root) of a pool image's sample id; None for any other id."""
+    if not sample_id.startswith(POOL_ID_PREFIX) or "/" not in sample_id:
+        return None
+    name, _, relative = sample_id[len(POOL_ID_PREFIX):].partition("/")
+    return (name, relative) if name and relative else None
+
+
 def load_dataset(
     source: str | Path,
     *,
@@ -82,6 +97,7 @@ def load_dataset(
     seed: int = 0,
     verify: Verify = "header",
     index: str | Path | None = None,
+    pool_roots: dict[str, Path] | None = None,
 ) -> Dataset:
     """Load an ImageFolder tree (`source` a folder) or a CSV manifest (`source` a `.csv` file).
 
@@ -91,6 +107,8 @@ def load_dataset(
     `header` also opens each image's header, `full` decodes every image (catches truncation).
     `index`: a dataset index file (`core.dataset_index`, a workspace keeps one in its cache folder): images whose
     size and modification time match their entry are not opened again, and the file is rewritten when that changed.
+    `pool_roots`: pool name -> its root, for a curated export holding labelled pool images (rows whose `pool` column
+    names a pool: their paths are relative to that pool's root and their sample ids are `pool_sample_id`s).
     Raises `DatasetError` for a manifest that cannot be read; unusable rows go to `Dataset.skipped`.
     """
     source = Path(source)
@@ -101,7 +119,7 @@ def load_dataset(
         _refuse_unlikely_root(Path(root))
     try:
         return _load_dataset(source, root=root, taxonomy=taxonomy, val_fraction=val_fraction, seed=seed, verify=verify,
-                             index=index)
+                             index=index, pool_roots=pool_roots)
     except PermissionError as exc:
         where = exc.filename or source
         raise DatasetError(f"cannot read {where} (permission denied) while loading the dataset {source}; give this "
@@ -109,7 +127,8 @@ def load_dataset(
 
 
 def _load_dataset(source: Path, *, root: str | Path | None, taxonomy: tuple[str, ...] | list[str] | None,
-                  val_fraction: float, seed: int, verify: Verify, index: str | Path | None) -> Dataset:
+                  val_fraction: float, seed: int, verify: Verify, index: str | Path | None,
+                  pool_roots: dict[str, Path] | None = None) -> Dataset:
     if source.is_dir():
         frame, skipped, warnings = _scan_image_folder(source)
         dataset_root, origin = source.resolve(), "imagefolder"
@@ -119,7 +138,8 @@ def _load_dataset(source: Path, *, root: str | Path | None, taxonomy: tuple[str,
             raise DatasetError("an ImageFolder tree has no taxonomy columns; give a CSV manifest with them")
     else:
         dataset_root = Path(root).resolve() if root else source.resolve().parent
-        resolver = _PathResolver(dataset_root)
+        resolver = _PathResolver(dataset_root, pools={name: _PathResolver(Path(folder).resolve())
+                                                      for name, folder in (pool_roots or {}).items()})
         frame, skipped, warnings = _read_manifest(source, dataset_root, tuple(taxonomy or ()), resolver)
         origin = str(source)
     try:
@@ -208,8 +228,9 @@ class _PathResolver:
     """`resolve_sample_path` for many paths under one root, one `lstat` per file: each folder is resolved once, and
     a file is resolved on its own only when it is a symlink. Remembers each file's `os.stat` (None when missing)."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, *, pools: dict[str, _PathResolver] | None = None) -> None:
         self.root = root
+        self.pools = pools or {}  # pool name -> the resolver of its root (pool images' ids: `pool_sample_id`)
         self._root_text = str(root)
         self._folders: dict[str, str] = {}  # relative folder -> resolved absolute folder (inside the root)
         self._found: dict[str, tuple[str, os.stat_result | None]] = {}  # relative path -> (absolute path, stat)
@@ -219,6 +240,9 @@ class _PathResolver:
         known = self._found.get(relative)
         if known is not None:
             return known
+        pooled = split_pool_sample_id(relative) if self.pools else None
+        if pooled is not None and pooled[0] in self.pools:
+            return self.pools[pooled[0]].locate(pooled[1])
         text = str(relative).replace("\\", "/")
         if _SIMPLE_PATH.fullmatch(text) and not _DRIVE.match(text):  # a/b/c.jpg: split as text (no PurePath: 5x)
             folder_key, _, name = text.rpartition("/")
@@ -247,6 +271,58 @@ class _PathResolver:
             info = None
         self._found[relative] = (path, info)
         return path, info
+
+
+def list_image_files(folder: str | Path) -> tuple[list[str], pd.DataFrame]:
+    """The image files under `folder` (any depth, names not starting with `.`), as sorted POSIX paths relative to it,
+    and the other files as skipped rows (`sample_id, reason, detail`, reason `not_image`)."""
+    folder = Path(folder)
+    _refuse_unlikely_root(folder)
+    if not folder.is_dir():
+        raise DatasetError(f"{folder} is not a folder of images")
+    images, skipped = [], []
+    with os.scandir(folder) as entries:
+        found = []
+        for entry in entries:
+            if entry.name.startswith("."):
+                continue
+            if entry.is_dir(follow_symlinks=False):
+                found += _files_below(Path(entry.path), entry.name)
+            elif entry.is_file():
+                found.append(entry.name)
+    for rel in sorted(found, key=lambda r: r.split("/")):
+        suffix = PurePosixPath(rel).suffix
+        if suffix.lower() in IMAGE_SUFFIXES:
+            images.append(rel)
+        else:
+            skipped.append((rel, "not_image", f"suffix {suffix or '(none)'} is not an image type"))
+    return images, _skip_frame(skipped)
+
+
+def check_image_files(root: str | Path, relative_paths: list[str], *, verify: Verify = "header",
+                      index: str | Path | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Validate images named relative to `root` as a dataset's are: paths that escape `root` (absolute, `..`, a
+    symlink pointing out) raise DatasetError naming them; missing, unreadable and non-image files are skipped.
+
+    Returns `(usable, skipped)`: `usable` has `sample_id` (the relative POSIX path, first listing kept) and `path`
+    (absolute); `skipped` has `sample_id, reason, detail`. `verify` and `index` as for `load_dataset`.
+    """
+    resolver = _PathResolver(Path(root).resolve())
+    escapes = []
+    for number, rel in enumerate(relative_paths):
+        try:
+            resolver.locate(rel)
+        except DatasetError as exc:
+            escapes.append(f"#{number + 1}: {exc}")
+    if escapes:
+        shown = "; ".join(escapes[:5]) + (f"; and {len(escapes) - 5} more" if len(escapes) > 5 else "")
+        raise DatasetError(f"{len(escapes)} path(s) outside {resolver.root}, refused: {shown}")
+    frame = pd.DataFrame({"sample_id": [_posix(p) for p in relative_paths]})
+    skipped = [(s, "duplicate", "listed more than once; kept the first") for s in frame.loc[
+        frame["sample_id"].duplicated(), "sample_id"]]
+    frame = frame.drop_duplicates("sample_id").reset_index(drop=True)
+    usable, checked = _check_rows(frame.assign(path=frame["sample_id"]), resolver, verify, index)
+    return usable.reset_index(drop=True)[["sample_id", "path"]], _skip_frame(skipped + checked)
 
 
 class NoImagesError(DatasetError):
@@ -357,6 +433,8 @@ def _read_manifest(path: Path, root: Path, taxonomy: tuple[str, ...],
         for rel, label in zip(frame.loc[excluded, "path"], frame.loc[excluded, "label"], strict=True):
             skipped.append((rel, "excluded", f"status=excluded in the curated manifest (label {label!r})"))
         frame = frame[~excluded]
+    if POOL_COLUMN in frame.columns:
+        frame = _pool_rows_as_ids(path, frame, resolver)
     blank = frame["label"] == ""
     for row_number, rel in zip(frame.index[blank], frame.loc[blank, "path"], strict=True):
         skipped.append((rel, "missing_label", f"manifest row {row_number + 2} has an empty label"))
@@ -379,6 +457,24 @@ def _read_manifest(path: Path, root: Path, taxonomy: tuple[str, ...],
     else:
         frame = frame.assign(split="")
     return frame.reset_index(drop=True), skipped, warnings
+
+
+def _pool_rows_as_ids(path: Path, frame: pd.DataFrame, resolver: _PathResolver) -> pd.DataFrame:
+    """Rows of a curated export whose `pool` column names a pool: their `path` becomes the pool image's sample id
+    (`pool_sample_id`), resolved under that pool's root; DatasetError for a pool the caller gave no root for."""
+    pooled = frame[POOL_COLUMN] != ""
+    if not pooled.any():
+        return frame
+    unknown = sorted(set(frame.loc[pooled, POOL_COLUMN]) - set(resolver.pools))
+    if unknown:
+        raise DatasetError(f"manifest {path} has labelled images of pool(s) {unknown}, whose folders it does not "
+                           "know; load it with the workspace whose taxalens.toml lists them as [[pools]] (e.g. "
+                           "`python -m cli train --workspace DIR --data EXPORT.csv`), or drop those rows")
+    ids = [pool_sample_id(name, _posix(rel)) for name, rel in zip(frame.loc[pooled, POOL_COLUMN],
+                                                                   frame.loc[pooled, "path"], strict=True)]
+    paths = frame["path"].copy()
+    paths.loc[pooled] = ids
+    return frame.assign(path=paths)
 
 
 def _posix(path: str) -> str:

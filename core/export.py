@@ -30,12 +30,23 @@ import pandas as pd
 
 from core.access import Actor
 from core.agreement import DISPUTED_STATUS, is_disputed
-from core.dataset import CELL_GUARD, FORMULA_TRIGGERS, Dataset, cell_needs_guard
+from core.dataset import (
+    CELL_GUARD,
+    FORMULA_TRIGGERS,
+    POOL_COLUMN,
+    POOL_ID_PREFIX,
+    Dataset,
+    cell_needs_guard,
+    split_pool_sample_id,
+)
 from core.labelstore import EVENT_COLUMNS, LabelStore
+from core.pools import Pool, pool_export_rows, pool_label_frame
 from core.predictions import PredictionTable
 
 CURATED_COLUMNS = ("path", "label", "original_label", "status", "n_reviews", "agreement", "last_reviewer",
                    "updated_at")
+LABEL_SOURCE_COLUMN = "label_source"  # pool rows: `manual` (labelled by a person) or `auto` (a bulk auto-accept)
+NEW_IMAGES_SPLIT = "train"  # labelled pool images train; the validation split stays as it was
 
 
 @dataclass(frozen=True)
@@ -67,18 +78,22 @@ def neutralise_path(path: str) -> str:
     return path + "/." if path[-1:].isspace() else path
 
 
-def build_curated_manifest(dataset: Dataset, store: LabelStore) -> tuple[pd.DataFrame, tuple[str, ...]]:
+def build_curated_manifest(dataset: Dataset, store: LabelStore, *,
+                           pools: tuple[Pool, ...] = ()) -> tuple[pd.DataFrame, tuple[str, ...]]:
     """The curated manifest of `dataset` under the events in `store` (unneutralised), and warnings.
 
     Labels come from the derived sample states (`LabelStore.states`); unreviewed samples keep the dataset label, and
     so do disputed ones (reviewers disagree, no ruling: `status=disputed`).
     Taxonomy columns of a relabelled sample are those of its new class (the most common taxonomy of that class in
     the dataset). A dataset that is itself a curated export keeps its `original_label`.
+    `pools`: unlabelled pools (`core.pools`) whose labelled images join the manifest with `status=new`, split
+    `train`, their pool in column `pool` (paths relative to that pool's root) and `label_source` manual or auto;
+    excluded pool images are kept with `status=excluded`, images still to label are left out.
     """
     samples = dataset.samples
     states = store.states(samples["sample_id"])
     warnings: list[str] = []
-    orphan = store.sample_ids() - set(samples["sample_id"])
+    orphan = {s for s in store.sample_ids() - set(samples["sample_id"]) if not s.startswith(POOL_ID_PREFIX)}
     if orphan:
         warnings.append(f"{len(orphan)} sample(s) with review events are not in the dataset (renamed or removed, "
                         f"e.g. {sorted(orphan)[0]!r}); they are only in the audit log")
@@ -104,8 +119,12 @@ def build_curated_manifest(dataset: Dataset, store: LabelStore) -> tuple[pd.Data
         agreement.append(None if state.agreement is None else round(state.agreement, 4))
         last_reviewer.append(state.last_reviewer or "")
         updated_at.append(_iso(state.updated_at))
+    paths = samples["sample_id"].to_numpy(object)
+    if POOL_COLUMN in samples.columns:  # a curated export with pool images being curated again
+        paths = [split_pool_sample_id(s)[1] if pool else s for s, pool in zip(paths, samples[POOL_COLUMN],
+                                                                               strict=True)]
     curated = pd.DataFrame({
-        "path": samples["sample_id"].to_numpy(),
+        "path": paths,
         "label": labels,
         "original_label": original.to_numpy(),
         "status": status,
@@ -120,7 +139,46 @@ def build_curated_manifest(dataset: Dataset, store: LabelStore) -> tuple[pd.Data
         curated[column] = samples[column].to_numpy()
     if dataset.taxonomy_columns:
         warnings.extend(_retaxonomise(curated, samples, dataset.taxonomy_columns))
+    if pools:
+        curated = _with_pool_rows(curated, dataset, store, pools)
     return curated, tuple(warnings)
+
+
+def _with_pool_rows(curated: pd.DataFrame, dataset: Dataset, store: LabelStore, pools: tuple[Pool, ...]
+                    ) -> pd.DataFrame:
+    """`curated` with the decided images of `pools` appended (taxonomy of their class, as relabels get it)."""
+    taxonomy = dataset.taxonomy_columns
+    by_class = {}
+    if taxonomy:
+        for label, group in dataset.samples.groupby("label"):
+            by_class[label] = Counter(zip(*(group[c] for c in taxonomy), strict=True)).most_common(1)[0][0]
+    if POOL_COLUMN not in curated.columns:
+        curated[POOL_COLUMN] = ""
+    if LABEL_SOURCE_COLUMN not in curated.columns:
+        curated[LABEL_SOURCE_COLUMN] = ""
+    frames = [curated]
+    for pool in pools:
+        rows = pool_export_rows(pool, pool_label_frame(store, pool))
+        if not len(rows):
+            continue
+        added = pd.DataFrame({
+            "path": rows["path"].to_numpy(), "label": rows["label"].to_numpy(), "original_label": "",
+            "status": rows["status"].to_numpy(),
+            "n_reviews": pd.array([int(s == "manual") for s in rows["source"]], dtype="Int64"),
+            "agreement": pd.array([None] * len(rows), dtype="Float64"),
+            "last_reviewer": rows["last_reviewer"].to_numpy(),
+            "updated_at": [_iso(t) for t in rows["updated_at"]],
+            "split": NEW_IMAGES_SPLIT, "specimen_id": rows["sample_id"].to_numpy(),
+            POOL_COLUMN: pool.name, LABEL_SOURCE_COLUMN: rows["source"].to_numpy(),
+        })
+        for i, column in enumerate(taxonomy):
+            added[column] = [by_class.get(label, ("",) * len(taxonomy))[i] for label in added["label"]]
+        frames.append(added)
+    merged = pd.concat(frames, ignore_index=True)
+    for column in curated.columns:
+        if merged[column].dtype == object:
+            merged[column] = merged[column].fillna("")
+    return merged[list(curated.columns)]
 
 
 def build_audit_log(store: LabelStore) -> pd.DataFrame:
@@ -131,14 +189,15 @@ def build_audit_log(store: LabelStore) -> pd.DataFrame:
     return log[list(EVENT_COLUMNS)]
 
 
-def curated_manifest_csv(dataset: Dataset, store: LabelStore, *, actor: Actor | None = None) -> bytes:
+def curated_manifest_csv(dataset: Dataset, store: LabelStore, *, actor: Actor | None = None,
+                         pools: tuple[Pool, ...] = ()) -> bytes:
     """The curated manifest as CSV bytes (neutralised), e.g. for a download button.
 
     `actor`: who asks (needs the `export` permission); None for a trusted caller (the command line, tests).
     """
     if actor is not None:
         actor.require("export")
-    curated, _ = build_curated_manifest(dataset, store)
+    curated, _ = build_curated_manifest(dataset, store, pools=pools)
     return _to_csv(curated).encode("utf-8")
 
 
@@ -150,7 +209,8 @@ def audit_log_csv(store: LabelStore, *, actor: Actor | None = None) -> bytes:
 
 
 def export_curated_labels(dataset: Dataset, store: LabelStore, out: str | Path, *,
-                          audit_out: str | Path | None = None, actor: Actor | None = None) -> ExportSummary:
+                          audit_out: str | Path | None = None, actor: Actor | None = None,
+                          pools: tuple[Pool, ...] = ()) -> ExportSummary:
     """Write the curated manifest to `out` (and the audit log to `audit_out`) atomically; returns a summary.
 
     `actor`: who asks (needs the `export` permission); None for a trusted caller (the command line, tests).
@@ -158,7 +218,7 @@ def export_curated_labels(dataset: Dataset, store: LabelStore, out: str | Path, 
     if actor is not None:
         actor.require("export")
     out = Path(out)
-    curated, warnings = build_curated_manifest(dataset, store)
+    curated, warnings = build_curated_manifest(dataset, store, pools=pools)
     _write_atomic(out, _to_csv(curated))
     n_events = 0
     audit_path = None

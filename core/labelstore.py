@@ -16,6 +16,9 @@ Semantics (one sample, events in id order):
   record, adjudicate, undo_others) and the recorded reviewer is `actor.name` (nobody writes as someone else).
   `actor=None` is a trusted caller: the command line run by the owner of the server's files, tests, benchmarks;
   the dashboard always passes the signed-in (or local) actor.
+- Pool annotation (`core.pools`): `label` sets the class of a new, unlabelled image (status `labelled`; it needs a
+  label, like relabel); `auto_accept` is one lead's bulk event on a pool's own id, whose note lists what it accepted
+  (never anyone's vote; undone like any event).
 - The *effective* events are the non-undo events that were not undone. If any effective event is an adjudication
   (a lead resolving a conflict), only the adjudications count ("the lead wins"); otherwise all effective events do.
   Within that layer the latest event sets the status (confirm -> confirmed, relabel -> relabeled, unsure -> unsure,
@@ -56,20 +59,23 @@ from core.labelchain import GENESIS_HASH, BrokenLink, event_hash, find_broken_li
 
 logger = logging.getLogger(__name__)
 
-ACTIONS = ("confirm", "relabel", "unsure", "exclude", "undo")
-STATUSES = ("unreviewed", "confirmed", "relabeled", "unsure", "excluded")
+ACTIONS = ("confirm", "relabel", "unsure", "exclude", "undo", "label", "auto_accept")
+STATUSES = ("unreviewed", "confirmed", "relabeled", "unsure", "excluded", "labelled", "auto_accepted")
 UNSURE_VOTE = "(unsure)"
 EXCLUDED_VOTE = "(excluded)"
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 MAX_REVIEWER_LENGTH = 200
 MAX_NOTE_LENGTH = 10_000
+MAX_BULK_NOTE_LENGTH = 50_000_000  # an auto_accept event's note holds its threshold table and every accepted image
 EVENT_COLUMNS = ("id", "sample_id", "previous_label", "new_label", "action", "reviewer", "created_at", "note",
                  "checkpoint", "adjudication", "reverts_id")
 STATE_COLUMNS = ("sample_id", "label", "status", "n_reviews", "agreement", "last_reviewer", "updated_at",
                  "adjudicated", "decided_by")
 
-_STATUS_OF_ACTION = {"confirm": "confirmed", "relabel": "relabeled", "unsure": "unsure", "exclude": "excluded"}
-_LABEL_ACTIONS = frozenset({"confirm", "relabel"})
+_STATUS_OF_ACTION = {"confirm": "confirmed", "relabel": "relabeled", "unsure": "unsure", "exclude": "excluded",
+                     "label": "labelled", "auto_accept": "auto_accepted"}
+_LABEL_ACTIONS = frozenset({"confirm", "relabel", "label"})
+_NO_LABEL_ACTIONS = ("unsure", "exclude", "undo", "auto_accept")
 _MIGRATION_LOCK_KEY = 7_263_519_804  # PostgreSQL advisory lock held while migrating
 _CHAIN_LOCK_KEY = 7_263_519_805  # PostgreSQL advisory lock held by every write: one chain head at a time
 OPEN_CHECK_LINKS = 64  # newest links checked when a store opens (plus PRAGMA quick_check on SQLite)
@@ -78,7 +84,7 @@ _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 _METADATA = sa.MetaData()
 _ID = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
-# Mirrors migrations 0001-0003 (migrations own the schema; this is for building queries).
+# Mirrors migrations 0001-0004 (migrations own the schema; this is for building queries).
 label_events = sa.Table(
     "label_events",
     _METADATA,
@@ -327,6 +333,8 @@ class LabelStore:
             actor.require("record")
             if any(e.adjudication for e in todo):
                 actor.require("adjudicate")
+            if any(e.action == "auto_accept" for e in todo):
+                actor.require("auto_accept")
         self._refuse_if_damaged()
         sample_ids = sorted({e.sample_id for e in todo})
         for attempt in range(4):
@@ -640,7 +648,7 @@ def derive_state(sample_id: str, rows: Sequence[Mapping[str, Any]]) -> SampleSta
         label = _latest_label(effective)
     votes: dict[str, str] = {}
     for r in effective:
-        if not r["adjudication"]:
+        if not r["adjudication"] and r["action"] != "auto_accept":  # a bulk event is no one's vote on a sample
             votes[r["reviewer"]] = _vote_of(r)
     last = rows[-1]
     if not layer:
@@ -698,7 +706,7 @@ def _plan_event(new: NewEvent, rows: list[dict], *, now: datetime, actor: Actor 
         after = derive_state(new.sample_id, [*rows, {**target, "id": -1, "action": "undo", "reverts_id": reverts_id,
                                                    "reviewer": new.reviewer, "created_at": now}])
         new_label = after.label if after.label is not None else given
-    elif new.action == "relabel":
+    elif new.action in ("relabel", "label"):
         new_label = new.label
     elif new.action == "confirm":
         new_label = new.label if new.label is not None else current
@@ -764,16 +772,17 @@ def _validate_new_event(new: NewEvent) -> NewEvent:
     label = new.label
     if label is not None and (not isinstance(label, str) or not label.strip()):
         raise ValueError(f"label must be a non-empty class name, got {label!r}")
-    if new.action == "relabel" and label is None:
-        raise ValueError(f"relabel of sample {new.sample_id!r} needs the new class: pass label=")
-    if new.action in ("unsure", "exclude", "undo") and label is not None:
+    if new.action in ("relabel", "label") and label is None:
+        raise ValueError(f"{new.action} of sample {new.sample_id!r} needs the new class: pass label=")
+    if new.action in _NO_LABEL_ACTIONS and label is not None:
         raise ValueError(f"{new.action} takes no label (got {label!r}); use relabel or confirm to set one")
     if new.reverts_id is not None and (new.action != "undo" or isinstance(new.reverts_id, bool)
                                        or not isinstance(new.reverts_id, int)):
         raise ValueError(f"reverts_id={new.reverts_id!r}: only an undo names the event (an int id) it reverts")
     note = new.note or ""
-    if not isinstance(note, str) or len(note) > MAX_NOTE_LENGTH:
-        raise ValueError(f"note must be text of at most {MAX_NOTE_LENGTH} characters")
+    limit = MAX_BULK_NOTE_LENGTH if new.action == "auto_accept" else MAX_NOTE_LENGTH
+    if not isinstance(note, str) or len(note) > limit:
+        raise ValueError(f"note must be text of at most {limit} characters")
     return NewEvent(new.sample_id, new.action, reviewer, label, new.given_label, note, new.checkpoint,
                     bool(new.adjudication), new.reverts_id)
 

@@ -102,6 +102,12 @@ def result_key(kind: str, *parts: object) -> str:
     return f"{kind}-{hashlib.sha256(blob.encode()).hexdigest()[:24]}"
 
 
+def has_result(folder: Path | None, key: str) -> bool:
+    """Whether a result is stored under `key` in `folder` (a page shows it at once instead of offering to compute)."""
+    return folder is not None and any((folder / f"{key}{suffix}").is_file()
+                                      for suffix in {c.suffix for c in CODECS.values()})
+
+
 def cached_result(folder: Path | None, key: str, compute: Callable[[], T]) -> T:
     """The result stored under `key` in `folder`, else `compute()` (stored when `folder` is writable; a folder that
     is not, or None, only costs the computation)."""

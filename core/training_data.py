@@ -21,6 +21,7 @@ from core.dataset import (
     read_manifest_table,
     resolve_sample_path,
 )
+from core.pools import NEW_STATUS
 from core.workspace import Workspace
 
 MIN_IMAGES_PER_CLASS = 2  # one to learn from and one more: a lone image gives a batch of one, which BatchNorm refuses
@@ -35,12 +36,14 @@ def load_training_dataset(
     seed: int = 0,
     verify: str = "header",
     include_disputed: bool = False,
+    pool_roots: dict[str, Path] | None = None,
 ) -> Dataset:
     """Load what a training run learns from: an ImageFolder, a manifest or a curated export (`core.export`).
 
     A curated export's rows with `status == "excluded"` are dropped (its `label` column already holds relabels), and
     so are `status == "disputed"` rows (reviewers disagree, no ruling) unless `include_disputed` (they then train
-    with their original label).
+    with their original label). Labelled pool images (`status=new`, a `pool` column) train like any row; their
+    paths are relative to their pool's root in `pool_roots` (pool name -> folder; `core.pools.pool_roots`).
     Raises `DatasetError` for: a `specimen_id` column with empty cells (the split could put one individual on both
     sides), one specimen on both sides of a given split, and a class that has no samples left after exclusions.
     """
@@ -49,7 +52,7 @@ def load_training_dataset(
     if source.is_file():
         _check_manifest_rows(source, left_out=left_out)
     dataset = load_dataset(source, root=root, taxonomy=taxonomy, val_fraction=val_fraction, seed=seed,
-                           verify=verify)  # type: ignore[arg-type]
+                           verify=verify, pool_roots=pool_roots)  # type: ignore[arg-type]
     samples, notes = dataset.samples, list(dataset.warnings)
     excluded = int((dataset.skipped["reason"] == "excluded").sum())
     if excluded:
@@ -87,8 +90,9 @@ def load_workspace_training_dataset(
     dataset root unless `root` is given (a curated export is written relative to that root); `seed` seeds the split;
     `include_disputed` as in `load_training_dataset`. Besides `load_training_dataset`'s checks, refuses a class with
     fewer than `MIN_IMAGES_PER_CLASS` images: a run could neither validate it nor take a batch of it alone."""
-    source, taxonomy = data, None
+    source, taxonomy, roots = data, None, None
     if workspace is not None:
+        roots = {spec.name: spec.root for spec in workspace.pools}
         taxonomy, val_fraction = workspace.taxonomy, workspace.val_fraction
         if source is None:
             source, root = workspace.dataset_source, workspace.dataset_root
@@ -101,7 +105,7 @@ def load_workspace_training_dataset(
         header = _header(Path(source))
         taxonomy = tuple(c for c in taxonomy if c in header) if header is not None else ()
     dataset = load_training_dataset(source, root=root, taxonomy=taxonomy, val_fraction=val_fraction, seed=seed,
-                                    verify=verify, include_disputed=include_disputed)
+                                    verify=verify, include_disputed=include_disputed, pool_roots=roots)
     _check_class_sizes(dataset.samples, Path(source))
     return dataset
 
@@ -172,6 +176,18 @@ def _check_split_leaks(samples: pd.DataFrame, source: Path) -> None:
             "would measure memory of individuals; give all images of a specimen one split, or leave the split "
             "column empty to let TaxaLens assign a specimen-safe one"
         )
+
+
+def count_new_images(manifest: str | Path) -> int:
+    """How many labelled pool images (`status=new`) a curated export adds to a training run; 0 for a manifest
+    without them or one that cannot be read (loading it reports that)."""
+    try:
+        frame = read_manifest_table(manifest)
+    except (DatasetError, OSError):
+        return 0
+    if "status" not in frame.columns:
+        return 0
+    return int((frame["status"].str.strip().str.lower() == NEW_STATUS).sum())
 
 
 def image_root_problem(manifest: str | Path, root: str | Path, *, probe: int = 20) -> str | None:

@@ -54,6 +54,19 @@ class CheckpointSpec:
 
 
 @dataclass(frozen=True)
+class PoolSpec:
+    """One unlabelled pool listed in the workspace (`[[pools]]`): new images to label, no labels."""
+
+    name: str  # short name shown in the UI; part of each image's sample id (`pool:<name>/<path>`)
+    source: Path  # a folder of images (any depth) or a CSV with a `path` column
+    root: Path  # the folder the images' paths are relative to (the folder itself, or the CSV's `root`/its folder)
+
+    @property
+    def is_manifest(self) -> bool:
+        return self.source.suffix.lower() == ".csv" and not self.source.is_dir()
+
+
+@dataclass(frozen=True)
 class Workspace:
     """An opened workspace; paths are absolute."""
 
@@ -67,6 +80,7 @@ class Workspace:
     val_fraction: float = 0.2  # share of specimens held out when the dataset has no split
     seed: int = 0  # seed of the deterministic split
     extras: dict = field(default_factory=dict)  # other tables of the toml (e.g. [demo]) kept for their owners
+    pools: tuple[PoolSpec, ...] = ()  # unlabelled pools of new images ([[pools]]), in the order listed
 
     @property
     def cache_dir(self) -> Path:
@@ -78,6 +92,17 @@ class Workspace:
                 return spec
         raise WorkspaceError(f"no checkpoint named {name!r} in {self.root / CONFIG_NAME}; "
                              f"known: {[c.name for c in self.checkpoints]}")
+
+    def pool(self, name: str) -> PoolSpec:
+        for spec in self.pools:
+            if spec.name == name:
+                return spec
+        raise WorkspaceError(f"no pool named {name!r} in {self.root / CONFIG_NAME}; known: "
+                             f"{[p.name for p in self.pools]} (add a [[pools]] table with name and root or manifest)")
+
+    def pool_index_path(self, name: str) -> Path:
+        """The image-check index (`core.dataset_index`) of pool `name`."""
+        return self.cache_dir / f"pool-{_UNSAFE_RUN.sub('_', name)}-{INDEX_NAME}"
 
     @property
     def dataset_index_path(self) -> Path:
@@ -151,7 +176,8 @@ def load_workspace(path: str | Path) -> Workspace:
         if folder.is_file() and folder.suffix.lower() != ".csv":
             raise WorkspaceError(f"{config_path}: `root` in [dataset] is {folder}, a file, not a folder; set `root` "
                                  "to the folder that holds one sub-folder per class (or `manifest` to a CSV)")
-    known = {"dataset", "checkpoints", "labels"}
+    pools = _pool_specs(config, config_path, root)
+    known = {"dataset", "checkpoints", "labels", "pools"}
     return Workspace(
         root=root,
         dataset_source=_resolve(root, source),
@@ -163,7 +189,45 @@ def load_workspace(path: str | Path) -> Workspace:
         val_fraction=float(val_fraction),
         seed=seed,
         extras={k: v for k, v in config.items() if k not in known},
+        pools=pools,
     )
+
+
+def _pool_specs(config: dict, config_path: Path, root: Path) -> tuple[PoolSpec, ...]:
+    """`[[pools]]`: each a name and `root` (a folder of images) or `manifest` (a CSV of paths, relative to `root`
+    when given, else to the CSV's folder)."""
+    entries = config.get("pools") or []
+    if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
+        raise WorkspaceError(f"{config_path}: `pools` must be a list of [[pools]] tables (name = ..., root = ... or "
+                             f"manifest = ...), got {_shown(entries)}")
+    pools = []
+    for i, entry in enumerate(entries):
+        where = f"pools[{i}]"
+        name = _text(entry, "name", where, config_path)
+        if not name:
+            raise WorkspaceError(f'{config_path}: {where} has no `name` (name = "spring-2027")')
+        try:
+            validate_entry_name(name, kind="pool")
+        except WorkspaceError as exc:
+            raise WorkspaceError(f"{config_path}: {where}: {exc}") from exc
+        manifest = _text(entry, "manifest", where, config_path)
+        folder = _text(entry, "root", where, config_path)
+        if not manifest and not folder:
+            raise WorkspaceError(f'{config_path}: {where} ({name!r}) needs `root` (a folder of images) or `manifest` '
+                                 '(a CSV with a `path` column), e.g. root = "incoming/2027"')
+        source = _resolve(root, manifest or folder)
+        if manifest and source.suffix.lower() != ".csv":
+            raise WorkspaceError(f"{config_path}: `manifest` in {where} ({name!r}) is {source}, not a .csv file; "
+                                 "use `root` for a folder of images")
+        if not manifest and source.is_file():
+            raise WorkspaceError(f"{config_path}: `root` in {where} ({name!r}) is {source}, a file, not a folder; "
+                                 "use `manifest` for a CSV of paths")
+        pool_root = _resolve(root, folder) if manifest and folder else (source.parent if manifest else source)
+        pools.append(PoolSpec(name=name, source=source, root=pool_root))
+    names = [p.name for p in pools]
+    if len(set(names)) != len(names):
+        raise WorkspaceError(f"{config_path}: pool names must be unique, got {names}")
+    return tuple(pools)
 
 
 def _taxonomy_setting(config_path: Path, root: Path, value: object) -> tuple[tuple[str, ...], Path | None]:

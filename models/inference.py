@@ -20,6 +20,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from core.dataset import Dataset as SampleSet
 from core.images import ImageError, load_image_rgb
+from core.pools import Pool, PoolPredictions
 from core.prediction_store import (
     StoredPredictions,
     file_stamps,
@@ -362,6 +363,65 @@ def _assemble_table(workspace: Workspace, name: str, dataset: SampleSet, folder:
         logger.info("removed %s (predictions of %s for an older dataset or weights)", old, name)
     logger.debug("%d predictions of %s cached in %s", len(table), name, path)
     return table
+
+
+def predict_pool(
+    workspace: Workspace,
+    name: str,
+    pool: Pool,
+    *,
+    dataset: SampleSet | None = None,
+    progress: Progress | None = None,
+    batch_size: int = 64,
+    num_workers: int | None = None,
+    device: str | None = None,
+) -> PoolPredictions:
+    """Checkpoint `name`'s predictions on the images of `pool`, predicting only those its per-sample store
+    (`store_path`, shared with the dataset: pool ids never collide with dataset ids) lacks under their current size
+    and mtime. Images that fail to decode are stored as failures (`PoolPredictions.failed`), not retried until they
+    change."""
+    dataset = dataset if dataset is not None else workspace.load_dataset()
+    folder = store_path(workspace, name, dataset=dataset)
+    samples = pool.samples
+    sizes, mtimes = file_stamps(samples["path"].tolist())
+    stored = read_store(folder)
+    fresh = stored.positions(samples["sample_id"], sizes, mtimes) if stored is not None else \
+        np.full(len(samples), -1)
+    missing = np.flatnonzero(fresh < 0)
+    logger.info("predicting %d of %d images of pool %s with %s", len(missing), len(samples), pool.name, name)
+    if len(missing):
+        model, card = load_workspace_model(workspace, name, dataset=dataset, device=device)
+        todo = samples.iloc[missing].reset_index(drop=True)
+        result = run_inference(model, card, todo, batch_size=batch_size, num_workers=num_workers, progress=progress)
+        write_part(folder, _store_rows(result, todo, sizes[missing], mtimes[missing], card), tag=f"pool-{pool.name}")
+    elif progress is not None:
+        progress(len(samples), len(samples))
+    found = cached_pool_predictions(workspace, name, pool, dataset=dataset)
+    if found is None:
+        raise FileNotFoundError(f"images of pool {pool.name!r} changed while being predicted; predict it again")
+    return found
+
+
+def cached_pool_predictions(workspace: Workspace, name: str, pool: Pool, *,
+                            dataset: SampleSet | None = None) -> PoolPredictions | None:
+    """Checkpoint `name`'s stored predictions on every image of `pool`, or None while any image lacks one (new or
+    changed since): `predict_pool` fills them in."""
+    dataset = dataset if dataset is not None else workspace.load_dataset()
+    stored = read_store(store_path(workspace, name, dataset=dataset))
+    samples = pool.samples
+    if stored is None:
+        return None if len(samples) else PoolPredictions(pool.name, np.zeros(0, object), np.zeros(0, object),
+                                                        np.zeros((0, 0), np.float32), np.zeros((0, 0), np.float32), ())
+    sizes, mtimes = file_stamps(samples["path"].tolist())
+    fresh = stored.positions(samples["sample_id"], sizes, mtimes)
+    if (fresh < 0).any():
+        return None
+    rows = stored.take(fresh)
+    ok = rows.reasons == ""
+    failed = pd.DataFrame({"sample_id": rows.sample_ids[~ok], "reason": rows.reasons[~ok],
+                           "detail": rows.details[~ok]})
+    return PoolPredictions(pool.name, rows.sample_ids[ok], samples["path"].to_numpy(object)[ok],
+                           rows.pred_probs[ok], rows.embeddings[ok], stored.class_names, failed)
 
 
 def stale_table_files(current: Path) -> list[Path]:

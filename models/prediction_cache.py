@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
 from core.dataset import Dataset as SampleSet
 from core.errors import USER_ERRORS
@@ -64,8 +65,9 @@ def cache_report(workspace: Workspace, *, dataset: SampleSet | None = None) -> l
     entries += _result_entries(folder, [folder / f"{stem}.parquet" for stem in current_stems])
     stores = folder / STORE_DIR
     if stores.is_dir():
-        sample_ids = dataset.samples["sample_id"]
-        sizes, mtimes = file_stamps(dataset.samples["path"].tolist())
+        current = current_samples(workspace, dataset)
+        sample_ids = current["sample_id"]
+        sizes, mtimes = file_stamps(current["path"].tolist())
         for store in sorted(p for p in stores.iterdir() if p.is_dir()):
             size = sum(p.stat().st_size for p in store.iterdir() if p.is_file())
             owner = current_stores.get(store, "")
@@ -97,8 +99,9 @@ def prune_cache(workspace: Workspace, *, dataset: SampleSet | None = None) -> li
             shutil.rmtree(entry.path, ignore_errors=True)
         else:
             stored = read_store(entry.path)
-            sizes, mtimes = file_stamps(dataset.samples["path"].tolist())
-            fresh = stored.positions(dataset.samples["sample_id"], sizes, mtimes)
+            current = current_samples(workspace, dataset)
+            sizes, mtimes = file_stamps(current["path"].tolist())
+            fresh = stored.positions(current["sample_id"], sizes, mtimes)
             compact_store(entry.path, stored.take(np.sort(fresh[fresh >= 0])))
             logger.info("dropped %d stale rows from %s", entry.stale_rows, entry.path)
             done.append(entry)
@@ -106,6 +109,15 @@ def prune_cache(workspace: Workspace, *, dataset: SampleSet | None = None) -> li
         logger.info("removed %s", entry.path)
         done.append(entry)
     return done
+
+
+def current_samples(workspace: Workspace, dataset: SampleSet) -> pd.DataFrame:
+    """`sample_id, path` of every image a store row may belong to: the dataset's and every pool's (`[[pools]]`)."""
+    from core.pools import load_pools
+
+    frames = [dataset.samples[["sample_id", "path"]]]
+    frames += [pool.samples[["sample_id", "path"]] for pool in load_pools(workspace)]
+    return pd.concat(frames, ignore_index=True)
 
 
 def _result_entries(folder: Path, current_tables: list[Path]) -> list[CacheEntry]:

@@ -51,6 +51,14 @@ def label_store(ctx: PageContext) -> LabelStore:
         st.stop()
 
 
+def label_store_or_problem(ctx: PageContext) -> tuple[LabelStore | None, str | None]:
+    """The label store, or (None, why it cannot be opened) for a page that still has other things to show."""
+    try:
+        return _open_store(ctx.workspace.label_store_url, ctx.workspace), None
+    except USER_ERRORS as exc:
+        return None, user_message(exc)
+
+
 @st.cache_resource(show_spinner="Ranking likely label errors…", max_entries=8)
 def _ranking(predictions_key: str, split: str, crossval_key: str, _table: PredictionTable,
              _reference: PredictionTable | None, _cv_table: PredictionTable | None) -> LabelIssueRanking:

@@ -99,6 +99,22 @@ else:
     classes.dataframe(class_agreement(votes, given_of), hide_index=True, key="adj-classes",
                       column_config={"percent_agreement": st.column_config.NumberColumn(format="percent")})
 
+
+
+def workspace_pools(ctx) -> tuple:
+    """The workspace's pools (their labelled images join the export), leaving out any that cannot be read."""
+    from core.errors import USER_ERRORS
+    from pages._annotate import pool_of
+
+    found = []
+    for spec in ctx.workspace.pools:
+        try:
+            found.append(pool_of(ctx, spec.name))
+        except USER_ERRORS as exc:
+            st.warning(f"Pool {md(spec.name)} is left out of the export: {md(exc)}")
+    return tuple(found)
+
+
 st.subheader("Export")
 st.caption("The curated manifest lists every sample with its current label and status (excluded samples are kept "
            "and marked, disputed ones keep their original label); paths are relative to the dataset root "
@@ -107,7 +123,8 @@ if may("export"):
     exporter = current_actor()  # core checks the role again
     downloads = st.columns(2)
     downloads[0].download_button("Curated label manifest (CSV)",
-                                 data=curated_manifest_csv(ctx.dataset, store, actor=exporter),
+                                 data=curated_manifest_csv(ctx.dataset, store, actor=exporter,
+                                                           pools=workspace_pools(ctx)),
                                  file_name="curated_labels.csv", mime="text/csv", key="adj-export")
     downloads[1].download_button("Audit log (CSV)", data=audit_log_csv(store, actor=exporter),
                                  file_name="label_audit_log.csv", mime="text/csv", key="adj-audit")

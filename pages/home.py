@@ -5,8 +5,12 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
+from core.errors import USER_ERRORS, user_message
+from core.pools import pool_counts, pool_label_frame
 from core.summary import checkpoint_rows, class_count_table
+from pages._annotate import pool_of
 from pages._cached import ensemble_problem, missing_members, predictions_file, start_page
+from pages._review_support import label_store_or_problem
 from pages._text import md
 
 ctx = start_page("TaxaLens")
@@ -31,6 +35,27 @@ if rows:
     st.dataframe(pd.DataFrame(rows), width="stretch", hide_index=True)
 else:
     st.info("No checkpoint listed yet: add `[[checkpoints]]` entries to taxalens.toml.")
+
+if ctx.workspace.pools:
+    st.subheader("Unlabelled pools")
+    pool_rows = []
+    store, problem = label_store_or_problem(ctx)
+    if store is None:
+        st.warning(f"Pool labels unavailable: cannot open the label store ({md(problem)})")
+    for spec in ctx.workspace.pools if store is not None else ():
+        try:
+            pool = pool_of(ctx, spec.name)
+            counts = pool_counts(pool, pool_label_frame(store, pool))
+        except USER_ERRORS as exc:
+            st.warning(f"Pool {md(spec.name)}: {md(user_message(exc))}")
+            continue
+        pool_rows.append({"pool": spec.name, "images": counts.images, "labelled": counts.labelled,
+                          "auto-accepted": counts.auto_accepted, "excluded": counts.excluded,
+                          "remaining": counts.remaining, "skipped files": counts.skipped})
+    if pool_rows:
+        st.dataframe(pd.DataFrame(pool_rows), width="stretch", hide_index=True)
+    st.caption("Label them in the Review queue (queue: Label new images); labelled images join the curated export "
+               "with status new.")
 
 if ctx.ensembles:
     st.subheader("Ensembles")

@@ -13,7 +13,7 @@ import streamlit as st
 
 from core.errors import USER_ERRORS, user_message
 from core.train_runs import list_runs, read_log_tail, start_training_run, stop_run
-from core.training_data import image_root_problem
+from core.training_data import count_new_images, image_root_problem
 from pages._access import current_actor, explain_hidden, may
 from pages._cached import start_page
 from pages._crossval_job import render_crossval_job
@@ -53,7 +53,10 @@ if may("retrain"):  # leads and admins start training and cross-validation runs;
         name = left.text_input("New checkpoint name", value=f"retrain-{time.strftime('%Y%m%d-%H%M')}", key="rt-name")
         exports = sorted(str(p) for p in workspace.root.glob("*.csv")) + sorted(
             str(p) for p in (workspace.root / "exports").glob("*.csv"))
+        new_counts = {p: count_new_images(p) for p in exports}
         data = right.selectbox("Training data", [WORKSPACE_DATA, *exports, OTHER_CSV], key="rt-data",
+                               format_func=lambda p: f"{p} (+{new_counts[p]:,} new images)" if new_counts.get(p)
+                               else p,
                                help="A curated export written by `python -m cli export` or the Adjudicate page, or any "
                                "manifest CSV")
         upload = right.file_uploader("Upload a curated export (CSV)", type=["csv"], key="rt-upload",
@@ -119,8 +122,10 @@ if may("retrain"):  # leads and admins start training and cross-validation runs;
         except USER_ERRORS as exc:
             st.error(md(user_message(exc)))
         else:
+            new = count_new_images(csv) if csv is not None else 0
             st.success(f"Started run **{md(run.name)}** in {md(run.run_dir)}"
-                       + (f" on {md(csv)} (images under {md(options['root'])})" if csv is not None else ""))
+                       + (f" on {md(csv)} (images under {md(options['root'])})" if csv is not None else "")
+                       + (f"; it adds **{new:,} new images** (labelled pool images)" if new else ""))
 
 else:
     explain_hidden("retrain", "Starting a training run")

@@ -1,4 +1,5 @@
 """Review queue: one sample at a time, likely label errors first; confirm, relabel, unsure, exclude or undo.
+The queue "Label new images" labels the workspace's unlabelled pools instead (`pages/_annotate.py`).
 
 Every button writes one event to the label store (`core.labelstore`); the page holds only what is on screen.
 Keyboard (`SHORTCUTS`, shown on the buttons): k keep (confirm) · s accept the suggestion · l relabel to the picked
@@ -16,6 +17,9 @@ from core.novelty import NOVELTY_LABELS, queue_score
 from core.queries import top_predictions
 from core.ranking import QUEUE_KINDS, QueueSpec, build_queue
 from pages._access import current_actor
+from pages._annotate import KIND as ANNOTATE_KIND
+from pages._annotate import TITLE as ANNOTATE_TITLE
+from pages._annotate import render_annotation
 from pages._cached import require_table, start_page, table_token
 from pages._cam import prefetch_cam_maps
 from pages._confidence import conformal_config, novelty_scores, prediction_sets
@@ -48,7 +52,8 @@ QUEUE_NAMES = {"likely_errors": "Likely label errors", "confusion_cell": "Confus
                "not_reviewed_by_me": "Not yet reviewed by me",
                "possibly_unknown": "Possibly unknown (none of the known classes)",
                "selection": "Selection (lassoed on the map)",
-               "image_quality": "Image-quality issues (from Data quality)"}
+               "image_quality": "Image-quality issues (from Data quality)", ANNOTATE_KIND: ANNOTATE_TITLE}
+KINDS = (*QUEUE_KINDS, ANNOTATE_KIND)  # the label-error queues of core.ranking, then the pools' annotation queue
 LISTED = {"selection": (KEY_SELECTION, "Lasso or box-select points on the Map page and send them here first."),
           "image_quality": (KEY_QUALITY_IDS, "Send flagged images here from the Data quality page first.")}
 CURRENT, MESSAGE, NOTE = "rv-current", "rv-message", "rv-note"
@@ -244,7 +249,7 @@ names = list(table.class_names)
 given_of = given_labels(ctx)
 
 # A link or a reload: the queue and the sample come from the URL while this session has chosen none.
-if "rv-kind" not in st.session_state and url_param(PARAM_QUEUE) in QUEUE_KINDS:
+if "rv-kind" not in st.session_state and url_param(PARAM_QUEUE) in KINDS:
     st.session_state["rv-kind"] = url_param(PARAM_QUEUE)
     if url_param(PARAM_CLASS) in names:
         st.session_state["rv-class"] = url_param(PARAM_CLASS)
@@ -256,7 +261,9 @@ if "rv-kind" not in st.session_state and url_param(PARAM_QUEUE) in QUEUE_KINDS:
 top_row = st.columns([2, 2, 2, 1])
 with top_row[0]:
     reviewer = current_reviewer()
-kind = top_row[1].selectbox("Queue", QUEUE_KINDS, format_func=QUEUE_NAMES.get, key="rv-kind")
+kind = top_row[1].selectbox("Queue", KINDS, format_func=QUEUE_NAMES.get, key="rv-kind")
+if kind == ANNOTATE_KIND:
+    render_annotation(ctx, store, reviewer, top_row)  # stops the script
 spec = QueueSpec(kind=kind)
 if kind == "class":
     spec = QueueSpec(kind=kind, class_name=top_row[2].selectbox("Class", names, key="rv-class"))

@@ -198,8 +198,8 @@ def test_migration_backfills_the_chain_of_an_existing_store(store_url: str) -> N
                          {"s": sample, "l": label, "a": action, "n": f"old {i}", "f": False,
                           "t": datetime(2025, 5, 1, 12, 0, i, 123456, tzinfo=UTC)})
     old.close()
-    with LabelStore(store_url) as store:  # opening migrates 0002 -> 0003
-        assert store.schema_revision() == "0003"
+    with LabelStore(store_url) as store:  # opening migrates 0002 -> 0003 -> 0004
+        assert store.schema_revision() == "0004"
         events = store.events()
         assert [e.note for e in events] == ["old 0", "old 1", "old 2"]
         assert events[0].prev_hash == GENESIS_HASH and events[1].prev_hash == events[0].event_hash
@@ -235,4 +235,4 @@ def test_postgres_writer_role_may_insert_and_select_only(postgres_server) -> Non
             with pytest.raises(sa.exc.ProgrammingError, match="permission denied|must be owner"), \
                     app.engine.begin() as conn:
                 conn.exec_driver_sql(statement)
-        assert app.count_events() == 3 and app.schema_revision() == "0003"
+        assert app.count_events() == 3 and app.schema_revision() == "0004"

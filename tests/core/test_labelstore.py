@@ -25,7 +25,7 @@ from core.labelstore import (
 )
 from tests.core import labelstore_workers as workers
 
-HEAD = "0003"  # the newest migration in core/migrations/versions
+HEAD = "0004"  # the newest migration in core/migrations/versions
 
 
 @pytest.fixture

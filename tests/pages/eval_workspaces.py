@@ -167,3 +167,24 @@ def plain(markdown: str) -> str:
     """What a reader sees of Markdown source whose user text went through `pages._text.md`: the backslash escapes
     removed (the page's own emphasis markers stay)."""
     return re.sub(r"\\(.)", r"\1", markdown)
+
+
+POOL = "spring"  # the pool name `add_pool` gives
+
+
+def add_pool(root: Path, bccd_root: Path, *, n: int = 12, name: str = POOL, folder: str = "incoming") -> Path:
+    """Copy `n` real bccd crops (round-robin over the classes, flat file names) into `root/folder` and list that
+    folder as the unlabelled pool `name` in the workspace's taxalens.toml. Returns the pool folder."""
+    import shutil
+
+    target = root / folder
+    target.mkdir(parents=True, exist_ok=True)
+    classes = sorted(p for p in bccd_root.iterdir() if p.is_dir())
+    files = [sorted(c.glob("*.jp*g")) or sorted(c.iterdir()) for c in classes]
+    for i in range(n):
+        group = files[i % len(files)]
+        source = group[(i // len(files)) % len(group)]
+        shutil.copyfile(source, target / f"img{i:03d}{source.suffix.lower()}")
+    with open(root / "taxalens.toml", "a", encoding="utf-8") as handle:
+        handle.write(f'\n[[pools]]\nname = "{name}"\nroot = "{folder}"\n')
+    return target

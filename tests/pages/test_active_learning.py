@@ -1,0 +1,53 @@
+"""The Label next page on the small drawn workspace: it offers the simulation, computes it in the background with
+progress, draws one curve per order with the labels-to-reach table, keeps the result on disk (a new session shows
+it at once), and says that the workspace has no pool."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.pages.eval_workspaces import plain
+
+PAGE = "pages/active_learning.py"
+CHEAP = {"al-orders": ["margin", "diversity"], "al-rounds": 2, "al-seeds": 1, "al-batch": 10}
+
+
+@pytest.fixture(scope="module")
+def workspace(drawn_workspace: Path, tmp_path_factory) -> Path:
+    """A copy of the drawn workspace: the results this test stores stay out of the shared one's cache."""
+    copy = tmp_path_factory.mktemp("label-next") / "demo"
+    shutil.copytree(drawn_workspace, copy)
+    return copy
+
+
+def _chart_traces(app) -> list[str]:
+    return [trace["name"] for chart in app.get("plotly_chart") for trace in json.loads(chart.proto.spec)["data"]]
+
+
+def test_label_next_computes_the_curves_in_the_background_and_keeps_them(open_page, workspace: Path) -> None:
+    app = open_page(workspace, PAGE, state=CHEAP)
+    assert not _chart_traces(app)
+    assert any("9 probe fits" in plain(i.value) for i in app.info), [i.value for i in app.info]  # 3 orders x 3 rounds
+    assert any("no unlabelled pool" in plain(i.value) for i in app.info)
+    app.button(key="al-start").click().run()
+    for _ in range(240):  # the job runs in a thread of this process; each run polls it
+        if _chart_traces(app) or app.error:
+            break
+        time.sleep(0.5)
+        app.run()
+    assert not app.exception and not app.error, [e.value for e in (*app.exception, *app.error)]
+    assert _chart_traces(app) == ["Uncertain (margin)", "Diverse (k-center)", "Random"]  # random added
+    summary = app.dataframe[0].value
+    assert sorted(summary["order"]) == ["Diverse (k-center)", "Random", "Uncertain (margin)"]
+    assert (summary.loc[summary["order"] == "Random", "share_of_random"] <= 1.0).all()
+    stored = list((workspace / ".taxalens" / "predictions" / "results").glob("active-learning-*.parquet"))
+    assert len(stored) == 1
+
+    again = open_page(workspace, PAGE, state=CHEAP)  # a new session: read from disk, nothing to click
+    assert _chart_traces(again) == ["Uncertain (margin)", "Diverse (k-center)", "Random"]
+    assert not [b for b in again.button if b.key == "al-start"]
