@@ -245,23 +245,22 @@ def test_without_a_class_prior_the_bayesian_draws_carry_only_the_real_images():
 
 
 def test_intervals_cover_the_population_value_of_a_clustered_imbalanced_population():
-    # A seeded simulation (benchmarks/bench_coverage.py runs the large one): six classes of 40 to 4 specimens of 2-5
-    # correlated images. Target 93-97%; 150 sets measure a coverage to about +-2 points (one standard error), so
-    # a method truly at 93% shows at least 88% here with 99% probability; resampling images instead (60 sets
-    # suffice) falls far short.
+    # A seeded simulation (benchmarks/bench_coverage.py runs the large one: 95-97% here at 1,000 sets): six classes
+    # of 40 to 4 specimens of 2-5 correlated images. Target 93-97%; 150 sets measure a coverage to about +-2 points
+    # (one standard error), so a method truly at 93% shows at least 88% here with 99% probability; resampling
+    # images instead (60 sets suffice) falls far short.
     population = Population()
     by_specimen = measure_coverage(population, unit="specimen", method=DEFAULT_METHOD, n_sets=150, n_boot=200, seed=4)
     by_image = measure_coverage(population, unit="image", method=DEFAULT_METHOD, n_sets=60, n_boot=200, seed=4)
     for name in ("accuracy", "balanced_accuracy", "macro_f1", "rare_f1"):
-        assert by_specimen.covered[name] >= 0.88, (name, by_specimen.covered)
-    for name in ("accuracy", "balanced_accuracy", "macro_f1"):
-        assert by_specimen.covered[name] <= 0.99, (name, by_specimen.covered)  # not bought with needless width
-    assert by_specimen.width["rare_f1"] < 0.65  # 4 specimens: wide, but not the whole range
+        assert 0.88 <= by_specimen.covered[name] <= 0.995, (name, by_specimen.covered)  # not bought with needless width
+    assert by_specimen.width["rare_f1"] < 0.7  # 4 specimens: wide, but not the whole range
     assert by_image.covered["accuracy"] <= by_specimen.covered["accuracy"] - 0.08, (by_image.covered,
                                                                                    by_specimen.covered)
     assert by_specimen.width["accuracy"] > 1.3 * by_image.width["accuracy"]
     # A 3-image class (one specimen): the prior keeps its recall open where every resample of 3 right images
-    # would say 1 (BCa on the rescaled bootstrap covered balanced accuracy 66% here).
+    # would say 1 (BCa on the rescaled bootstrap covered balanced accuracy 66% here; the images as independent
+    # units, with the full Jeffreys mass, 90%).
     lone = Population(specimens_per_class=(40, 24, 14, 8, 5, 1), fixed_images={5: 3})
     by_lone = measure_coverage(lone, unit="specimen", method=DEFAULT_METHOD, n_sets=60, n_boot=200, seed=5)
     assert by_lone.covered["balanced_accuracy"] >= 0.85, by_lone.covered
