@@ -1,4 +1,4 @@
-"""Coverage of the 95% intervals: image bootstrap vs specimen-cluster bootstrap, percentile vs BCa.
+"""Coverage of the 95% intervals: image vs specimen-cluster bootstrap; percentile, BCa and the product's Bayesian draws.
 
 Usage: python benchmarks/bench_coverage.py [--sets 1000] [--boot 500] [--seed 0] [--recipes specimen:bayes,...]
     [--scenarios "4 specimens,..."]
