@@ -9,15 +9,16 @@ gives one order. Inputs come as a `PoolView` (pure numpy; the caller picks raw o
 - diversity: k-center greedy ("core-set", Sener & Savarese 2018) on L2-normalised embeddings: each pick is the pool
   image farthest from every centre so far (the labelled images' embeddings are the first centres when given), so a
   batch covers the embedding space instead of 50 near-copies. The first `batch` picks are greedy; the rest follow by
-  their distance to the chosen centres (farthest first). On a large pool (n x batch x d above `EXACT_BUDGET`) the
-  distances are computed in the top `PROJECTED_DIM` principal components, which keeps the ranking to seconds at
-  100,000 x 512.
+  their distance to the chosen centres (farthest first). At most `MAX_REFERENCE` labelled embeddings (a seeded
+  sample) seed it; on a large pool (n x (batch + labelled) x d above `EXACT_BUDGET`) the distances are computed on
+  the top `PROJECTED_DIM` principal directions, which keeps the ranking to seconds at 100,000 x 512.
 - diverse_uncertain: the same greedy with each image's distance weighted by its uncertainty (1 - margin, plus a
   floor of `UNCERTAINTY_FLOOR` so a confident outlier is still reachable): far *and* uncertain first.
 - rare_first: the predicted class's count in the labelled set, rarest first; ties by margin (uncertain first).
 - unknown_first: the novelty score, highest first. Without a given score: the k-NN cosine distance to the labelled
-  embeddings (`core.novelty.knn_distance`) where both embeddings exist, else max-softmax (as the review queue's
-  "possibly unknown" score falls back, `core.novelty.queue_score`).
+  embeddings (`core.novelty.knn_distance`; sampled and projected as for diversity on a large pool) where both
+  embeddings exist, else max-softmax (as the review queue's "possibly unknown" score falls back,
+  `core.novelty.queue_score`).
 - random: a seeded permutation, the baseline.
 """
 
@@ -28,6 +29,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
+from scipy.special import entr
 
 from core.errors import TaxaLensError
 from core.novelty import knn_distance
@@ -36,9 +38,10 @@ from core.predictions import PredictionTable
 logger = logging.getLogger(__name__)
 
 DEFAULT_BATCH = 1_000  # greedy k-center picks when the caller names no labelling batch
-EXACT_BUDGET = 2_000_000_000  # n x batch x d above which k-center works in PCA space (about 1 s of float32 matvecs)
-PROJECTED_DIM = 32  # principal components kept for a large pool's k-center distances
+EXACT_BUDGET = 2_000_000_000  # n x (picks or references) x d above which distances use `PROJECTED_DIM` directions
+PROJECTED_DIM = 32  # principal directions kept for a large pool's distances
 PCA_FIT_ROWS = 20_000  # rows the projection is fitted on (a seeded sample of a larger pool)
+MAX_REFERENCE = 2_000  # labelled embeddings k-center starts from and unknown_first measures against (a seeded sample)
 UNCERTAINTY_FLOOR = 0.05  # added to 1 - margin in diverse_uncertain
 _EPS = 1e-12
 INPUTS = ("embeddings", "novelty", "labelled_embeddings")  # what an order may need beyond probabilities and counts
@@ -93,8 +96,7 @@ def margin_scores(probs: np.ndarray) -> np.ndarray:
 
 def entropy_scores(probs: np.ndarray) -> np.ndarray:
     """(n,) Shannon entropy (nats) of each row of `probs` `(n, k)`; larger = more uncertain."""
-    p = np.clip(probs.astype(np.float64), 0.0, None)
-    return -(p * np.log(np.clip(p, _EPS, None))).sum(axis=1)
+    return entr(np.clip(probs, 0.0, None)).sum(axis=1, dtype=np.float64)  # entr(p) = -p log p, 0 at p = 0
 
 
 def _order_by(score: np.ndarray, rng: np.random.Generator, *, descending: bool = False) -> np.ndarray:
@@ -121,21 +123,34 @@ def _rank_rare_first(view: PoolView, rng: np.random.Generator) -> np.ndarray:
     return np.lexsort((rng.random(view.n), margin_scores(view.probs), frequency))
 
 
-def pool_novelty(view: PoolView) -> np.ndarray:
-    """(n,) the score unknown_first sorts by (higher = more novel): the given `novelty`, else the k-NN distance to
-    the labelled embeddings, else max-softmax (see the module docstring)."""
+def pool_novelty(view: PoolView, rng: np.random.Generator | None = None) -> np.ndarray:
+    """(n,) the score unknown_first sorts by (higher = more novel): the given `novelty`, else the k-NN cosine
+    distance to the labelled embeddings (at most `MAX_REFERENCE` of them, a seeded sample; on `PROJECTED_DIM`
+    principal directions when n x m x d exceeds `EXACT_BUDGET`), else max-softmax (see the module docstring)."""
     if view.has("novelty"):
         return np.asarray(view.novelty, dtype=np.float64)
     if view.has("embeddings") and view.has("labelled_embeddings") and len(view.labelled_embeddings) > 1:
-        return knn_distance(view.embeddings, view.labelled_embeddings)
+        rng = rng if rng is not None else np.random.default_rng(0)
+        x, reference = _normalised(view.embeddings), _normalised(_reference(view.labelled_embeddings, rng))
+        if len(x) * len(reference) * x.shape[1] > EXACT_BUDGET and x.shape[1] > PROJECTED_DIM:
+            x, reference = _project(x, reference, PROJECTED_DIM, rng)
+        return knn_distance(x, reference)
     return -view.probs.max(axis=1).astype(np.float64)
 
 
 def _rank_unknown_first(view: PoolView, rng: np.random.Generator) -> np.ndarray:
-    return _order_by(pool_novelty(view), rng, descending=True)
+    return _order_by(pool_novelty(view, rng), rng, descending=True)
 
 
 # --- k-center greedy -----------------------------------------------------------------------------------------------
+
+
+def _reference(labelled: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """`labelled`, or a seeded sample of `MAX_REFERENCE` of its rows when it has more (a labelled set of 100,000
+    would make the distances to it cost more than the ranking)."""
+    if len(labelled) <= MAX_REFERENCE:
+        return labelled
+    return labelled[np.sort(rng.choice(len(labelled), MAX_REFERENCE, replace=False))]
 
 
 def _normalised(x: np.ndarray) -> np.ndarray:
@@ -145,13 +160,13 @@ def _normalised(x: np.ndarray) -> np.ndarray:
 
 def _project(pool: np.ndarray, labelled: np.ndarray | None, dim: int, rng: np.random.Generator
              ) -> tuple[np.ndarray, np.ndarray | None]:
-    """`pool` and `labelled` in the top `dim` principal components of the pool (fitted on a seeded sample)."""
+    """`pool` and `labelled` on the top `dim` eigenvectors of the pool's (uncentred) second-moment matrix, fitted
+    on a seeded sample: the best rank-`dim` approximation of the rows themselves, so both their distances and their
+    cosines (which centring would change) are kept as far as `dim` directions can."""
     fit = pool if len(pool) <= PCA_FIT_ROWS else pool[rng.choice(len(pool), PCA_FIT_ROWS, replace=False)]
-    mean = fit.mean(axis=0)
-    centred = fit - mean
-    _, vectors = np.linalg.eigh(centred.T @ centred)
+    _, vectors = np.linalg.eigh(fit.T @ fit)
     basis = np.ascontiguousarray(vectors[:, ::-1][:, :dim], dtype=np.float32)
-    return (pool - mean) @ basis, None if labelled is None else (labelled - mean) @ basis
+    return pool @ basis, None if labelled is None else labelled @ basis
 
 
 def k_center_greedy(embeddings: np.ndarray, *, batch: int, rng: np.random.Generator,
@@ -159,15 +174,17 @@ def k_center_greedy(embeddings: np.ndarray, *, batch: int, rng: np.random.Genera
                     chunk: int = 4096) -> np.ndarray:
     """All `n` indices of `embeddings` `(n, d)`: the first `batch` by k-center greedy on L2-normalised rows (each
     pick maximises its distance to the nearest centre so far, times `weights` `(n,)` when given), seeded from
-    `labelled` `(m, d)` when given (else the first pick is drawn at random); then the rest by that distance,
-    largest first. Exact distances while n x batch x d <= `EXACT_BUDGET`, else in `PROJECTED_DIM` PCA components."""
+    `labelled` `(m, d)` when given (at most `MAX_REFERENCE` of them, a seeded sample; else the first pick is drawn
+    at random); then the rest by that distance, largest first. Exact distances while n x (batch + m) x d <=
+    `EXACT_BUDGET`, else on `PROJECTED_DIM` principal directions."""
     x = _normalised(embeddings)
-    centres = None if labelled is None or len(labelled) == 0 else _normalised(labelled)
+    centres = None if labelled is None or len(labelled) == 0 else _normalised(_reference(labelled, rng))
     n, d = x.shape
     batch = max(0, min(int(batch), n))
-    if n * batch * d > EXACT_BUDGET and d > PROJECTED_DIM:
-        logger.info("k-center on %d x %d with %d picks: distances in %d principal components", n, d, batch,
-                    PROJECTED_DIM)
+    m = 0 if centres is None else len(centres)
+    if n * (batch + m) * d > EXACT_BUDGET and d > PROJECTED_DIM:
+        logger.info("k-center on %d x %d with %d picks and %d labelled: distances on %d principal directions", n,
+                    d, batch, m, PROJECTED_DIM)
         x, centres = _project(x, centres, PROJECTED_DIM, rng)
     sq_norms = np.einsum("ij,ij->i", x, x)
     min_dist = np.full(n, np.inf, dtype=np.float32)
@@ -178,25 +195,27 @@ def k_center_greedy(embeddings: np.ndarray, *, batch: int, rng: np.random.Genera
             d2 = sq_norms[start:start + chunk, None] - 2.0 * block @ centres.T + centre_norms[None, :]
             min_dist[start:start + chunk] = np.maximum(d2.min(axis=1), 0.0)
     gain_weight = None if weights is None else np.asarray(weights, dtype=np.float32)
-    xt = np.ascontiguousarray(x.T)  # (d, n): a row vector times it streams memory about twice as fast as x @ centre
+    xt = np.ascontiguousarray(x.T, dtype=np.float32)  # (d, n): a row vector times it streams memory faster
     picked = np.zeros(n, dtype=bool)
     order = np.empty(n, dtype=np.int64)
-    # A seeded nudge so equal distances do not always favour the lowest index; a picked image's distance is 0, so
-    # it cannot win again while any unpicked image is farther than the nudge.
-    nudge = (rng.random(n) * 1e-7).astype(np.float32)
-    gain = np.empty(n, dtype=np.float32)
-    for step in range(batch):
+    gain = min_dist if gain_weight is None else np.empty(n, dtype=np.float32)
+    step_dist = np.empty(n, dtype=np.float32)
+    for step in range(batch):  # in-place float32 passes: one matvec and five vector operations per pick
         if step == 0 and centres is None:
-            choice = int(rng.integers(n)) if gain_weight is None else int(np.argmax(gain_weight + nudge))
+            choice = int(rng.integers(n)) if gain_weight is None else int(np.argmax(gain_weight))
         else:
-            np.multiply(min_dist, gain_weight, out=gain) if gain_weight is not None else np.copyto(gain, min_dist)
-            gain += nudge
-            gain[picked] = -np.inf
+            if gain_weight is not None:
+                np.multiply(min_dist, gain_weight, out=gain)
             choice = int(np.argmax(gain))
         order[step] = choice
         picked[choice] = True
         centre = x[choice]
-        np.minimum(min_dist, np.maximum(sq_norms - 2.0 * (centre @ xt) + float(centre @ centre), 0.0), out=min_dist)
+        np.matmul(centre, xt, out=step_dist)  # squared distance = |x|^2 - 2 x.c + |c|^2
+        step_dist *= -2.0
+        step_dist += sq_norms
+        step_dist += float(centre @ centre)
+        np.minimum(min_dist, step_dist, out=min_dist)
+        min_dist[choice] = -np.inf  # picked: never the farthest again (weights are positive)
     rest = np.flatnonzero(~picked)
     if len(rest):
         gain = np.where(np.isfinite(min_dist[rest]), min_dist[rest], 0.0)

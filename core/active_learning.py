@@ -55,6 +55,7 @@ class SimulationConfig:
     probe_c: float = 0.5  # inverse L2 strength of the logistic-regression probe
     probe_iter: int = 200  # lbfgs iterations of the probe
     probe_dims: int = 64  # principal components of the standardised pool the probe sees (0: all); a 10x faster fit
+    probe_balanced: bool = True  # class weights inverse to the labelled counts (macro-F1 weighs every class alike)
 
     def validate(self) -> None:
         unknown = [o for o in self.orders if o not in ORDERS]
@@ -160,6 +161,7 @@ class _Probe:
                 probs[:, present[0]] = 1.0
             return out
         model = LogisticRegression(C=self.config.probe_c, max_iter=self.config.probe_iter, tol=1e-3,
+                                   class_weight="balanced" if self.config.probe_balanced else None,
                                    random_state=seed)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", ConvergenceWarning)
@@ -234,8 +236,9 @@ def curve_table(curve: pd.DataFrame) -> pd.DataFrame:
 
 
 def labels_to_reach(curve: pd.DataFrame, *, baseline: str = BASELINE) -> pd.DataFrame:
-    """Per order: its final mean macro-F1, the labels at which its mean curve first reaches the baseline's final
-    mean macro-F1 (NaN if it never does), and that as a share of the baseline's final labels; best share first."""
+    """Per order: its final mean macro-F1, its mean over rounds (the area under the curve per round, steadier than
+    one point on a noisy curve), the labels at which its mean curve first reaches the baseline's final mean
+    macro-F1 (NaN if it never does), and that as a share of the baseline's final labels; best share first."""
     if baseline not in set(curve["order"]):
         raise SimulationError(f"the curves hold no {baseline!r} order; run the simulation with it as the baseline")
     means = mean_curves(curve)
@@ -248,6 +251,7 @@ def labels_to_reach(curve: pd.DataFrame, *, baseline: str = BASELINE) -> pd.Data
         reached = part[part["macro_f1"] >= target - 1e-12]
         labels = float(reached["labels"].iloc[0]) if len(reached) else np.nan
         rows.append({"order": order, "final_macro_f1": float(part["macro_f1"].iloc[-1]),
+                     "mean_macro_f1": float(part["macro_f1"].mean()),
                      "labels_to_reach": labels, "share_of_random": labels / base_labels})
     out = pd.DataFrame(rows).sort_values(["share_of_random", "final_macro_f1"], ascending=[True, False],
                                          na_position="last").reset_index(drop=True)

@@ -8,7 +8,7 @@ import streamlit as st
 
 from core.acquisition import ORDERS
 from core.active_learning import BASELINE, SimulationConfig, build_learning_curve_figure, curve_table, labels_to_reach
-from pages import _label_next as ln
+from pages import _acquisition_support as ln
 from pages._cached import require_table, start_page
 from pages._text import md
 

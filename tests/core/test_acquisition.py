@@ -141,3 +141,32 @@ def test_bad_inputs_raise_an_error_naming_them(kwargs: dict, order: str, match: 
 def test_a_batch_below_one_is_refused() -> None:
     with pytest.raises(AcquisitionError, match="batch=0"):
         rank_pool("margin", _view(), batch=0)
+
+
+def test_pool_view_takes_counts_and_embeddings_of_the_labelled_training_rows() -> None:
+    from core.predictions import build_prediction_table
+
+    table = build_prediction_table(
+        [f"s{i}" for i in range(6)], np.full((6, 3), 1 / 3), np.arange(18, dtype=float).reshape(6, 3),
+        labels=["a", "a", "b", "c", "zzz", "a"], splits=["train", "train", "train", "val", "train", "val"],
+        specimen_ids=[f"p{i}" for i in range(6)], class_names=("a", "b", "c"))
+    probs = np.full((4, 3), 1 / 3)
+    view = acquisition.pool_view(probs, np.ones((4, 3)), table)
+    assert view.labelled_counts.tolist() == [2, 1, 0]  # train rows with a known label only
+    assert view.labelled_embeddings.tolist() == [[0, 1, 2], [3, 4, 5], [6, 7, 8]]
+    every_split = acquisition.pool_view(probs, np.ones((4, 3)), table, split=None)
+    assert every_split.labelled_counts.tolist() == [3, 1, 1]
+    narrower = acquisition.pool_view(probs, np.ones((4, 2)), table)  # other weights: no labelled embeddings
+    assert narrower.labelled_embeddings is None and narrower.has("embeddings")
+    assert acquisition.pool_view(probs, np.zeros((4, 0)), table).embeddings is None
+
+
+def test_a_large_labelled_set_is_sampled_and_still_steers_diversity_and_novelty(monkeypatch: pytest.MonkeyPatch
+                                                                                ) -> None:
+    x, cluster = _clusters((50, 40, 3, 1), dim=48)
+    labelled = x[cluster <= 1]  # 90 labelled images of the two big clusters
+    monkeypatch.setattr(acquisition, "MAX_REFERENCE", 12)
+    monkeypatch.setattr(acquisition, "EXACT_BUDGET", 0)  # and the projected path for both
+    view = _view(np.full((len(x), 2), 0.5), embeddings=x, labelled_embeddings=labelled)
+    assert sorted(cluster[rank_pool("diversity", view, batch=4)[:2]].tolist()) == [2, 3]
+    assert set(cluster[rank_pool("unknown_first", view)[:4]].tolist()) == {2, 3}

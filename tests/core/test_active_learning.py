@@ -88,6 +88,7 @@ def test_labels_to_reach_on_hand_made_curves() -> None:
     assert summary.attrs["target"] == pytest.approx(0.8) and summary.attrs["baseline_labels"] == 40
     assert summary.loc["margin", "labels_to_reach"] == 30 and summary.loc["margin", "share_of_random"] == 0.75
     assert summary.loc["random", "share_of_random"] == 1.0
+    assert summary.loc["margin", "mean_macro_f1"] == pytest.approx(0.65)
     assert np.isnan(summary.loc["bad", "labels_to_reach"])
     assert summary.index.tolist() == ["margin", "random", "bad"]
     with pytest.raises(SimulationError, match="no 'random' order"):

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from core import metrics
-from core.result_cache import cached_result, code_version, grouping_digest, result_key
+from core.result_cache import cached_result, code_version, grouping_digest, has_result, result_key
 from core.scores import BootstrapConfig
 from tests.core.tables import random_table
 
@@ -68,3 +68,10 @@ def test_a_damaged_file_or_an_unwritable_folder_only_costs_the_computation(table
     assert cached_result(blocked / "sub", key, lambda: None) is None
     assert "could not cache" in caplog.text
     assert cached_result(None, key, lambda: 7) == 7
+
+
+def test_has_result_says_whether_a_key_is_stored(tmp_path: Path):
+    key = result_key("curves", "token")
+    assert not has_result(tmp_path, key) and not has_result(None, key)
+    cached_result(tmp_path, key, lambda: pd.DataFrame({"x": [1, 2]}))
+    assert has_result(tmp_path, key) and not has_result(tmp_path, result_key("curves", "other"))

@@ -51,3 +51,28 @@ def test_label_next_computes_the_curves_in_the_background_and_keeps_them(open_pa
     again = open_page(workspace, PAGE, state=CHEAP)  # a new session: read from disk, nothing to click
     assert _chart_traces(again) == ["Uncertain (margin)", "Diverse (k-center)", "Random"]
     assert not [b for b in again.button if b.key == "al-start"]
+
+
+def test_label_next_previews_a_pool_in_the_chosen_order(open_page, drawn_workspace: Path, bccd_root: Path,
+                                                        tmp_path: Path) -> None:
+    """With a predicted `[[pools]]` entry the page lists the pool's images most uncertain (margin) first."""
+    pytest.importorskip("core.pools", reason="unlabelled pools have not landed in this build")
+    import numpy as np
+
+    from core.pools import load_pool
+    from core.workspace import load_workspace
+    from models.inference import predict_pool
+    from tests.pages.eval_workspaces import CHECKPOINT, add_pool
+
+    root = tmp_path / "demo"
+    shutil.copytree(drawn_workspace, root)
+    add_pool(root, bccd_root, n=8)
+    workspace = load_workspace(root)
+    predicted = predict_pool(workspace, CHECKPOINT, load_pool(workspace, "spring"))
+    top2 = np.sort(predicted.pred_probs, axis=1)[:, -2:]
+    expected = [str(p) for p in predicted.paths[np.argsort(top2[:, 1] - top2[:, 0], kind="stable")]]
+
+    app = open_page(root, PAGE, state={"al-pool-order": "margin"})
+    preview = app.dataframe[-1].value
+    assert len(preview) == 8 and preview["rank"].tolist() == list(range(1, 9))
+    assert preview["image"].tolist() == expected

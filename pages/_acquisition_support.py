@@ -31,6 +31,7 @@ class SimulationJob:
     key: str
     progress: tuple[int, int] = (0, 1)  # probe fits done, total
     error: str | None = None
+    result: pd.DataFrame | None = None  # the curves, also kept here when the workspace's cache cannot be written
     done: threading.Event = field(default_factory=threading.Event)
 
 
@@ -50,11 +51,13 @@ def curve_key(ctx: PageContext, table: PredictionTable, config: SimulationConfig
 
 
 def stored_curve(key: str) -> pd.DataFrame | None:
-    """The curves stored under `key`, or None when they have not been computed."""
+    """The curves stored under `key` (on disk, else from a finished job of this server process), or None when they
+    have not been computed."""
     folder = results_dir()
-    if not has_result(folder, key):
-        return None
-    return cached_result(folder, key, lambda: None)
+    if has_result(folder, key):
+        return cached_result(folder, key, lambda: None)
+    job = _jobs().get(key)
+    return job.result if job is not None and job.done.is_set() else None
 
 
 def running_job(key: str) -> SimulationJob | None:
@@ -76,10 +79,12 @@ def start_simulation(key: str, table: PredictionTable, config: SimulationConfig)
     def work() -> None:
         try:
             data = simulation_data(table)
-            cached_result(folder, key, lambda: simulate(data, config,
-                                                        progress=lambda done, total: setattr(job, "progress",
-                                                                                             (done, total))))
-        except USER_ERRORS as exc:
+
+            def progress(done: int, total: int) -> None:
+                job.progress = (done, total)
+
+            job.result = cached_result(folder, key, lambda: simulate(data, config, progress=progress))
+        except (*USER_ERRORS, RuntimeError, ArithmeticError) as exc:  # said on the page, not lost in a thread
             job.error = user_message(exc)
         finally:
             job.done.set()
