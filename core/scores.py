@@ -16,43 +16,68 @@ instead (one specimen cannot be resampled; no interval can then show how another
 
 The product's intervals ("bayes", `DEFAULT_METHOD`) come from the stratified Bayesian bootstrap with a Jeffreys
 prior per class (`ResamplingPlan.resample_bayes`): in every draw the units of a class get Dirichlet weights (Rubin
-1981), and so do three *pseudo-images* of the class: one right, one missed, one false alarm, each of prior mass 1/2.
-For a class of single-image units this is exactly the Jeffreys posterior Beta(s + 1/2, f + 1/2) of its recall (and
-of its precision, against false alarms), scaled as below; for specimens it is the posterior of the class's
-distribution over specimen outcomes. A class of 3 right answers is then not "certainly perfect", and F1 = 0 on 3
-images reads differently from F1 = 0 on 300, with no special case. All Dirichlet masses of a class of m units are
-scaled to a total of m - 1 (at least 1): the prior takes its mass from the data's instead of adding to it, and a
-weighted mean varies as much as in the ordinary bootstrap. Each draw is rescaled so that the class's images keep
-their weight. The interval is the equal-tailed 95% of the draws, widened to hold the point value where the prior
-pulls every draw off a 0 or 1 estimate. A class with a single specimen has its images as units (see above): its
-interval then assumes that another specimen of it would fare like this one.
+1981), and so do three *pseudo-images* of the class: one right, one missed, one false alarm, each of prior mass 1/2
+(Beta(1/2, 1/2) on its recall and precision). A class of 3 right answers is then not "certainly perfect", and F1 = 0
+on 3 images reads differently from F1 = 0 on 300, with no special case. Each draw is rescaled so that the class's
+images keep their weight. The interval is the equal-tailed 95% of the draws, widened to hold the point value where
+the prior pulls every draw off a 0 or 1 estimate.
 
-The choices, by measurement (bench_coverage, 200 sets): a total mass of m (the plain Bayesian bootstrap) covered
-macro-F1 92.8%; pseudo-units of a whole specimen (Jeffreys on specimens) over-covered small classes (rare F1 98.5%)
-and pulled the demo's near-perfect pooled scores down (accuracy 0.942 at 0.90 of its interval); a prior centred on
-the table's accuracy instead of 1/2 covered 85-93%; re-centring the draws on the point value lost what the prior
-gives (balanced accuracy 75% with a 3-image class).
+How far the draws spread is set by the total Dirichlet mass A of each class stratum (units and pseudo-images
+together, `stratum_mass`): a Dirichlet-weighted mean of m values varies by sigma_n^2 / (A + 1) (sigma_n^2: their
+variance about their mean, divided by m).
+- m specimens: A = m - 2 (at least 1), so a class's rate varies by s^2 / m, the unbiased variance of a mean of m
+  specimens (s^2 divides by m - 1) and the variance of the rescaled bootstrap below. The plain Bayesian bootstrap
+  (A = m) and the ordinary bootstrap shrink it by (m - 1) / m or more, which a few specimens cannot afford: a
+  specimen's rate has a spread of its own that m specimens estimate with m - 1 degrees of freedom. The prior's
+  pseudo-images take their mass from that total.
+- m single images (the image unit, or specimens of one image): A = m + 3/2 - 1. A 0/1 outcome's spread follows
+  from its rate, so nothing is left to estimate and the mass is near the Jeffreys posterior's (m + 3/2: then
+  Beta(s + 1/2, f + 1/2) exactly). One less, by measurement on a class of three single images: the full Jeffreys
+  mass covered its F1 92.4%, m + 3/2 - 1.5 96.1% (balanced accuracy 97.3%), the previous total m - 1 98.7%.
+- the images of a class's lone specimen (resampled as units, see above): A = m + 3/2 - 2. They share a specimen, so
+  they vary together more than independent images: with the full Jeffreys mass a 1-specimen x 3-image class's
+  F1 was covered 87.0% (balanced accuracy 92.1%), with m + 3/2 - 1.5 93.0% (93.4%).
+A stratum mixing specimens and single images blends the two by their shares. Calibration's plans
+(`class_prior=False`) take the same totals without pseudo-images.
+
+The choices, by measurement (`benchmarks/bench_coverage.py`, 1,000 sets unless said): the previous total m - 1 for
+every stratum covered a 4-specimen class's F1 92.0% (2,000 sets) and over-covered three single images (balanced
+accuracy 97.5%, rare F1 98.7%); a prior only where a class's rate is exactly 0 or 1 (no pull towards 1/2 elsewhere)
+covered the 4-specimen class's F1 82.5% (the pseudo-images' spread is what a few specimens need); earlier (200
+sets): the plain total m covered macro-F1 92.8%, pseudo-units of a whole specimen over-covered small classes and
+pulled the demo's near-perfect scores down, a prior centred on the table's accuracy covered 85-93%, re-centring the
+draws on the point value lost what the prior gives (balanced accuracy 75% with a 3-image class).
 
 Why not the bootstrap's own fixes: with m = 4 specimens a resample sees 4 values, so its percentiles under-cover
 (a t-quantile with 3 degrees of freedom, not a normal one) and a class whose few units all agree has no spread at
 all; BCa's bias correction cannot create spread that is not in the resamples (one specimen x 3 images: balanced
-accuracy covered 65.8%). `python benchmarks/bench_coverage.py --sets 400 --boot 500` (coverage of the population
-value, nominal 95%; specimens of 2-5 correlated images, classes of 40 to 4 specimens):
+accuracy covered 65.8% at 400 sets). Coverage of the population value, nominal 95% (specimens of 2-5 correlated
+images, classes of 40 to 4 specimens; `python benchmarks/bench_coverage.py --sets 1000 --boot 500`):
 
-    scenario (rare class)        recipe            accuracy  bal. acc.  macro-F1  rare F1
-    4 specimens of 2-5 images    specimen, BCa        93.8%     91.8%     93.5%    88.2%
-                                 specimen, bayes      93.5%     93.2%     92.5%    92.8%
-    1 specimen x 3 images        specimen, BCa        95.0%     65.8%     90.5%    79.0%
-                                 specimen, bayes      94.2%     94.5%     92.8%    96.2%
-    3 specimens x 1 image        specimen, BCa        94.5%     88.5%     96.0%    92.0%
-                                 specimen, bayes      94.0%     98.2%     97.0%    99.0%
-    4 specimens, right 90%       specimen, BCa        92.5%     91.2%     93.0%    92.5%
-                                 specimen, bayes      92.2%     94.0%     92.5%    96.5%
+    scenario (rare class)        recipe                accuracy  bal. acc.  macro-F1  rare F1
+    4 specimens of 2-5 images    image, percentile        81.1%     78.7%     80.2%    78.4%
+                                 image, bayes             80.9%     78.7%     79.6%    80.2%
+                                 specimen, percentile     94.0%     91.8%     93.2%    87.5%
+                                 specimen, bayes          95.3%     96.2%     96.0%    96.9%
+    1 specimen x 3 images        image, percentile        82.1%     56.1%     79.2%    74.4%
+                                 image, bayes             82.9%     86.7%     84.9%    86.2%
+                                 specimen, percentile     94.3%     69.1%     90.9%    80.9%
+                                 specimen, bayes          96.2%     95.0%     95.3%    95.0%
+    3 specimens x 1 image        image, percentile        79.5%     79.8%     83.5%    88.1%
+                                 image, bayes             79.8%     90.9%     82.8%    92.7%
+                                 specimen, percentile     93.5%     85.1%     92.9%    90.0%
+                                 specimen, bayes          95.1%     96.1%     95.4%    95.2%
+    4 specimens, right 90%       image, percentile        79.6%     79.6%     79.9%    75.3%
+                                 image, bayes             79.2%     80.0%     79.0%    80.7%
+                                 specimen, percentile     93.5%     92.2%     92.3%    90.8%
+                                 specimen, bayes          94.2%     96.5%     95.6%    98.8%
 
-(400 sets: one standard error is about 1.1 points.) The Bayesian intervals lift the small-class metrics to the
-target where the bootstrap fell far short (a 3-image class: balanced accuracy 66% -> 94%, rare F1 79% -> 96%);
-macro-F1 and accuracy stay at 92-94%, on the target's lower edge; where the rare class is three single images
-whose truth sits near the prior's 1/2 they over-cover (98-99%). The image bootstrap covers 78-84% throughout.
+(1,000 sets: one standard error is about 0.7 points.) The product's recipe (specimen, bayes) covers 94-97% in every
+cell but one: a 4-specimen class right 90% of the time has its F1 over-covered (98.8%; its true F1 was never below
+the interval): the m - 2 mass that a 4-specimen class right half of the time needs (its F1 96.9%; 92.0% with m - 1) is
+wider than a near-perfect class needs, and a mass between (m - 1.5) covered accuracy and macro-F1 only 92.9% and
+93.1% there (700 sets). Resampling images falls short throughout (accuracy 79-83%, the rest 56-93%): images of one
+specimen are not independent.
 
 The classical draws remain for comparison (`BootstrapConfig(method="bca" | "percentile")`): the rescaled bootstrap
 (Rao & Wu 1988): a stratum of m units gets m - 1 draws with replacement, each weighted m / (m - 1), which keeps the
@@ -98,12 +123,31 @@ METRIC_LABELS: dict[str, str] = {
 CLASS_METRIC_LABELS: dict[str, str] = {"precision": "Precision", "recall": "Recall", "f1": "F1"}
 DEFAULT_METHOD: IntervalMethod = "bayes"  # the product's interval (see benchmarks/bench_coverage.py)
 JEFFREYS_MASS = 0.5  # prior mass of each pseudo-image (right, missed, false alarm) of a class stratum
+SPECIMEN_MASS_LESS = 2.0  # a stratum of m specimens has Dirichlet mass m - 2 (at least 1): variance s^2 / m
+IMAGE_MASS_LESS = 1.0  # a stratum of m single images has mass m + its prior's mass - 1 (at least 1)
+LONE_SPECIMEN_MASS_LESS = 2.0  # the images of a class's lone specimen: mass m + prior's - 2 (they share a specimen)
 BOOT_CHUNK_NUMBERS = 4_000_000  # resample counts are drawn in chunks of about this many numbers (memory bound)
 _MAX_MERGED_UNIT = 16  # units with more images than this are never merged into a type (bounds the padded key)
 
 
 class ScoresError(TaxaLensError, ValueError):
     """Bad arguments to a score or bootstrap function; the message names the argument and its allowed values."""
+
+
+def stratum_mass(units: np.ndarray, *, prior_mass: float, single_share: np.ndarray, lone: np.ndarray) -> np.ndarray:
+    """Total Dirichlet mass of each class stratum in a Bayesian draw (its units and pseudo-images together).
+
+    `units`: `(H,)` units per stratum; `prior_mass`: the pseudo-images' mass per stratum (0 without a class prior);
+    `single_share`: `(H,)` share of each stratum's units that are single images; `lone`: `(H,)` True where the
+    units are the images of the class's lone specimen. A stratum of m specimens gets m - `SPECIMEN_MASS_LESS`, one
+    of m single images m + `prior_mass` - `IMAGE_MASS_LESS` (`LONE_SPECIMEN_MASS_LESS` for a lone specimen's
+    images), a mixed one the blend by `single_share`; at least 1. The module docstring says why.
+    """
+    units = np.asarray(units, dtype=np.float64)
+    specimens = np.maximum(units - SPECIMEN_MASS_LESS, 1.0)
+    less = np.where(lone, LONE_SPECIMEN_MASS_LESS, IMAGE_MASS_LESS)
+    images = np.maximum(units + prior_mass - less, 1.0)
+    return single_share * images + (1.0 - single_share) * specimens
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -327,6 +371,7 @@ class ResamplingPlan:
         stratum_of_unit = _majority_label(unit_of_row, y_true, n_units, k)
         lone = np.bincount(stratum_of_unit, minlength=k)[stratum_of_unit] == 1
         lone &= np.bincount(unit_of_row, minlength=n_units) > 1
+        self._lone_strata = np.unique(stratum_of_unit[lone]) if self.unit == "specimen" else np.zeros(0, np.int64)
         if self.unit == "specimen" and lone.any():
             split_rows = lone[unit_of_row]
             unit_of_row = unit_of_row.copy()
@@ -467,19 +512,19 @@ class ResamplingPlan:
         position = np.searchsorted(strata, stratum_of_type)
         self._bayes_stratum = np.r_[position, np.tile(np.arange(h), 3)]
         units = np.bincount(position, weights=self.multiplicity, minlength=h)  # real units per stratum
-        # Masses: 1 per unit and JEFFREYS_MASS per pseudo-unit, all scaled so that the stratum's total is m - 1 (at
-        # least 1): the prior takes its mass from the data's instead of adding to it, and a weighted mean varies by
-        # sigma^2 / m, as in the ordinary bootstrap (a total of m would give sigma^2 / (m + 1), m + 1.5 less still:
-        # the module docstring has the coverage).
-        scale = np.maximum(units - 1, 1) / (units + 3 * mass)
-        self._bayes_shape = np.r_[self.multiplicity * scale[position], np.tile(mass * scale, 3)]
         type_images = np.asarray(self._map[:, -1].todense()).ravel()  # images of one unit of each type
+        single = np.bincount(position, weights=self.multiplicity * (type_images == 1), minlength=h) / units
+        total = stratum_mass(units, prior_mass=3 * mass, single_share=single, lone=np.isin(strata, self._lone_strata))
+        scale = total / (units + 3 * mass)
+        self._bayes_shape = np.r_[self.multiplicity * scale[position], np.tile(mass * scale, 3)]
         carried = np.r_[type_images, one, one, 0 * one]
         self._bayes_members = sparse.csr_matrix((carried, (np.arange(len(carried)), self._bayes_stratum)),
                                                 shape=(len(carried), h))
         # A draw is scaled so that the stratum's images weigh what they do in the table: each class keeps its
         # weight (its support, exactly, when its specimens hold only its own label).
         self._bayes_total = np.bincount(position, weights=self.multiplicity * type_images, minlength=h)
+        # One (T + 3 H, Q) map from a draw's weights (real types, then pseudo-units) to a tally row.
+        self._bayes_map = sparse.vstack([self._map, self._prior_map], format="csr")
 
     def _split(self, sums: np.ndarray) -> Tally:
         k, c = self.k, len(self.columns)
@@ -531,23 +576,22 @@ class ResamplingPlan:
         """Tallies of `n_boot` draws of the stratified Bayesian bootstrap with a Jeffreys prior, in chunks.
 
         Per class stratum of m units, the units and the stratum's three pseudo-units (`_prepare_prior`) get
-        Dirichlet weights (mass 1 per unit, `JEFFREYS_MASS` per pseudo-unit, all times m / (m + 3 JEFFREYS_MASS)),
-        scaled so that the weights of the units carrying the class's images sum to m: the posterior of the stratum's
-        distribution over unit contents (Rubin 1981, with a prior). A type of u identical units gets one Gamma weight
-        of u times the unit's mass (the sum of theirs), so a draw costs one gamma variate per type.
+        Dirichlet weights (mass 1 per unit, `JEFFREYS_MASS` per pseudo-unit, all scaled to the stratum's total
+        `stratum_mass`), rescaled so that the units carrying the class's images keep their images' weight: the
+        posterior of the stratum's distribution over unit contents (Rubin 1981, with a prior). A type of u identical
+        units gets one Gamma weight of u times the unit's mass (the sum of theirs), so a draw costs one gamma variate
+        per type.
         """
         rng = np.random.default_rng(seed)
         width = len(self._bayes_shape)
         chunk = max(1, BOOT_CHUNK_NUMBERS // max(width, 1))
-        t = self.n_types
         for start in range(0, n_boot, chunk):
             size = min(chunk, n_boot - start)
-            gammas = rng.standard_gamma(self._bayes_shape, size=(size, width))
+            # float32 variates (a third cheaper than float64; a weight needs no more than 7 digits), sums in float64
+            gammas = rng.standard_gamma(self._bayes_shape, size=(size, width), dtype=np.float32).astype(np.float64)
             totals = np.asarray((self._bayes_members.T @ gammas.T).T)  # (size, H) per-stratum sums
             gammas *= (self._bayes_total / totals)[:, self._bayes_stratum]
-            sums = (self._map.T @ np.ascontiguousarray(gammas[:, :t].T)).T
-            sums = np.asarray(sums) + np.asarray((self._prior_map.T @ np.ascontiguousarray(gammas[:, t:].T)).T)
-            yield self._split(sums)
+            yield self._split(np.asarray((self._bayes_map.T @ np.ascontiguousarray(gammas.T)).T))
 
     def jackknife(self, chunk_types: int = 2048) -> Iterator[tuple[Tally, np.ndarray]]:
         """Leave-one-unit-out tallies, one row per type (every unit of a type gives the same), with the units per
