@@ -392,15 +392,8 @@ def check_image_files(root: str | Path, relative_paths: list[str], *, verify: Ve
     (absolute); `skipped` has `sample_id, reason, detail`. `verify` and `index` as for `load_dataset`.
     """
     resolver = _PathResolver(Path(root).resolve())
-    escapes = []
-    for number, rel in enumerate(relative_paths):
-        try:
-            resolver.locate(rel)
-        except DatasetError as exc:
-            escapes.append(f"#{number + 1}: {exc}")
-    if escapes:
-        shown = "; ".join(escapes[:5]) + (f"; and {len(escapes) - 5} more" if len(escapes) > 5 else "")
-        raise DatasetError(f"{len(escapes)} path(s) outside {resolver.root}, refused: {shown}")
+    _refuse_escapes(resolver, [(f"#{number + 1}", rel) for number, rel in enumerate(relative_paths)],
+                    f"path(s) outside {resolver.root}")
     frame = pd.DataFrame({"sample_id": [_posix(p) for p in relative_paths]})
     skipped = [(s, "duplicate", "listed more than once; kept the first") for s in frame.loc[
         frame["sample_id"].duplicated(), "sample_id"]]
@@ -523,15 +516,9 @@ def _read_manifest(path: Path, root: Path, taxonomy: tuple[str, ...],
     for row_number, rel in zip(frame.index[blank], frame.loc[blank, "path"], strict=True):
         skipped.append((rel, "missing_label", f"manifest row {row_number + 2} has an empty label"))
     frame = frame[~blank]
-    escapes = []
-    for row_number, rel in zip(frame.index.tolist(), frame["path"].tolist(), strict=True):
-        try:
-            resolver.locate(rel)
-        except DatasetError as exc:
-            escapes.append(f"row {row_number + 2}: {exc}")
-    if escapes:
-        shown = "; ".join(escapes[:5]) + (f"; and {len(escapes) - 5} more" if len(escapes) > 5 else "")
-        raise DatasetError(f"manifest {path} has {len(escapes)} path(s) outside the dataset root, refused: {shown}")
+    _refuse_escapes(resolver, [(f"row {number + 2}", rel) for number, rel in
+                               zip(frame.index.tolist(), frame["path"].tolist(), strict=True)],
+                    "path(s) outside the dataset root", prefix=f"manifest {path} has ")
     frame = frame.assign(path=[_posix(p) for p in frame["path"].tolist()])
     if "split" in frame.columns:
         unknown = sorted(set(frame["split"]) - set(SPLIT_ALIASES) - {""})
@@ -559,6 +546,20 @@ def _pool_rows_as_ids(path: Path, frame: pd.DataFrame, resolver: _PathResolver) 
     paths = frame["path"].copy()
     paths.loc[pooled] = ids
     return frame.assign(path=paths)
+
+
+def _refuse_escapes(resolver: _PathResolver, listed: list[tuple[str, str]], what: str, *,
+                    prefix: str = "") -> None:
+    """Raise one `DatasetError` naming (up to five of) the `(where, path)` entries that resolve outside the root."""
+    escapes = []
+    for where, rel in listed:
+        try:
+            resolver.locate(rel)
+        except DatasetError as exc:
+            escapes.append(f"{where}: {exc}")
+    if escapes:
+        shown = "; ".join(escapes[:5]) + (f"; and {len(escapes) - 5} more" if len(escapes) > 5 else "")
+        raise DatasetError(f"{prefix}{len(escapes)} {what}, refused: {shown}")
 
 
 def _posix(path: str) -> str:

@@ -33,7 +33,7 @@ from pages._access import current_actor, may
 from pages._cached import PageContext, file_mtime_ns, get_predictions, table_token
 from pages._cam import prefetch_cam_maps
 from pages._gallery import sample_thumbnail, show_image
-from pages._review_support import typical_example_ids
+from pages._review_support import queue_position, typical_example_ids
 from pages._text import md
 
 KIND = "label_new"  # the review page's queue kind
@@ -179,20 +179,16 @@ def annotate_view(ctx: PageContext, store: LabelStore, pool: Pool, predictions: 
         if reviewer is not None:
             st.button("Undo my last", key="an-undo", on_click=_undo, args=(store,), shortcut=SHORTCUTS["an-undo"])
         return
-    ids = queue["sample_id"].tolist()
-    current = st.session_state.get(CURRENT)
-    position = ids.index(current) if current in ids else 0
+    place = queue_position(queue, CURRENT)
+    position, sample_id, next_id = place.position, place.sample_id, place.next_id
     row = queue.iloc[position]
-    sample_id = str(row["sample_id"])
-    st.session_state[CURRENT] = sample_id
-    next_id = ids[position + 1] if position + 1 < len(ids) else None
     with st.container(horizontal=True, vertical_alignment="center", key="an-nav"):
         st.button("Back", key="an-back", icon=":material/arrow_back:", on_click=_go,
-                  args=(ids[position - 1] if position else None,), disabled=position == 0,
+                  args=(place.previous_id,), disabled=position == 0,
                   shortcut=SHORTCUTS["an-back"])
         st.button("Skip", key="an-skip", icon=":material/arrow_forward:", on_click=_go, args=(next_id,),
                   disabled=next_id is None, shortcut=SHORTCUTS["an-skip"])
-        st.caption(f"Image {position + 1} of {len(ids)} · {md(sample_id)}")
+        st.caption(f"Image {position + 1} of {place.total} · {md(sample_id)}")
     classes, probs = list(row["top_classes"]), list(row["top_probs"])
     image_col, facts_col = st.columns([3, 2])
     with image_col:

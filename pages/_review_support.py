@@ -3,6 +3,8 @@ actor: the signed-in account, or the local name typed in the sidebar)."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import pandas as pd
 import streamlit as st
 
@@ -132,3 +134,26 @@ def current_reviewer(action: str = "record", *, what: str = "Review buttons") ->
 def reviewer_problem() -> str:
     """Why `current_reviewer()` is None."""
     return str(st.session_state.get(KEY_ACTOR_PROBLEM) or "")
+
+
+
+@dataclass(frozen=True)
+class QueuePlace:
+    """Where a review or annotation queue stands: the shown sample, its neighbours (None at either end), the size."""
+
+    position: int
+    sample_id: str
+    previous_id: str | None
+    next_id: str | None
+    total: int
+
+
+def queue_position(queue: pd.DataFrame, key: str) -> QueuePlace:
+    """The place of the sample whose id session key `key` holds (the first when it left the queue), stored back
+    under `key`."""
+    ids = queue["sample_id"].tolist()
+    current = st.session_state.get(key)
+    position = ids.index(current) if current in ids else 0
+    st.session_state[key] = sample_id = str(ids[position])
+    return QueuePlace(position, sample_id, ids[position - 1] if position else None,
+                      ids[position + 1] if position + 1 < len(ids) else None, len(ids))

@@ -42,6 +42,7 @@ from pages._review_support import (
     label_issue_ranking,
     label_store,
     now_line,
+    queue_position,
     typical_example_ids,
 )
 from pages._state import KEY_CONFUSION_CELL, KEY_QUALITY_IDS, KEY_SELECTION
@@ -130,15 +131,11 @@ def sample_view(ctx, table, store, ranking, spec: QueueSpec, reviewer: str | Non
     if queue.empty:
         st.success("This queue is empty.")
         return
-    ids = queue["sample_id"].tolist()
-    current = st.session_state.get(CURRENT)
-    position = ids.index(current) if current in ids else 0
+    place = queue_position(queue, CURRENT)
+    position, sample_id, next_id = place.position, place.sample_id, place.next_id
     row = queue.iloc[position]
-    sample_id = str(row["sample_id"])
-    st.session_state[CURRENT] = sample_id
     set_page_params("review", queue=spec.kind, **{PARAM_CLASS: spec.class_name, PARAM_TRUE: spec.true_label,
                                                   PARAM_PRED: spec.pred_label, PARAM_SAMPLE: sample_id})
-    next_id = ids[position + 1] if position + 1 < len(ids) else None
     given = given_of.get(sample_id, str(row["label"]))
     suggested = str(row["suggested"])
     state = store.state(sample_id)
@@ -152,11 +149,11 @@ def sample_view(ctx, table, store, ranking, spec: QueueSpec, reviewer: str | Non
 
     with st.container(horizontal=True, vertical_alignment="center", key="rv-nav"):
         st.button("Previous", key="rv-prev", icon=":material/arrow_back:", on_click=_go,
-                  args=(ids[position - 1] if position else None,), disabled=position == 0,
+                  args=(place.previous_id,), disabled=position == 0,
                   shortcut=SHORTCUTS["rv-prev"])
         st.button("Next", key="rv-next", icon=":material/arrow_forward:", on_click=_go, args=(next_id,),
                   disabled=next_id is None, shortcut=SHORTCUTS["rv-next"])
-        st.caption(f"Sample {position + 1} of {len(ids)} · queue rank {int(row['rank'])} · {md(sample_id)}")
+        st.caption(f"Sample {position + 1} of {place.total} · queue rank {int(row['rank'])} · {md(sample_id)}")
         copy_link_control("rv-link")
 
     path = sample_paths(ctx, [sample_id])[0]
