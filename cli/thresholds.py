@@ -26,17 +26,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def _run(args: argparse.Namespace) -> int:
     from core.calibration import load_temperature
+    from core.prediction_paths import stored_predictions
     from core.predictions import table_token
     from core.result_cache import RESULTS_DIR, thresholds_result
     from core.thresholds import ThresholdConfig, write_thresholds
     from core.workspace import load_workspace
-    from models.inference import cached_predictions
 
     workspace = load_workspace(args.workspace)
     workspace.checkpoint(args.checkpoint)  # a clear error naming the known checkpoints
     config = ThresholdConfig(precision=args.precision)
     dataset = workspace.load_dataset()
-    table = cached_predictions(workspace, args.checkpoint, dataset=dataset)
+    table = stored_predictions(workspace, args.checkpoint, dataset=dataset)  # torch-free: a warm call stays quick
     if table is None:
         print(f"error: no predictions of {args.checkpoint} yet; run `python -m core predict --workspace "
               f"{args.workspace} --checkpoint {args.checkpoint}` first", file=sys.stderr)

@@ -9,7 +9,7 @@ from pathlib import Path
 from core.checkpoint_header import file_sha256, read_class_names, stored_preprocessing_key, timm_version
 from core.dataset import Dataset
 from core.prediction_store import model_cache_key, store_folder
-from core.predictions import prediction_cache_key
+from core.predictions import PredictionTable, load_predictions, prediction_cache_key, relabel_table
 from core.workspace import CheckpointSpec, Workspace
 
 TABLE_KEY_LENGTH = 24  # hex digits of `prediction_cache_key` in a table's file name
@@ -67,3 +67,11 @@ def store_path(workspace: Workspace, name: str, *, dataset: Dataset | None = Non
     identity = model_identity(workspace, workspace.checkpoint(name), dataset)
     return store_folder(predictions_dir(workspace), safe_file_name(name),
                         model_cache_key(identity["checkpoint"], identity["preprocessing"]))
+
+
+def stored_predictions(workspace: Workspace, name: str, *, dataset: Dataset | None = None) -> PredictionTable | None:
+    """The cached predictions table of checkpoint `name` on the current data and weights (labels as the dataset
+    gives them now), or `None` when it has not been computed; reads it without importing torch."""
+    dataset = dataset if dataset is not None else workspace.load_dataset()
+    path = predictions_path(workspace, name, dataset=dataset)
+    return relabel_table(load_predictions(path), dataset.samples) if path.is_file() else None

@@ -73,3 +73,16 @@ def test_bad_precision_is_a_clear_error(bccd_ws: Path, tmp_path: Path, capsys) -
     assert main(["thresholds", "--workspace", str(bccd_ws), "--checkpoint", CHECKPOINT, "--precision", "1.5",
                  "--out", str(out)]) != 0
     assert "--precision" in capsys.readouterr().err and not out.exists()
+
+
+def test_the_thresholds_command_reads_predictions_without_torch(bccd_ws: Path, tmp_path: Path) -> None:
+    """A deployment script calls `thresholds` often: it reads the stored predictions without importing torch/timm
+    (their import was most of a warm call's time)."""
+    code = ("import sys; from cli.main import main; "
+            f"rc = main(['thresholds', '--workspace', {str(bccd_ws)!r}, '--checkpoint', {CHECKPOINT!r}, "
+            f"'--precision', '0.85', '--out', {str(tmp_path / 't.json')!r}]); "
+            "print(rc, sorted({m.split('.')[0] for m in sys.modules} & {'torch', 'timm', 'torchvision'}))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip().splitlines()[-1] == "0 []"
+    assert json.loads((tmp_path / "t.json").read_text())
