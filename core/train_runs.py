@@ -11,6 +11,7 @@ the crossval command writes its table beside the predictions.
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import os
@@ -138,8 +139,7 @@ def launch_run(workspace: Workspace, kind: str, name: str, argv: list[str], *, o
     if not _NAME.match(name):
         raise TrainingRunError(f"run name {name!r} must be 1-64 letters, digits, '.', '_' or '-', starting with a "
                                "letter or digit")
-    run_dir = runs_root(workspace) / f"{time.strftime('%Y%m%d-%H%M%S')}-{name}"
-    run_dir.mkdir(parents=True, exist_ok=False)
+    run_dir = _new_run_dir(runs_root(workspace), f"{time.strftime('%Y%m%d-%H%M%S')}-{name}")
     argv = [python or sys.executable, "-m", "core", kind, *(str(run_dir) if a == RUN_DIR else a for a in argv),
             "--status-file", str(run_dir / "status.json")]
     for key, value in (options or {}).items():
@@ -239,6 +239,20 @@ class StatusWriter:
 def _append_log(run_dir: Path, line: str) -> None:
     with open(run_dir / "log.txt", "a", encoding="utf-8") as log:
         log.write(line + "\n")
+
+
+def _new_run_dir(root: Path, stem: str) -> Path:
+    """A fresh run folder `root/stem`, or `stem-2`, `stem-3`, ... when a run of that name started within the same
+    second (one stopped and started again at once)."""
+    root.mkdir(parents=True, exist_ok=True)
+    for number in itertools.count(1):
+        run_dir = root / (stem if number == 1 else f"{stem}-{number}")
+        try:
+            run_dir.mkdir(exist_ok=False)
+        except FileExistsError:
+            continue
+        return run_dir
+    raise AssertionError("unreachable")
 
 
 def _pid(run_dir: Path) -> int | None:

@@ -92,11 +92,24 @@ def test_the_log_the_retrain_page_shows_holds_the_start_the_output_and_the_stop(
     assert lines[-1].startswith("stopped from the dashboard at ")
 
 
-def test_a_taken_name_is_a_taxalens_error_naming_the_fix(workspace, tmp_path: Path):
-    first = start_training_run(workspace, "twice", python=_fake_python(tmp_path, "sleep 60"))
+def test_a_taken_name_is_a_taxalens_error_naming_the_fix(workspace, tmp_path: Path, monkeypatch):
+    monkeypatch.setattr(time, "strftime", lambda fmt, *args: "20261128-120000")  # every start within one second
+    # one script for both starts: rewriting it while the first shell still reads it could end that run early
+    fake = _fake_python(tmp_path, "sleep 60")
+    first = start_training_run(workspace, "twice", python=fake)
     try:
         with pytest.raises(TaxaLensError, match="already in progress; stop it on the Retrain page"):
-            start_training_run(workspace, "twice", python=_fake_python(tmp_path, "sleep 60"))
+            start_training_run(workspace, "twice", python=fake)
     finally:
         stop_run(read_run(first.run_dir))
     assert [r.name for r in list_runs(workspace)] == ["twice"]
+    # once stopped, the same name may start again within the same second: a second folder, not a FileExistsError
+    deadline = time.monotonic() + 30
+    while read_run(first.run_dir).active and time.monotonic() < deadline:  # the signal takes a moment to land
+        time.sleep(0.05)
+    again = start_training_run(workspace, "twice", python=fake)
+    try:
+        assert again.run_dir.name == first.run_dir.name + "-2" and again.active
+    finally:
+        stop_run(read_run(again.run_dir))
+    assert [r.name for r in list_runs(workspace)] == ["twice", "twice"]
