@@ -75,3 +75,19 @@ def serve_app(workspace: Path, log_path: Path | None = None, *, env: dict[str, s
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait()
+
+
+def choose_option(page, box_label: str, option: str, *, attempts: int = 3, wait_ms: int = 30_000) -> None:
+    """Pick `option` in the selectbox labelled `box_label`. A rerun that lands while the list is open closes it
+    (two shared cores: reruns take seconds), so the list is opened again, up to `attempts` times."""
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
+    for attempt in range(attempts):
+        page.get_by_label(box_label, exact=True).click(timeout=90_000)
+        try:
+            page.get_by_role("option", name=option).click(timeout=wait_ms)
+            return
+        except PlaywrightTimeout:
+            if attempt == attempts - 1:
+                raise
+            page.keyboard.press("Escape")

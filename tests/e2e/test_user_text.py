@@ -13,7 +13,14 @@ import pytest
 
 from core.labelstore import LabelStore
 from core.workspace import load_workspace
-from tests.e2e.streamlit_server import CHROMIUM, CHROMIUM_ARGS, free_port, serve_app, sync_playwright_or_skip
+from tests.e2e.streamlit_server import (
+    CHROMIUM,
+    CHROMIUM_ARGS,
+    choose_option,
+    free_port,
+    serve_app,
+    sync_playwright_or_skip,
+)
 from tests.pages.eval_workspaces import add_checkpoint_copy, write_synthetic_predictions, write_workspace
 
 pytestmark = pytest.mark.e2e
@@ -109,8 +116,7 @@ def test_user_text_renders_literally_and_fetches_nothing(hostile, trap, tmp_path
         visit("Confusion matrix", "Most confused pairs")
         page.get_by_text("Open a cell by name").click()
         for box in ("True class", "Predicted class"):  # the diagonal cell of the hostile class: never empty
-            page.get_by_label(box, exact=True).click()
-            page.get_by_role("option", name=hostile_class).click()
+            choose_option(page, box, hostile_class)
         page.get_by_role("button", name="Open cell").click()
         expect(page.get_by_role("heading", name=f"true {hostile_class} → predicted {hostile_class}")).to_be_visible()
         captions = page.locator('[data-testid="stImageCaption"]').filter(has_text=f"{hostile_class} → {hostile_class}")
@@ -124,14 +130,7 @@ def test_user_text_renders_literally_and_fetches_nothing(hostile, trap, tmp_path
         visit("Review queue", "Queue")
         page.get_by_label("Queue", exact=True).click()
         page.get_by_role("option", name="One class").click()
-        for attempt in range(3):  # a rerun that lands while the list is open closes it: open it again
-            page.get_by_label("Class", exact=True).click(timeout=90_000)
-            try:
-                page.get_by_role("option", name=hostile_class).click(timeout=30_000)
-                break
-            except sync_api.TimeoutError:
-                if attempt == 2:
-                    raise
+        choose_option(page, "Class", hostile_class)
         expect(page.get_by_role("button", name=f"Confirm {hostile_class} Shortcut K")).to_be_visible(timeout=90_000)
         expect(page.get_by_text(f"Given label: {hostile_class}")).to_be_visible()
 
