@@ -238,9 +238,30 @@ def _unit(embeddings: np.ndarray) -> np.ndarray:
 
 def _embedding_pairs(embeddings: np.ndarray, settings: DuplicateSettings, chunk: int,
                      found: dict[tuple[int, int], list]) -> None:
+    """Each row's `settings.k` nearest rows at or above `settings.min_similarity`: the exhaustive search below
+    `EXHAUSTIVE_BELOW` rows (or for a threshold too low to prune by), else the same pairs from a radius search
+    (`embedding_candidates`)."""
+    n = len(embeddings)
+    if n < EXHAUSTIVE_BELOW or settings.min_similarity <= PRUNE_ABOVE:
+        _add_embedding_pairs(*exhaustive_embedding_pairs(embeddings, settings, chunk=chunk), found)
+    else:
+        _add_embedding_pairs(*pruned_embedding_pairs(embeddings, settings, chunk=chunk), found)
+
+
+EXHAUSTIVE_BELOW = 20_000  # rows below which every pair is compared (at most a few seconds)
+PRUNE_ABOVE = 0.5  # thresholds at or below this are searched exhaustively (the radius would take in most pairs)
+PROJECTION_DIMS = 16  # principal directions the radius search runs in (a lower bound of the full distance)
+
+
+def exhaustive_embedding_pairs(embeddings: np.ndarray, settings: DuplicateSettings, *, chunk: int = 2048
+                               ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """`(a, b, similarity)` of every pair where `b` is among `a`'s `settings.k` most similar rows (cosine of the
+    mean-centred embeddings) at or above `settings.min_similarity`, comparing every row with every other (quadratic:
+    the reference the pruned search is tested against). A pair may appear twice (once from each side)."""
     x = _unit(embeddings)
     n = len(x)
     k = min(settings.k, n - 1)
+    out_a, out_b, out_s = [], [], []
     for start in range(0, n, chunk):
         sims = x[start:start + chunk] @ x.T
         rows = np.arange(start, min(start + chunk, n))
@@ -248,9 +269,67 @@ def _embedding_pairs(embeddings: np.ndarray, settings: DuplicateSettings, chunk:
         nearest = np.argpartition(-sims, k - 1, axis=1)[:, :k]
         near_sims = np.take_along_axis(sims, nearest, axis=1)
         hit_r, hit_c = np.nonzero(near_sims >= settings.min_similarity)
-        for r, c in zip(hit_r.tolist(), hit_c.tolist(), strict=True):
-            a, b = sorted((int(rows[r]), int(nearest[r, c])))
-            found.setdefault((a, b), [float(near_sims[r, c]), None, set()])[2].add("embedding")
+        out_a.append(rows[hit_r])
+        out_b.append(nearest[hit_r, hit_c])
+        out_s.append(near_sims[hit_r, hit_c])
+    return _concat(out_a, np.int64), _concat(out_b, np.int64), _concat(out_s, np.float32)
+
+
+def pruned_embedding_pairs(embeddings: np.ndarray, settings: DuplicateSettings, *, chunk: int = 2048
+                           ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The pairs of `exhaustive_embedding_pairs` in near-linear time: a similarity of at least t between unit vectors
+    is a distance of at most sqrt(2 - 2t) (0.1 at 0.995), and a projection onto orthonormal directions never
+    lengthens a distance, so a k-d tree over the `PROJECTION_DIMS` principal directions finds every candidate within
+    that radius; each candidate's full similarity is then checked, and each row keeps its `settings.k` most similar
+    (the exhaustive rule: a neighbour above the threshold that is not among a row's k nearest overall is not among
+    its k nearest above the threshold either). Ties at a row's k-th place may be broken differently."""
+    from scipy.spatial import cKDTree
+
+    x = _unit(embeddings)
+    n = len(x)
+    k = min(settings.k, n - 1)
+    live = np.flatnonzero(np.linalg.norm(x, axis=1) > 0.5)  # a zero row (constant embedding) matches nothing
+    if len(live) < 2 or k < 1:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float32)
+    xs = x[live]
+    gram = xs.T.astype(np.float64) @ xs
+    _, vectors = np.linalg.eigh(gram)
+    directions = vectors[:, ::-1][:, :min(PROJECTION_DIMS, xs.shape[1])].astype(np.float32)
+    coords = xs @ directions
+    radius = float(np.sqrt(max(0.0, 2.0 - 2.0 * settings.min_similarity))) * (1 + 1e-5) + 1e-6
+    tree = cKDTree(coords)
+    out_a, out_b, out_s = [], [], []
+    for start in range(0, len(live), chunk):
+        stop = min(start + chunk, len(live))
+        hits = tree.query_ball_point(coords[start:stop], radius, return_sorted=False)
+        sizes = np.fromiter((len(h) for h in hits), dtype=np.int64, count=len(hits))
+        if not sizes.sum():
+            continue
+        first = np.repeat(np.arange(start, stop), sizes)
+        second = np.fromiter((j for h in hits for j in h), dtype=np.int64, count=int(sizes.sum()))
+        keep = first != second
+        first, second = first[keep], second[keep]
+        sims = np.einsum("ij,ij->i", xs[first], xs[second])
+        keep = sims >= settings.min_similarity
+        out_a.append(live[first[keep]])
+        out_b.append(live[second[keep]])
+        out_s.append(sims[keep].astype(np.float32))
+    a, b, s = _concat(out_a, np.int64), _concat(out_b, np.int64), _concat(out_s, np.float32)
+    order = np.lexsort((b, -s, a))  # each row's neighbours, most similar first
+    a, b, s = a[order], b[order], s[order]
+    starts = np.searchsorted(a, a, side="left")
+    nearest = (np.arange(len(a)) - starts) < k
+    return a[nearest], b[nearest], s[nearest]
+
+
+def _concat(parts: list[np.ndarray], dtype: type) -> np.ndarray:
+    return np.concatenate(parts).astype(dtype, copy=False) if parts else np.zeros(0, dtype=dtype)
+
+
+def _add_embedding_pairs(a: np.ndarray, b: np.ndarray, sims: np.ndarray, found: dict[tuple[int, int], list]) -> None:
+    for first, second, sim in zip(a.tolist(), b.tolist(), sims.tolist(), strict=True):
+        key = (first, second) if first < second else (second, first)
+        found.setdefault(key, [float(sim), None, set()])[2].add("embedding")
 
 
 def _hash_pairs(hashes: np.ndarray, ok: np.ndarray, splits: np.ndarray, settings: DuplicateSettings, chunk: int,

@@ -23,11 +23,13 @@ from core.leakage import (
     LeakageError,
     confirmation_distances,
     deduplicated,
+    exhaustive_embedding_pairs,
     find_split_leaks,
     hash_distances,
     image_hashes,
     layout_distances,
     leak_recall_precision,
+    pruned_embedding_pairs,
     scan_leakage,
 )
 from core.predictions import build_prediction_table
@@ -268,3 +270,65 @@ def test_hashes_of_an_older_shape_say_what_to_do():
                                    splits=["train", "val"], specimen_ids=["a", "b"], class_names=["x", "y"])
     with pytest.raises(LeakageError, match=r"\.taxalens/scan"):
         scan_leakage(table, np.zeros((2, 4), dtype=np.uint64), np.ones(2, dtype=bool))
+
+
+# The scalable embedding search ---------------------------------------------------------------------------------------
+
+def _pair_set(a: np.ndarray, b: np.ndarray) -> set[tuple[int, int]]:
+    return {(min(x, y), max(x, y)) for x, y in zip(a.tolist(), b.tolist(), strict=True)}
+
+
+@pytest.mark.parametrize("settings", [DuplicateSettings(), DuplicateSettings(min_similarity=0.97)],
+                         ids=["default", "looser"])
+def test_pruned_embedding_search_finds_exactly_the_exhaustive_pairs_on_the_planted_set(planted, settings):
+    """The k-d tree search over principal directions (what runs above EXHAUSTIVE_BELOW images) returns the pairs the
+    all-pairs search returns on the planted bccd copies' real embeddings, at the default and a looser threshold."""
+    _, _, table, _, _, _ = planted
+    exhaustive = _pair_set(*exhaustive_embedding_pairs(table.embeddings, settings)[:2])
+    pruned = _pair_set(*pruned_embedding_pairs(table.embeddings, settings)[:2])
+    assert len(exhaustive) >= 10  # the planted exact copies at least: a comparison of two empty sets proves nothing
+    assert pruned == exhaustive
+
+
+def test_pruned_embedding_search_matches_on_the_demo(demo_predictions):
+    """The same on the full demo's embeddings (every split), where the all-pairs search is the reference."""
+    settings = DuplicateSettings(min_similarity=0.98)
+    exhaustive = _pair_set(*exhaustive_embedding_pairs(demo_predictions.embeddings, settings)[:2])
+    pruned = _pair_set(*pruned_embedding_pairs(demo_predictions.embeddings, settings)[:2])
+    assert exhaustive and pruned == exhaustive
+
+
+def test_the_scan_at_scale_reports_the_same_pairs_and_leaks(planted, monkeypatch):
+    """`scan_leakage` with the pruned search forced (as above EXHAUSTIVE_BELOW images): the same pairs, found by the
+    same tests, and the same leaks as the exhaustive search."""
+    from core import leakage
+
+    _, _, table, _, hashes, readable = planted
+    small = scan_leakage(table, hashes, readable)
+    monkeypatch.setattr(leakage, "EXHAUSTIVE_BELOW", 0)
+    large = scan_leakage(table, hashes, readable)
+    columns = ["a", "b", "found_by", "hash_distance"]
+    assert (small.pairs["found_by"] != "hash").any()  # the embeddings found some pairs
+    pd.testing.assert_frame_equal(small.pairs[columns].sort_values(["a", "b"]).reset_index(drop=True),
+                                  large.pairs[columns].sort_values(["a", "b"]).reset_index(drop=True))
+    assert set(large.leaks["sample_id"]) == set(small.leaks["sample_id"])
+
+
+def test_pruned_search_keeps_each_rows_k_nearest_above_the_threshold():
+    """One image with 14 copies at distinct distances (all above the threshold) among 600 random ones: with k = 10
+    it keeps its 10 nearest, as the all-pairs search does; rows of a constant embedding (zero after centring) match
+    nothing and do not make every pair a candidate."""
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(600, 32)).astype(np.float32)
+    base = x[0].copy()
+    for i in range(1, 15):
+        x[i] = base + (0.004 * i) * rng.normal(size=32).astype(np.float32)
+    settings = DuplicateSettings(min_similarity=0.99, k=10)
+    a, b, _ = pruned_embedding_pairs(x, settings)
+    pairs = _pair_set(a, b)
+    assert pairs == _pair_set(*exhaustive_embedding_pairs(x, settings)[:2])
+    of_base = sorted(other for pair in pairs for other in pair if 0 in pair and other != 0)
+    # row 0 keeps its 10 nearest (copies 1-10); copies 11-14 pair with row 0 only where row 0 is among their k nearest
+    assert set(range(1, 11)) <= set(of_base) and all(1 <= o <= 14 for o in of_base)
+    flat = np.ones((50, 8), dtype=np.float32)
+    assert len(pruned_embedding_pairs(flat, DuplicateSettings())[0]) == 0
