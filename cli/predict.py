@@ -28,8 +28,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--device", help="cuda, cuda:1, mps or cpu (default: the best available)")
     parser.add_argument("--no-intervals", action="store_true",
                         help="with --workspace: skip bootstrapping the evaluation pages' confidence intervals for "
-                        "every split now (by default they are computed once here and cached beside the "
-                        "predictions, so no page has to on its first visit)")
+                        "every split and searching for near-duplicate images (the Overview's leak check) now (by "
+                        "default both are computed once here and cached beside the predictions, so no page has to "
+                        "on its first visit)")
     parser.add_argument("--no-pools", action="store_true",
                         help="with --workspace: do not predict the workspace's unlabelled pools ([[pools]]); by "
                         "default each pool's new or changed images are predicted after the dataset")
@@ -91,11 +92,13 @@ def _run(args: argparse.Namespace) -> int:
             if not args.no_pools:
                 _predict_pools(workspace, args, progress)
             if not args.no_intervals:
-                from core.result_cache import PAGE_INTERVALS, RESULTS_DIR, warm_interval_results
+                from core.result_cache import PAGE_INTERVALS, RESULTS_DIR, warm_interval_results, warm_near_duplicates
 
                 folder = workspace.cache_dir / "predictions" / RESULTS_DIR
                 computed = warm_interval_results(table, folder, config=PAGE_INTERVALS)
                 print(f"{computed} interval result(s) computed for the evaluation pages in {folder}")
+                if warm_near_duplicates(table, folder, checkpoint=args.checkpoint, cache_dir=workspace.cache_dir):
+                    print(f"near-duplicate pairs (the Overview's leak check) computed in {folder}")
         return 0
     if not args.data or not args.out:
         raise ValueError("give --data PATH and --out DIR (or --workspace DIR --checkpoint NAME)")

@@ -10,6 +10,10 @@ The Calibration page's results (calibration report, auto-accept thresholds, pred
 same way (`calibration_result`, `thresholds_result`, `coverage_result`), keyed also by the temperature, the bins
 and the source of the calibration modules, so a second visit, a restarted server or a second `python -m core
 thresholds` on an unchanged workspace reads them from disk.
+
+The leak scan's near-duplicate pairs (`near_duplicate_result`) are cached the same way, keyed by the table and its
+embeddings, the settings, the image hashes and the source of `core.leakage`; `python -m cli predict --workspace`
+computes them with the interval results (`warm_near_duplicates`), so no page's first visit searches for them.
 """
 
 from __future__ import annotations
@@ -29,9 +33,10 @@ from typing import Any, TypeVar
 import numpy as np
 import pandas as pd
 
-from core import calibration, conformal, confusion, metrics, scores, specimens, thresholds
+from core import calibration, conformal, confusion, leakage, metrics, scores, specimens, thresholds
 from core.calibration import CalibrationReport, calibrate_table, calibration_report
 from core.conformal import ConformalConfig, CoverageReport, evaluate_coverage
+from core.leakage import DuplicateSettings
 from core.metrics import HeadlineMetrics, MetricEstimate
 from core.predictions import PredictionTable, table_token
 from core.scores import BootstrapConfig, ResamplingPlan
@@ -317,3 +322,113 @@ def coverage_result(folder: Path | None, token: str, table: PredictionTable, *, 
     key = result_key("coverage", token, grouping_digest(table.frame), calibration_code_version(), repr(config),
                      repeats)
     return cached_result(folder, key, lambda: evaluate_coverage(table, config, repeats=repeats))
+
+
+# Near-duplicate pairs (the leak scan) --------------------------------------------------------------------------------
+
+SCAN_DIR = "scan"  # under the workspace's cache folder: the image hashes of each predictions table
+HASH_FILE_VERSION = "v3"  # v3: with the colour layouts (v2 files, without them, and v1 files of 4 columns unread)
+
+
+def embedding_token(table: PredictionTable, token: str) -> str:
+    """`token` (a `table_token`, which reads labels and probabilities only) extended by the embeddings' shape and
+    first MB: the map and the scans depend on the embeddings."""
+    digest = hashlib.blake2b(digest_size=12)
+    digest.update(np.ascontiguousarray(table.embeddings).reshape(-1).view(np.uint8)[:1_000_000].tobytes())
+    digest.update(str(table.embeddings.shape).encode())
+    return f"{token}|{digest.hexdigest()}"
+
+
+def hash_file(cache_dir: Path, token: str) -> Path:
+    """Where the image hashes (`core.leakage.image_hashes`) of the table whose `table_token` (split "all", the
+    checkpoint name) is `token` are kept: `<workspace>/.taxalens/scan/hashes-v3-<token>.npz`."""
+    return Path(cache_dir) / SCAN_DIR / f"hashes-{HASH_FILE_VERSION}-{token[:24]}.npz"
+
+
+def read_hashes(path: Path) -> tuple[np.ndarray, np.ndarray] | None:
+    """(hashes, readable) saved at `path`, None when there are none."""
+    if not Path(path).is_file():
+        return None
+    with np.load(path) as saved:
+        return saved["hashes"], saved["readable"]
+
+
+@cache
+def leakage_code_version() -> str:
+    """sha256 (16 hex) of `core.leakage`'s source (part of the near-duplicate key)."""
+    return hashlib.sha256(Path(leakage.__file__).read_bytes()).hexdigest()[:16]
+
+
+def _array_digest(values: np.ndarray | None) -> str:
+    return "none" if values is None else hashlib.blake2b(np.ascontiguousarray(values).tobytes(),
+                                                         digest_size=16).hexdigest()
+
+
+def near_duplicates_key(token: str, settings: DuplicateSettings, hashes: np.ndarray | None,
+                        readable: np.ndarray | None) -> str:
+    """The disk key of the near-duplicate pairs of the table whose `embedding_token` is `token`, under `settings`
+    and the image hashes (None: embeddings only)."""
+    return result_key("near-duplicates", token, settings, _array_digest(hashes), _array_digest(readable),
+                      leakage_code_version())
+
+
+def near_duplicate_result(folder: Path | None, token: str, table: PredictionTable, hashes: np.ndarray | None,
+                          readable: np.ndarray | None, settings: DuplicateSettings) -> pd.DataFrame:
+    """`core.leakage.find_near_duplicates` of `table` (every split; `token`: its `embedding_token`), from `folder`
+    when cached there, else computed and stored."""
+    return cached_result(folder, near_duplicates_key(token, settings, hashes, readable),
+                         lambda: leakage.find_near_duplicates(table, hashes, readable, settings=settings))
+
+
+def warm_near_duplicates(table: PredictionTable, folder: Path, *, checkpoint: str, cache_dir: Path,
+                         config: BootstrapConfig = PAGE_INTERVALS, settings: DuplicateSettings = DuplicateSettings(),
+                         splits: tuple[str, ...] = SPLITS) -> int:
+    """Compute and store what the Overview's leak check shows for `table` (every split, checkpoint `checkpoint`):
+    the near-duplicate pairs, as the page keys them (the embeddings, plus the image hashes where the Data quality
+    page has saved them under `cache_dir`), and per evaluated split with leaks the de-duplicated headline metrics.
+    Returns how many results were computed (0: all stored already, or no embeddings and no hashes)."""
+    token = table_token(table, "all", checkpoint)
+    saved = read_hashes(hash_file(cache_dir, token))
+    hashes, readable = saved if saved is not None else (None, None)
+    if hashes is None and (table.embeddings.ndim != 2 or table.embeddings.shape[1] == 0):
+        return 0
+    key = near_duplicates_key(embedding_token(table, token), settings, hashes, readable)
+    computed = 0 if has_result(folder, key) else 1
+    pairs = cached_result(folder, key, lambda: leakage.find_near_duplicates(table, hashes, readable,
+                                                                            settings=settings))
+    leaks = leakage.find_split_leaks(table, pairs)
+    for split in splits:
+        part = table.for_split(split)
+        leaked = leaked_in(leaks, part) if split != "train" and len(part) else leaks.iloc[:0]
+        if leaked.empty:
+            continue
+        part_token = table_token(part, split)
+        if not has_result(folder, dedup_headline_key(part_token, part, leaked, config)):
+            dedup_headline_result(folder, part_token, part, leaked, config)
+            computed += 1
+    return computed
+
+
+def leaked_in(leaks: pd.DataFrame, table: PredictionTable) -> pd.DataFrame:
+    """The rows of `leaks` (`core.leakage.find_split_leaks` over every split) whose image is in `table` (one split)."""
+    return leaks[leakage.is_member(leaks["sample_id"], table.frame["sample_id"])]
+
+
+def dedup_headline_key(token: str, table: PredictionTable, leaked: pd.DataFrame, config: BootstrapConfig) -> str:
+    """The disk key of the de-duplicated headline metrics of `table` (content token `token`) without `leaked`."""
+    ids = np.sort(leaked["sample_id"].astype(str).to_numpy())
+    digest = hashlib.blake2b("\0".join(ids.tolist()).encode(), digest_size=16).hexdigest()
+    return result_key("dedup-headline", token, grouping_digest(table.frame), digest, leakage_code_version(),
+                      repr(config))
+
+
+def dedup_headline_result(folder: Path | None, token: str, table: PredictionTable, leaked: pd.DataFrame,
+                          config: BootstrapConfig) -> HeadlineMetrics:
+    """The headline metrics of `table` without its `leaked` rows (`leaked_in`), from `folder` when cached there,
+    else computed and stored. `token`: the table's content token, as the interval results key it."""
+    def compute() -> HeadlineMetrics:
+        return metrics.compute_headline_metrics(leakage.deduplicated(table, leaked), n_boot=config.n_boot,
+                                                seed=config.seed, confidence_level=config.confidence_level,
+                                                method=config.method)
+
+    return cached_result(folder, dedup_headline_key(token, table, leaked, config), compute)

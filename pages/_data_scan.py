@@ -3,7 +3,6 @@ background thread, cached on disk), the near-duplicate / leak scan, image-qualit
 
 from __future__ import annotations
 
-import hashlib
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,19 +15,10 @@ from core import embedding_map as em
 from core import leakage, quality
 from core.errors import USER_ERRORS, user_message
 from core.predictions import PredictionTable
-from core.result_cache import cached_result, result_key
+from core.result_cache import embedding_token, hash_file, near_duplicate_result, read_hashes
 from pages._cached import PageContext, get_predictions, predictions_key, table_token
 from pages._evaluation import results_dir
 from pages._gallery import sample_paths
-
-
-def embedding_token(table: PredictionTable, token: str) -> str:
-    """`token` (a `table_token`, which reads labels and probabilities only) extended by the embeddings' shape and
-    first MB: the map and the scans depend on the embeddings."""
-    digest = hashlib.blake2b(digest_size=12)
-    digest.update(np.ascontiguousarray(table.embeddings).reshape(-1).view(np.uint8)[:1_000_000].tobytes())
-    digest.update(str(table.embeddings.shape).encode())
-    return f"{token}|{digest.hexdigest()}"
 
 
 def map_cache_dir(ctx: PageContext) -> Path:
@@ -104,17 +94,12 @@ def outlier_scores(token: str, table: PredictionTable) -> pd.DataFrame:
     return _outlier_scores(embedding_token(table, token), table)
 
 
-def _hash_file(ctx: PageContext, token: str) -> Path:
-    # v3: with the colour layouts (v2 files, without them, and v1 files of 4 columns are left unread)
-    return Path(ctx.workspace.root) / ".taxalens" / "scan" / f"hashes-v3-{token[:24]}.npz"
-
-
 @st.cache_resource(show_spinner="Hashing the images…", max_entries=4)
 def _hashes(file: str, _paths: tuple) -> tuple[np.ndarray, np.ndarray]:
     path = Path(file)
-    if path.is_file():
-        with np.load(path) as saved:
-            return saved["hashes"], saved["readable"]
+    saved = read_hashes(path)
+    if saved is not None:
+        return saved
     hashes, readable = leakage.image_hashes(list(_paths))
     path.parent.mkdir(parents=True, exist_ok=True)
     np.savez(path, hashes=hashes, readable=readable)
@@ -137,24 +122,12 @@ def full_table(ctx: PageContext) -> tuple[PredictionTable, str] | None:
 @st.cache_resource(show_spinner="Looking for near-duplicates and split leaks…", max_entries=16)
 def _scan(token: str, min_similarity: float, max_hash_distance: int, _table: PredictionTable,
           _hashes: tuple[np.ndarray, np.ndarray]) -> leakage.LeakReport:
-    # The pair search compares every image with every other (minutes at 100,000 images): its pairs are kept on disk
-    # beside the interval results (core.result_cache), so a server restart reads them; groups and leaks follow from
-    # the pairs at once. The key covers the table and embeddings (`token`), the settings, the image hashes and the
-    # leakage code.
+    # The pairs are kept on disk beside the interval results (core.result_cache.near_duplicate_result, also warmed by
+    # `predict --workspace`), so a server restart reads them; groups and leaks follow from the pairs at once.
     settings = leakage.DuplicateSettings(min_similarity=min_similarity, max_hash_distance=max_hash_distance)
-    key = result_key("near-duplicates", token, settings, _digest(_hashes[0]), _digest(_hashes[1]), _LEAKAGE_CODE)
-    pairs = cached_result(results_dir(), key,
-                          lambda: leakage.find_near_duplicates(_table, _hashes[0], _hashes[1], settings=settings))
+    pairs = near_duplicate_result(results_dir(), token, _table, _hashes[0], _hashes[1], settings)
     return leakage.LeakReport(pairs=pairs, groups=leakage.duplicate_groups(_table, pairs),
                               leaks=leakage.find_split_leaks(_table, pairs), settings=settings)
-
-
-_LEAKAGE_CODE = hashlib.sha256(Path(leakage.__file__).read_bytes()).hexdigest()[:16]  # in the pairs' disk key
-
-
-def _digest(values: np.ndarray | None) -> str:
-    return "none" if values is None else hashlib.blake2b(np.ascontiguousarray(values).tobytes(),
-                                                         digest_size=16).hexdigest()
 
 
 def leak_report(ctx: PageContext, settings: leakage.DuplicateSettings = leakage.DuplicateSettings(), *,
@@ -166,7 +139,7 @@ def leak_report(ctx: PageContext, settings: leakage.DuplicateSettings = leakage.
     if found is None:
         return None
     table, token = found
-    file = _hash_file(ctx, token)
+    file = hash_file(ctx.workspace.cache_dir, token)
     token = embedding_token(table, token)
     if hash_images or file.is_file():
         hashes = _hashes(str(file), tuple(sample_paths(ctx, table.frame["sample_id"].tolist())))

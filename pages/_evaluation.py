@@ -23,7 +23,14 @@ from core.curation import CuratedTable, apply_curated_labels, compare_label_mode
 from core.errors import USER_ERRORS, TaxaLensError
 from core.labelstore import LabelStore
 from core.predictions import PredictionTable
-from core.result_cache import PAGE_INTERVALS, RESULTS_DIR, interval_result, resampling_plan_of
+from core.result_cache import (
+    PAGE_INTERVALS,
+    RESULTS_DIR,
+    dedup_headline_result,
+    interval_result,
+    leaked_in,
+    resampling_plan_of,
+)
 from core.scores import ResamplingPlan, Unit, describe_intervals
 from pages._cached import (
     PageContext,
@@ -400,7 +407,9 @@ def format_estimate(estimate: metrics.MetricEstimate) -> tuple[str, str]:
 def leak_comparison(ctx: PageContext, data: EvalData, reported: metrics.HeadlineMetrics
                     ) -> tuple[int, pd.DataFrame] | None:
     """(leaked images in this split, reported vs de-duplicated headline metrics) when validation/test images of the
-    split leak from training (`core.leakage`, default settings); None when none do or the split is training."""
+    split leak from training (`core.leakage`, default settings); None when none do or the split is training. The
+    de-duplicated metrics are cached on disk (`core.result_cache.dedup_headline_result`, warmed by `predict
+    --workspace`)."""
     from pages._data_scan import leak_report
 
     if ctx.split == "train":
@@ -411,17 +420,22 @@ def leak_comparison(ctx: PageContext, data: EvalData, reported: metrics.Headline
         return None
     if report is None:
         return None
-    leaked = report.leaks[report.leaks["sample_id"].isin(set(data.table.frame["sample_id"]))]
+    leaked = _leaked(data.token, id(report.leaks), data.table, report.leaks)[1]
     if leaked.empty:
         return None
-    key = f"{data.token}|{hash(tuple(sorted(leaked['sample_id'])))}"
-    return len(leaked), _dedup_compare(key, data.table, leaked, reported)
+    return len(leaked), _dedup_compare(data.token, id(report.leaks), data.table, report.leaks, leaked, reported)[1]
 
 
-@st.cache_data(show_spinner="Scoring the de-duplicated evaluation set…", max_entries=32)
-def _dedup_compare(key: str, _table: PredictionTable, _leaks: pd.DataFrame,
-                   _reported: metrics.HeadlineMetrics) -> pd.DataFrame:
-    clean = leakage.deduplicated(_table, _leaks)
-    dedup = metrics.compute_headline_metrics(clean, n_boot=INTERVALS.n_boot, seed=INTERVALS.seed,
-                                             confidence_level=INTERVALS.confidence_level, method=INTERVALS.method)
-    return leakage.compare_reported_deduplicated(_reported, dedup)
+# The two below are keyed by the identity of the scan's leaks and hold a reference to them, so the id is never reused
+# while an entry lives.
+@st.cache_resource(show_spinner=False, max_entries=32)
+def _leaked(token: str, leaks_id: int, _table: PredictionTable, _leaks: pd.DataFrame
+            ) -> tuple[pd.DataFrame, pd.DataFrame]:
+    return _leaks, leaked_in(_leaks, _table)
+
+
+@st.cache_resource(show_spinner="Scoring the de-duplicated evaluation set…", max_entries=32)
+def _dedup_compare(token: str, leaks_id: int, _table: PredictionTable, _leaks: pd.DataFrame, _leaked: pd.DataFrame,
+                   _reported: metrics.HeadlineMetrics) -> tuple[pd.DataFrame, pd.DataFrame]:
+    dedup = dedup_headline_result(results_dir(), token, _table, _leaked, INTERVALS)
+    return _leaks, leakage.compare_reported_deduplicated(_reported, dedup)

@@ -21,6 +21,7 @@ from core.leakage import (
     CONFIRM_BITS,
     DuplicateSettings,
     LeakageError,
+    banded_embedding_pairs,
     confirmation_distances,
     deduplicated,
     exhaustive_embedding_pairs,
@@ -29,7 +30,6 @@ from core.leakage import (
     image_hashes,
     layout_distances,
     leak_recall_precision,
-    pruned_embedding_pairs,
     scan_leakage,
 )
 from core.predictions import build_prediction_table
@@ -280,26 +280,26 @@ def _pair_set(a: np.ndarray, b: np.ndarray) -> set[tuple[int, int]]:
 
 @pytest.mark.parametrize("settings", [DuplicateSettings(), DuplicateSettings(min_similarity=0.97)],
                          ids=["default", "looser"])
-def test_pruned_embedding_search_finds_exactly_the_exhaustive_pairs_on_the_planted_set(planted, settings):
-    """The k-d tree search over principal directions (what runs above EXHAUSTIVE_BELOW images) returns the pairs the
-    all-pairs search returns on the planted bccd copies' real embeddings, at the default and a looser threshold."""
+def test_banded_embedding_search_finds_exactly_the_exhaustive_pairs_on_the_planted_set(planted, settings):
+    """The random-hyperplane band search (what runs above EXHAUSTIVE_BELOW images) returns the pairs the all-pairs
+    search returns on the planted bccd copies' real embeddings, at the default and a looser threshold."""
     _, _, table, _, _, _ = planted
     exhaustive = _pair_set(*exhaustive_embedding_pairs(table.embeddings, settings)[:2])
-    pruned = _pair_set(*pruned_embedding_pairs(table.embeddings, settings)[:2])
+    banded = _pair_set(*banded_embedding_pairs(table.embeddings, settings)[:2])
     assert len(exhaustive) >= 10  # the planted exact copies at least: a comparison of two empty sets proves nothing
-    assert pruned == exhaustive
+    assert banded == exhaustive
 
 
-def test_pruned_embedding_search_matches_on_the_demo(demo_predictions):
+def test_banded_embedding_search_matches_on_the_demo(demo_predictions):
     """The same on the full demo's embeddings (every split), where the all-pairs search is the reference."""
     settings = DuplicateSettings(min_similarity=0.98)
     exhaustive = _pair_set(*exhaustive_embedding_pairs(demo_predictions.embeddings, settings)[:2])
-    pruned = _pair_set(*pruned_embedding_pairs(demo_predictions.embeddings, settings)[:2])
-    assert exhaustive and pruned == exhaustive
+    banded = _pair_set(*banded_embedding_pairs(demo_predictions.embeddings, settings)[:2])
+    assert exhaustive and banded == exhaustive
 
 
 def test_the_scan_at_scale_reports_the_same_pairs_and_leaks(planted, monkeypatch):
-    """`scan_leakage` with the pruned search forced (as above EXHAUSTIVE_BELOW images): the same pairs, found by the
+    """`scan_leakage` with the banded search forced (as above EXHAUSTIVE_BELOW images): the same pairs, found by the
     same tests, and the same leaks as the exhaustive search."""
     from core import leakage
 
@@ -314,21 +314,20 @@ def test_the_scan_at_scale_reports_the_same_pairs_and_leaks(planted, monkeypatch
     assert set(large.leaks["sample_id"]) == set(small.leaks["sample_id"])
 
 
-def test_pruned_search_keeps_each_rows_k_nearest_above_the_threshold():
-    """One image with 14 copies at distinct distances (all above the threshold) among 600 random ones: with k = 10
-    it keeps its 10 nearest, as the all-pairs search does; rows of a constant embedding (zero after centring) match
-    nothing and do not make every pair a candidate."""
+def test_banded_search_keeps_each_rows_k_nearest_above_the_threshold():
+    """Five images on a line at 0, 1, 3, 7 and 15 steps (every pair above the threshold) among 600 random ones: with
+    k = 1 each keeps only its nearest, so exactly the four neighbouring pairs are near-duplicates, as in the all-pairs
+    search; rows of a constant embedding (zero after centring) match nothing and make no pair a candidate."""
     rng = np.random.default_rng(3)
     x = rng.normal(size=(600, 32)).astype(np.float32)
-    base = x[0].copy()
-    for i in range(1, 15):
-        x[i] = base + (0.004 * i) * rng.normal(size=32).astype(np.float32)
-    settings = DuplicateSettings(min_similarity=0.99, k=10)
-    a, b, _ = pruned_embedding_pairs(x, settings)
-    pairs = _pair_set(a, b)
+    direction = rng.normal(size=32).astype(np.float32)
+    direction *= 0.004 * np.linalg.norm(x[0]) / np.linalg.norm(direction)
+    for row, steps in enumerate((0, 1, 3, 7, 15)):
+        x[row] = x[0] + steps * direction if row else x[0]
+    settings = DuplicateSettings(min_similarity=0.99, k=1)
+    pairs = _pair_set(*banded_embedding_pairs(x, settings)[:2])
+    assert pairs == {(0, 1), (1, 2), (2, 3), (3, 4)}
     assert pairs == _pair_set(*exhaustive_embedding_pairs(x, settings)[:2])
-    of_base = sorted(other for pair in pairs for other in pair if 0 in pair and other != 0)
-    # row 0 keeps its 10 nearest (copies 1-10); copies 11-14 pair with row 0 only where row 0 is among their k nearest
-    assert set(range(1, 11)) <= set(of_base) and all(1 <= o <= 14 for o in of_base)
+    assert len(_pair_set(*banded_embedding_pairs(x, DuplicateSettings(min_similarity=0.99, k=4))[:2])) == 10
     flat = np.ones((50, 8), dtype=np.float32)
-    assert len(pruned_embedding_pairs(flat, DuplicateSettings())[0]) == 0
+    assert len(banded_embedding_pairs(flat, DuplicateSettings())[0]) == 0

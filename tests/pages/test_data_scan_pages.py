@@ -91,13 +91,10 @@ def test_selection_queue_holds_exactly_the_selected_val_samples(drawn_workspace)
     assert build_queue(ranking, QueueSpec(kind="image_quality", sample_ids=())).empty
 
 
-def test_overview_reports_deduplicated_metrics_when_val_leaks(tmp_path, bccd_root, open_page, monkeypatch):
-    """Five val rows carry a training row's embedding (a planted leak): the Overview warns and scores the val split
-    without them beside the reported numbers."""
-    from sklearn.metrics import accuracy_score
-
+def _leaky_workspace(tmp_path, bccd_root):
+    """A bccd workspace whose first five val rows carry a training row's embedding (a planted leak): (root, its
+    predictions frame, the leaked val rows' positions)."""
     from core.predictions import build_prediction_table, save_predictions
-    from core.workspace import load_workspace
     from models.inference import predictions_path
     from tests.pages.eval_workspaces import CHECKPOINT, build_bccd_workspace
 
@@ -114,7 +111,15 @@ def test_overview_reports_deduplicated_metrics_when_val_leaks(tmp_path, bccd_roo
                                    class_names=table.class_names, meta=table.meta)
     workspace = load_workspace(root)
     save_predictions(leaky, predictions_path(workspace, CHECKPOINT, dataset=workspace.load_dataset()))
+    return root, frame, val_rows
 
+
+def test_overview_reports_deduplicated_metrics_when_val_leaks(tmp_path, bccd_root, open_page, monkeypatch):
+    """Five val rows carry a training row's embedding (a planted leak): the Overview warns and scores the val split
+    without them beside the reported numbers."""
+    from sklearn.metrics import accuracy_score
+
+    root, frame, val_rows = _leaky_workspace(tmp_path, bccd_root)
     app = open_page(root, "pages/overview.py")
     val = load_table(root).for_split("val")
     assert any(f"5 of {len(val):,} images in this split" in w.value for w in app.warning)
@@ -143,3 +148,33 @@ def test_overview_reports_deduplicated_metrics_when_val_leaks(tmp_path, bccd_roo
     monkeypatch.setattr(leakage, "find_near_duplicates", no_search)
     again = open_page(root, "pages/overview.py")
     assert any(f"5 of {len(val):,} images in this split" in w.value for w in again.warning)
+
+
+def test_the_leak_check_warmed_by_the_command_line_serves_the_first_visit(tmp_path, bccd_root, open_page,
+                                                                          monkeypatch):
+    """What `predict --workspace` computes after predicting (`warm_near_duplicates`: the pairs and the de-duplicated
+    headline metrics) is keyed as the Overview asks for it: its very first visit neither searches for pairs nor
+    bootstraps the de-duplicated set, and shows the planted leak."""
+    from core import leakage, metrics
+    from core.result_cache import PAGE_INTERVALS, RESULTS_DIR, warm_interval_results, warm_near_duplicates
+    from tests.pages.eval_workspaces import CHECKPOINT
+
+    root, _, _ = _leaky_workspace(tmp_path, bccd_root)
+    workspace = load_workspace(root)
+    table = load_table(root)
+    folder = workspace.cache_dir / "predictions" / RESULTS_DIR
+    warm_interval_results(table, folder, config=PAGE_INTERVALS, splits=("val",))
+    # the pairs, then the de-duplicated metrics of each split with a leak: val and all (test has no leaked row here)
+    assert warm_near_duplicates(table, folder, checkpoint=CHECKPOINT, cache_dir=workspace.cache_dir) == 3
+    assert warm_near_duplicates(table, folder, checkpoint=CHECKPOINT, cache_dir=workspace.cache_dir) == 0
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("computed on the first visit although the command line stored it")
+
+    monkeypatch.setattr(leakage, "find_near_duplicates", refuse)
+    monkeypatch.setattr(metrics, "compute_headline_metrics", refuse)
+    monkeypatch.setattr(metrics, "per_class_table", refuse)
+    app = open_page(root, "pages/overview.py")
+    val = table.for_split("val")
+    assert any(f"5 of {len(val):,} images in this split" in w.value for w in app.warning)
+    assert any("deduplicated" in d.value.columns for d in app.dataframe)
