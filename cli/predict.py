@@ -67,6 +67,23 @@ def _predict_pools(workspace, args: argparse.Namespace, progress) -> None:
               + (f", {len(found.failed)} could not be decoded" if len(found.failed) else ""))
 
 
+def _warm_taxonomy(workspace, table, folder: Path) -> None:
+    """The Taxonomy page's first view for every split (`core.result_cache.warm_taxonomy_results`), when the workspace
+    has a taxonomy; a broken one is reported, not raised (the predictions are stored already)."""
+    from core.errors import TaxaLensError
+    from core.result_cache import PAGE_INTERVALS, warm_taxonomy_results
+    from core.taxonomy import load_taxonomy
+
+    try:
+        tree = load_taxonomy(workspace, workspace.load_dataset())
+    except TaxaLensError as exc:
+        print(f"warning: taxonomy results not computed: {exc}", file=sys.stderr)
+        return
+    if tree is not None:
+        computed = warm_taxonomy_results(table, folder, tree, config=PAGE_INTERVALS)
+        print(f"{computed} taxonomy result(s) computed for the Taxonomy page in {folder}")
+
+
 def _run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
@@ -99,6 +116,7 @@ def _run(args: argparse.Namespace) -> int:
                 print(f"{computed} interval result(s) computed for the evaluation pages in {folder}")
                 if warm_near_duplicates(table, folder, checkpoint=args.checkpoint, cache_dir=workspace.cache_dir):
                     print(f"near-duplicate pairs (the Overview's leak check) computed in {folder}")
+                _warm_taxonomy(workspace, table, folder)
         return 0
     if not args.data or not args.out:
         raise ValueError("give --data PATH and --out DIR (or --workspace DIR --checkpoint NAME)")

@@ -11,6 +11,9 @@ same way (`calibration_result`, `thresholds_result`, `coverage_result`), keyed a
 and the source of the calibration modules, so a second visit, a restarted server or a second `python -m core
 thresholds` on an unchanged workspace reads them from disk.
 
+The Taxonomy page's metrics at every rank and per-group tables (`rank_bootstrap_result`, `rank_per_class_result`)
+are cached the same way, keyed also by the taxonomy and the source of the taxonomy modules.
+
 The leak scan's near-duplicate pairs (`near_duplicate_result`) are cached the same way, keyed by the table and its
 embeddings, the settings, the image hashes and the source of `core.leakage`; `python -m cli predict --workspace`
 computes them with the interval results (`warm_near_duplicates`), so no page's first visit searches for them.
@@ -24,7 +27,7 @@ import json
 import logging
 import os
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -33,13 +36,27 @@ from typing import Any, TypeVar
 import numpy as np
 import pandas as pd
 
-from core import calibration, conformal, confusion, leakage, metrics, scores, specimens, thresholds
+from core import (
+    calibration,
+    conformal,
+    confusion,
+    leakage,
+    metrics,
+    scores,
+    specimens,
+    taxonomy,
+    taxonomy_metrics,
+    thresholds,
+)
 from core.calibration import CalibrationReport, calibrate_table, calibration_report
 from core.conformal import ConformalConfig, CoverageReport, evaluate_coverage
+from core.errors import TaxaLensError
 from core.leakage import DuplicateSettings
 from core.metrics import HeadlineMetrics, MetricEstimate
 from core.predictions import PredictionTable, table_token
 from core.scores import BootstrapConfig, ResamplingPlan
+from core.taxonomy import Taxonomy
+from core.taxonomy_metrics import MistakeSeverity, RankBootstrap, RankMetrics
 from core.thresholds import AutoAcceptThresholds, ThresholdConfig, auto_accept_thresholds
 
 logger = logging.getLogger(__name__)
@@ -129,7 +146,8 @@ def _write_frame(value: pd.DataFrame, path: Path) -> None:
 # Frozen dataclasses stored as JSON records (their fields: DataFrames, tuples, nested records of this table, plain
 # values); a new one is one entry.
 RECORD_TYPES: dict[str, type] = {cls.__name__: cls for cls in (
-    CalibrationReport, AutoAcceptThresholds, ThresholdConfig, CoverageReport, ConformalConfig)}
+    CalibrationReport, AutoAcceptThresholds, ThresholdConfig, CoverageReport, ConformalConfig, RankBootstrap,
+    RankMetrics, MistakeSeverity, HeadlineMetrics, MetricEstimate)}
 
 # Result types and their codecs; a new cached result type is one entry.
 CODECS: dict[type, _Codec] = {
@@ -137,7 +155,7 @@ CODECS: dict[type, _Codec] = {
     type(None): _Codec(".json", _write_json, _read_json),
     pd.DataFrame: _Codec(".parquet", _write_frame, pd.read_parquet),
     **{cls: _Codec(".json", _write_json, _read_json) for cls in RECORD_TYPES.values() if cls not in (
-        ThresholdConfig, ConformalConfig)},
+        ThresholdConfig, ConformalConfig, RankMetrics, MetricEstimate)},
 }
 
 
@@ -432,3 +450,95 @@ def dedup_headline_result(folder: Path | None, token: str, table: PredictionTabl
                                                 method=config.method)
 
     return cached_result(folder, dedup_headline_key(token, table, leaked, config), compute)
+
+
+# Taxonomy results (the Taxonomy page) --------------------------------------------------------------------------------
+
+_TAXONOMY_MODULES = (taxonomy_metrics, taxonomy, metrics, scores)  # their source is part of the taxonomy keys
+ROLLUP_DEFAULT = "sum"  # the Taxonomy page's first view (and the rule of its mistake severity)
+
+
+@cache
+def taxonomy_code_version() -> str:
+    """sha256 (16 hex) of the source of the taxonomy, taxonomy-metrics, metrics and scores modules."""
+    digest = hashlib.sha256()
+    for module in _TAXONOMY_MODULES:
+        digest.update(Path(module.__file__).read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def taxonomy_token(tree: Taxonomy) -> str:
+    """A content hash of `tree` (ranks and every class's ancestors), for cache keys."""
+    digest = hashlib.blake2b(digest_size=12)
+    digest.update("\0".join(tree.ranks).encode())
+    for name in sorted(tree.ancestors):
+        digest.update(("\1" + name + "\0" + "\0".join(tree.ancestors[name])).encode())
+    return digest.hexdigest()
+
+
+def rank_bootstrap_key(token: str, table: PredictionTable, tree: Taxonomy, rule: str, config: BootstrapConfig) -> str:
+    """The disk key of the metrics at every rank of `table` (content token `token`) under `tree` and `rule`."""
+    return result_key("rank-bootstrap", token, taxonomy_token(tree), rule, grouping_digest(table.frame),
+                      taxonomy_code_version(), repr(config))
+
+
+def rank_bootstrap_result(folder: Path | None, token: str, table: PredictionTable, tree: Taxonomy, *, rule: str,
+                          config: BootstrapConfig, rolled: Callable[[], Sequence[PredictionTable]] | None = None
+                          ) -> taxonomy_metrics.RankBootstrap:
+    """`core.taxonomy_metrics.rank_bootstrap` of `table` (metrics at every rank and the mistake severity, one
+    resampling), from `folder` when cached there, else computed and stored. `rolled`: returns the table rolled up
+    to every level when the computation needs it (default: rolled up here)."""
+    def compute() -> taxonomy_metrics.RankBootstrap:
+        return taxonomy_metrics.rank_bootstrap(table, tree, rule=rule, n_boot=config.n_boot, seed=config.seed,
+                                               confidence_level=config.confidence_level, method=config.method,
+                                               rolled=None if rolled is None else rolled())
+
+    return cached_result(folder, rank_bootstrap_key(token, table, tree, rule, config), compute)
+
+
+def rank_per_class_key(token: str, table: PredictionTable, tree: Taxonomy, rank: str, rule: str) -> str:
+    """The disk key of the per-group table of `table` at `rank` under `tree` and `rule`."""
+    return result_key("rank-per-class", token, taxonomy_token(tree), rank, rule, grouping_digest(table.frame),
+                      taxonomy_code_version())
+
+
+def rank_per_class_result(folder: Path | None, token: str, table: PredictionTable, tree: Taxonomy, *, rank: str,
+                          rule: str, rolled: Callable[[], PredictionTable]) -> pd.DataFrame:
+    """`core.metrics.per_class_table` of `table` rolled up to `rank` (`rolled` returns it), from `folder` when cached
+    there, else computed and stored."""
+    return cached_result(folder, rank_per_class_key(token, table, tree, rank, rule),
+                         lambda: metrics.per_class_table(rolled()))
+
+
+def warm_taxonomy_results(table: PredictionTable, folder: Path, tree: Taxonomy, *, config: BootstrapConfig,
+                          splits: tuple[str, ...] = SPLITS, rule: str = ROLLUP_DEFAULT) -> int:
+    """Compute and store what the Taxonomy page's first view shows for every split of `table` (under the dataset's
+    own labels): the metrics at every rank and the per-group table at every rank, under `rule`. Returns how many
+    were computed (0 as well when `tree` does not place every model class: the page shows no taxonomy then)."""
+    try:
+        tree.require_classes(table.class_names)
+    except TaxaLensError as exc:
+        logger.info("taxonomy results not warmed: %s", exc)
+        return 0
+    computed = 0
+    for split in splits:
+        part = table.for_split(split)
+        if not len(part):
+            continue
+        token = table_token(part, split)
+        levels: list[tuple[PredictionTable, ...]] = []
+
+        def rolled(part: PredictionTable = part, levels: list = levels) -> tuple[PredictionTable, ...]:
+            if not levels:
+                levels.append(taxonomy_metrics.rollup_all(part, tree, rule=rule))
+            return levels[0]
+
+        if not has_result(folder, rank_bootstrap_key(token, part, tree, rule, config)):
+            rank_bootstrap_result(folder, token, part, tree, rule=rule, config=config, rolled=rolled)
+            computed += 1
+        for rank in tree.levels:
+            if not has_result(folder, rank_per_class_key(token, part, tree, rank, rule)):
+                rank_per_class_result(folder, token, part, tree, rank=rank, rule=rule,
+                                      rolled=lambda rank=rank, rolled=rolled: rolled()[tree.level_of(rank)])
+                computed += 1
+    return computed

@@ -4,8 +4,6 @@ table and the taxonomy pass unhashed, as in `pages/_evaluation.py`)."""
 
 from __future__ import annotations
 
-import hashlib
-
 import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
@@ -15,6 +13,7 @@ from core import metrics, taxonomy_figures
 from core import taxonomy_metrics as tm
 from core.errors import TaxaLensError
 from core.predictions import PredictionTable
+from core.result_cache import rank_bootstrap_result, rank_per_class_result, taxonomy_token  # noqa: F401 (re-exported)
 from core.taxonomy import Taxonomy, load_taxonomy
 from pages import _evaluation as ev
 from pages._cached import PageContext
@@ -31,15 +30,6 @@ def _file_stamp(ctx: PageContext) -> float:
 @st.cache_resource(show_spinner=False, max_entries=8)
 def _workspace_taxonomy(root: str, dataset_id: int, file_stamp: float, _ctx: PageContext) -> Taxonomy | None:
     return load_taxonomy(_ctx.workspace, _ctx.dataset)
-
-
-def taxonomy_token(taxonomy: Taxonomy) -> str:
-    """A content hash of `taxonomy` (ranks and every class's ancestors), for cache keys."""
-    digest = hashlib.blake2b(digest_size=12)
-    digest.update("\0".join(taxonomy.ranks).encode())
-    for name in sorted(taxonomy.ancestors):
-        digest.update(("\1" + name + "\0" + "\0".join(taxonomy.ancestors[name])).encode())
-    return digest.hexdigest()
 
 
 def page_taxonomy(ctx: PageContext, class_names: tuple[str, ...], *, quiet: bool = False) -> Taxonomy | None:
@@ -70,10 +60,10 @@ def rolled_all(token: str, tax: str, rule: str, _table: PredictionTable, _taxono
 def rank_bootstrap(token: str, tax: str, rule: str, _table: PredictionTable, _taxonomy: Taxonomy
                    ) -> tm.RankBootstrap:
     """Metrics at every rank and the mistake severity, all from one resampling of the table (the evaluation pages'
-    bootstrap settings), per (table token, taxonomy token, roll-up rule)."""
-    return tm.rank_bootstrap(_table, _taxonomy, rule=rule, n_boot=ev.INTERVALS.n_boot, seed=ev.INTERVALS.seed,
-                             confidence_level=ev.INTERVALS.confidence_level, method=ev.INTERVALS.method,
-                             rolled=rolled_all(token, tax, rule, _table, _taxonomy))
+    bootstrap settings), per (table token, taxonomy token, roll-up rule); kept on disk beside the predictions
+    (`core.result_cache`, warmed by `predict --workspace`), so a restarted server reads them."""
+    return rank_bootstrap_result(ev.results_dir(), token, _table, _taxonomy, rule=rule, config=ev.INTERVALS,
+                                 rolled=lambda: rolled_all(token, tax, rule, _table, _taxonomy))
 
 
 def rank_results(token: str, tax: str, rule: str, _table: PredictionTable, _taxonomy: Taxonomy
@@ -100,7 +90,8 @@ def rolled(token: str, tax: str, rank: str, rule: str, _table: PredictionTable, 
 @st.cache_data(show_spinner=False, max_entries=64)
 def per_class_at(token: str, tax: str, rank: str, rule: str, _table: PredictionTable, _taxonomy: Taxonomy
                  ) -> pd.DataFrame:
-    return metrics.per_class_table(rolled(token, tax, rank, rule, _table, _taxonomy))
+    return rank_per_class_result(ev.results_dir(), token, _table, _taxonomy, rank=rank, rule=rule,
+                                 rolled=lambda: rolled(token, tax, rank, rule, _table, _taxonomy))
 
 
 @st.cache_data(show_spinner=False, max_entries=64)

@@ -113,3 +113,40 @@ def test_calibration_results_come_back_equal_and_are_keyed_by_temperature(table,
     coverage_again = result_cache.coverage_result(tmp_path, token, table, config=ConformalConfig(), repeats=2)
     pd.testing.assert_frame_equal(coverage_again.per_class, coverage.per_class)
     assert coverage_again.config == coverage.config
+
+
+def test_taxonomy_results_come_back_equal_and_warm_once(table, tmp_path: Path):
+    """The Taxonomy page's metrics at every rank (nested records: ranks of headline metrics, the mistake severity
+    with its histogram) and per-group tables read back equal from disk without recomputing; `warm_taxonomy_results`
+    stores exactly what the page asks for (its keys), once."""
+    from core import taxonomy_metrics
+    from core.predictions import table_token
+    from core.result_cache import rank_bootstrap_result, rank_per_class_result, warm_taxonomy_results
+    from core.taxonomy import build_taxonomy
+
+    tree = build_taxonomy(("genus", "family"), [(c, (f"G{i // 2}", f"F{i // 4}")) for i, c in
+                                                enumerate(table.class_names)], source="hand-built")
+    config = BootstrapConfig(n_boot=40)
+    part = table.for_split("val")
+    token = table_token(part, "val")
+    computed = rank_bootstrap_result(None, token, part, tree, rule="sum", config=config)  # no folder: computed only
+    assert warm_taxonomy_results(table, tmp_path, tree, config=config, splits=("val",)) == 1 + len(tree.levels)
+    assert warm_taxonomy_results(table, tmp_path, tree, config=config, splits=("val",)) == 0
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("recomputed although stored")
+
+    original = taxonomy_metrics.rank_bootstrap
+    taxonomy_metrics.rank_bootstrap = refuse
+    try:
+        again = rank_bootstrap_result(tmp_path, token, part, tree, rule="sum", config=config)
+        per_group = rank_per_class_result(tmp_path, token, part, tree, rank=tree.levels[1], rule="sum",
+                                          rolled=refuse)
+    finally:
+        taxonomy_metrics.rank_bootstrap = original
+    assert again.ranks == computed.ranks and len(again.ranks) == len(tree.levels)
+    pd.testing.assert_frame_equal(again.severity.histogram, computed.severity.histogram)
+    assert again.severity.mistake_severity == computed.severity.mistake_severity
+    expected = metrics.per_class_table(taxonomy_metrics.rollup_all(part, tree, rule="sum")[1])
+    pd.testing.assert_frame_equal(per_group, expected)
+    assert len(per_group) == len({f"G{i // 2}" for i in range(len(table.class_names))})

@@ -88,6 +88,31 @@ def test_taxonomy_page_on_bccd_taxonomy_file(bccd_workspace, open_page):
     assert histogram["lca_rank"].tolist() == ["group", "lineage", "root"]
 
 
+def test_a_restarted_server_reads_the_rank_metrics_from_disk(bccd_workspace, open_page, monkeypatch):
+    """The metrics at every rank and the per-group table of the first view are kept beside the predictions: after a
+    restart (caches dropped) the page shows the same numbers without resampling or rolling up again."""
+    import streamlit as st
+
+    from core import metrics
+
+    first = open_page(bccd_workspace, PAGE)
+    results = bccd_workspace / ".taxalens" / "predictions" / "results"
+    assert list(results.glob("rank-bootstrap-*.json")) and list(results.glob("rank-per-class-*.parquet"))
+    st.cache_data.clear()
+    st.cache_resource.clear()
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("computed again although the result is on disk")
+
+    monkeypatch.setattr(T, "rank_bootstrap", refuse)
+    monkeypatch.setattr(T, "rollup_all", refuse)
+    monkeypatch.setattr(metrics, "per_class_table", refuse)
+    again = open_page(bccd_workspace, PAGE)
+    for columns in (("rank", "macro_f1_low"), ("class", "precision", "recall", "f1")):
+        assert _frame(again, *columns).equals(_frame(first, *columns))
+    assert [m.value for m in again.metric] == [m.value for m in first.metric] and again.metric
+
+
 def test_confusion_folds_to_a_rank_and_opens_every_image_under_a_cell(drawn_workspace, open_page):
     taxonomy = _taxonomy(drawn_workspace)
     table = load_table(drawn_workspace).for_split("val")
