@@ -398,6 +398,19 @@ def near_duplicate_result(folder: Path | None, token: str, table: PredictionTabl
                          lambda: leakage.find_near_duplicates(table, hashes, readable, settings=settings))
 
 
+def leak_report_result(folder: Path | None, token: str, table: PredictionTable, hashes: np.ndarray | None,
+                       readable: np.ndarray | None, settings: DuplicateSettings) -> leakage.LeakReport:
+    """The whole scan (`core.leakage.scan_leakage`: pairs, groups of near-identical images, split leaks) of `table`,
+    each part from `folder` when cached there, else computed and stored (groups and leaks follow from the pairs,
+    under keys derived from theirs)."""
+    key = near_duplicates_key(token, settings, hashes, readable)
+    pairs = cached_result(folder, key, lambda: leakage.find_near_duplicates(table, hashes, readable,
+                                                                            settings=settings))
+    groups = cached_result(folder, f"{key}-groups", lambda: leakage.duplicate_groups(table, pairs))
+    leaks = cached_result(folder, f"{key}-leaks", lambda: leakage.find_split_leaks(table, pairs))
+    return leakage.LeakReport(pairs=pairs, groups=groups, leaks=leaks, settings=settings)
+
+
 def warm_near_duplicates(table: PredictionTable, folder: Path, *, checkpoint: str, cache_dir: Path,
                          config: BootstrapConfig = PAGE_INTERVALS, settings: DuplicateSettings = DuplicateSettings(),
                          splits: tuple[str, ...] = SPLITS) -> int:
@@ -412,9 +425,7 @@ def warm_near_duplicates(table: PredictionTable, folder: Path, *, checkpoint: st
         return 0
     key = near_duplicates_key(embedding_token(table, token), settings, hashes, readable)
     computed = 0 if has_result(folder, key) else 1
-    pairs = cached_result(folder, key, lambda: leakage.find_near_duplicates(table, hashes, readable,
-                                                                            settings=settings))
-    leaks = leakage.find_split_leaks(table, pairs)
+    leaks = leak_report_result(folder, embedding_token(table, token), table, hashes, readable, settings).leaks
     for split in splits:
         part = table.for_split(split)
         leaked = leaked_in(leaks, part) if split != "train" and len(part) else leaks.iloc[:0]

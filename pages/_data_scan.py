@@ -15,7 +15,7 @@ from core import embedding_map as em
 from core import leakage, quality
 from core.errors import USER_ERRORS, user_message
 from core.predictions import PredictionTable
-from core.result_cache import embedding_token, hash_file, near_duplicate_result, read_hashes
+from core.result_cache import embedding_token, hash_file, leak_report_result, read_hashes
 from pages._cached import PageContext, get_predictions, predictions_key, table_token
 from pages._evaluation import results_dir
 from pages._gallery import sample_paths
@@ -122,12 +122,10 @@ def full_table(ctx: PageContext) -> tuple[PredictionTable, str] | None:
 @st.cache_resource(show_spinner="Looking for near-duplicates and split leaks…", max_entries=16)
 def _scan(token: str, min_similarity: float, max_hash_distance: int, _table: PredictionTable,
           _hashes: tuple[np.ndarray, np.ndarray]) -> leakage.LeakReport:
-    # The pairs are kept on disk beside the interval results (core.result_cache.near_duplicate_result, also warmed by
-    # `predict --workspace`), so a server restart reads them; groups and leaks follow from the pairs at once.
+    # Pairs, groups and leaks are kept on disk beside the interval results (core.result_cache.leak_report_result,
+    # also warmed by `predict --workspace`), so a server restart reads them.
     settings = leakage.DuplicateSettings(min_similarity=min_similarity, max_hash_distance=max_hash_distance)
-    pairs = near_duplicate_result(results_dir(), token, _table, _hashes[0], _hashes[1], settings)
-    return leakage.LeakReport(pairs=pairs, groups=leakage.duplicate_groups(_table, pairs),
-                              leaks=leakage.find_split_leaks(_table, pairs), settings=settings)
+    return leak_report_result(results_dir(), token, _table, _hashes[0], _hashes[1], settings)
 
 
 def leak_report(ctx: PageContext, settings: leakage.DuplicateSettings = leakage.DuplicateSettings(), *,

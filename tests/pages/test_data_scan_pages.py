@@ -137,8 +137,9 @@ def test_overview_reports_deduplicated_metrics_when_val_leaks(tmp_path, bccd_roo
 
     from core import leakage
 
-    saved = sorted((root / ".taxalens" / "predictions" / "results").glob("near-duplicates-*.parquet"))
-    assert len(saved) == 1
+    saved = sorted(p.name for p in (root / ".taxalens" / "predictions" / "results").glob("near-duplicates-*"))
+    assert len(saved) == 3  # the pairs, and the groups and leaks that follow from them
+    assert {"groups.parquet", "leaks.parquet"} <= {name.split("-")[-1] for name in saved}
     st.cache_resource.clear()
     st.cache_data.clear()
 
@@ -146,6 +147,7 @@ def test_overview_reports_deduplicated_metrics_when_val_leaks(tmp_path, bccd_roo
         raise AssertionError("the near-duplicate search ran again after a restart")
 
     monkeypatch.setattr(leakage, "find_near_duplicates", no_search)
+    monkeypatch.setattr(leakage, "find_split_leaks", no_search)
     again = open_page(root, "pages/overview.py")
     assert any(f"5 of {len(val):,} images in this split" in w.value for w in again.warning)
 
@@ -172,6 +174,7 @@ def test_the_leak_check_warmed_by_the_command_line_serves_the_first_visit(tmp_pa
         raise AssertionError("computed on the first visit although the command line stored it")
 
     monkeypatch.setattr(leakage, "find_near_duplicates", refuse)
+    monkeypatch.setattr(leakage, "find_split_leaks", refuse)
     monkeypatch.setattr(metrics, "compute_headline_metrics", refuse)
     monkeypatch.setattr(metrics, "per_class_table", refuse)
     app = open_page(root, "pages/overview.py")
