@@ -5,6 +5,11 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from core.predictions import PredictionTable
+    from core.workspace import Workspace
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -67,7 +72,7 @@ def _predict_pools(workspace, args: argparse.Namespace, progress) -> None:
               + (f", {len(found.failed)} could not be decoded" if len(found.failed) else ""))
 
 
-def _warm_taxonomy(workspace, table, folder: Path) -> None:
+def _warm_taxonomy(workspace: Workspace, table: PredictionTable, folder: Path) -> None:
     """The Taxonomy page's first view for every split (`core.result_cache.warm_taxonomy_results`), when the workspace
     has a taxonomy; a broken one is reported, not raised (the predictions are stored already)."""
     from core.errors import TaxaLensError

@@ -115,7 +115,7 @@ def test_calibration_results_come_back_equal_and_are_keyed_by_temperature(table,
     assert coverage_again.config == coverage.config
 
 
-def test_taxonomy_results_come_back_equal_and_warm_once(table, tmp_path: Path):
+def test_taxonomy_results_come_back_equal_and_warm_once(table, tmp_path: Path, monkeypatch):
     """The Taxonomy page's metrics at every rank (nested records: ranks of headline metrics, the mistake severity
     with its histogram) and per-group tables read back equal from disk without recomputing; `warm_taxonomy_results`
     stores exactly what the page asks for (its keys), once."""
@@ -136,17 +136,15 @@ def test_taxonomy_results_come_back_equal_and_warm_once(table, tmp_path: Path):
     def refuse(*args, **kwargs):
         raise AssertionError("recomputed although stored")
 
-    original = taxonomy_metrics.rank_bootstrap
-    taxonomy_metrics.rank_bootstrap = refuse
-    try:
+    expected = metrics.per_class_table(taxonomy_metrics.rollup_all(part, tree, rule="sum")[1])
+    with monkeypatch.context() as patch:
+        patch.setattr(taxonomy_metrics, "rank_bootstrap", refuse)
+        patch.setattr(metrics, "per_class_table", refuse)
         again = rank_bootstrap_result(tmp_path, token, part, tree, rule="sum", config=config)
         per_group = rank_per_class_result(tmp_path, token, part, tree, rank=tree.levels[1], rule="sum",
                                           rolled=refuse)
-    finally:
-        taxonomy_metrics.rank_bootstrap = original
     assert again.ranks == computed.ranks and len(again.ranks) == len(tree.levels)
     pd.testing.assert_frame_equal(again.severity.histogram, computed.severity.histogram)
     assert again.severity.mistake_severity == computed.severity.mistake_severity
-    expected = metrics.per_class_table(taxonomy_metrics.rollup_all(part, tree, rule="sum")[1])
     pd.testing.assert_frame_equal(per_group, expected)
     assert len(per_group) == len({f"G{i // 2}" for i in range(len(table.class_names))})
