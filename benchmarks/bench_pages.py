@@ -1,6 +1,7 @@
 """Evaluation pages at scale: each page's script time with warm caches, and cell click -> gallery, via AppTest.
 
 Usage: python benchmarks/bench_pages.py [--workdir DIR] [--samples 100000] [--classes 300] [--repeats 5]
+       python benchmarks/bench_pages.py --workdir DIR --scan-only   (the leak scan's search, banded vs exhaustive)
 
 Builds (once; reused when DIR already holds it) a workspace of `--samples` images over `--classes` classes: a few
 hundred small JPEGs hard-linked under distinct paths, a manifest with specimens and two taxonomy ranks, a tiny
@@ -172,6 +173,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--keep-results", action="store_true",
                         help="keep the interval results a previous run left on disk (the first visits are then warm "
                         "on disk, like the restart column)")
+    parser.add_argument("--scan-only", action="store_true",
+                        help="only time the leak scan's embedding search on the workspace's table: the banded search "
+                        "the pages run, then the exhaustive all-pairs one it replaces, and whether both find the same "
+                        "pairs")
     args = parser.parse_args(argv)
 
     from streamlit.testing.v1 import AppTest
@@ -179,6 +184,8 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     root = build_workspace(Path(args.workdir), n=args.samples, k=args.classes)
     print(f"workspace {root} ready in {time.perf_counter() - started:.1f}s")
+    if args.scan_only:
+        return scan_benchmark(root)
     if not args.keep_results:  # the first visits below are then truly cold: a table no page has seen
         import shutil
 
@@ -259,6 +266,30 @@ def main(argv: list[str] | None = None) -> int:
         verdict = "yes" if median <= target and (title.startswith("Cell") or cold <= TARGET_PAGE_S) else "NO"
         print(f"{title:<24} {_both(first):>16} {_both(restart):>16} {_both(median):>16} {worst:>8.2f} {target:>7.1f}"
               f"  {verdict}")
+    return 0
+
+
+def scan_benchmark(root: Path) -> int:
+    """Wall and CPU seconds of the near-duplicate search over every split of the workspace's table: the banded one
+    (`core.leakage.find_near_duplicates` above EXHAUSTIVE_BELOW rows) and the exhaustive one, with their pairs."""
+    from core import leakage
+    from core.workspace import load_workspace
+    from models.inference import cached_predictions
+
+    workspace = load_workspace(root)
+    table = cached_predictions(workspace, CHECKPOINT, dataset=workspace.load_dataset(verify="none"))
+    rows = []
+    for name, search in (("banded (pages)", leakage.banded_embedding_pairs),
+                         ("exhaustive (before)", leakage.exhaustive_embedding_pairs)):
+        wall, cpu = time.perf_counter(), time.process_time()
+        a, b, _ = search(table.embeddings, leakage.DuplicateSettings())
+        rows.append((name, time.perf_counter() - wall, time.process_time() - cpu,
+                     {(min(x, y), max(x, y)) for x, y in zip(a.tolist(), b.tolist(), strict=True)}))
+    print(f"{len(table):,} images, embeddings {table.embeddings.shape[1]}-d; load average {os.getloadavg()[0]:.1f}")
+    print(f"{'search':<22} {'wall (s)':>9} {'cpu (s)':>8} {'pairs':>7}")
+    for name, wall, cpu, pairs in rows:
+        print(f"{name:<22} {wall:>9.2f} {cpu:>8.2f} {len(pairs):>7,}")
+    print(f"same pairs: {rows[0][3] == rows[1][3]}")
     return 0
 
 
