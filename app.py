@@ -7,9 +7,8 @@ from collections.abc import Callable
 
 import streamlit as st
 
-from core.calibration import CONFIDENCE_MODES
-from core.curation import LABEL_MODES
 from core.errors import USER_ERRORS, TaxaLensError, user_message
+from core.modes import CONFIDENCE_MODES, LABEL_MODES
 from core.workspace import Workspace
 from pages._access import KEY_LOCAL_NAME, resolve_actor, sign_in_configured
 from pages._cached import (

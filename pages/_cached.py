@@ -10,12 +10,11 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
-from core.calibration import CONFIDENCE_MODES, calibrate_table, load_temperature, temperature_path
 from core.checkpoint_header import file_sha256
-from core.curation import LABEL_MODES
 from core.dataset import Dataset
 from core.ensemble import EnsembleSpec, ensemble_tables, read_ensemble_specs
 from core.errors import USER_ERRORS, TaxaLensError, user_message
+from core.modes import CONFIDENCE_MODES, LABEL_MODES
 from core.prediction_paths import predictions_path
 from core.predictions import PredictionTable, load_predictions, relabel_table, table_token  # noqa: F401 (re-exported)
 from core.summary import class_count_table
@@ -302,16 +301,22 @@ class PageContext:
         checkpoint."""
         if self.confidences != "calibrated" or not self.checkpoint:
             return (self.confidences,)
+        from core.calibration import temperature_path  # scipy and the bootstrap: not on every page's import path
+
         return (self.confidences, file_mtime_ns(temperature_path(self.workspace.cache_dir, self.checkpoint)))
 
 
 def stored_temperature(workspace: Workspace, name: str, table: PredictionTable):
     """The stored `TemperatureFit` of checkpoint `name` for the weights behind `table`, or None."""
+    from core.calibration import load_temperature
+
     return load_temperature(workspace.cache_dir, name, checkpoint_sha256=table.meta.get("checkpoint_sha256"))
 
 
 @st.cache_resource(show_spinner="Applying the temperature…", max_entries=8)
 def _calibrated(key: str, temperature: float, _table: PredictionTable) -> PredictionTable:
+    from core.calibration import calibrate_table
+
     table = calibrate_table(_table, temperature)
     _freeze(table)
     return table
