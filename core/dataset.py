@@ -135,9 +135,11 @@ def stamp_digest(sample_ids: pd.Series | list[str], sizes: np.ndarray, mtimes: n
         as_text = [pc.cast(pa.array(np.asarray(values, np.int64)), pa.large_string()) for values in (sizes, mtimes)]
         lines = pc.binary_join_element_wise(ids, *as_text, pa.scalar("\0", pa.large_string()))
         lines = pc.binary_join_element_wise(lines, pa.scalar("", pa.large_string()), pa.scalar("\n", pa.large_string()))
-        _, offsets, data = lines.buffers()
-        bounds = np.frombuffer(offsets, np.int64, count=len(lines) + 1, offset=lines.offset * 8)
-        digest.update(memoryview(data)[int(bounds[0]):int(bounds[-1])])
+        for chunk in lines.chunks if isinstance(lines, pa.ChunkedArray) else [lines]:  # in order: one text
+            if len(chunk):
+                _, offsets, data = chunk.buffers()
+                bounds = np.frombuffer(offsets, np.int64, count=len(chunk) + 1, offset=chunk.offset * 8)
+                digest.update(memoryview(data)[int(bounds[0]):int(bounds[-1])])
     return digest.hexdigest()
 
 

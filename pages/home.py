@@ -7,13 +7,26 @@ import streamlit as st
 
 from core.errors import USER_ERRORS, user_message
 from core.summary import checkpoint_rows
-from pages._cached import class_counts, ensemble_problem, missing_members, predictions_file, start_page
+from pages._cached import (
+    class_counts,
+    ensemble_problem,
+    missing_members,
+    predictions_file,
+    recheck_images,
+    start_page,
+)
 from pages._text import md
 
 ctx = start_page("TaxaLens")
 
 dataset = ctx.dataset
 st.caption(f"Workspace {md(ctx.workspace.root)} · dataset {md(dataset.source)}")
+if st.button("Check the images again", key="home-recheck", icon=":material/refresh:",
+             help="The images were checked when the server opened this dataset (new or changed files opened, the "
+             "others known by size and modification time); pages reuse that check. Check again after editing images "
+             "in place"):
+    recheck_images(ctx.workspace)
+    st.rerun()
 counts, n_specimens = class_counts(dataset)
 splits = [c for c in counts.columns if c != "total"]
 cols = st.columns(4)
