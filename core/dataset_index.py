@@ -37,7 +37,7 @@ def read_index(path: str | Path | None) -> pd.DataFrame:
     if path is None or not Path(path).is_file():
         return empty_index()
     try:
-        frame = pq.read_table(path).to_pandas()
+        frame = _read_parquet(path).to_pandas()
     except (OSError, pa.ArrowException) as exc:
         logger.warning("ignoring the dataset index %s, which cannot be read (%s); every image is checked again",
                        path, exc)
@@ -81,6 +81,13 @@ def _same_ids(index_ids: pd.Series, sample_ids: pd.Series) -> bool:
     except (pa.ArrowException, TypeError):
         return False
     return same.as_py() is True
+
+
+def _read_parquet(path: str | Path) -> pa.Table:
+    """One Parquet file as a table (`pq.ParquetFile`: `pq.read_table` would import pyarrow.dataset, a cost on every
+    server start's first page)."""
+    with pq.ParquetFile(path) as handle:
+        return handle.read()
 
 
 def write_index(path: str | Path, frame: pd.DataFrame) -> bool:
@@ -135,7 +142,7 @@ def read_manifest_cache(path: str | Path | None, key: dict) -> tuple[pd.DataFram
     if path is None or not Path(path).is_file():
         return None
     try:
-        table = pq.read_table(path)
+        table = _read_parquet(path)
         meta = json.loads((table.schema.metadata or {})[_MANIFEST_META])
     except (OSError, KeyError, ValueError, pa.ArrowException) as exc:
         logger.warning("ignoring the manifest cache %s, which cannot be read (%s); the manifest is parsed again",
