@@ -27,6 +27,7 @@ from core.dataset_index import (
     manifest_cache_key,
     read_index,
     read_manifest_cache,
+    same_ids,
     write_index,
     write_manifest_cache,
 )
@@ -64,15 +65,14 @@ class DatasetError(TaxaLensError, ValueError):
 class FileStamps:
     """The file stamps a dataset load took (one stat per image), kept so the fingerprint needs no second pass."""
 
-    sample_ids: np.ndarray  # (N,) object, the samples they belong to, in order
+    sample_ids: pa.Array | pa.ChunkedArray  # (N,) Arrow strings, the samples they belong to, in order
     sizes: np.ndarray  # (N,) int64 file sizes
     mtimes: np.ndarray  # (N,) int64 modification times (ns)
     taken_at: float  # time.monotonic() when the files were stat-ed
 
     def matches(self, sample_ids: pd.Series) -> bool:
         """True when these stamps are of exactly `sample_ids`, in that order."""
-        return len(sample_ids) == len(self.sample_ids) and bool(
-            np.array_equal(sample_ids.to_numpy(object), self.sample_ids))
+        return same_ids(self.sample_ids, sample_ids)
 
 
 @dataclass(frozen=True)
@@ -235,7 +235,7 @@ def _load_dataset(source: Path, *, root: str | Path | None, taxonomy: tuple[str,
     warnings += more_warnings
     frame = _fill_specimen_ids(frame, warnings)
     frame = _assign_split(frame, val_fraction=val_fraction, seed=seed)
-    stamps = FileStamps(frame["sample_id"].to_numpy(object), frame.pop(_SIZE).to_numpy(np.int64),
+    stamps = FileStamps(pa.array(frame["sample_id"], type=pa.large_string()), frame.pop(_SIZE).to_numpy(np.int64),
                         frame.pop(_MTIME).to_numpy(np.int64), taken_at)
     class_names = tuple(sorted(frame["label"].unique()))
     logger.debug("loaded %s: %d samples in %d classes, %d skipped, %d warnings", origin, len(frame), len(class_names),

@@ -58,7 +58,7 @@ def known_results(index: pd.DataFrame, sample_ids: pd.Series, sizes: np.ndarray,
     n = len(sample_ids)
     if index.empty or n == 0:
         return np.zeros(n, bool), np.full(n, "", object), np.full(n, "", object), np.full(n, level, np.int8)
-    position = np.arange(n) if _same_ids(index["sample_id"], sample_ids) else \
+    position = np.arange(n) if same_ids(index["sample_id"], sample_ids) else \
         pd.Index(index["sample_id"]).get_indexer(sample_ids)
     found = position >= 0
     safe = np.where(found, position, 0)
@@ -70,9 +70,10 @@ def known_results(index: pd.DataFrame, sample_ids: pd.Series, sizes: np.ndarray,
     return hit, reasons, details, np.where(hit, levels, np.int8(level)).astype(np.int8)
 
 
-def _same_ids(index_ids: pd.Series, sample_ids: pd.Series) -> bool:
-    """True when the index lists exactly `sample_ids`, in that order (a reopen of an unchanged dataset): compared as
-    Arrow strings, without building a hash index of either (a million ids: a second)."""
+def same_ids(index_ids: pd.Series | pa.Array | pa.ChunkedArray, sample_ids: pd.Series | pa.Array | pa.ChunkedArray) \
+        -> bool:
+    """True when `index_ids` are exactly `sample_ids`, in that order (an index of an unchanged dataset, the stamps of
+    its load): compared as Arrow strings, without a hash index or a Python string per id (a million ids: a second)."""
     if len(index_ids) != len(sample_ids):
         return False
     try:
