@@ -175,7 +175,7 @@ def test_a_class_whose_specimens_do_not_differ_is_resampled_by_image():
     plan = ResamplingPlan(y, {"pred": p}, k=2, groups=specimens)
     assert plan.unit == "specimen"
     np.testing.assert_array_equal(plan.units_per_class, [12, 6])
-    assert plan.n_unclustered_specimens == 4 and plan.n_image_units == 0
+    assert plan.n_unclustered_specimens == 4 and plan.n_unclustered_classes == 1 and plan.n_image_units == 0
     # The near-perfect class's recall interval is the image-level Jeffreys one (12 of 12 right: its 2.5% bound
     # near Beta(12.5, 0.5)'s, not the far lower one of 4 specimens of all-alike images).
     result = bootstrap(plan, lambda t: class_scores(t.counts("pred")), BootstrapConfig(n_boot=4000, seed=0))
