@@ -14,8 +14,7 @@ After the warm runs the in-memory caches are dropped (a server restart) and each
 The interval results on disk are removed first (unless `--keep-results`), so the first visits are the truly cold
 compute of a never-seen table (reported, not judged: `predict --workspace` computes them once per table).
 Targets: every page <= 1.5 s on a restart (results on disk) and warm; cell -> gallery <= 0.5 s.
-`--pages` times only the named pages (titles of `PAGES`); the cell click runs when the confusion matrix is among
-them. Each warm time is also given as CPU seconds of this process (`time.process_time`: the machine may be shared).
+`--pages` times only the named pages (titles of `PAGES`); the cell click runs when the confusion matrix is among them.
 """
 
 from __future__ import annotations
@@ -127,18 +126,12 @@ def build_workspace(root: Path, *, n: int, k: int, seed: int = 0) -> Path:
 
 def timed_run(app, timeout: float) -> float:
     """Seconds one AppTest run takes; raises when the page raised."""
-    return timed_run_cpu(app, timeout)[0]
-
-
-def timed_run_cpu(app, timeout: float) -> tuple[float, float]:
-    """Wall and process CPU seconds of one AppTest run (the script runs in this process); raises when the page
-    raised."""
-    start, cpu = time.perf_counter(), time.process_time()
+    start = time.perf_counter()
     app.run(timeout=timeout)
-    elapsed, cpu = time.perf_counter() - start, time.process_time() - cpu
+    elapsed = time.perf_counter() - start
     if app.exception:
         raise RuntimeError(f"page raised: {[e.value for e in app.exception]}")
-    return elapsed, cpu
+    return elapsed
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -153,10 +146,11 @@ def main(argv: list[str] | None = None) -> int:
                         "on disk, like the restart column)")
     parser.add_argument("--pages", default=",".join(PAGES), help="comma-separated page titles to time (default: all)")
     args = parser.parse_args(argv)
-    pages = {title: PAGES[title] for title in args.pages.split(",") if title in PAGES}
-    unknown = [title for title in args.pages.split(",") if title not in PAGES]
+    unknown = set(args.pages.split(",")) - set(PAGES)
     if unknown:
-        parser.error(f"unknown page(s) {unknown}; choose from {list(PAGES)}")
+        parser.error(f"unknown page(s) {sorted(unknown)}; choose from {list(PAGES)}")
+    for title in [title for title in PAGES if title not in args.pages.split(",")]:
+        del PAGES[title]  # this run times only the chosen pages
 
     from streamlit.testing.v1 import AppTest
 
@@ -178,16 +172,12 @@ def main(argv: list[str] | None = None) -> int:
     print(f"home page (dataset load) {time.perf_counter() - cold:.1f}s")
 
     results = []
-    warm_cpu = {}
-    for title, page in pages.items():
+    for title, page in PAGES.items():
         app.switch_page(page)
         first = timed_run(app, 900)  # fills the caches (and the interval results on disk)
-        runs = [timed_run_cpu(app, 300) for _ in range(args.repeats)]
-        times = [wall for wall, _ in runs]
-        warm_cpu[title] = statistics.median(cpu for _, cpu in runs)
+        times = [timed_run(app, 300) for _ in range(args.repeats)]
         results.append([title, first, statistics.median(times), max(times), TARGET_PAGE_S])
-        print(f"  {title}: first {first:.2f}s, warm {statistics.median(times):.2f}s "
-              f"(CPU {warm_cpu[title]:.2f}s, load {os.getloadavg()[0]:.1f})", flush=True)
+        print(f"  {title}: first {first:.2f}s, warm {statistics.median(times):.2f}s", flush=True)
 
     # A server restart: nothing in memory, the interval results on disk (core.result_cache). The first page visited
     # also reads the predictions table again.
@@ -195,7 +185,7 @@ def main(argv: list[str] | None = None) -> int:
 
     st.cache_data.clear()
     st.cache_resource.clear()
-    for row, page in zip(results, pages.values(), strict=True):
+    for row, page in zip(results, PAGES.values(), strict=True):
         app.switch_page(page)
         row.append(timed_run(app, 900))
         print(f"  {row[0]} after a restart: {row[-1]:.2f}s", flush=True)
@@ -210,7 +200,7 @@ def main(argv: list[str] | None = None) -> int:
     table = table.for_split(args.split)
     counts = confusion_counts(table)
     np.fill_diagonal(counts, 0)
-    if "Confusion matrix" in pages:
+    if "Confusion matrix" in PAGES:
         order = np.argsort(-counts, axis=None)[: args.repeats + 1]
         cells = [tuple(int(v) for v in np.unravel_index(flat, counts.shape)) for flat in order]
         app.switch_page(PAGES["Confusion matrix"])
@@ -233,16 +223,13 @@ def main(argv: list[str] | None = None) -> int:
           "compute, not judged") + "; restart: first visit after the in-memory caches are dropped (a server "
           "restart: results on disk), judged; median/max: warm reruns, judged")
     print(f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores (shared)")
-    print(f"{'page':<24} {'first (s)':>10} {'restart (s)':>12} {'median (s)':>11} {'max (s)':>8} {'CPU (s)':>8} "
-          f"{'target':>7}  ok")
+    print(f"{'page':<24} {'first (s)':>10} {'restart (s)':>12} {'median (s)':>11} {'max (s)':>8} {'target':>7}  ok")
     for title, first, median, worst, target, restart in results:
         cold = restart if restart == restart else first
         if args.keep_results and restart == restart:
             cold = max(first, restart)
         verdict = "yes" if median <= target and (title.startswith("Cell") or cold <= TARGET_PAGE_S) else "NO"
-        cpu = warm_cpu.get(title, float("nan"))
-        print(f"{title:<24} {first:>10.2f} {restart:>12.2f} {median:>11.2f} {worst:>8.2f} {cpu:>8.2f} {target:>7.1f}  "
-              f"{verdict}")
+        print(f"{title:<24} {first:>10.2f} {restart:>12.2f} {median:>11.2f} {worst:>8.2f} {target:>7.1f}  {verdict}")
     return 0
 
 
