@@ -10,12 +10,11 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
-from core.calibration import CONFIDENCE_MODES, calibrate_table, load_temperature, temperature_path
 from core.checkpoint_header import file_sha256
-from core.curation import LABEL_MODES
 from core.dataset import Dataset
 from core.ensemble import EnsembleSpec, ensemble_tables, read_ensemble_specs
 from core.errors import USER_ERRORS, TaxaLensError, user_message
+from core.modes import CONFIDENCE_MODES, LABEL_MODES
 from core.prediction_paths import predictions_path
 from core.predictions import PredictionTable, load_predictions, relabel_table, table_token  # noqa: F401 (re-exported)
 from core.summary import class_count_table
@@ -74,14 +73,14 @@ def load_dataset(workspace: Workspace) -> Dataset:
 
 
 @st.cache_resource(show_spinner=False, max_entries=4)
-def _class_counts(dataset_id: int, _dataset: Dataset) -> tuple[pd.DataFrame, int]:
+def _class_counts(dataset_key: str, _dataset: Dataset) -> tuple[pd.DataFrame, int]:
     return class_count_table(_dataset), int(_dataset.samples["specimen_id"].nunique())
 
 
 def class_counts(dataset: Dataset) -> tuple[pd.DataFrame, int]:
     """The landing page's class table (`core.summary.class_count_table`) and the number of specimens, once per
-    dataset object (a million images: seconds, on every rerun otherwise). Treat the table as read-only."""
-    return _class_counts(id(dataset), dataset)
+    dataset load (a million images: seconds, on every rerun otherwise). Treat the table as read-only."""
+    return _class_counts(dataset_key(dataset), dataset)
 
 
 @st.cache_resource(show_spinner="Loading the model…", max_entries=4)
@@ -117,28 +116,38 @@ def _freeze(table: PredictionTable) -> None:
     table.embeddings.setflags(write=False)
 
 
-# `predictions_path` hashes the dataset's file list (one stat per image: about 1 s at 100,000 images, unless the
-# dataset's load-time stamps are fresh) and reads the checkpoint's header, so its answer is held per (workspace,
-# checkpoint, weights file, config, manifest, dataset object): new weights, a new config or a new manifest change
-# the key at once; images replaced in place (same paths, new bytes) are noticed within PREDICTIONS_PATH_TTL_S.
-PREDICTIONS_PATH_TTL_S = 30
-
-
-@st.cache_resource(show_spinner=False, ttl=PREDICTIONS_PATH_TTL_S, max_entries=64)
+# `predictions_path` hashes the dataset's file list and reads the checkpoint's header, so its answer is held per
+# (workspace, checkpoint, weights file, config, manifest, dataset load): new weights, a new config or a new manifest
+# change the key at once. The hash uses the file stamps the dataset's load took, so a rerun never stats the images
+# again (a million images: seconds each time); images edited in place (same paths, new bytes) are noticed when the
+# dataset is loaded again: a server restart, or the landing page's "Check the images again" (`recheck_images`).
+@st.cache_resource(show_spinner=False, max_entries=64)
 def _predictions_path(workspace_path: str, name: str, weights_stamp: tuple, config_stamp: int,
-                      manifest_stamp: int, dataset_id: int) -> Path:
-    # core.prediction_paths reads the checkpoint's header, not the model: no torch import on the landing page. The
-    # dataset's own file stamps (taken by its load) serve while younger than the TTL: a server start stats each
-    # image once, not twice.
+                      manifest_stamp: int, dataset_key: str) -> Path:
+    # core.prediction_paths reads the checkpoint's header, not the model: no torch import on the landing page.
     workspace = load_workspace(workspace_path)
-    return predictions_path(workspace, name, dataset=load_dataset(workspace), max_stamp_age_s=PREDICTIONS_PATH_TTL_S)
+    return predictions_path(workspace, name, dataset=load_dataset(workspace))
 
 
 def predictions_file(workspace: Workspace, name: str) -> Path:
     """Where the predictions of checkpoint `name` are (or would be) cached; cheap on a warm rerun."""
     root = str(workspace.root)
     return _predictions_path(root, name, checkpoint_stamp(workspace, name), _config_stamp(root),
-                             _manifest_stamp(workspace), id(load_dataset(workspace)))
+                             _manifest_stamp(workspace), dataset_key(load_dataset(workspace)))
+
+
+def dataset_key(dataset: Dataset) -> str:
+    """A cache-key part naming one load of a dataset: its object id and the time its files were stat-ed (an id alone
+    may be reused by the next load once the old object is gone)."""
+    stamps = dataset.file_stamps
+    return f"{id(dataset)}@{stamps.taken_at if stamps is not None else ''}"
+
+
+def recheck_images(workspace: Workspace) -> None:
+    """Load the workspace's dataset again on the next run: every image stat-ed, new or changed ones checked again
+    (through the dataset index), and every cache keyed by the dataset load (predictions path, class counts) renewed."""
+    root = str(workspace.root)
+    _load_dataset.clear(root, _config_stamp(root), _manifest_stamp(workspace))
 
 
 def checkpoint_stamp(workspace: Workspace, name: str) -> tuple:
@@ -302,16 +311,22 @@ class PageContext:
         checkpoint."""
         if self.confidences != "calibrated" or not self.checkpoint:
             return (self.confidences,)
+        from core.calibration import temperature_path  # scipy and the bootstrap: not on every page's import path
+
         return (self.confidences, file_mtime_ns(temperature_path(self.workspace.cache_dir, self.checkpoint)))
 
 
 def stored_temperature(workspace: Workspace, name: str, table: PredictionTable):
     """The stored `TemperatureFit` of checkpoint `name` for the weights behind `table`, or None."""
+    from core.calibration import load_temperature
+
     return load_temperature(workspace.cache_dir, name, checkpoint_sha256=table.meta.get("checkpoint_sha256"))
 
 
 @st.cache_resource(show_spinner="Applying the temperature…", max_entries=8)
 def _calibrated(key: str, temperature: float, _table: PredictionTable) -> PredictionTable:
+    from core.calibration import calibrate_table
+
     table = calibrate_table(_table, temperature)
     _freeze(table)
     return table
