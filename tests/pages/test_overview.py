@@ -94,9 +94,10 @@ def test_a_restarted_server_reads_the_intervals_from_disk(drawn_workspace, open_
 
     first = open_page(drawn_workspace, PAGE)
     results = drawn_workspace / ".taxalens" / "predictions" / "results"
-    kinds = sorted({p.name.split("-")[0] for p in results.iterdir()})
-    # headline-, near-duplicates- (the leak scan's pairs), per-class-, specimen-headline-<key>
-    assert kinds == ["headline", "near", "per", "specimen"]
+    kinds = {p.name.split("-")[0] for p in results.iterdir()}
+    # headline-, near-duplicates- (the leak scan's pairs, groups and leaks), per-class-, specimen-headline-<key>;
+    # other pages' results (the Taxonomy page's rank-...) may sit beside them: the workspace is shared by the session
+    assert {"headline", "near", "per", "specimen"} <= kinds
     st.cache_data.clear()  # a new server process: nothing in memory
     st.cache_resource.clear()
 
