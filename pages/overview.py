@@ -41,6 +41,10 @@ else:
         st.caption(f"Why specimens: the {image_level.n_units:,} specimens here have several images each, and images "
                    "of one individual succeed or fail together, so resampling images would count each specimen "
                    "several times over and give intervals too narrow; whole specimens are resampled instead.")
+    if image_level.n_unclustered_classes:
+        st.caption(f"{image_level.n_unclustered_classes} class(es) are resampled by image instead: their specimens "
+                   "differ no more than their images do (design effect ≤ 1), so each image carries its own "
+                   "information there and specimen resampling would only widen their intervals.")
     if image_level.n_single_specimen_classes:
         st.caption(f"{image_level.n_single_specimen_classes} class(es) have a single specimen in this split: their "
                    "images are resampled instead, as if independent (with the class's prior), which assumes another "

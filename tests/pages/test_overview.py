@@ -69,6 +69,13 @@ def test_overview_demo_matches_sklearn(drawn_workspace, open_page):
     counts = full.frame["label"].value_counts()
     caption = " ".join(c.value for c in app.caption)
     assert f"total: {counts.max() / counts.min():,.1f} : 1" in caption
+    # Classes whose specimens differ no more than their images are resampled by image, and the page says how many.
+    from core.result_cache import resampling_plan_of
+    plan = resampling_plan_of(table)
+    if plan.n_unclustered_classes:
+        assert f"{plan.n_unclustered_classes} class(es) are resampled by image instead" in caption
+    else:
+        assert "resampled by image instead" not in caption
 
 
 def test_overview_bccd_matches_sklearn(bccd_workspace, open_page):
