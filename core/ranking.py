@@ -10,6 +10,7 @@ from __future__ import annotations
 import warnings
 from collections.abc import Collection
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -267,6 +268,40 @@ def _rank(table: PredictionTable, messages: list[str], *, method: str, filter_by
     out = out.iloc[order].reset_index(drop=True)
     out.insert(0, "rank", np.arange(1, n + 1))
     return LabelIssueRanking(out, tuple(table.class_names), rare, tuple(messages))
+
+
+def ranking_code_version() -> str:
+    """sha256 (16 hex) of this module's source and the cleanlab version: part of a stored ranking's key, so a
+    change to the ranking never serves an old one."""
+    import hashlib
+    from importlib.metadata import version
+
+    digest = hashlib.sha256(Path(__file__).read_bytes())
+    digest.update(version("cleanlab").encode())
+    return digest.hexdigest()[:16]
+
+
+def ranking_as_frame(ranking: LabelIssueRanking) -> pd.DataFrame:
+    """`ranking` as one DataFrame for the on-disk result cache (Parquet, no pickle): its frame, with the class names,
+    rare classes and messages in `attrs` (pandas keeps them in the Parquet metadata). `ranking_from_frame` reads it
+    back."""
+    frame = ranking.frame.copy(deep=False)
+    frame.attrs = {"class_names": list(ranking.class_names), "rare_classes": dict(ranking.rare_classes),
+                   "messages": list(ranking.messages)}
+    return frame
+
+
+def ranking_from_frame(frame: pd.DataFrame) -> LabelIssueRanking:
+    """The `LabelIssueRanking` that `ranking_as_frame` stored; `ValueError` when `frame` is not one."""
+    attrs = frame.attrs
+    missing = {"class_names", "rare_classes", "messages"} - set(attrs)
+    if missing or list(frame.columns) != list(RANKING_COLUMNS):
+        raise ValueError(f"not a stored label-issue ranking (attrs missing {sorted(missing)}, columns "
+                         f"{list(frame.columns)})")
+    plain = frame.copy(deep=False)
+    plain.attrs = {}
+    rare = {str(k): int(v) for k, v in attrs["rare_classes"].items()}
+    return LabelIssueRanking(plain, tuple(attrs["class_names"]), rare, tuple(attrs["messages"]))
 
 
 def build_queue(ranking: LabelIssueRanking, spec: QueueSpec, *, reviewed_by_me: Collection[str] = (),

@@ -11,8 +11,16 @@ import streamlit as st
 from core.agreement import DISPUTED_STATUS, format_votes, is_disputed
 from core.errors import USER_ERRORS, user_message
 from core.labelstore import LabelStore, SampleState, open_label_store
-from core.predictions import PredictionTable
-from core.ranking import LabelIssueRanking, rank_label_issues, typical_examples
+from core.predictions import PredictionTable, table_token
+from core.ranking import (
+    LabelIssueRanking,
+    rank_label_issues,
+    ranking_as_frame,
+    ranking_code_version,
+    ranking_from_frame,
+    typical_examples,
+)
+from core.result_cache import cached_result, result_key
 from core.workspace import Workspace
 from pages._access import current_actor, explain_hidden
 from pages._cached import PageContext, get_predictions, predictions_key
@@ -64,7 +72,22 @@ def label_store_or_problem(ctx: PageContext) -> tuple[LabelStore | None, str | N
 @st.cache_resource(show_spinner="Ranking likely label errors…", max_entries=8)
 def _ranking(predictions_key: str, split: str, crossval_key: str, _table: PredictionTable,
              _reference: PredictionTable | None, _cv_table: PredictionTable | None) -> LabelIssueRanking:
-    return rank_label_issues(_table, reference=_reference, cv_table=_cv_table)
+    # On disk beside the predictions too (Parquet, keyed by the content of the ranked table, its kNN reference, the
+    # cross-validated table and the ranking code): a restarted server reads it instead of running cleanlab again
+    # (minutes and gigabytes at a million images).
+    from pages._evaluation import results_dir
+
+    key = result_key("label-issues", table_token(_table, split, predictions_key),
+                     table_token(_reference, "train") if _reference is not None else "-", crossval_key,
+                     ranking_code_version())
+
+    def compute() -> pd.DataFrame:
+        return ranking_as_frame(rank_label_issues(_table, reference=_reference, cv_table=_cv_table))
+
+    try:
+        return ranking_from_frame(cached_result(results_dir(), key, compute))
+    except ValueError:  # a damaged or foreign file under the key: rank again (and keep it in memory only)
+        return ranking_from_frame(compute())
 
 
 def label_issue_ranking(ctx: PageContext, table: PredictionTable) -> LabelIssueRanking:
@@ -74,6 +97,31 @@ def label_issue_ranking(ctx: PageContext, table: PredictionTable) -> LabelIssueR
     reference = full.for_split("train") if full is not None else None
     cv_table, cv_key = crossval_table(ctx)
     return _ranking(predictions_key(ctx.workspace, ctx.checkpoint), ctx.split, cv_key, table, reference, cv_table)
+
+
+@st.cache_resource(show_spinner="Calibrating prediction sets…", max_entries=8)
+def _set_calibration(calibration_token: str, config, _calibration: PredictionTable):
+    from core.conformal import calibrate_on_table
+
+    return calibrate_on_table(_calibration, config)
+
+
+def sample_prediction_set(ctx: PageContext, table: PredictionTable, sample_id: str) -> tuple[str, ...] | None:
+    """The split-conformal prediction set of one sample of `table` (class names, most probable first), calibrated
+    on the labelled validation rows with the Calibration page's settings, as `pages._confidence.prediction_sets`
+    gives it; None without labelled validation rows or when the sample is not in `table`. Only the shown row's
+    probabilities are read: the sets of a million rows are never built for one review."""
+    from core.conformal import set_frame
+    from pages._confidence import conformal_config
+
+    calibration = ctx.table(split="val")
+    if calibration is None or not (calibration.frame["label_idx"] >= 0).any():
+        return None
+    row = (table.frame["sample_id"] == sample_id).to_numpy(dtype=bool)
+    if not row.any():
+        return None
+    fit = _set_calibration(table_token(calibration, "val", ctx.checkpoint or ""), conformal_config(), calibration)
+    return tuple(set_frame(table.subset(row), fit)["prediction_set"].iloc[0])
 
 
 @st.cache_data(show_spinner=False, max_entries=512)
