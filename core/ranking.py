@@ -110,7 +110,9 @@ def out_of_sample_table(table: PredictionTable, *, cv_table: PredictionTable | N
     n_rows = sum(len(part) for part, _ in parts)
     combined = PredictionTable(
         frame=pd.concat(frames, ignore_index=True),
-        pred_probs=np.concatenate([part.pred_probs for part, _ in parts]).astype(np.float32, copy=False),
+        # one part (no cross-validated rows): converted once, not concatenated first (a copy fewer at 1M rows)
+        pred_probs=parts[0][0].pred_probs.astype(np.float32, copy=False) if len(parts) == 1
+        else np.concatenate([part.pred_probs for part, _ in parts]).astype(np.float32, copy=False),
         # embeddings of the two sources may differ in width; ranking does not need them then
         embeddings=np.concatenate([part.embeddings for part, _ in parts]) if len(widths) == 1
         else np.zeros((n_rows, 0), dtype=np.float32),
@@ -225,7 +227,7 @@ def _rank(table: PredictionTable, messages: list[str], *, method: str, filter_by
         unknown = sorted(frame.loc[~scorable, "label"].unique())
         messages.append(f"{int((~scorable).sum())} sample(s) carry labels the model does not know ({unknown[:5]}); "
                         "they cannot be scored and are listed last")
-    probs = table.pred_probs[scorable]
+    probs = table.pred_probs if scorable.all() else table.pred_probs[scorable]  # no copy when every row scores
     y = labels[scorable]
     quality = np.full(n, np.nan)
     flagged = np.zeros(n, dtype=bool)
@@ -279,6 +281,31 @@ def ranking_code_version() -> str:
     digest = hashlib.sha256(Path(__file__).read_bytes())
     digest.update(version("cleanlab").encode())
     return digest.hexdigest()[:16]
+
+
+def label_issue_key(table_token: str, reference_token: str, crossval_key: str) -> str:
+    """The on-disk key of a stored ranking: the ranked table's content token, its kNN reference's, the
+    cross-validated table's key and the ranking code (`ranking_code_version`)."""
+    from core.result_cache import result_key
+
+    return result_key("label-issues", table_token, reference_token, crossval_key, ranking_code_version())
+
+
+def cached_label_issues(folder: Path | None, key: str, table: PredictionTable, *,
+                        reference: PredictionTable | None = None,
+                        cv_table: PredictionTable | None = None) -> LabelIssueRanking:
+    """`rank_label_issues(table, reference=..., cv_table=...)`, read from `folder` when stored under `key`
+    (`label_issue_key`), else computed and stored there (Parquet through `core.result_cache`): a restarted server
+    reads the ranking instead of running cleanlab again (a minute and gigabytes at a million images)."""
+    from core.result_cache import cached_result
+
+    def compute() -> pd.DataFrame:
+        return ranking_as_frame(rank_label_issues(table, reference=reference, cv_table=cv_table))
+
+    try:
+        return ranking_from_frame(cached_result(folder, key, compute))
+    except ValueError:  # a damaged or foreign file under the key: rank again
+        return ranking_from_frame(compute())
 
 
 def ranking_as_frame(ranking: LabelIssueRanking) -> pd.DataFrame:

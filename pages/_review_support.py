@@ -12,15 +12,7 @@ from core.agreement import DISPUTED_STATUS, format_votes, is_disputed
 from core.errors import USER_ERRORS, user_message
 from core.labelstore import LabelStore, SampleState, open_label_store
 from core.predictions import PredictionTable, table_token
-from core.ranking import (
-    LabelIssueRanking,
-    rank_label_issues,
-    ranking_as_frame,
-    ranking_code_version,
-    ranking_from_frame,
-    typical_examples,
-)
-from core.result_cache import cached_result, result_key
+from core.ranking import LabelIssueRanking, cached_label_issues, label_issue_key, typical_examples
 from core.workspace import Workspace
 from pages._access import current_actor, explain_hidden
 from pages._cached import PageContext, get_predictions, predictions_key
@@ -72,22 +64,12 @@ def label_store_or_problem(ctx: PageContext) -> tuple[LabelStore | None, str | N
 @st.cache_resource(show_spinner="Ranking likely label errors…", max_entries=8)
 def _ranking(predictions_key: str, split: str, crossval_key: str, _table: PredictionTable,
              _reference: PredictionTable | None, _cv_table: PredictionTable | None) -> LabelIssueRanking:
-    # On disk beside the predictions too (Parquet, keyed by the content of the ranked table, its kNN reference, the
-    # cross-validated table and the ranking code): a restarted server reads it instead of running cleanlab again
-    # (minutes and gigabytes at a million images).
+    # On disk beside the predictions too: a restarted server reads it instead of running cleanlab again.
     from pages._evaluation import results_dir
 
-    key = result_key("label-issues", table_token(_table, split, predictions_key),
-                     table_token(_reference, "train") if _reference is not None else "-", crossval_key,
-                     ranking_code_version())
-
-    def compute() -> pd.DataFrame:
-        return ranking_as_frame(rank_label_issues(_table, reference=_reference, cv_table=_cv_table))
-
-    try:
-        return ranking_from_frame(cached_result(results_dir(), key, compute))
-    except ValueError:  # a damaged or foreign file under the key: rank again (and keep it in memory only)
-        return ranking_from_frame(compute())
+    key = label_issue_key(table_token(_table, split, predictions_key),
+                          table_token(_reference, "train") if _reference is not None else "-", crossval_key)
+    return cached_label_issues(results_dir(), key, _table, reference=_reference, cv_table=_cv_table)
 
 
 def label_issue_ranking(ctx: PageContext, table: PredictionTable) -> LabelIssueRanking:

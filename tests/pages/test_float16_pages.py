@@ -74,7 +74,7 @@ def test_review_ranking_equals_the_float32_path_and_is_read_from_disk_after_a_re
                                                                                         monkeypatch):
     import streamlit as st
 
-    import pages._review_support as support
+    import core.ranking
 
     root, path = half_workspace
     before = _before(root, path)
@@ -91,6 +91,6 @@ def test_review_ranking_equals_the_float32_path_and_is_read_from_disk_after_a_re
     def refuse(*args, **kwargs):
         raise AssertionError("ranked again although the ranking is on disk")
 
-    monkeypatch.setattr(support, "rank_label_issues", refuse)
+    monkeypatch.setattr(core.ranking, "rank_label_issues", refuse)
     app = open_page(root, "pages/review.py", state={"rv-kind": "likely_errors"})
     assert any(f"queue rank 1 · {first}" in plain(c.value) for c in app.caption)
