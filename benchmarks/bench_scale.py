@@ -190,6 +190,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="comma-separated page titles to measure after the landing page (default: all)")
     parser.add_argument("--skip-intervals", action="store_true",
                         help="do not compute the split's intervals in a child process first")
+    parser.add_argument("--skip-ranking", action="store_true",
+                        help="do not store the review page's label-issue ranking in a child process first")
     parser.add_argument("--max-rss-gb", type=float, default=12.0,
                         help="stop (printing what was measured) when this process's resident memory passes this")
     args = parser.parse_args(argv)
@@ -212,6 +214,17 @@ def main(argv: list[str] | None = None) -> int:
         if warm.returncode < 0:
             outcome += f" (killed by signal {-warm.returncode}: out of memory?)"
         print(f"intervals of split '{args.split}' (once per table, as `predict --workspace` does): {outcome}",
+              flush=True)
+
+    if args.skip_ranking:
+        print("review ranking not stored beforehand (--skip-ranking): the review page ranks on its first visit")
+    else:
+        warm = subprocess.run([sys.executable, "-c", _WARM_RANKING, str(root), args.split], capture_output=True,
+                              text=True, env={**os.environ, "PYTHONPATH": str(REPO)})
+        outcome = warm.stdout.strip() or warm.stderr.strip()[-500:] or f"exit status {warm.returncode}"
+        if warm.returncode < 0:
+            outcome += f" (killed by signal {-warm.returncode}: out of memory?)"
+        print(f"review ranking of split '{args.split}' (once per table, stored beside the predictions): {outcome}",
               flush=True)
 
     from streamlit.testing.v1 import AppTest
@@ -271,6 +284,30 @@ start = time.perf_counter()
 n = warm_interval_results(table, workspace.cache_dir / "predictions" / RESULTS_DIR, config=PAGE_INTERVALS,
                           splits=(sys.argv[2],))
 print(f"{n} results in {time.perf_counter() - start:.1f}s")
+"""
+
+# The review page's ranking, stored under the key the page computes (pages._review_support._ranking: the split's
+# table token with the predictions file as its key, the training rows' token, no cross-validated table), in a child
+# process so that its memory does not count towards the server's peak RSS.
+_WARM_RANKING = """
+import resource, sys, time
+from core.prediction_paths import predictions_path
+from core.predictions import table_token
+from core.probs_sidecar import open_table
+from core.ranking import cached_label_issues, label_issue_key
+from core.result_cache import RESULTS_DIR
+from core.workspace import load_workspace
+workspace = load_workspace(sys.argv[1])
+dataset = workspace.load_dataset()
+path = predictions_path(workspace, "synthetic", dataset=dataset)
+full = open_table(path, dataset.samples)
+table, reference = full.for_split(sys.argv[2]), full.for_split("train")
+key = label_issue_key(table_token(table, sys.argv[2], str(path)), table_token(reference, "train"), "")
+start, cpu = time.perf_counter(), time.process_time()
+ranking = cached_label_issues(workspace.cache_dir / "predictions" / RESULTS_DIR, key, table, reference=reference)
+peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
+print(f"{len(ranking):,} rows ranked in {time.perf_counter() - start:.1f}s ({time.process_time() - cpu:.1f}s CPU), "
+      f"peak RSS {peak:.2f} GB")
 """
 
 
