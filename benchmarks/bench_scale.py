@@ -286,9 +286,10 @@ n = warm_interval_results(table, workspace.cache_dir / "predictions" / RESULTS_D
 print(f"{n} results in {time.perf_counter() - start:.1f}s")
 """
 
-# The review page's ranking, stored under the key the page computes (pages._review_support._ranking: the split's
-# table token with the predictions file as its key, the training rows' token, no cross-validated table), in a child
-# process so that its memory does not count towards the server's peak RSS.
+# The review page's ranking and prediction-set thresholds, stored under the keys the page computes (the split's table
+# token with the predictions file as its key, the training rows' token, no cross-validated table; the val rows'
+# token and the default set settings), in a child process so that its memory does not count towards the server's
+# peak RSS.
 _WARM_RANKING = """
 import resource, sys, time
 from core.prediction_paths import predictions_path
@@ -305,9 +306,16 @@ table, reference = full.for_split(sys.argv[2]), full.for_split("train")
 key = label_issue_key(table_token(table, sys.argv[2], str(path)), table_token(reference, "train"), "")
 start, cpu = time.perf_counter(), time.process_time()
 ranking = cached_label_issues(workspace.cache_dir / "predictions" / RESULTS_DIR, key, table, reference=reference)
+ranked = f"{len(ranking):,} rows ranked in {time.perf_counter() - start:.1f}s ({time.process_time() - cpu:.1f}s CPU)"
+from core.conformal import ConformalConfig
+from pages._review_support import stored_set_calibration
+start, cpu = time.perf_counter(), time.process_time()
+val = full.for_split("val")
+stored_set_calibration(workspace.cache_dir / "predictions" / RESULTS_DIR, table_token(val, "val", "synthetic"),
+                       ConformalConfig(), val)
 peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
-print(f"{len(ranking):,} rows ranked in {time.perf_counter() - start:.1f}s ({time.process_time() - cpu:.1f}s CPU), "
-      f"peak RSS {peak:.2f} GB")
+print(f"{ranked}; prediction-set thresholds on {len(val):,} val rows in {time.perf_counter() - start:.1f}s "
+      f"({time.process_time() - cpu:.1f}s CPU); peak RSS {peak:.2f} GB")
 """
 
 

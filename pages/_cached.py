@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
+import threading
+import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -23,6 +26,8 @@ from core.summary import class_count_table
 from core.workspace import CONFIG_NAME, Workspace, load_workspace
 from pages._state import KEY_CHECKPOINTS, KEY_CONFIDENCES, KEY_LABEL_MODE, KEY_SPLIT, KEY_WORKSPACE
 from pages._text import md, md_list
+
+logger = logging.getLogger(__name__)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEMO_WORKSPACE = REPO_ROOT / "demo_workspace"
@@ -121,28 +126,71 @@ def _freeze(table: PredictionTable) -> None:
     table.embeddings.setflags(write=False)
 
 
-# `predictions_path` hashes the dataset's file list (one stat per image: about 1 s at 100,000 images, unless the
-# dataset's load-time stamps are fresh) and reads the checkpoint's header, so its answer is held per (workspace,
-# checkpoint, weights file, config, manifest, dataset object): new weights, a new config or a new manifest change
-# the key at once; images replaced in place (same paths, new bytes) are noticed within PREDICTIONS_PATH_TTL_S.
+# `predictions_path` hashes the dataset's file list (one stat per image: about 1 s at 100,000 images, 12 to 20 s at a
+# million, unless the dataset's load-time stamps are fresh) and reads the checkpoint's header, so its answer is held
+# per (workspace, checkpoint, weights file, config, manifest, dataset object): new weights, a new config or a new
+# manifest change the key at once. Images replaced in place (same paths, new bytes) are noticed by a re-check that
+# runs on a background thread while the page goes on with the path it knows, at most every PREDICTIONS_PATH_TTL_S
+# and no more often than spends RECHECK_SHARE of the time re-checking (a 15 s check: every 12.5 minutes). A page
+# rerun never waits for one.
 PREDICTIONS_PATH_TTL_S = 30
+RECHECK_SHARE = 0.02
 
 
-@st.cache_resource(show_spinner=False, ttl=PREDICTIONS_PATH_TTL_S, max_entries=64)
-def _predictions_path(workspace_path: str, name: str, weights_stamp: tuple, config_stamp: int,
-                      manifest_stamp: int, dataset_id: int) -> Path:
+@dataclass
+class _KnownPath:
+    """A predictions path and when it was checked (mutable: a background re-check updates it in place)."""
+
+    path: Path
+    checked: float  # time.monotonic() when the check finished
+    took: float  # seconds it took
+    refreshing: bool = False  # a re-check is running
+
+
+_KNOWN_PATH_LOCK = threading.Lock()
+
+
+def _check_path(workspace: Workspace, name: str, dataset: Dataset) -> _KnownPath:
     # core.prediction_paths reads the checkpoint's header, not the model: no torch import on the landing page. The
     # dataset's own file stamps (taken by its load) serve while younger than the TTL: a server start stats each
     # image once, not twice.
-    workspace = load_workspace(workspace_path)
-    return predictions_path(workspace, name, dataset=load_dataset(workspace), max_stamp_age_s=PREDICTIONS_PATH_TTL_S)
+    start = time.monotonic()
+    path = predictions_path(workspace, name, dataset=dataset, max_stamp_age_s=PREDICTIONS_PATH_TTL_S)
+    return _KnownPath(path, time.monotonic(), time.monotonic() - start)
+
+
+@st.cache_resource(show_spinner=False, max_entries=64)
+def _known_path(workspace_path: str, name: str, weights_stamp: tuple, config_stamp: int, manifest_stamp: int,
+                dataset_id: int, _workspace: Workspace, _dataset: Dataset) -> _KnownPath:
+    return _check_path(_workspace, name, _dataset)
+
+
+def _recheck(known: _KnownPath, workspace: Workspace, name: str, dataset: Dataset) -> None:
+    try:
+        fresh = _check_path(workspace, name, dataset)
+    except (*USER_ERRORS, OSError, ValueError) as exc:  # keep serving the known path; a later re-check says more
+        logger.warning("re-checking the predictions path of %s failed: %s", name, exc)
+        fresh = replace(known, checked=time.monotonic())
+    with _KNOWN_PATH_LOCK:
+        known.path, known.checked, known.took, known.refreshing = fresh.path, fresh.checked, fresh.took, False
 
 
 def predictions_file(workspace: Workspace, name: str) -> Path:
     """Where the predictions of checkpoint `name` are (or would be) cached; cheap on a warm rerun."""
     root = str(workspace.root)
-    return _predictions_path(root, name, checkpoint_stamp(workspace, name), _config_stamp(root),
-                             _manifest_stamp(workspace), id(load_dataset(workspace)))
+    dataset = load_dataset(workspace)
+    known = _known_path(root, name, checkpoint_stamp(workspace, name), _config_stamp(root), _manifest_stamp(workspace),
+                        id(dataset), workspace, dataset)
+    with _KNOWN_PATH_LOCK:
+        due = not known.refreshing and \
+            time.monotonic() - known.checked > max(PREDICTIONS_PATH_TTL_S, known.took / RECHECK_SHARE)
+        if due:
+            known.refreshing = True
+        path = known.path
+    if due:
+        threading.Thread(target=_recheck, args=(known, workspace, name, dataset), daemon=True,
+                         name="predictions-path-recheck").start()
+    return path
 
 
 def checkpoint_stamp(workspace: Workspace, name: str) -> tuple:
@@ -298,7 +346,12 @@ class PageContext:
         table = get_predictions(self.workspace, name)
         if table is not None and self.confidences == "calibrated":
             table = calibrated(self.workspace, name, table)
-        return None if table is None else table.for_split(split or self.split)
+        if table is None:
+            return None
+        split = split or self.split
+        if split in (None, "all"):
+            return table
+        return _split_of(predictions_key(self.workspace, name), id(self.dataset), id(table), split, table)
 
     @property
     def confidence_stamp(self) -> tuple:
@@ -307,6 +360,14 @@ class PageContext:
         if self.confidences != "calibrated" or not self.checkpoint:
             return (self.confidences,)
         return (self.confidences, file_mtime_ns(temperature_path(self.workspace.cache_dir, self.checkpoint)))
+
+
+# A split of a large table copies its rows' probabilities (val of 1M x 1,000: 400 MB of float16), so each split is
+# made once per table object, as the full table is held once per file and dataset object (`_cached_table`).
+@st.cache_resource(show_spinner=False, max_entries=8)
+def _split_of(predictions_key: str, dataset_id: int, table_id: int, split: str, _table: PredictionTable
+              ) -> PredictionTable:
+    return _table.for_split(split)
 
 
 def stored_temperature(workspace: Workspace, name: str, table: PredictionTable):

@@ -3,16 +3,22 @@ actor: the signed-in account, or the local name typed in the sidebar)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import hashlib
+from dataclasses import asdict, dataclass
+from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import streamlit as st
 
+from core import conformal
 from core.agreement import DISPUTED_STATUS, format_votes, is_disputed
+from core.conformal import ConformalCalibration, ConformalConfig
 from core.errors import USER_ERRORS, user_message
 from core.labelstore import LabelStore, SampleState, open_label_store
 from core.predictions import PredictionTable, table_token
 from core.ranking import LabelIssueRanking, cached_label_issues, label_issue_key, typical_examples
+from core.result_cache import cached_result, result_key
 from core.workspace import Workspace
 from pages._access import current_actor, explain_hidden
 from pages._cached import PageContext, get_predictions, predictions_key
@@ -63,29 +69,48 @@ def label_store_or_problem(ctx: PageContext) -> tuple[LabelStore | None, str | N
 
 @st.cache_resource(show_spinner="Ranking likely label errors…", max_entries=8)
 def _ranking(predictions_key: str, split: str, crossval_key: str, _table: PredictionTable,
-             _reference: PredictionTable | None, _cv_table: PredictionTable | None) -> LabelIssueRanking:
-    # On disk beside the predictions too: a restarted server reads it instead of running cleanlab again.
+             _full: PredictionTable | None, _cv_table: PredictionTable | None) -> LabelIssueRanking:
+    # On disk beside the predictions too: a restarted server reads it instead of running cleanlab again. The kNN
+    # reference (the training rows: 700,000 at 1M images) is sliced here, on a miss, never on a rerun.
     from pages._evaluation import results_dir
 
+    reference = _full.for_split("train") if _full is not None else None
     key = label_issue_key(table_token(_table, split, predictions_key),
-                          table_token(_reference, "train") if _reference is not None else "-", crossval_key)
-    return cached_label_issues(results_dir(), key, _table, reference=_reference, cv_table=_cv_table)
+                          table_token(reference, "train") if reference is not None else "-", crossval_key)
+    return cached_label_issues(results_dir(), key, _table, reference=reference, cv_table=_cv_table)
 
 
 def label_issue_ranking(ctx: PageContext, table: PredictionTable) -> LabelIssueRanking:
     """The ranking of the selected split's predictions (recomputed when the predictions file changes); embedding
     neighbours are looked up among the training rows; training rows are ranked from the cross-validated table."""
     full = get_predictions(ctx.workspace, ctx.checkpoint)
-    reference = full.for_split("train") if full is not None else None
     cv_table, cv_key = crossval_table(ctx)
-    return _ranking(predictions_key(ctx.workspace, ctx.checkpoint), ctx.split, cv_key, table, reference, cv_table)
+    return _ranking(predictions_key(ctx.workspace, ctx.checkpoint), ctx.split, cv_key, table, full, cv_table)
+
+
+def stored_set_calibration(folder: Path | None, calibration_token: str, config: ConformalConfig,
+                           calibration: PredictionTable) -> ConformalCalibration:
+    """`core.conformal.calibrate_on_table(calibration, config)`, read from `folder` when stored there (per-class
+    thresholds as Parquet through `core.result_cache`, keyed by `calibration_token` (the calibration rows' content),
+    the settings and the conformal code), else computed and stored: scoring every class of 200,000 validation rows
+    takes most of a minute at 1M x 1,000, so a restarted server reads the thresholds instead."""
+    def compute() -> pd.DataFrame:
+        fit = conformal.calibrate_on_table(calibration, config)
+        return pd.DataFrame({"threshold": fit.thresholds, "n_calibration": fit.n_calibration})
+
+    code = hashlib.sha256(Path(conformal.__file__).read_bytes()).hexdigest()[:16]
+    key = result_key("set-calibration", calibration_token, sorted(asdict(config).items()), code)
+    stored = cached_result(folder, key, compute)
+    return ConformalCalibration(stored["threshold"].to_numpy(dtype=np.float64), stored["n_calibration"].to_numpy(),
+                                config)
 
 
 @st.cache_resource(show_spinner="Calibrating prediction sets…", max_entries=8)
-def _set_calibration(calibration_token: str, config, _calibration: PredictionTable):
-    from core.conformal import calibrate_on_table
+def _set_calibration(calibration_token: str, config: ConformalConfig, _calibration: PredictionTable
+                     ) -> ConformalCalibration:
+    from pages._evaluation import results_dir
 
-    return calibrate_on_table(_calibration, config)
+    return stored_set_calibration(results_dir(), calibration_token, config, _calibration)
 
 
 def sample_prediction_set(ctx: PageContext, table: PredictionTable, sample_id: str) -> tuple[str, ...] | None:
@@ -93,7 +118,6 @@ def sample_prediction_set(ctx: PageContext, table: PredictionTable, sample_id: s
     on the labelled validation rows with the Calibration page's settings, as `pages._confidence.prediction_sets`
     gives it; None without labelled validation rows or when the sample is not in `table`. Only the shown row's
     probabilities are read: the sets of a million rows are never built for one review."""
-    from core.conformal import set_frame
     from pages._confidence import conformal_config
 
     calibration = ctx.table(split="val")
@@ -103,7 +127,7 @@ def sample_prediction_set(ctx: PageContext, table: PredictionTable, sample_id: s
     if not row.any():
         return None
     fit = _set_calibration(table_token(calibration, "val", ctx.checkpoint or ""), conformal_config(), calibration)
-    return tuple(set_frame(table.subset(row), fit)["prediction_set"].iloc[0])
+    return tuple(conformal.set_frame(table.subset(row), fit)["prediction_set"].iloc[0])
 
 
 @st.cache_data(show_spinner=False, max_entries=512)

@@ -74,7 +74,9 @@ def test_review_ranking_equals_the_float32_path_and_is_read_from_disk_after_a_re
                                                                                         monkeypatch):
     import streamlit as st
 
+    import core.conformal
     import core.ranking
+    from core.conformal import ConformalConfig, calibrate_on_table, set_frame
 
     root, path = half_workspace
     before = _before(root, path)
@@ -85,6 +87,10 @@ def test_review_ranking_equals_the_float32_path_and_is_read_from_disk_after_a_re
     assert any(f"queue rank 1 · {first}" in c for c in captions), captions
     stored = list((root / ".taxalens" / "predictions" / "results").glob("label-issues-*.parquet"))
     assert len(stored) == 1
+    fit = calibrate_on_table(before.for_split("val"), ConformalConfig())
+    members = set_frame(before.for_split("val"), fit).set_index("sample_id").loc[first, "prediction_set"]
+    set_line = next(plain(m.value) for m in app.markdown if "Prediction set" in m.value)
+    assert set_line.startswith(f"**Prediction set (90%):** {', '.join(members)}"), set_line
 
     st.cache_resource.clear()  # a restarted server: nothing in memory, the ranking on disk
 
@@ -92,5 +98,7 @@ def test_review_ranking_equals_the_float32_path_and_is_read_from_disk_after_a_re
         raise AssertionError("ranked again although the ranking is on disk")
 
     monkeypatch.setattr(core.ranking, "rank_label_issues", refuse)
+    monkeypatch.setattr(core.conformal, "calibrate_on_table", refuse)  # the set thresholds are on disk too
     app = open_page(root, "pages/review.py", state={"rv-kind": "likely_errors"})
     assert any(f"queue rank 1 · {first}" in plain(c.value) for c in app.caption)
+    assert next(plain(m.value) for m in app.markdown if "Prediction set" in m.value) == set_line
