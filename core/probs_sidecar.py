@@ -51,7 +51,6 @@ class CompactColumns:
 def compact_columns(pred_probs: np.ndarray, label_idx: np.ndarray, *, chunk: int = CHUNK_ROWS) -> CompactColumns:
     """Compact columns of `pred_probs` `(N, K)` (any float dtype, a memory map too) for labels `label_idx` `(N,)`
     (-1: not a model class), reading `chunk` rows at a time."""
-    pred_probs = np.asarray(pred_probs) if not isinstance(pred_probs, np.memmap) else pred_probs
     label_idx = np.asarray(label_idx, dtype=np.int64)
     n = len(pred_probs)
     if len(label_idx) != n:

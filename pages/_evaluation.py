@@ -271,9 +271,15 @@ def distribution(full_token: str, _full: PredictionTable) -> tuple[pd.DataFrame,
     return dist, metrics.imbalance_ratios(dist)
 
 
+@st.cache_resource(show_spinner=False, max_entries=16)
+def cell_index(token: str, _table: PredictionTable) -> cm.CellIndex:
+    """The table's rows grouped by confusion cell, once per table: a click slices its cell's rows."""
+    return cm.cell_index(_table)
+
+
 @st.cache_data(show_spinner=False, max_entries=256)
 def cell_rows(token: str, _table: PredictionTable, true_idx: int, pred_idx: int) -> pd.DataFrame:
-    return cm.cell_samples(_table, true_idx, pred_idx)
+    return cm.cell_samples(_table, true_idx, pred_idx, index=cell_index(token, _table))
 
 
 @st.cache_data(show_spinner=False, max_entries=64)
