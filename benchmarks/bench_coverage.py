@@ -17,8 +17,9 @@ sets (F1 is a biased ratio on few samples); an interval is judged on whether it 
 Scenarios: "4 specimens": the rarest class has 4 specimens of 2-5 images; "1 specimen x 3": it has one specimen
 of 3 images (a 3-image class: the product resamples that class's images, since one specimen cannot be
 resampled); "3 specimens x 1": three single-image specimens; "4 sp. rare 0.9": as "4 specimens" but the rare class
-is right 90% of the time (far from the 0.5 the Jeffreys prior leans to). Target for the product's recipe (specimen,
-bayes): 93-97%.
+is right 90% of the time (far from the 0.5 the Jeffreys prior leans to; its specimens are often all right, so its
+design effect often sends it to its images, see `core.scores`). Target for the product's recipe (specimen, bayes):
+93-97%.
 """
 
 from __future__ import annotations

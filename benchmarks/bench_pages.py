@@ -1,6 +1,7 @@
 """Evaluation pages at scale: each page's script time with warm caches, and cell click -> gallery, via AppTest.
 
 Usage: python benchmarks/bench_pages.py [--workdir DIR] [--samples 100000] [--classes 300] [--repeats 5]
+    [--pages Overview,...]
 
 Builds (once; reused when DIR already holds it) a workspace of `--samples` images over `--classes` classes: a few
 hundred small JPEGs hard-linked under distinct paths, a manifest with specimens and two taxonomy ranks, a tiny
@@ -13,6 +14,7 @@ After the warm runs the in-memory caches are dropped (a server restart) and each
 The interval results on disk are removed first (unless `--keep-results`), so the first visits are the truly cold
 compute of a never-seen table (reported, not judged: `predict --workspace` computes them once per table).
 Targets: every page <= 1.5 s on a restart (results on disk) and warm; cell -> gallery <= 0.5 s.
+`--pages` times only the named pages (titles of `PAGES`); the cell click runs when the confusion matrix is among them.
 """
 
 from __future__ import annotations
@@ -142,7 +144,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--keep-results", action="store_true",
                         help="keep the interval results a previous run left on disk (the first visits are then warm "
                         "on disk, like the restart column)")
+    parser.add_argument("--pages", default=",".join(PAGES), help="comma-separated page titles to time (default: all)")
     args = parser.parse_args(argv)
+    unknown = set(args.pages.split(",")) - set(PAGES)
+    if unknown:
+        parser.error(f"unknown page(s) {sorted(unknown)}; choose from {list(PAGES)}")
+    for title in [title for title in PAGES if title not in args.pages.split(",")]:
+        del PAGES[title]  # this run times only the chosen pages
 
     from streamlit.testing.v1 import AppTest
 
@@ -192,19 +200,20 @@ def main(argv: list[str] | None = None) -> int:
     table = table.for_split(args.split)
     counts = confusion_counts(table)
     np.fill_diagonal(counts, 0)
-    order = np.argsort(-counts, axis=None)[: args.repeats + 1]
-    cells = [tuple(int(v) for v in np.unravel_index(flat, counts.shape)) for flat in order]
-    app.switch_page(PAGES["Confusion matrix"])
-    timed_run(app, 300)
-    cell_times = []
-    for cell in cells:
-        app.session_state["cm-cell"] = cell
-        cell_times.append(timed_run(app, 300))
-        heading = [h.value for h in app.subheader if ": true " in h.value]
-        if not heading or not heading[0].startswith(f"{counts[cell]} sample"):
-            raise RuntimeError(f"cell {cell}: gallery heading {heading} does not match count {counts[cell]}")
-    results.append(["Cell click → gallery", cell_times[0], statistics.median(cell_times[1:]), max(cell_times[1:]),
-                    TARGET_CELL_S, float("nan")])
+    if "Confusion matrix" in PAGES:
+        order = np.argsort(-counts, axis=None)[: args.repeats + 1]
+        cells = [tuple(int(v) for v in np.unravel_index(flat, counts.shape)) for flat in order]
+        app.switch_page(PAGES["Confusion matrix"])
+        timed_run(app, 300)
+        cell_times = []
+        for cell in cells:
+            app.session_state["cm-cell"] = cell
+            cell_times.append(timed_run(app, 300))
+            heading = [h.value for h in app.subheader if ": true " in h.value]
+            if not heading or not heading[0].startswith(f"{counts[cell]} sample"):
+                raise RuntimeError(f"cell {cell}: gallery heading {heading} does not match count {counts[cell]}")
+        results.append(["Cell click → gallery", cell_times[0], statistics.median(cell_times[1:]), max(cell_times[1:]),
+                        TARGET_CELL_S, float("nan")])
 
     print()
     print(f"{len(table):,} samples x {len(table.class_names)} classes, split '{args.split}', "

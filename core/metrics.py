@@ -78,6 +78,7 @@ class HeadlineMetrics:
     n_units: int = 0  # specimens (or images) resampled, stratified by class
     method: IntervalMethod = DEFAULT_METHOD  # "bayes" (default), "bca" or "percentile"
     n_single_specimen_classes: int = 0  # classes with one specimen (of several images), resampled by image
+    n_unclustered_classes: int = 0  # classes whose specimens differ no more than their images: resampled by image
 
     @property
     def caption(self) -> str:
@@ -251,7 +252,8 @@ def compute_headline_metrics(
         low, high = (None, None) if n_boot == 0 else (float(result.low[name]), float(result.high[name]))
         estimates.append(MetricEstimate(name, float(result.values[name]), low, high))
     return HeadlineMetrics(estimates=tuple(estimates), n_boot=n_boot, unit=unit, n_units=plan.n_units,
-                           n_single_specimen_classes=plan.n_image_units, **common)
+                           n_single_specimen_classes=plan.n_image_units,
+                           n_unclustered_classes=plan.n_unclustered_classes, **common)
 
 
 # ----------------------------------------------------------------------------------------------------------------

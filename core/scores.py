@@ -12,7 +12,12 @@ number of units) in every resample, so no class vanishes from a resample and mac
 classes as the point estimate. A specimen's class (its stratum) is the most common label among its images (ties:
 the lower class index); its images keep their own labels when scored, so a specimen whose images carry different
 labels is drawn whole, counted under its majority class. A class with a single specimen has its images resampled
-instead (one specimen cannot be resampled; no interval can then show how another specimen of it would fare).
+instead (one specimen cannot be resampled; no interval can then show how another specimen of it would fare), and
+so does a class whose specimens are not *clustered*: whose specimens differ no more than its images would by
+chance (`design_effect` at most 1: Pearson's X^2 of the class's specimen x outcome table over its degrees of
+freedom, about 1 + (images per specimen - 1) x the intra-class correlation; e.g. a near-perfect class whose few
+specimens are all right). There its images carry image-level information, and the spread of its specimens, which
+a few specimens estimate poorly (none at all when they all agree), is no better a guide than its images'.
 
 The product's intervals ("bayes", `DEFAULT_METHOD`) come from the stratified Bayesian bootstrap with a Jeffreys
 prior per class (`ResamplingPlan.resample_bayes`): in every draw the units of a class get Dirichlet weights (Rubin
@@ -25,59 +30,84 @@ the prior pulls every draw off a 0 or 1 estimate.
 How far the draws spread is set by the total Dirichlet mass A of each class stratum (units and pseudo-images
 together, `stratum_mass`): a Dirichlet-weighted mean of m values varies by sigma_n^2 / (A + 1) (sigma_n^2: their
 variance about their mean, divided by m).
-- m specimens: A = m - 2 (at least 1), so a class's rate varies by s^2 / m, the unbiased variance of a mean of m
-  specimens (s^2 divides by m - 1) and the variance of the rescaled bootstrap below. The plain Bayesian bootstrap
-  (A = m) and the ordinary bootstrap shrink it by (m - 1) / m or more, which a few specimens cannot afford: a
-  specimen's rate has a spread of its own that m specimens estimate with m - 1 degrees of freedom. The prior's
-  pseudo-images take their mass from that total.
+- m specimens (a clustered class): A = m - 2 (at least 1), so a class's rate varies by s^2 / m, the unbiased
+  variance of a mean of m specimens (s^2 divides by m - 1) and the variance of the rescaled bootstrap below. The
+  plain Bayesian bootstrap (A = m) and the ordinary bootstrap shrink it by (m - 1) / m or more, which a few
+  specimens cannot afford: a specimen's rate has a spread of its own that m specimens estimate with m - 1 degrees
+  of freedom. The prior's pseudo-images take their mass from that total.
 - m single images (the image unit, or specimens of one image): A = m + 3/2 - 1. A 0/1 outcome's spread follows
   from its rate, so nothing is left to estimate and the mass is near the Jeffreys posterior's (m + 3/2: then
   Beta(s + 1/2, f + 1/2) exactly). One less, by measurement on a class of three single images: the full Jeffreys
   mass covered its F1 92.4%, m + 3/2 - 1.5 96.1% (balanced accuracy 97.3%), the previous total m - 1 98.7%.
-- the images of a class's lone specimen (resampled as units, see above): A = m + 3/2 - 2. They share a specimen, so
-  they vary together more than independent images: with the full Jeffreys mass a 1-specimen x 3-image class's
-  F1 was covered 87.0% (balanced accuracy 92.1%), with m + 3/2 - 1.5 93.0% (93.4%).
+- m images resampled within their specimens (a lone specimen's, an unclustered class's, see above):
+  A = m + 3/2 - 2. They share specimens, so they vary together more than independent images: with the full
+  Jeffreys mass a 1-specimen x 3-image class's F1 was covered 87.0% (balanced accuracy 92.1%), with m + 3/2 - 1.5
+  93.0% (93.4%). (For an unclustered class of 4 specimens, m + 3/2 - 1 changed next to nothing: rare F1 93.7%
+  against 94.2% at 1,000 sets, the same mean width 0.43.)
 A stratum mixing specimens and single images blends the two by their shares. Calibration's plans
-(`class_prior=False`) take the same totals without pseudo-images.
+(`class_prior=False`) take the same units and totals without pseudo-images.
 
-The choices, by measurement (`benchmarks/bench_coverage.py`, 1,000 sets unless said): the previous total m - 1 for
-every stratum covered a 4-specimen class's F1 92.0% (2,000 sets) and over-covered three single images (balanced
-accuracy 97.5%, rare F1 98.7%); a prior only where a class's rate is exactly 0 or 1 (no pull towards 1/2 elsewhere)
-covered the 4-specimen class's F1 82.5% (the pseudo-images' spread is what a few specimens need); earlier (200
-sets): the plain total m covered macro-F1 92.8%, pseudo-units of a whole specimen over-covered small classes and
-pulled the demo's near-perfect scores down, a prior centred on the table's accuracy covered 85-93%, re-centring the
-draws on the point value lost what the prior gives (balanced accuracy 75% with a 3-image class).
+The choices, by measurement (`benchmarks/bench_coverage.py`, 1,000 sets unless said). A near-perfect rare class
+(4 specimens, right 90% of the time) over-covered its F1 98.8% while every class's specimens were resampled with
+A = m - 2: its specimens usually all agree (all right), so its spread came only from the pseudo-images, and m - 2
+leaves them a large share of a small total. The candidates for it:
+- m - 2 for every class of specimens (the previous method): that rare F1 98.8%, accuracy 94.2% (table below);
+- m - 1.5 for every class of specimens: accuracy and macro-F1 down to 92.9% and 93.1% there (700 sets), while the
+  4-specimen class right half of the time needs m - 2 (its F1 covered 92.0% with m - 1);
+- the design effect deciding per class between its specimens (A = m - 2) and its images (the winner, above): that
+  rare F1 93.7% (2,000 sets); no other cell moved by more than 1.3 points (that scenario's balanced accuracy and
+  macro-F1 at 1,000 sets, which lean on the same class's recall): one rule, no tuned constant (the threshold 1 is
+  what independent images give on average), and it keeps the m - 2 that clustered classes need.
+A mass continuous in the estimated intra-class correlation was not pursued: the specimens' Dirichlet weights
+already carry the between-specimen spread, so no mass on 4 specimens can make them carry image-level information;
+a studentised (bootstrap-t) interval needs a variance per draw of every statistic (macro-F1 over 300 classes), a
+nested or jackknife computation per draw. Earlier: the previous total m - 1 for every stratum covered a 4-specimen
+class's F1 92.0% (2,000 sets) and over-covered three single images (balanced accuracy 97.5%, rare F1 98.7%); a
+prior only where a class's rate is exactly 0 or 1 (no pull towards 1/2 elsewhere) covered the 4-specimen class's F1
+82.5% (the pseudo-images' spread is what a few specimens need); earlier (200 sets): the plain total m covered
+macro-F1 92.8%, pseudo-units of a whole specimen over-covered small classes and pulled the demo's near-perfect
+scores down, a prior centred on the table's accuracy covered 85-93%, re-centring the draws on the point value lost
+what the prior gives (balanced accuracy 75% with a 3-image class).
 
 Why not the bootstrap's own fixes: with m = 4 specimens a resample sees 4 values, so its percentiles under-cover
 (a t-quantile with 3 degrees of freedom, not a normal one) and a class whose few units all agree has no spread at
 all; BCa's bias correction cannot create spread that is not in the resamples (one specimen x 3 images: balanced
 accuracy covered 65.8% at 400 sets). Coverage of the population value, nominal 95% (specimens of 2-5 correlated
-images, classes of 40 to 4 specimens; `python benchmarks/bench_coverage.py --sets 1000 --boot 500`):
+images, classes of 40 to 4 specimens; `python benchmarks/bench_coverage.py --sets 1000 --boot 500
+--recipes image:percentile,image:bayes,specimen:percentile,specimen:bayes`; the product's rows also with
+`--sets 2000 --recipes specimen:bayes`):
 
-    scenario (rare class)        recipe                accuracy  bal. acc.  macro-F1  rare F1
-    4 specimens of 2-5 images    image, percentile        81.1%     78.7%     80.2%    78.4%
-                                 image, bayes             80.9%     78.7%     79.6%    80.2%
-                                 specimen, percentile     94.0%     91.8%     93.2%    87.5%
-                                 specimen, bayes          95.3%     96.2%     96.0%    96.9%
-    1 specimen x 3 images        image, percentile        82.1%     56.1%     79.2%    74.4%
-                                 image, bayes             82.9%     86.7%     84.9%    86.2%
-                                 specimen, percentile     94.3%     69.1%     90.9%    80.9%
-                                 specimen, bayes          96.2%     95.0%     95.3%    95.0%
-    3 specimens x 1 image        image, percentile        79.5%     79.8%     83.5%    88.1%
-                                 image, bayes             79.8%     90.9%     82.8%    92.7%
-                                 specimen, percentile     93.5%     85.1%     92.9%    90.0%
-                                 specimen, bayes          95.1%     96.1%     95.4%    95.2%
-    4 specimens, right 90%       image, percentile        79.6%     79.6%     79.9%    75.3%
-                                 image, bayes             79.2%     80.0%     79.0%    80.7%
-                                 specimen, percentile     93.5%     92.2%     92.3%    90.8%
-                                 specimen, bayes          94.2%     96.5%     95.6%    98.8%
+    scenario (rare class)        recipe                    sets  accuracy  bal. acc.  macro-F1  rare F1
+    4 specimens of 2-5 images    image, percentile         1000     81.1%     78.7%     80.2%    78.4%
+                                 image, bayes              1000     80.9%     78.7%     79.6%    80.2%
+                                 specimen, percentile      1000     94.0%     91.7%     93.1%    88.3%
+                                 specimen, bayes           1000     95.2%     96.3%     96.0%    95.5%
+                                 specimen, bayes           2000     95.7%     96.7%     96.0%    95.3%
+                                 (previous: all by specimen 1000    95.3%     96.2%     96.0%    96.9%)
+    1 specimen x 3 images        image, percentile         1000     82.1%     56.1%     79.2%    74.4%
+                                 image, bayes              1000     82.9%     86.7%     84.9%    86.2%
+                                 specimen, percentile      1000     94.3%     68.7%     91.1%    80.4%
+                                 specimen, bayes           1000     96.4%     94.9%     95.3%    94.7%
+                                 specimen, bayes           2000     95.5%     94.9%     95.1%    94.9%
+                                 (previous: all by specimen 1000    96.2%     95.0%     95.3%    95.0%)
+    3 specimens x 1 image        image, percentile         1000     79.5%     79.8%     83.5%    88.1%
+                                 image, bayes              1000     79.8%     90.9%     82.8%    92.7%
+                                 specimen, percentile      1000     93.3%     85.0%     92.8%    90.0%
+                                 specimen, bayes           1000     95.1%     96.0%     95.3%    95.4%
+                                 specimen, bayes           2000     95.0%     95.9%     95.5%    95.8%
+                                 (previous: all by specimen 1000    95.1%     96.1%     95.4%    95.2%)
+    4 specimens, right 90%       image, percentile         1000     79.6%     79.6%     79.9%    75.3%
+                                 image, bayes              1000     79.2%     80.0%     79.0%    80.7%
+                                 specimen, percentile      1000     93.5%     92.6%     92.6%    88.9%
+                                 specimen, bayes           1000     93.9%     95.2%     94.4%    94.2%
+                                 specimen, bayes           2000     94.5%     96.0%     95.4%    93.7%
+                                 (previous: all by specimen 1000    94.2%     96.5%     95.6%    98.8%)
 
-(1,000 sets: one standard error is about 0.7 points.) The product's recipe (specimen, bayes) covers 94-97% in every
-cell but one: a 4-specimen class right 90% of the time has its F1 over-covered (98.8%; its true F1 was never below
-the interval): the m - 2 mass that a 4-specimen class right half of the time needs (its F1 96.9%; 92.0% with m - 1) is
-wider than a near-perfect class needs, and a mass between (m - 1.5) covered accuracy and macro-F1 only 92.9% and
-93.1% there (700 sets). Resampling images falls short throughout (accuracy 79-83%, the rest 56-93%): images of one
-specimen are not independent.
+(One standard error: about 0.7 points at 1,000 sets, 0.5 at 2,000.) The product's recipe (specimen, bayes) covers
+93.7-96.7% in every cell at 2,000 sets (93.9-96.4% at 1,000). Its F1 interval for the near-perfect rare class
+narrowed from a mean width of 0.49 to 0.43; elsewhere the widths moved by under 0.01. Resampling images falls short
+throughout (accuracy 79-83%, the rest 56-93%): images of one specimen are not independent. Setting
+`CLUSTERED_DESIGN_EFFECT = -inf` resamples every class of specimens by specimen again (the previous method).
 
 The classical draws remain for comparison (`BootstrapConfig(method="bca" | "percentile")`): the rescaled bootstrap
 (Rao & Wu 1988): a stratum of m units gets m - 1 draws with replacement, each weighted m / (m - 1), which keeps the
@@ -125,7 +155,9 @@ DEFAULT_METHOD: IntervalMethod = "bayes"  # the product's interval (see benchmar
 JEFFREYS_MASS = 0.5  # prior mass of each pseudo-image (right, missed, false alarm) of a class stratum
 SPECIMEN_MASS_LESS = 2.0  # a stratum of m specimens has Dirichlet mass m - 2 (at least 1): variance s^2 / m
 IMAGE_MASS_LESS = 1.0  # a stratum of m single images has mass m + its prior's mass - 1 (at least 1)
-LONE_SPECIMEN_MASS_LESS = 2.0  # the images of a class's lone specimen: mass m + prior's - 2 (they share a specimen)
+LONE_SPECIMEN_MASS_LESS = 2.0  # images resampled within their specimens (a lone specimen's, an unclustered class's):
+#                                mass m + prior's - 2 (images of one specimen vary together more than independent ones)
+CLUSTERED_DESIGN_EFFECT = 1.0  # a class's specimens are resampled when its design effect exceeds this, else its images
 BOOT_CHUNK_NUMBERS = 4_000_000  # resample counts are drawn in chunks of about this many numbers (memory bound)
 _MAX_MERGED_UNIT = 16  # units with more images than this are never merged into a type (bounds the padded key)
 
@@ -139,9 +171,10 @@ def stratum_mass(units: np.ndarray, *, prior_mass: float, single_share: np.ndarr
 
     `units`: `(H,)` units per stratum; `prior_mass`: the pseudo-images' mass per stratum (0 without a class prior);
     `single_share`: `(H,)` share of each stratum's units that are single images; `lone`: `(H,)` True where the
-    units are the images of the class's lone specimen. A stratum of m specimens gets m - `SPECIMEN_MASS_LESS`, one
-    of m single images m + `prior_mass` - `IMAGE_MASS_LESS` (`LONE_SPECIMEN_MASS_LESS` for a lone specimen's
-    images), a mixed one the blend by `single_share`; at least 1. The module docstring says why.
+    units are images resampled within their specimens (a class's lone specimen, or an unclustered class's
+    specimens). A stratum of m specimens gets m - `SPECIMEN_MASS_LESS`, one of m single images
+    m + `prior_mass` - `IMAGE_MASS_LESS` (`LONE_SPECIMEN_MASS_LESS` where `lone`), a mixed one the blend by
+    `single_share`; at least 1. The module docstring says why.
     """
     units = np.asarray(units, dtype=np.float64)
     specimens = np.maximum(units - SPECIMEN_MASS_LESS, 1.0)
@@ -366,20 +399,27 @@ class ResamplingPlan:
         cell_true = rest
 
         # Strata: a unit's class is its most common label (ties: the lower class index). A class with one specimen
-        # cannot show its variation by resampling specimens (every resample holds that specimen), so its images
-        # become the units of its stratum.
+        # cannot show its variation by resampling specimens (every resample holds that specimen), and a class whose
+        # specimens differ no more than its images would by chance (design effect at most 1) has its information in
+        # its images: in both, its images become the units of its stratum (see the module docstring).
         stratum_of_unit = _majority_label(unit_of_row, y_true, n_units, k)
-        lone = np.bincount(stratum_of_unit, minlength=k)[stratum_of_unit] == 1
-        lone &= np.bincount(unit_of_row, minlength=n_units) > 1
-        self._lone_strata = np.unique(stratum_of_unit[lone]) if self.unit == "specimen" else np.zeros(0, np.int64)
-        if self.unit == "specimen" and lone.any():
-            split_rows = lone[unit_of_row]
+        several = np.bincount(unit_of_row, minlength=n_units) > 1
+        lone = (np.bincount(stratum_of_unit, minlength=k)[stratum_of_unit] == 1) & several
+        split = lone.copy()
+        if self.unit == "specimen":
+            clustered = design_effect(unit_of_row, cell_of_row, stratum_of_unit, k) > CLUSTERED_DESIGN_EFFECT
+            split |= ~clustered[stratum_of_unit] & several
+        self._image_strata = np.unique(stratum_of_unit[split]) if self.unit == "specimen" else np.zeros(0, np.int64)
+        self.n_unclustered_classes = int(len(np.unique(stratum_of_unit[split & ~lone])))  # classes resampled by image
+        if self.unit == "specimen" and split.any():
+            split_rows = split[unit_of_row]
             unit_of_row = unit_of_row.copy()
             unit_of_row[split_rows] = n_units + np.arange(int(split_rows.sum()))
             unit_of_row = np.unique(unit_of_row, return_inverse=True)[1].ravel()
             n_units = int(unit_of_row.max()) + 1
             stratum_of_unit = _majority_label(unit_of_row, y_true, n_units, k)
         self.n_image_units = int(lone.sum())  # specimens resampled as images (their class has no other specimen)
+        self.n_unclustered_specimens = int((split & ~lone).sum())  # specimens resampled as images (unclustered class)
 
         # Types: units with the same stratum and the same multiset of cells.
         type_of_unit = self._types(unit_of_row, cell_of_row, stratum_of_unit)
@@ -514,7 +554,7 @@ class ResamplingPlan:
         units = np.bincount(position, weights=self.multiplicity, minlength=h)  # real units per stratum
         type_images = np.asarray(self._map[:, -1].todense()).ravel()  # images of one unit of each type
         single = np.bincount(position, weights=self.multiplicity * (type_images == 1), minlength=h) / units
-        total = stratum_mass(units, prior_mass=3 * mass, single_share=single, lone=np.isin(strata, self._lone_strata))
+        total = stratum_mass(units, prior_mass=3 * mass, single_share=single, lone=np.isin(strata, self._image_strata))
         scale = total / (units + 3 * mass)
         self._bayes_shape = np.r_[self.multiplicity * scale[position], np.tile(mass * scale, 3)]
         carried = np.r_[type_images, one, one, 0 * one]
@@ -546,13 +586,17 @@ class ResamplingPlan:
         return self.tally(self.multiplicity[None, :])
 
     def resample(self, n_boot: int, seed: int | None) -> Iterator[Tally]:
-        """Tallies of `n_boot` stratified resamples, in chunks (memory bound by `BOOT_CHUNK_NUMBERS`).
+        """Tallies of `n_boot` stratified resamples, in chunks of draws (memory bound by `BOOT_CHUNK_NUMBERS`); the
+        resamples are the same whatever the chunk size.
 
         Rescaled bootstrap: a stratum of m units gets m - 1 draws with replacement, each weighted m / (m - 1), so
         the class keeps its total weight and small strata keep their full variance (with m draws a stratum's
         variance shrinks by (m - 1) / m: half for two specimens); a stratum of one unit is fixed.
         """
         rng = np.random.default_rng(seed)
+        # One stream per multinomial stratum (spawned: the main stream is untouched), so no stream's draws interleave
+        # with another's and the resamples do not depend on the chunking.
+        streams = rng.spawn(len(self._multinomial))
         per_resample = max(self.n_types, len(self._draw_offset))
         chunk = max(1, BOOT_CHUNK_NUMBERS // max(per_resample, 1))
         t = self.n_types
@@ -568,12 +612,13 @@ class ResamplingPlan:
             else:
                 weights = np.zeros((size, t))
             weights[:, self._fixed_types] = self.multiplicity[self._fixed_types]
-            for types, m, probabilities in self._multinomial:
-                weights[:, types] = rng.multinomial(m - 1, probabilities, size=size) * (m / (m - 1))
+            for stream, (types, m, probabilities) in zip(streams, self._multinomial, strict=True):
+                weights[:, types] = stream.multinomial(m - 1, probabilities, size=size) * (m / (m - 1))
             yield self.tally(weights)
 
     def resample_bayes(self, n_boot: int, seed: int | None) -> Iterator[Tally]:
-        """Tallies of `n_boot` draws of the stratified Bayesian bootstrap with a Jeffreys prior, in chunks.
+        """Tallies of `n_boot` draws of the stratified Bayesian bootstrap with a Jeffreys prior, in chunks of draws
+        (memory bound by `BOOT_CHUNK_NUMBERS`; the draws are the same whatever the chunk size).
 
         Per class stratum of m units, the units and the stratum's three pseudo-units (`_prepare_prior`) get
         Dirichlet weights (mass 1 per unit, `JEFFREYS_MASS` per pseudo-unit, all scaled to the stratum's total
@@ -600,6 +645,27 @@ class ResamplingPlan:
         for start in range(0, self.n_types, chunk_types):
             rows = slice(start, min(start + chunk_types, self.n_types))
             yield self._split(total[None, :] - self._map[rows].toarray()), self.multiplicity[rows]
+
+
+def design_effect(unit_of_row: np.ndarray, cell_of_row: np.ndarray, stratum_of_unit: np.ndarray, k: int
+                  ) -> np.ndarray:
+    """`(k,)` design effect of each class stratum: Pearson's X^2 of its (unit x cell) table over its degrees of
+    freedom (about 1 when its units differ no more than its images would by chance, larger when images of a unit
+    agree); 0 where the stratum has one unit or one cell."""
+    n_cells = int(cell_of_row.max()) + 1
+    pairs, observed = np.unique(unit_of_row * n_cells + cell_of_row, return_counts=True)
+    pair_unit, pair_cell = pairs // n_cells, pairs % n_cells
+    unit_images = np.bincount(unit_of_row, minlength=len(stratum_of_unit)).astype(np.float64)
+    pair_stratum = stratum_of_unit[pair_unit]
+    cells, cell_images = np.unique(pair_stratum * n_cells + pair_cell, return_inverse=True)
+    cell_images = np.bincount(cell_images.ravel(), weights=observed.astype(np.float64))[cell_images.ravel()]
+    stratum_images = np.bincount(stratum_of_unit, weights=unit_images, minlength=k)
+    expected = unit_images[pair_unit] * cell_images / stratum_images[pair_stratum]
+    chi2 = np.bincount(pair_stratum, weights=observed**2 / expected, minlength=k) - stratum_images
+    units = np.bincount(stratum_of_unit, minlength=k)
+    n_cells_in = np.bincount(cells // n_cells, minlength=k)
+    df = np.maximum(units - 1, 0) * np.maximum(n_cells_in - 1, 0)
+    return ratio(chi2, df)
 
 
 def _majority_label(unit_of_row: np.ndarray, y_true: np.ndarray, n_units: int, k: int) -> np.ndarray:

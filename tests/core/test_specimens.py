@@ -29,3 +29,19 @@ def test_specimen_table_majority_label_and_conflicts():
     table = _table(["bee", "ant", "bee"], None, probs=probs, specimens=["x", "x", "x"])
     spec = specimen_table(table)
     assert spec.frame["label"].tolist() == ["bee"] and spec.meta["n_label_conflicts"] == 1
+
+
+def test_specimen_means_in_small_chunks_equal_the_whole_computation():
+    # 60 images of 17 specimens (1-6 images each, interleaved): chunks of 8 probabilities (2 rows of 4 classes, a
+    # specimen of more rows still whole) give the same float32 means, bit for bit, as one chunk.
+    rng = np.random.default_rng(0)
+    specimens = [f"s{i}" for i in rng.permutation(np.repeat(np.arange(17), rng.integers(1, 7, 17)))]
+    n = len(specimens)
+    probs = rng.dirichlet(np.ones(4), n).astype(np.float32)
+    table = _table(list(rng.choice(["ant", "bee", "cricket"], n)), None, probs=probs, specimens=specimens)
+    whole = specimen_table(table, chunk_numbers=10**9)
+    chunked = specimen_table(table, chunk_numbers=8)
+    np.testing.assert_array_equal(chunked.pred_probs, whole.pred_probs)
+    assert chunked.frame.equals(whole.frame)
+    first = specimens[0]
+    np.testing.assert_allclose(whole.pred_probs[0], probs[[s == first for s in specimens]].mean(axis=0), rtol=1e-6)
