@@ -273,17 +273,22 @@ def _print_table(args: argparse.Namespace, results: list, note: str = "") -> Non
 
 
 # Run in a child process so its memory does not count towards the server's peak RSS.
+# The table is opened as the pages open it (core.probs_sidecar: float16 memory map), so the keys match theirs.
 _WARM = """
-import sys, time
+import resource, sys, time
+from core.prediction_paths import predictions_path
+from core.probs_sidecar import open_table
 from core.result_cache import PAGE_INTERVALS, RESULTS_DIR, warm_interval_results
 from core.workspace import load_workspace
-from models.inference import cached_predictions
 workspace = load_workspace(sys.argv[1])
-table = cached_predictions(workspace, "synthetic")
-start = time.perf_counter()
+dataset = workspace.load_dataset()
+table = open_table(predictions_path(workspace, "synthetic", dataset=dataset), dataset.samples)
+start, cpu = time.perf_counter(), time.process_time()
 n = warm_interval_results(table, workspace.cache_dir / "predictions" / RESULTS_DIR, config=PAGE_INTERVALS,
                           splits=(sys.argv[2],))
-print(f"{n} results in {time.perf_counter() - start:.1f}s")
+peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
+print(f"{n} results in {time.perf_counter() - start:.1f}s ({time.process_time() - cpu:.1f}s CPU), "
+      f"peak RSS {peak:.2f} GB")
 """
 
 # The review page's ranking and prediction-set thresholds, stored under the keys the page computes (the split's table
