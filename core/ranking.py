@@ -286,9 +286,12 @@ def ranking_code_version() -> str:
 def label_issue_key(table_token: str, reference_token: str, crossval_key: str) -> str:
     """The on-disk key of a stored ranking: the ranked table's content token, its kNN reference's, the
     cross-validated table's key and the ranking code (`ranking_code_version`)."""
-    from core.result_cache import result_key
+    import hashlib
+    import json
 
-    return result_key("label-issues", table_token, reference_token, crossval_key, ranking_code_version())
+    # not core.result_cache.result_key: that one covers the interval code, which a ranking does not depend on
+    blob = json.dumps([table_token, reference_token, crossval_key, ranking_code_version()])
+    return f"label-issues-{hashlib.sha256(blob.encode()).hexdigest()[:24]}"
 
 
 def cached_label_issues(folder: Path | None, key: str, table: PredictionTable, *,

@@ -4,6 +4,7 @@ actor: the signed-in account, or the local name typed in the sidebar)."""
 from __future__ import annotations
 
 import hashlib
+import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -18,7 +19,7 @@ from core.errors import USER_ERRORS, user_message
 from core.labelstore import LabelStore, SampleState, open_label_store
 from core.predictions import PredictionTable, table_token
 from core.ranking import LabelIssueRanking, cached_label_issues, label_issue_key, typical_examples
-from core.result_cache import cached_result, result_key
+from core.result_cache import cached_result
 from core.workspace import Workspace
 from pages._access import current_actor, explain_hidden
 from pages._cached import PageContext, get_predictions, predictions_key
@@ -98,8 +99,9 @@ def stored_set_calibration(folder: Path | None, calibration_token: str, config: 
         fit = conformal.calibrate_on_table(calibration, config)
         return pd.DataFrame({"threshold": fit.thresholds, "n_calibration": fit.n_calibration})
 
-    code = hashlib.sha256(Path(conformal.__file__).read_bytes()).hexdigest()[:16]
-    key = result_key("set-calibration", calibration_token, sorted(asdict(config).items()), code)
+    digest = hashlib.sha256(Path(conformal.__file__).read_bytes())  # the conformal code, not the interval code
+    digest.update(json.dumps([calibration_token, sorted(asdict(config).items())]).encode())
+    key = f"set-calibration-{digest.hexdigest()[:24]}"
     stored = cached_result(folder, key, compute)
     return ConformalCalibration(stored["threshold"].to_numpy(dtype=np.float64), stored["n_calibration"].to_numpy(),
                                 config)
