@@ -74,7 +74,8 @@ def test_a_due_recheck_runs_in_the_background_and_the_rerun_does_not_wait(drawn_
         return counting_path(*args, **kwargs)
 
     monkeypatch.setattr(pages._cached, "predictions_path", slow_recheck)
-    monkeypatch.setattr(pages._cached, "PREDICTIONS_PATH_TTL_S", 0)  # every known path is due
+    monkeypatch.setattr(pages._cached, "PREDICTIONS_PATH_TTL_S", 0)  # every known path is due, however long its
+    monkeypatch.setattr(pages._cached, "RECHECK_SHARE", 1e9)  # last check took
     app.run()  # returns while the re-check is still blocked: the page used the path it knew
     assert not app.exception, [e.value for e in app.exception]
     assert started.wait(60)
