@@ -35,6 +35,7 @@ from scipy import sparse
 from scipy.special import log_softmax
 
 from core.errors import TaxaLensError
+from core.modes import CONFIDENCE_MODES  # noqa: F401 (re-exported: the switch's names live in core.modes)
 from core.predictions import PredictionTable, build_prediction_table
 from core.ranking import grouped_folds
 from core.scores import BootstrapConfig, BootstrapResult, ResamplingPlan, Tally, bootstrap
@@ -44,7 +45,6 @@ logger = logging.getLogger(__name__)
 BinStrategy = Literal["uniform", "quantile"]
 BIN_STRATEGIES: dict[str, str] = {"uniform": "equal width", "quantile": "equal mass"}
 DEFAULT_BINS = 15
-CONFIDENCE_MODES: dict[str, str] = {"raw": "as the model gives them", "calibrated": "temperature-scaled"}
 CALIBRATION_METRICS: dict[str, str] = {"ece": "ECE", "mce": "MCE", "brier": "Brier score", "nll": "NLL",
                                        "accuracy": "Accuracy", "mean_confidence": "Mean confidence"}
 EXACT_FOLD_SPECIMENS = 300  # specimens up to which folds come from core.ranking.grouped_folds

@@ -16,12 +16,11 @@ import pandas as pd
 
 from core.agreement import is_disputed
 from core.labelstore import SampleState
+from core.modes import LABEL_MODES  # noqa: F401 (re-exported: the switch's names live in core.modes)
 from core.predictions import PredictionTable, build_prediction_table
 
 if TYPE_CHECKING:  # the headline metrics API (core.metrics today); only its estimates' fields are read here
     from core.metrics import HeadlineMetrics
-
-LABEL_MODES: dict[str, str] = {"given": "as given", "curated": "as curated"}  # mode -> what the switch shows
 
 
 @dataclass(frozen=True)

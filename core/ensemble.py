@@ -15,7 +15,6 @@ import numpy as np
 import pandas as pd
 
 from core.predictions import PredictionTable, build_prediction_table
-from core.scores import ClassCounts, class_scores
 from core.workspace import CONFIG_NAME, Workspace, toml_string, update_workspace_config, validate_entry_name
 
 if TYPE_CHECKING:
@@ -94,6 +93,8 @@ def class_weights_from_f1(tables: Sequence[PredictionTable], class_names: Sequen
     A class no model scores above 0 on (or that `split` lacks) falls back to equal weights among the models
     that have it, so every class stays predictable.
     """
+    from core.scores import ClassCounts, class_scores  # scipy: imported when an ensemble is combined, not to list one
+
     index = {name: i for i, name in enumerate(class_names)}
     has_class = _membership(tables, class_names)
     weights = np.zeros((len(tables), len(class_names)), dtype=np.float64)

@@ -28,7 +28,6 @@ from core.pools import (
     record_auto_accept,
     undo_auto_accept,
 )
-from pages import _confidence as confidence
 from pages._access import current_actor, may
 from pages._cached import PageContext, file_mtime_ns, get_predictions, table_token
 from pages._cam import prefetch_cam_maps
@@ -243,6 +242,8 @@ def auto_accept_panel(ctx: PageContext, store: LabelStore, pool: Pool, predictio
     target precision) in one recorded event, and can undo any such event."""
     if not may("auto_accept"):
         return
+    from pages import _confidence as confidence  # the calibration machinery: only a lead's panel needs it
+
     with st.expander("Auto-accept confident predictions (lead)"):
         table = get_predictions(ctx.workspace, ctx.checkpoint)
         val = table.for_split("val") if table is not None else None

@@ -2,23 +2,19 @@
 
 from __future__ import annotations
 
-import logging
 import os
 import sys
-import threading
-import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pandas as pd
 import streamlit as st
 
-from core.calibration import CONFIDENCE_MODES, calibrate_table, load_temperature, temperature_path
 from core.checkpoint_header import file_sha256
-from core.curation import LABEL_MODES
 from core.dataset import Dataset
 from core.ensemble import EnsembleSpec, ensemble_tables, read_ensemble_specs
 from core.errors import USER_ERRORS, TaxaLensError, user_message
+from core.modes import CONFIDENCE_MODES, LABEL_MODES
 from core.prediction_paths import predictions_path
 from core.predictions import PredictionTable, load_predictions, relabel_table, table_token  # noqa: F401 (re-exported)
 from core.probs_sidecar import open_table
@@ -26,8 +22,6 @@ from core.summary import class_count_table
 from core.workspace import CONFIG_NAME, Workspace, load_workspace
 from pages._state import KEY_CHECKPOINTS, KEY_CONFIDENCES, KEY_LABEL_MODE, KEY_SPLIT, KEY_WORKSPACE
 from pages._text import md, md_list
-
-logger = logging.getLogger(__name__)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEMO_WORKSPACE = REPO_ROOT / "demo_workspace"
@@ -80,14 +74,14 @@ def load_dataset(workspace: Workspace) -> Dataset:
 
 
 @st.cache_resource(show_spinner=False, max_entries=4)
-def _class_counts(dataset_id: int, _dataset: Dataset) -> tuple[pd.DataFrame, int]:
+def _class_counts(dataset_key: str, _dataset: Dataset) -> tuple[pd.DataFrame, int]:
     return class_count_table(_dataset), int(_dataset.samples["specimen_id"].nunique())
 
 
 def class_counts(dataset: Dataset) -> tuple[pd.DataFrame, int]:
     """The landing page's class table (`core.summary.class_count_table`) and the number of specimens, once per
-    dataset object (a million images: seconds, on every rerun otherwise). Treat the table as read-only."""
-    return _class_counts(id(dataset), dataset)
+    dataset load (a million images: seconds, on every rerun otherwise). Treat the table as read-only."""
+    return _class_counts(dataset_key(dataset), dataset)
 
 
 @st.cache_resource(show_spinner="Loading the model…", max_entries=4)
@@ -126,71 +120,38 @@ def _freeze(table: PredictionTable) -> None:
     table.embeddings.setflags(write=False)
 
 
-# `predictions_path` hashes the dataset's file list (one stat per image: about 1 s at 100,000 images, 12 to 20 s at a
-# million, unless the dataset's load-time stamps are fresh) and reads the checkpoint's header, so its answer is held
-# per (workspace, checkpoint, weights file, config, manifest, dataset object): new weights, a new config or a new
-# manifest change the key at once. Images replaced in place (same paths, new bytes) are noticed by a re-check that
-# runs on a background thread while the page goes on with the path it knows, at most every PREDICTIONS_PATH_TTL_S
-# and no more often than spends RECHECK_SHARE of the time re-checking (a 15 s check: every 12.5 minutes). A page
-# rerun never waits for one.
-PREDICTIONS_PATH_TTL_S = 30
-RECHECK_SHARE = 0.02
-
-
-@dataclass
-class _KnownPath:
-    """A predictions path and when it was checked (mutable: a background re-check updates it in place)."""
-
-    path: Path
-    checked: float  # time.monotonic() when the check finished
-    took: float  # seconds it took
-    refreshing: bool = False  # a re-check is running
-
-
-_KNOWN_PATH_LOCK = threading.Lock()
-
-
-def _check_path(workspace: Workspace, name: str, dataset: Dataset) -> _KnownPath:
-    # core.prediction_paths reads the checkpoint's header, not the model: no torch import on the landing page. The
-    # dataset's own file stamps (taken by its load) serve while younger than the TTL: a server start stats each
-    # image once, not twice.
-    start = time.monotonic()
-    path = predictions_path(workspace, name, dataset=dataset, max_stamp_age_s=PREDICTIONS_PATH_TTL_S)
-    return _KnownPath(path, time.monotonic(), time.monotonic() - start)
-
-
+# `predictions_path` hashes the dataset's file list and reads the checkpoint's header, so its answer is held per
+# (workspace, checkpoint, weights file, config, manifest, dataset load): new weights, a new config or a new manifest
+# change the key at once. The hash uses the file stamps the dataset's load took, so a rerun never stats the images
+# again (a million images: seconds each time); images edited in place (same paths, new bytes) are noticed when the
+# dataset is loaded again: a server restart, or the landing page's "Check the images again" (`recheck_images`).
 @st.cache_resource(show_spinner=False, max_entries=64)
-def _known_path(workspace_path: str, name: str, weights_stamp: tuple, config_stamp: int, manifest_stamp: int,
-                dataset_id: int, _workspace: Workspace, _dataset: Dataset) -> _KnownPath:
-    return _check_path(_workspace, name, _dataset)
-
-
-def _recheck(known: _KnownPath, workspace: Workspace, name: str, dataset: Dataset) -> None:
-    try:
-        fresh = _check_path(workspace, name, dataset)
-    except (*USER_ERRORS, OSError, ValueError) as exc:  # keep serving the known path; a later re-check says more
-        logger.warning("re-checking the predictions path of %s failed: %s", name, exc)
-        fresh = replace(known, checked=time.monotonic())
-    with _KNOWN_PATH_LOCK:
-        known.path, known.checked, known.took, known.refreshing = fresh.path, fresh.checked, fresh.took, False
+def _predictions_path(workspace_path: str, name: str, weights_stamp: tuple, config_stamp: int,
+                      manifest_stamp: int, dataset_key: str) -> Path:
+    # core.prediction_paths reads the checkpoint's header, not the model: no torch import on the landing page.
+    workspace = load_workspace(workspace_path)
+    return predictions_path(workspace, name, dataset=load_dataset(workspace))
 
 
 def predictions_file(workspace: Workspace, name: str) -> Path:
     """Where the predictions of checkpoint `name` are (or would be) cached; cheap on a warm rerun."""
     root = str(workspace.root)
-    dataset = load_dataset(workspace)
-    known = _known_path(root, name, checkpoint_stamp(workspace, name), _config_stamp(root), _manifest_stamp(workspace),
-                        id(dataset), workspace, dataset)
-    with _KNOWN_PATH_LOCK:
-        due = not known.refreshing and \
-            time.monotonic() - known.checked > max(PREDICTIONS_PATH_TTL_S, known.took / RECHECK_SHARE)
-        if due:
-            known.refreshing = True
-        path = known.path
-    if due:
-        threading.Thread(target=_recheck, args=(known, workspace, name, dataset), daemon=True,
-                         name="predictions-path-recheck").start()
-    return path
+    return _predictions_path(root, name, checkpoint_stamp(workspace, name), _config_stamp(root),
+                             _manifest_stamp(workspace), dataset_key(load_dataset(workspace)))
+
+
+def dataset_key(dataset: Dataset) -> str:
+    """A cache-key part naming one load of a dataset: its object id and the time its files were stat-ed (an id alone
+    may be reused by the next load once the old object is gone)."""
+    stamps = dataset.file_stamps
+    return f"{id(dataset)}@{stamps.taken_at if stamps is not None else ''}"
+
+
+def recheck_images(workspace: Workspace) -> None:
+    """Load the workspace's dataset again on the next run: every image stat-ed, new or changed ones checked again
+    (through the dataset index), and every cache keyed by the dataset load (predictions path, class counts) renewed."""
+    root = str(workspace.root)
+    _load_dataset.clear(root, _config_stamp(root), _manifest_stamp(workspace))
 
 
 def checkpoint_stamp(workspace: Workspace, name: str) -> tuple:
@@ -351,7 +312,7 @@ class PageContext:
         split = split or self.split
         if split in (None, "all"):
             return table
-        return _split_of(predictions_key(self.workspace, name), id(self.dataset), id(table), split, table)
+        return _split_of(predictions_key(self.workspace, name), dataset_key(self.dataset), id(table), split, table)
 
     @property
     def confidence_stamp(self) -> tuple:
@@ -359,24 +320,30 @@ class PageContext:
         checkpoint."""
         if self.confidences != "calibrated" or not self.checkpoint:
             return (self.confidences,)
+        from core.calibration import temperature_path  # scipy and the bootstrap: not on every page's import path
+
         return (self.confidences, file_mtime_ns(temperature_path(self.workspace.cache_dir, self.checkpoint)))
 
 
 # A split of a large table copies its rows' probabilities (val of 1M x 1,000: 400 MB of float16), so each split is
 # made once per table object, as the full table is held once per file and dataset object (`_cached_table`).
 @st.cache_resource(show_spinner=False, max_entries=8)
-def _split_of(predictions_key: str, dataset_id: int, table_id: int, split: str, _table: PredictionTable
+def _split_of(predictions_key: str, dataset_key: str, table_id: int, split: str, _table: PredictionTable
               ) -> PredictionTable:
     return _table.for_split(split)
 
 
 def stored_temperature(workspace: Workspace, name: str, table: PredictionTable):
     """The stored `TemperatureFit` of checkpoint `name` for the weights behind `table`, or None."""
+    from core.calibration import load_temperature
+
     return load_temperature(workspace.cache_dir, name, checkpoint_sha256=table.meta.get("checkpoint_sha256"))
 
 
 @st.cache_resource(show_spinner="Applying the temperature…", max_entries=8)
 def _calibrated(key: str, temperature: float, _table: PredictionTable) -> PredictionTable:
+    from core.calibration import calibrate_table
+
     table = calibrate_table(_table, temperature)
     _freeze(table)
     return table

@@ -15,7 +15,7 @@ from urllib.parse import urlencode
 
 import streamlit as st
 
-from core.curation import LABEL_MODES
+from core.modes import LABEL_MODES
 from pages._cached import SPLITS, default_workspace_path
 from pages._state import KEY_CHECKPOINTS, KEY_LABEL_MODE, KEY_SPLIT, KEY_URL_RESTORED, KEY_WORKSPACE
 

@@ -6,17 +6,27 @@ import pandas as pd
 import streamlit as st
 
 from core.errors import USER_ERRORS, user_message
-from core.pools import pool_counts, pool_label_frame
 from core.summary import checkpoint_rows
-from pages._annotate import pool_of
-from pages._cached import class_counts, ensemble_problem, missing_members, predictions_file, start_page
-from pages._review_support import label_store_or_problem
+from pages._cached import (
+    class_counts,
+    ensemble_problem,
+    missing_members,
+    predictions_file,
+    recheck_images,
+    start_page,
+)
 from pages._text import md
 
 ctx = start_page("TaxaLens")
 
 dataset = ctx.dataset
 st.caption(f"Workspace {md(ctx.workspace.root)} · dataset {md(dataset.source)}")
+if st.button("Check the images again", key="home-recheck", icon=":material/refresh:",
+             help="The images were checked when the server opened this dataset (new or changed files opened, the "
+             "others known by size and modification time); pages reuse that check. Check again after editing images "
+             "in place"):
+    recheck_images(ctx.workspace)
+    st.rerun()
 counts, n_specimens = class_counts(dataset)
 splits = [c for c in counts.columns if c != "total"]
 cols = st.columns(4)
@@ -37,6 +47,11 @@ else:
     st.info("No checkpoint listed yet: add `[[checkpoints]]` entries to taxalens.toml.")
 
 if ctx.workspace.pools:
+    # Imported only here: the label store (sqlalchemy) and the pool machinery cost a workspace without pools nothing.
+    from core.pools import pool_counts, pool_label_frame
+    from pages._annotate import pool_of
+    from pages._review_support import label_store_or_problem
+
     st.subheader("Unlabelled pools")
     pool_rows = []
     store, problem = label_store_or_problem(ctx)

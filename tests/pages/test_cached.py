@@ -56,32 +56,3 @@ def test_new_weights_are_noticed_at_once(drawn_workspace, open_page, counted):
         assert counted["predictions_path"] == cold["predictions_path"] + 1
     finally:
         os.utime(weights, ns=(stat.st_atime_ns, stat.st_mtime_ns))
-
-
-def test_a_due_recheck_runs_in_the_background_and_the_rerun_does_not_wait(drawn_workspace, open_page, counted,
-                                                                          monkeypatch):
-    import threading
-
-    app = open_page(drawn_workspace, "pages/home.py")
-    cold = dict(counted)
-    release, started = threading.Event(), threading.Event()
-    counting_path = pages._cached.predictions_path
-
-    def slow_recheck(*args, **kwargs):  # the stat pass of a million images, held until the test lets it go
-        if threading.current_thread().name == "predictions-path-recheck":
-            started.set()
-            assert release.wait(60)
-        return counting_path(*args, **kwargs)
-
-    monkeypatch.setattr(pages._cached, "predictions_path", slow_recheck)
-    monkeypatch.setattr(pages._cached, "PREDICTIONS_PATH_TTL_S", 0)  # every known path is due, however long its
-    monkeypatch.setattr(pages._cached, "RECHECK_SHARE", 1e9)  # last check took
-    app.run()  # returns while the re-check is still blocked: the page used the path it knew
-    assert not app.exception, [e.value for e in app.exception]
-    assert started.wait(60)
-    app.run()  # a second rerun while one re-check runs starts no other
-    release.set()
-    for thread in threading.enumerate():
-        if thread.name == "predictions-path-recheck":
-            thread.join(60)
-    assert counted["predictions_path"] == cold["predictions_path"] + 1

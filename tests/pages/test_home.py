@@ -35,9 +35,16 @@ def test_landing_page_shows_the_workspace(drawn_workspace, open_app):
     assert not any("members" in d.value.columns for d in app.dataframe)  # no [[ensembles]] in this workspace
 
 
+# What the landing page of a workspace without pools never needs: torch (the cached predictions are found from the
+# checkpoint's header), the calibration and curation machinery (the sidebar's switches are names from core.modes),
+# the label store (sqlalchemy), scipy, and the annotation and confidence page helpers.
+NOT_ON_THE_LANDING_PAGE = ("torch", "timm", "torchvision", "core.calibration", "core.curation", "core.labelstore",
+                           "sqlalchemy", "scipy", "pages._annotate", "pages._confidence", "pages._review_support")
+
+
 def test_the_landing_page_imports_no_torch(drawn_workspace):
-    """A server restart's first page finds the cached predictions from the checkpoint's header alone: torch, timm
-    and torchvision are never imported (run in a fresh interpreter; this test process has them loaded)."""
+    """A server restart's first page imports none of `NOT_ON_THE_LANDING_PAGE` (run in a fresh interpreter; this
+    test process has them loaded)."""
     code = (
         "import sys\n"
         "from streamlit.testing.v1 import AppTest\n"
@@ -46,9 +53,38 @@ def test_the_landing_page_imports_no_torch(drawn_workspace):
         "app.run()\n"
         "assert not app.exception, [e.value for e in app.exception]\n"
         "rows = next(d.value for d in app.dataframe if 'predictions' in d.value.columns)\n"
-        "print(sorted(m for m in ('torch', 'timm', 'torchvision') if m in sys.modules), rows['predictions'].tolist())\n"
+        f"print(sorted(m for m in {NOT_ON_THE_LANDING_PAGE!r} if m in sys.modules), rows['predictions'].tolist())\n"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=600,
                           env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.strip().splitlines()[-1] == "[] ['cached']"
+
+
+def test_a_rerun_reuses_the_image_check_and_check_again_sees_an_edited_image(tmp_path, open_app):
+    """Reruns never stat the images again (a million images: seconds each): an image edited in place is noticed when
+    the dataset is loaded again, which "Check the images again" does; the edited image's new stamp changes the
+    predictions key, so the predictions are no longer the cached ones."""
+    from PIL import Image
+
+    from tests.pages.eval_workspaces import build_drawn_workspace
+
+    root = build_drawn_workspace(tmp_path / "ws", scale=0.05)
+    app = open_app(root)
+
+    def predictions() -> list[str]:
+        return next(d.value for d in app.dataframe if "predictions" in d.value.columns)["predictions"].tolist()
+
+    assert predictions() == ["cached"]
+    edited = Path(load_workspace(root).load_dataset().samples["path"].iloc[0])
+    with Image.open(edited) as image:
+        image.convert("RGB").rotate(90).save(edited, format=image.format)  # in place: same path, new bytes
+    info = edited.stat()
+    os.utime(edited, ns=(info.st_atime_ns, info.st_mtime_ns + 2_000_000_000))
+    app.run()
+    assert not app.exception, [e.value for e in app.exception]
+    assert predictions() == ["cached"]  # the rerun used the load's check of the files
+    app.button(key="home-recheck").click().run()
+    assert not app.exception, [e.value for e in app.exception]
+    assert predictions() == ["not computed"]
+    assert {m.label: m.value for m in app.metric}["Images"] == f"{len(load_workspace(root).load_dataset()):,}"
