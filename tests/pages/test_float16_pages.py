@@ -102,3 +102,22 @@ def test_review_ranking_equals_the_float32_path_and_is_read_from_disk_after_a_re
     app = open_page(root, "pages/review.py", state={"rv-kind": "likely_errors"})
     assert any(f"queue rank 1 · {first}" in plain(c.value) for c in app.caption)
     assert next(plain(m.value) for m in app.markdown if "Prediction set" in m.value) == set_line
+
+
+def test_the_cache_command_keeps_the_current_tables_sidecars(half_workspace, open_page):
+    from core.probs_sidecar import sidecar_paths
+    from core.workspace import load_workspace
+    from models.prediction_cache import cache_report, prune_cache
+
+    root, path = half_workspace
+    open_page(root, "pages/confusion.py")  # the pages' first open writes them
+    sidecars = sidecar_paths(path)
+    assert all(p.is_file() for p in sidecars)
+    entries = {e.path: e for e in cache_report(load_workspace(root))}
+    assert all(not entries[p].stale and entries[p].checkpoint == CHECKPOINT for p in sidecars)
+    old = [path.with_name(f"{CHECKPOINT}-{'0' * 24}{p.name.removeprefix(path.name.removesuffix('.parquet'))}")
+           for p in sidecars]  # the sidecars of an older table of the same checkpoint
+    for stale in old:
+        stale.write_bytes(b"old")
+    prune_cache(load_workspace(root))
+    assert all(p.is_file() for p in sidecars) and not any(p.exists() for p in old)
