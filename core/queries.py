@@ -56,6 +56,29 @@ def filter_predictions(
     return rows.sort_values(sort_by, ascending=not descending, kind="stable", na_position="last").reset_index(drop=True)
 
 
+def first_positions(values: np.ndarray, n: int, *, ascending: bool = True) -> np.ndarray:
+    """Positions of the first `n` entries of `values` `(N,)` in stable sorted order, NaN last: equal to
+    `np.argsort(values, kind="stable")[:n]` (descending: of `-values`, ties still in position order), but one
+    `argpartition` plus a sort of about `n` entries, not a sort of all N (a gallery page of 24 out of 400,000 rows).
+    """
+    values = np.asarray(values, dtype=np.float64)
+    key = values if ascending else -values
+    key = np.where(np.isnan(key), np.inf, key)  # NaN last either way
+    nan_last = np.isnan(values)
+    total = len(key)
+    n = max(0, min(int(n), total))
+    if n == 0:
+        return np.zeros(0, dtype=np.int64)
+    if n < total:
+        boundary = np.partition(key, n - 1)[n - 1]
+        candidates = np.flatnonzero(key <= boundary)  # every tie of the boundary value, in position order
+    else:
+        candidates = np.arange(total)
+    # finite before infinite-but-not-NaN before NaN, then the key, then the position (stable)
+    order = np.lexsort((candidates, nan_last[candidates], key[candidates]))
+    return candidates[order][:n].astype(np.int64)
+
+
 def top_predictions(table: PredictionTable, row: int, *, k: int = 5) -> pd.DataFrame:
     """The `k` most probable classes for table row `row`: class, probability (highest first)."""
     probs = table.pred_probs[row]

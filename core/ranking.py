@@ -10,6 +10,7 @@ from __future__ import annotations
 import warnings
 from collections.abc import Collection
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -109,7 +110,9 @@ def out_of_sample_table(table: PredictionTable, *, cv_table: PredictionTable | N
     n_rows = sum(len(part) for part, _ in parts)
     combined = PredictionTable(
         frame=pd.concat(frames, ignore_index=True),
-        pred_probs=np.concatenate([part.pred_probs for part, _ in parts]).astype(np.float32, copy=False),
+        # one part (no cross-validated rows): converted once, not concatenated first (a copy fewer at 1M rows)
+        pred_probs=parts[0][0].pred_probs.astype(np.float32, copy=False) if len(parts) == 1
+        else np.concatenate([part.pred_probs for part, _ in parts]).astype(np.float32, copy=False),
         # embeddings of the two sources may differ in width; ranking does not need them then
         embeddings=np.concatenate([part.embeddings for part, _ in parts]) if len(widths) == 1
         else np.zeros((n_rows, 0), dtype=np.float32),
@@ -224,7 +227,7 @@ def _rank(table: PredictionTable, messages: list[str], *, method: str, filter_by
         unknown = sorted(frame.loc[~scorable, "label"].unique())
         messages.append(f"{int((~scorable).sum())} sample(s) carry labels the model does not know ({unknown[:5]}); "
                         "they cannot be scored and are listed last")
-    probs = table.pred_probs[scorable]
+    probs = table.pred_probs if scorable.all() else table.pred_probs[scorable]  # no copy when every row scores
     y = labels[scorable]
     quality = np.full(n, np.nan)
     flagged = np.zeros(n, dtype=bool)
@@ -267,6 +270,68 @@ def _rank(table: PredictionTable, messages: list[str], *, method: str, filter_by
     out = out.iloc[order].reset_index(drop=True)
     out.insert(0, "rank", np.arange(1, n + 1))
     return LabelIssueRanking(out, tuple(table.class_names), rare, tuple(messages))
+
+
+def ranking_code_version() -> str:
+    """sha256 (16 hex) of this module's source and the cleanlab version: part of a stored ranking's key, so a
+    change to the ranking never serves an old one."""
+    import hashlib
+    from importlib.metadata import version
+
+    digest = hashlib.sha256(Path(__file__).read_bytes())
+    digest.update(version("cleanlab").encode())
+    return digest.hexdigest()[:16]
+
+
+def label_issue_key(table_token: str, reference_token: str, crossval_key: str) -> str:
+    """The on-disk key of a stored ranking: the ranked table's content token, its kNN reference's, the
+    cross-validated table's key and the ranking code (`ranking_code_version`)."""
+    import hashlib
+    import json
+
+    # not core.result_cache.result_key: that one covers the interval code, which a ranking does not depend on
+    blob = json.dumps([table_token, reference_token, crossval_key, ranking_code_version()])
+    return f"label-issues-{hashlib.sha256(blob.encode()).hexdigest()[:24]}"
+
+
+def cached_label_issues(folder: Path | None, key: str, table: PredictionTable, *,
+                        reference: PredictionTable | None = None,
+                        cv_table: PredictionTable | None = None) -> LabelIssueRanking:
+    """`rank_label_issues(table, reference=..., cv_table=...)`, read from `folder` when stored under `key`
+    (`label_issue_key`), else computed and stored there (Parquet through `core.result_cache`): a restarted server
+    reads the ranking instead of running cleanlab again (a minute and gigabytes at a million images)."""
+    from core.result_cache import cached_result
+
+    def compute() -> pd.DataFrame:
+        return ranking_as_frame(rank_label_issues(table, reference=reference, cv_table=cv_table))
+
+    try:
+        return ranking_from_frame(cached_result(folder, key, compute))
+    except ValueError:  # a damaged or foreign file under the key: rank again
+        return ranking_from_frame(compute())
+
+
+def ranking_as_frame(ranking: LabelIssueRanking) -> pd.DataFrame:
+    """`ranking` as one DataFrame for the on-disk result cache (Parquet, no pickle): its frame, with the class names,
+    rare classes and messages in `attrs` (pandas keeps them in the Parquet metadata). `ranking_from_frame` reads it
+    back."""
+    frame = ranking.frame.copy(deep=False)
+    frame.attrs = {"class_names": list(ranking.class_names), "rare_classes": dict(ranking.rare_classes),
+                   "messages": list(ranking.messages)}
+    return frame
+
+
+def ranking_from_frame(frame: pd.DataFrame) -> LabelIssueRanking:
+    """The `LabelIssueRanking` that `ranking_as_frame` stored; `ValueError` when `frame` is not one."""
+    attrs = frame.attrs
+    missing = {"class_names", "rare_classes", "messages"} - set(attrs)
+    if missing or list(frame.columns) != list(RANKING_COLUMNS):
+        raise ValueError(f"not a stored label-issue ranking (attrs missing {sorted(missing)}, columns "
+                         f"{list(frame.columns)})")
+    plain = frame.copy(deep=False)
+    plain.attrs = {}
+    rare = {str(k): int(v) for k, v in attrs["rare_classes"].items()}
+    return LabelIssueRanking(plain, tuple(attrs["class_names"]), rare, tuple(attrs["messages"]))
 
 
 def build_queue(ranking: LabelIssueRanking, spec: QueueSpec, *, reviewed_by_me: Collection[str] = (),

@@ -17,6 +17,7 @@ from core.errors import USER_ERRORS, TaxaLensError, user_message
 from core.modes import CONFIDENCE_MODES, LABEL_MODES
 from core.prediction_paths import predictions_path
 from core.predictions import PredictionTable, load_predictions, relabel_table, table_token  # noqa: F401 (re-exported)
+from core.probs_sidecar import open_table
 from core.summary import class_count_table
 from core.workspace import CONFIG_NAME, Workspace, load_workspace
 from pages._state import KEY_CHECKPOINTS, KEY_CONFIDENCES, KEY_LABEL_MODE, KEY_SPLIT, KEY_WORKSPACE
@@ -106,13 +107,16 @@ def _cached_table(workspace_path: str, name: str, cache_file: str, dataset_id: i
     # manifest keeps the file (same images) but is a new dataset object, hence `dataset_id` in the key.
     if not Path(cache_file).is_file():
         return None
-    table = relabel_table(load_predictions(cache_file), load_dataset(load_workspace(workspace_path)).samples)
+    # open_table: a float16 table memory-maps its probabilities and reads its compact columns (sidecars beside the
+    # file), so a million x 1,000 table opens in about a second instead of decoding 2 GB into a 4 GB float32 matrix
+    table = open_table(cache_file, load_dataset(load_workspace(workspace_path)).samples)
     _freeze(table)
     return table
 
 
 def _freeze(table: PredictionTable) -> None:
-    table.pred_probs.setflags(write=False)
+    if table.pred_probs.flags.writeable:  # a memory map opened read-only is frozen already
+        table.pred_probs.setflags(write=False)
     table.embeddings.setflags(write=False)
 
 
@@ -303,7 +307,12 @@ class PageContext:
         table = get_predictions(self.workspace, name)
         if table is not None and self.confidences == "calibrated":
             table = calibrated(self.workspace, name, table)
-        return None if table is None else table.for_split(split or self.split)
+        if table is None:
+            return None
+        split = split or self.split
+        if split in (None, "all"):
+            return table
+        return _split_of(predictions_key(self.workspace, name), dataset_key(self.dataset), id(table), split, table)
 
     @property
     def confidence_stamp(self) -> tuple:
@@ -314,6 +323,14 @@ class PageContext:
         from core.calibration import temperature_path  # scipy and the bootstrap: not on every page's import path
 
         return (self.confidences, file_mtime_ns(temperature_path(self.workspace.cache_dir, self.checkpoint)))
+
+
+# A split of a large table copies its rows' probabilities (val of 1M x 1,000: 400 MB of float16), so each split is
+# made once per table object, as the full table is held once per file and dataset object (`_cached_table`).
+@st.cache_resource(show_spinner=False, max_entries=8)
+def _split_of(predictions_key: str, dataset_key: str, table_id: int, split: str, _table: PredictionTable
+              ) -> PredictionTable:
+    return _table.for_split(split)
 
 
 def stored_temperature(workspace: Workspace, name: str, table: PredictionTable):

@@ -266,12 +266,12 @@ class GalleryCam:
 
 def gallery_cam_controls(key: str) -> GalleryCam | None:
     """The gallery's "Grad-CAM overlay" toggle and, when on, its method/class/opacity pickers."""
-    from models.cam import CAM_METHODS
-
     if not st.toggle("Grad-CAM overlay", key=f"{key}-cam",
                      help="Overlay every thumbnail of the page with a class-activation map (one batch per page, "
                      "cached per checkpoint, sample, method and class)"):
         return None
+    from models.cam import CAM_METHODS  # imports torch (seconds): only once the overlay is on
+
     fast = [name for name, method in CAM_METHODS.items() if not method.slow]  # ScoreCAM: minutes per page
     row = st.columns(3)
     method = row[0].selectbox("CAM method", fast, key=f"{key}-cam-method", format_func=lambda m: CAM_METHODS[m].label)

@@ -12,7 +12,7 @@ from core.errors import USER_ERRORS, user_message
 from core.predictions import PredictionTable
 from core.train_runs import TrainingRun, launch_run, list_runs, read_log_tail, read_run, stop_run
 from pages._access import current_actor, explain_hidden, may
-from pages._cached import PageContext, load_dataset, predictions_file
+from pages._cached import PageContext, dataset_key, load_dataset, predictions_file
 
 MODE_HELP = {"probe": "a linear probe on the stored embeddings per fold: seconds on a CPU",
              "finetune": "retrains the checkpoint's recipe per fold: hours, best on a GPU"}
@@ -27,13 +27,23 @@ def _cached_crossval(path: str, mtime_ns: int, dataset_id: int, _samples) -> Pre
     return table
 
 
+# Finding the file hashes every sample's id, label, split and specimen (1.4 s at a million images, twice per review
+# rerun), so the answer is held per predictions file, dataset object and the folder's mtime (a new or replaced
+# cross-validated table is renamed into that folder, which changes its mtime).
+@st.cache_resource(show_spinner=False, max_entries=32)
+def _find_crossval(predictions_path: str, folder_mtime_ns: int, dataset_key: str, _samples) -> Path | None:
+    return find_crossval(predictions_path, _samples)
+
+
 def crossval_file(ctx: PageContext, name: str | None = None) -> Path | None:
     """The cached cross-validated table of checkpoint `name` (default: primary) for the current labels, or None."""
     name = name or ctx.checkpoint
     if name is None or ctx.ensemble(name) is not None:
         return None
     try:
-        return find_crossval(predictions_file(ctx.workspace, name), ctx.dataset.samples)
+        path = predictions_file(ctx.workspace, name)
+        return _find_crossval(str(path), path.parent.stat().st_mtime_ns, dataset_key(ctx.dataset),
+                              ctx.dataset.samples)
     except (OSError, ValueError):
         return None
 

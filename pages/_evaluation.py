@@ -278,9 +278,15 @@ def distribution(full_token: str, _full: PredictionTable) -> tuple[pd.DataFrame,
     return dist, metrics.imbalance_ratios(dist)
 
 
+@st.cache_resource(show_spinner=False, max_entries=16)
+def cell_index(token: str, _table: PredictionTable) -> cm.CellIndex:
+    """The table's rows grouped by confusion cell, once per table: a click slices its cell's rows."""
+    return cm.cell_index(_table)
+
+
 @st.cache_data(show_spinner=False, max_entries=256)
 def cell_rows(token: str, _table: PredictionTable, true_idx: int, pred_idx: int) -> pd.DataFrame:
-    return cm.cell_samples(_table, true_idx, pred_idx)
+    return cm.cell_samples(_table, true_idx, pred_idx, index=cell_index(token, _table))
 
 
 @st.cache_data(show_spinner=False, max_entries=64)
@@ -346,7 +352,15 @@ def bottom_figure(token: str, _table: PredictionTable, n: int, rank_by: str = "f
     return figures.build_bottom_f1_figure(metrics.bottom_classes(per_class(token, _table), n=n, rank_by=rank_by))
 
 
-@st.cache_data(show_spinner=False, max_entries=128)
+@st.cache_data(show_spinner=False, max_entries=64)
+def label_choices(token: str, _table: PredictionTable) -> list[str]:
+    """The split's distinct given labels, sorted (a filter's options; once per table, not per rerun)."""
+    return sorted(str(label) for label in _table.frame["label"].unique())
+
+
+# cache_resource, not cache_data: at a million images the filtered rows are hundreds of thousands, and cache_data
+# would unpickle a copy on every rerun; callers never mutate the frame (they filter and slice it into new ones)
+@st.cache_resource(show_spinner=False, max_entries=32)
 def filtered_rows(
     token: str,
     _table: PredictionTable,

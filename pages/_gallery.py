@@ -11,7 +11,7 @@ import streamlit as st
 
 from core.images import ImageError, load_image_rgb
 from core.predictions import PredictionTable
-from core.queries import top_predictions
+from core.queries import first_positions, top_predictions
 from pages._cached import PageContext, file_mtime_ns
 from pages._cam import gallery_cam_controls, gallery_overlays
 from pages._text import md
@@ -82,9 +82,10 @@ def render_gallery(ctx: PageContext, table_rows: pd.DataFrame, *, key: str) -> s
     page = controls[2].number_input("Page", 1, n_pages, 1, key=f"{key}-page", help=f"{n_pages} pages")
     cam_settings = gallery_cam_controls(key)  # optional Grad-CAM overlay (off by default)
     column, ascending = SORTS[sort]
-    rows = table_rows.sort_values(column, ascending=ascending, kind="stable", na_position="last")
     start = (int(page) - 1) * page_size
-    rows = rows.iloc[start : start + page_size]
+    # only the rows up to this page are ordered (a partition, not a sort of every row: 400,000 errors at 1M images)
+    first = first_positions(table_rows[column].to_numpy(dtype=float), start + page_size, ascending=ascending)
+    rows = table_rows.iloc[first[start:]]
     st.caption(f"Showing {start + 1}–{start + len(rows)} of {n}")
     paths = sample_paths(ctx, rows["sample_id"].tolist())
     overlays = gallery_overlays(ctx, rows, paths, cam_settings, size=THUMB_PX) if cam_settings else [None] * len(rows)
@@ -106,7 +107,7 @@ def render_gallery(ctx: PageContext, table_rows: pd.DataFrame, *, key: str) -> s
                     if st.button("Inspect", key=f"{key}-btn-{row['sample_id']}", help=str(row["sample_id"])):
                         st.session_state[inspect_key] = str(row["sample_id"])
     chosen = st.session_state.get(inspect_key)
-    return chosen if chosen in set(table_rows["sample_id"]) else None
+    return chosen if chosen is not None and bool((table_rows["sample_id"] == chosen).any()) else None
 
 
 def render_sample_view(ctx: PageContext, table: PredictionTable, sample_id: str, *, k: int = 5) -> None:

@@ -3,19 +3,26 @@ actor: the signed-in account, or the local name typed in the sidebar)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import hashlib
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import streamlit as st
 
+from core import conformal
 from core.agreement import DISPUTED_STATUS, format_votes, is_disputed
+from core.conformal import ConformalCalibration, ConformalConfig
 from core.errors import USER_ERRORS, user_message
 from core.labelstore import LabelStore, SampleState, open_label_store
-from core.predictions import PredictionTable
-from core.ranking import LabelIssueRanking, rank_label_issues, typical_examples
+from core.predictions import PredictionTable, table_token
+from core.ranking import LabelIssueRanking, cached_label_issues, label_issue_key, typical_examples
+from core.result_cache import cached_result
 from core.workspace import Workspace
 from pages._access import current_actor, explain_hidden
-from pages._cached import PageContext, get_predictions, predictions_key
+from pages._cached import PageContext, dataset_key, get_predictions, predictions_key
 from pages._crossval_job import crossval_table
 from pages._state import KEY_ACTOR_PROBLEM
 from pages._text import md
@@ -63,17 +70,66 @@ def label_store_or_problem(ctx: PageContext) -> tuple[LabelStore | None, str | N
 
 @st.cache_resource(show_spinner="Ranking likely label errors…", max_entries=8)
 def _ranking(predictions_key: str, split: str, crossval_key: str, _table: PredictionTable,
-             _reference: PredictionTable | None, _cv_table: PredictionTable | None) -> LabelIssueRanking:
-    return rank_label_issues(_table, reference=_reference, cv_table=_cv_table)
+             _full: PredictionTable | None, _cv_table: PredictionTable | None) -> LabelIssueRanking:
+    # On disk beside the predictions too: a restarted server reads it instead of running cleanlab again. The kNN
+    # reference (the training rows: 700,000 at 1M images) is sliced here, on a miss, never on a rerun.
+    from pages._evaluation import results_dir
+
+    reference = _full.for_split("train") if _full is not None else None
+    key = label_issue_key(table_token(_table, split, predictions_key),
+                          table_token(reference, "train") if reference is not None else "-", crossval_key)
+    return cached_label_issues(results_dir(), key, _table, reference=reference, cv_table=_cv_table)
 
 
 def label_issue_ranking(ctx: PageContext, table: PredictionTable) -> LabelIssueRanking:
     """The ranking of the selected split's predictions (recomputed when the predictions file changes); embedding
     neighbours are looked up among the training rows; training rows are ranked from the cross-validated table."""
     full = get_predictions(ctx.workspace, ctx.checkpoint)
-    reference = full.for_split("train") if full is not None else None
     cv_table, cv_key = crossval_table(ctx)
-    return _ranking(predictions_key(ctx.workspace, ctx.checkpoint), ctx.split, cv_key, table, reference, cv_table)
+    return _ranking(predictions_key(ctx.workspace, ctx.checkpoint), ctx.split, cv_key, table, full, cv_table)
+
+
+def stored_set_calibration(folder: Path | None, calibration_token: str, config: ConformalConfig,
+                           calibration: PredictionTable) -> ConformalCalibration:
+    """`core.conformal.calibrate_on_table(calibration, config)`, read from `folder` when stored there (per-class
+    thresholds as Parquet through `core.result_cache`, keyed by `calibration_token` (the calibration rows' content),
+    the settings and the conformal code), else computed and stored: scoring every class of 200,000 validation rows
+    takes most of a minute at 1M x 1,000, so a restarted server reads the thresholds instead."""
+    def compute() -> pd.DataFrame:
+        fit = conformal.calibrate_on_table(calibration, config)
+        return pd.DataFrame({"threshold": fit.thresholds, "n_calibration": fit.n_calibration})
+
+    digest = hashlib.sha256(Path(conformal.__file__).read_bytes())  # the conformal code, not the interval code
+    digest.update(json.dumps([calibration_token, sorted(asdict(config).items())]).encode())
+    key = f"set-calibration-{digest.hexdigest()[:24]}"
+    stored = cached_result(folder, key, compute)
+    return ConformalCalibration(stored["threshold"].to_numpy(dtype=np.float64), stored["n_calibration"].to_numpy(),
+                                config)
+
+
+@st.cache_resource(show_spinner="Calibrating prediction sets…", max_entries=8)
+def _set_calibration(calibration_token: str, config: ConformalConfig, _calibration: PredictionTable
+                     ) -> ConformalCalibration:
+    from pages._evaluation import results_dir
+
+    return stored_set_calibration(results_dir(), calibration_token, config, _calibration)
+
+
+def sample_prediction_set(ctx: PageContext, table: PredictionTable, sample_id: str) -> tuple[str, ...] | None:
+    """The split-conformal prediction set of one sample of `table` (class names, most probable first), calibrated
+    on the labelled validation rows with the Calibration page's settings, as `pages._confidence.prediction_sets`
+    gives it; None without labelled validation rows or when the sample is not in `table`. Only the shown row's
+    probabilities are read: the sets of a million rows are never built for one review."""
+    from pages._confidence import conformal_config
+
+    calibration = ctx.table(split="val")
+    if calibration is None or not (calibration.frame["label_idx"] >= 0).any():
+        return None
+    row = (table.frame["sample_id"] == sample_id).to_numpy(dtype=bool)
+    if not row.any():
+        return None
+    fit = _set_calibration(table_token(calibration, "val", ctx.checkpoint or ""), conformal_config(), calibration)
+    return tuple(conformal.set_frame(table.subset(row), fit)["prediction_set"].iloc[0])
 
 
 @st.cache_data(show_spinner=False, max_entries=512)
@@ -105,13 +161,15 @@ def now_line(state: SampleState, given: str) -> str:
 
 
 @st.cache_resource(show_spinner=False, max_entries=8)
-def _given_labels(dataset_id: int, _samples: pd.DataFrame) -> dict[str, str]:
-    return dict(zip(_samples["sample_id"], _samples["label"], strict=True))
+def _given_labels(dataset_key: str, _samples: pd.DataFrame) -> dict[str, str]:
+    # object arrays first: iterating a million Arrow-backed strings one by one takes seconds, converting them 0.2 s
+    return dict(zip(_samples["sample_id"].to_numpy(dtype=object), _samples["label"].to_numpy(dtype=object),
+                    strict=True))
 
 
 def given_labels(ctx: PageContext) -> dict[str, str]:
     """sample_id -> the dataset's own label (what `previous_label` starts from)."""
-    return _given_labels(id(ctx.dataset), ctx.dataset.samples)
+    return _given_labels(dataset_key(ctx.dataset), ctx.dataset.samples)
 
 
 def reviewer_input(*, label: str = "Reviewer") -> str | None:

@@ -35,7 +35,7 @@ ev.show_data_notes(ctx, data)
 
 with st.container(border=True):
     row1 = st.columns(3)
-    true_classes = row1[0].multiselect("True class", sorted(set(table.frame["label"])), key="mb-true")
+    true_classes = row1[0].multiselect("True class", ev.label_choices(data.token, table), key="mb-true")
     pred_classes = row1[1].multiselect("Predicted class", names, key="mb-pred")
     confidence = row1[2].slider("Confidence", 0.0, 1.0, (0.0, 1.0), step=0.01, key="mb-conf")
     row2 = st.columns(3)
@@ -72,8 +72,10 @@ if outside_set:
 kind = "misclassified samples" if errors_only else "samples"
 st.subheader(f"{len(rows):,} {kind}")
 st.caption("Sort the gallery by confidence or loss; press Inspect under an image for a larger view and the top-5.")
+# deferred (a callable): the CSV is built on the click, not on every visit (its top-3 sorts every row's
+# probabilities: seconds and gigabytes at a million images)
 st.download_button(f"Download this split's predictions (CSV, {ctx.confidences} confidences)",
-                   predictions_csv_bytes(data.token, table), key="mb-predictions-csv",
+                   lambda: predictions_csv_bytes(data.token, table), key="mb-predictions-csv",
                    file_name=f"predictions_{data.checkpoint}_{ctx.split}_{ctx.confidences}.csv", mime="text/csv")
 inspected = render_gallery(ctx, rows, key="mb-gallery")
 if inspected is not None:

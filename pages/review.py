@@ -20,9 +20,9 @@ from pages._access import current_actor
 from pages._annotate import KIND as ANNOTATE_KIND
 from pages._annotate import TITLE as ANNOTATE_TITLE
 from pages._annotate import render_annotation
-from pages._cached import require_table, start_page, table_token
+from pages._cached import require_table, start_page
 from pages._cam import prefetch_cam_maps
-from pages._confidence import conformal_config, novelty_scores, prediction_sets
+from pages._confidence import conformal_config, novelty_scores
 from pages._crossval_job import render_crossval_job
 from pages._gallery import sample_paths, sample_thumbnail, show_image
 from pages._links import (
@@ -43,6 +43,7 @@ from pages._review_support import (
     label_store,
     now_line,
     queue_position,
+    sample_prediction_set,
     typical_example_ids,
 )
 from pages._state import KEY_CONFUSION_CELL, KEY_QUALITY_IDS, KEY_SELECTION
@@ -167,10 +168,8 @@ def sample_view(ctx, table, store, ranking, spec: QueueSpec, reviewer: str | Non
                     f"**Label quality:** {row['label_quality']:.3f}"
                     + (" · flagged as a likely error" if row["is_label_issue"] else "")
                     + f"  \n**Split:** {md(row['split'])} · **Specimen:** {md(row['specimen_id'])}")
-        sets = prediction_sets(ctx, table, table_token(table, ctx.split, ctx.checkpoint or ""))
-        match = None if sets is None else sets[sets["sample_id"] == sample_id]
-        if match is not None and len(match):
-            members = match.iloc[0]["prediction_set"]
+        members = sample_prediction_set(ctx, table, sample_id)
+        if members is not None:
             set_cfg = conformal_config()
             listed = ", ".join(md(m) for m in members) or "(empty: no class is needed for this coverage)"
             st.markdown(f"**Prediction set ({set_cfg.coverage:.0%}):** {listed}"
@@ -178,7 +177,7 @@ def sample_view(ctx, table, store, ranking, spec: QueueSpec, reviewer: str | Non
                         help="The classes a split-conformal set keeps at this coverage (Calibration page settings); "
                         "a set of one is a confident call, a long set an uncertain one")
         st.markdown(now_line(state, given))
-        table_row = int(np.flatnonzero(table.frame["sample_id"].to_numpy() == sample_id)[0])
+        table_row = int(np.flatnonzero((table.frame["sample_id"] == sample_id).to_numpy(dtype=bool))[0])
         st.plotly_chart(build_top_predictions_figure(top_predictions(table, table_row, k=5), true_label=given),
                         key=f"rv-top-{sample_id}")
 

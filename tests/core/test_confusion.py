@@ -83,3 +83,25 @@ def test_order_classes_all_modes():
         order_classes(counts, names, order="taxonomy")
     with pytest.raises(ValueError, match="order must be"):
         order_classes(counts, names, order="size")
+
+
+def test_cell_index_gives_every_cells_rows_as_the_mask_does():
+    import pandas as pd
+
+    from core.confusion import cell_index, cell_samples
+    from tests.core.tables import random_table
+
+    table = random_table(n=300, k=5, seed=4, ties=True)  # tied confidences: the stable order must match too
+    labels = table.frame["label_idx"].to_numpy().copy()
+    labels[::11] = -1  # not evaluated: in no cell
+    table.frame["label_idx"] = labels
+    index = cell_index(table)
+    assert len(index.order) == int((labels >= 0).sum())
+    frame = table.frame
+    for t in range(5):
+        for p in range(5):
+            mask = (frame["label_idx"] == t) & (frame["pred_idx"] == p)
+            assert index.rows(t, p).tolist() == np.flatnonzero(mask).tolist()
+            pd.testing.assert_frame_equal(cell_samples(table, t, p, index=index), cell_samples(table, t, p))
+            assert cell_samples(table, t, p)["row"].tolist() == \
+                frame[mask].sort_values("confidence", ascending=False, kind="stable").index.tolist()

@@ -35,3 +35,21 @@ def test_class_taxa_majority_value():
     assert class_taxa(samples, "order") == {"a": "X", "b": "Z"}
     with pytest.raises(ValueError, match="no taxonomy column 'family'"):
         class_taxa(samples, "family")
+
+
+@pytest.mark.parametrize("ascending", [True, False])
+@pytest.mark.parametrize("n", [0, 1, 7, 24, 60, 500])
+def test_first_positions_equal_a_stable_sort_with_ties_and_nan_last(ascending, n):
+    import numpy as np
+
+    from core.queries import first_positions
+
+    rng = np.random.default_rng(n)
+    values = np.round(rng.random(60), 1)  # many ties
+    values[[4, 17, 33]] = np.nan
+    values[[5, 40]] = np.inf
+    frame = pd.DataFrame({"v": values})
+    expected = frame.sort_values("v", ascending=ascending, kind="stable", na_position="last").index.to_numpy()[:n]
+    got = first_positions(values, n, ascending=ascending)
+    assert got.tolist() == expected.tolist()
+    assert len(got) == min(n, len(values))

@@ -260,3 +260,29 @@ def test_knn_never_counts_the_rows_own_specimen() -> None:
     probs = knn_pred_probs(table, table, k=1)
     # `a`'s nearest other row is `b`, but `b` is the same specimen: its neighbour is `c` (label Y)
     assert probs[0].argmax() == 1 and probs[1].argmax() == 1 and probs[2].argmax() == 0 and probs[3].argmax() == 1
+
+
+def test_a_stored_ranking_reads_back_equal_and_is_not_computed_again(tmp_path: Path, monkeypatch) -> None:
+    import core.ranking as ranking_module
+    from core.ranking import cached_label_issues, label_issue_key
+
+    table, _ = _synthetic()
+    is_ceratium = (table.frame["label"] == "Ceratium").to_numpy()
+    table = table.subset(~is_ceratium | (np.cumsum(is_ceratium) <= 3))  # a rare class: messages and rare_classes
+    key = label_issue_key("token-a", "reference-a", "")
+    assert key != label_issue_key("token-b", "reference-a", "") != label_issue_key("token-a", "reference-a", "cv")
+    first = cached_label_issues(tmp_path, key, table)
+    expected = rank_label_issues(table)
+    pd.testing.assert_frame_equal(first.frame, expected.frame)
+    assert list((tmp_path).glob(f"{key}.parquet"))
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("ranked again although the ranking is stored")
+
+    monkeypatch.setattr(ranking_module, "rank_label_issues", refuse)
+    again = cached_label_issues(tmp_path, key, table)
+    pd.testing.assert_frame_equal(again.frame, expected.frame)
+    assert again.rare_classes == expected.rare_classes and again.rare_classes
+    assert again.messages == expected.messages and again.class_names == expected.class_names
+    with pytest.raises(AssertionError, match="ranked again"):  # another key is computed, not served the stored one
+        cached_label_issues(tmp_path, label_issue_key("token-b", "reference-a", ""), table)
