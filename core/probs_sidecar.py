@@ -4,10 +4,12 @@ from them once and stored beside it too.
 
 A table stored with float16 probabilities (`save_predictions(probs_dtype="float16")`, the million-image format)
 takes 46 s to decode from Parquet at 1M x 1,000 and 4 GB as float32; memory-mapped it opens at once, and only the
-rows a page reads (a gallery's 24, a cell's images) come from disk. Tables stored as float32 load as before.
-The sidecars are written on the first open (or by `write_sidecars` right after predicting), atomically, and are
-valid while the Parquet file keeps its size and mtime; a folder that cannot be written falls back to reading the
-probabilities into memory as float16.
+rows a page reads (a gallery's 24, a cell's images) come from disk. A large float32 table (from
+`MEMMAP_MIN_VALUES` probabilities: 100,000 images x 200 classes) is memory-mapped the same way, as float32: reading
+its matrix out of Parquet was most of a page's first visit after a restart (0.8 s at 100,000 x 300). Smaller float32
+tables load as before. The sidecars are written on the first open (or by `write_sidecars` right after predicting),
+atomically, and are valid while the Parquet file keeps its size and mtime; a folder that cannot be written falls
+back to reading the probabilities into memory (float16 tables as float16).
 """
 
 from __future__ import annotations
@@ -29,6 +31,9 @@ logger = logging.getLogger(__name__)
 
 TABLE_META_KEY = b"taxalens"  # the schema metadata key `core.predictions.save_predictions` writes
 PROBS_SUFFIX = ".probs16.npy"  # beside `<name>.parquet`: the (N, K) float16 probabilities, row order of the table
+PROBS32_SUFFIX = ".probs32.npy"  # the same for a large float32 table
+MEMMAP_MIN_VALUES = 20_000_000  # a float32 table is memory-mapped from this many probabilities (N x K)
+_STORED = {pa.float16(): np.float16, pa.float32(): np.float32}  # Parquet value type -> the memory map's dtype
 COMPACT_SUFFIX = ".compact.npz"  # beside it: CompactColumns plus the Parquet file's (size, mtime_ns)
 CHUNK_ROWS = 20_000  # rows per pass when deriving columns (20,000 x 1,000 float32: 80 MB)
 
@@ -70,11 +75,13 @@ def compact_columns(pred_probs: np.ndarray, label_idx: np.ndarray, *, chunk: int
     return CompactColumns(pred_idx, confidence, label_idx, label_prob)
 
 
-def sidecar_paths(path: str | Path) -> tuple[Path, Path]:
-    """(probabilities `.npy`, compact columns `.npz`) beside the predictions Parquet file `path`."""
+def sidecar_paths(path: str | Path, *, dtype: type = np.float16) -> tuple[Path, Path]:
+    """(probabilities `.npy`, compact columns `.npz`) beside the predictions Parquet file `path` whose probabilities
+    are stored as `dtype` (float16, or float32 for a large float32 table)."""
     path = Path(path)
     stem = path.name.removesuffix(".parquet")
-    return path.with_name(stem + PROBS_SUFFIX), path.with_name(stem + COMPACT_SUFFIX)
+    suffix = PROBS32_SUFFIX if np.dtype(dtype) == np.float32 else PROBS_SUFFIX
+    return path.with_name(stem + suffix), path.with_name(stem + COMPACT_SUFFIX)
 
 
 def _stamp(path: Path) -> np.ndarray:
@@ -93,22 +100,23 @@ def stores_float16(path: str | Path) -> bool:
 
 
 def write_sidecars(path: str | Path, *, chunk: int = CHUNK_ROWS) -> tuple[Path, Path]:
-    """Write the float16 probabilities and the compact columns of the float16 predictions file `path` beside it
-    (once per file: about a minute at 1M x 1,000, reading the Parquet file in batches of `chunk` rows). Raises
-    `OSError` when the folder cannot be written, `ValueError` for a float32 file."""
+    """Write the probabilities (as stored: float16 or float32) and the compact columns of the predictions file `path`
+    beside it (once per file: about a minute at 1M x 1,000, reading the Parquet file in batches of `chunk` rows).
+    Raises `OSError` when the folder cannot be written, `ValueError` for a file of another probability type."""
     path = Path(path)
     meta, value_type = _read_meta(path)
-    if value_type != pa.float16():
-        raise ValueError(f"{path} stores {value_type} probabilities; sidecars are for float16 tables")
+    if value_type not in _STORED:
+        raise ValueError(f"{path} stores {value_type} probabilities; sidecars are for float16 or float32 tables")
+    dtype = _STORED[value_type]
     k = len(meta["class_names"])
     parquet = pq.ParquetFile(path)
     n = parquet.metadata.num_rows
     stamp = _stamp(path)
-    probs_path, compact_path = sidecar_paths(path)
+    probs_path, compact_path = sidecar_paths(path, dtype=dtype)
     tmp_probs = probs_path.with_name(f"{probs_path.name}.{os.getpid()}.tmp")
     tmp_compact = compact_path.with_name(f"{compact_path.name}.{os.getpid()}.tmp.npz")
     try:
-        out = np.lib.format.open_memmap(tmp_probs, mode="w+", dtype=np.float16, shape=(n, k))
+        out = np.lib.format.open_memmap(tmp_probs, mode="w+", dtype=dtype, shape=(n, k))
         start = 0
         for batch in parquet.iter_batches(batch_size=chunk, columns=["probs"]):
             values = batch.column(0).flatten().to_numpy(zero_copy_only=False).reshape(-1, k)
@@ -130,9 +138,9 @@ def write_sidecars(path: str | Path, *, chunk: int = CHUNK_ROWS) -> tuple[Path, 
     return probs_path, compact_path
 
 
-def _read_sidecars(path: Path, n: int, k: int) -> tuple[np.ndarray, CompactColumns] | None:
+def _read_sidecars(path: Path, n: int, k: int, dtype: type = np.float16) -> tuple[np.ndarray, CompactColumns] | None:
     """The memory-mapped probabilities and compact columns when both are present and belong to `path` as it is."""
-    probs_path, compact_path = sidecar_paths(path)
+    probs_path, compact_path = sidecar_paths(path, dtype=dtype)
     if not (probs_path.is_file() and compact_path.is_file()):
         return None
     try:
@@ -145,7 +153,7 @@ def _read_sidecars(path: Path, n: int, k: int) -> tuple[np.ndarray, CompactColum
     except (OSError, ValueError, KeyError) as exc:
         logger.warning("ignoring unreadable sidecars of %s (%s)", path.name, exc)
         return None
-    if probs.shape != (n, k) or probs.dtype != np.float16 or len(compact.pred_idx) != n:
+    if probs.shape != (n, k) or probs.dtype != dtype or len(compact.pred_idx) != n:
         return None
     return probs, compact
 
@@ -153,21 +161,25 @@ def _read_sidecars(path: Path, n: int, k: int) -> tuple[np.ndarray, CompactColum
 def load_table(path: str | Path) -> PredictionTable:
     """The predictions table at `path`. A float16 file comes with `pred_probs` a read-only float16 memory map
     (sidecars written on the first open) and `pred`, `pred_idx`, `confidence`, `loss` from the compact columns:
-    the same values `load_predictions` derives from the whole matrix. A float32 file: `load_predictions(path)`."""
+    the same values `load_predictions` derives from the whole matrix. A float32 file of at least `MEMMAP_MIN_VALUES`
+    probabilities the same way with a float32 memory map; a smaller one: `load_predictions(path)`."""
     path = Path(path)
     meta, value_type = _read_meta(path)
-    if value_type != pa.float16():
-        return load_predictions(path)
+    dtype = _STORED.get(value_type)
     class_names = tuple(meta.pop("class_names"))
     d = int(meta.pop("embedding_dim"))
     n, k = pq.ParquetFile(path).metadata.num_rows, len(class_names)
-    found = _read_sidecars(path, n, k)
+    if dtype is None or (dtype is np.float32 and n * k < MEMMAP_MIN_VALUES):
+        return load_predictions(path)
+    found = _read_sidecars(path, n, k, dtype)
     if found is None:
         try:
             write_sidecars(path)
-            found = _read_sidecars(path, n, k)
+            found = _read_sidecars(path, n, k, dtype)
         except OSError as exc:
             logger.warning("cannot write the sidecars of %s (%s); reading its probabilities into memory", path, exc)
+    if found is None and dtype is np.float32:  # not writable: as before
+        return load_predictions(path)
     if found is None:  # not writable: float16 in memory, derived here
         table = load_predictions(path)
         probs = table.pred_probs.astype(np.float16)

@@ -14,7 +14,7 @@ import pandas as pd
 from core.dataset import Dataset as SampleSet
 from core.errors import USER_ERRORS
 from core.prediction_store import STORE_DIR, compact_store, file_stamps, read_store
-from core.probs_sidecar import COMPACT_SUFFIX, PROBS_SUFFIX
+from core.probs_sidecar import COMPACT_SUFFIX, PROBS32_SUFFIX, PROBS_SUFFIX
 from core.result_cache import RESULTS_DIR
 from core.workspace import Workspace
 from models.inference import TABLE_KEY_LENGTH, predictions_dir, predictions_path, safe_file_name, store_path
@@ -139,7 +139,7 @@ def _result_entries(folder: Path, current_tables: list[Path]) -> list[CacheEntry
 
 def _table_stem(name: str) -> str | None:
     """`<checkpoint>-<key>` of a table or side-file name, or None for another file."""
-    for suffix in (".parquet", ".skipped.csv", PROBS_SUFFIX, COMPACT_SUFFIX):  # the last two: core.probs_sidecar
+    for suffix in (".parquet", ".skipped.csv", PROBS_SUFFIX, PROBS32_SUFFIX, COMPACT_SUFFIX):  # last three: sidecars
         if name.endswith(suffix):
             stem = name[: -len(suffix)]
             break

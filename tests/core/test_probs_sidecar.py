@@ -70,11 +70,60 @@ def test_sidecars_are_rewritten_when_the_table_changes(tmp_path):
 def test_float32_table_loads_as_before(tmp_path):
     table = random_table(n=50, k=5, seed=2)
     path = save_predictions(table, tmp_path / "full.parquet")
+    back = load_table(path)  # 250 probabilities: far below MEMMAP_MIN_VALUES
+    assert back.pred_probs.dtype == np.float32 and not isinstance(back.pred_probs, np.memmap)
+    assert not any(p.exists() for p in [*sidecar_paths(path), *sidecar_paths(path, dtype=np.float32)])
+
+
+def test_large_float32_table_opens_memory_mapped_as_float32_with_the_same_values(tmp_path, monkeypatch):
+    import core.probs_sidecar as sidecar
+
+    table = random_table(n=300, k=12, seed=4, ties=True)
+    path = save_predictions(table, tmp_path / "full.parquet")
+    before = _as_pages_read_it(path)
+    monkeypatch.setattr(sidecar, "MEMMAP_MIN_VALUES", 300 * 12)  # this table counts as large
+    after = load_table(path)
+    probs_path, compact_path = sidecar_paths(path, dtype=np.float32)
+    assert probs_path.name == "full.probs32.npy" and probs_path.is_file() and compact_path.is_file()
+    assert not sidecar_paths(path)[0].exists()  # no float16 copy
+    assert isinstance(after.pred_probs, np.memmap) and after.pred_probs.dtype == np.float32
+    assert not after.pred_probs.flags.writeable
+    assert np.array_equal(after.pred_probs, before.pred_probs)  # the stored float32 values, bit for bit
+    pd.testing.assert_frame_equal(after.frame, before.frame)
+    assert after.class_names == before.class_names and after.meta == before.meta
+    monkeypatch.setattr(sidecar, "MEMMAP_MIN_VALUES", 300 * 12 + 1)  # one value short: as before
+    assert not isinstance(load_table(path).pred_probs, np.memmap)
+
+
+def test_large_float32_table_in_an_unwritable_folder_loads_as_before(tmp_path, monkeypatch):
+    import core.probs_sidecar as sidecar
+
+    table = random_table(n=80, k=6, seed=5)
+    path = save_predictions(table, tmp_path / "full.parquet")
+    monkeypatch.setattr(sidecar, "MEMMAP_MIN_VALUES", 0)
+
+    def refuse(*args, **kwargs):
+        raise PermissionError("read-only folder")
+
+    monkeypatch.setattr(sidecar, "write_sidecars", refuse)
     back = load_table(path)
     assert back.pred_probs.dtype == np.float32 and not isinstance(back.pred_probs, np.memmap)
-    assert not any(p.exists() for p in sidecar_paths(path))
-    with pytest.raises(ValueError, match="float16 tables"):
-        write_sidecars(path)
+    pd.testing.assert_frame_equal(back.frame, _as_pages_read_it(path).frame)
+
+
+def test_write_sidecars_refuses_another_probability_type(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    table = random_table(n=20, k=4, seed=6)
+    path = save_predictions(table, tmp_path / "full.parquet")
+    arrow = pq.read_table(path)
+    k = len(table.class_names)
+    doubles = pa.FixedSizeListArray.from_arrays(pa.array(table.pred_probs.reshape(-1).astype(np.float64)), k)
+    odd = arrow.set_column(arrow.schema.get_field_index("probs"), pa.field("probs", doubles.type), doubles)
+    pq.write_table(odd.replace_schema_metadata(arrow.schema.metadata), tmp_path / "odd.parquet")
+    with pytest.raises(ValueError, match="float16 or float32 tables"):
+        write_sidecars(tmp_path / "odd.parquet")
 
 
 def test_unwritable_folder_falls_back_to_float16_in_memory(tmp_path, monkeypatch):
