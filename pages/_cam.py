@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import importlib
 import logging
 import os
 import sys
@@ -307,6 +308,29 @@ def gallery_overlays(ctx: PageContext, rows, paths: Sequence[str | None], settin
         if isinstance(entry, CamMaps):
             overlays[i] = render_overlay(entry.view, entry.cam, opacity=settings.opacity, display_size=size)
     return overlays
+
+
+@st.cache_resource(show_spinner=False)
+def _cam_module_import() -> threading.Thread:
+    """The server's one import of `models.cam` (torch, timm, grad-cam: seconds on a first use), on its own thread."""
+    thread = threading.Thread(target=importlib.import_module, args=("models.cam",), name="taxalens-cam-import",
+                              daemon=True)
+    thread.start()
+    return thread
+
+
+def await_cam_module(*, message: str = "Loading Grad-CAM (its first use on this server)…", poll_s: float = 0.2
+                     ) -> None:
+    """Wait for `models.cam` to be imported, on a background thread while the page shows `message`, touching the
+    page every `poll_s` seconds as `await_cam_maps` does: a key press or click during a first use's import of torch
+    reruns at once instead of waiting seconds for it. A failed import is left to the caller's own import to raise."""
+    thread = _cam_module_import()
+    if thread.is_alive():
+        waiting = st.empty()
+        while thread.is_alive():
+            waiting.caption(message)
+            time.sleep(poll_s)
+        waiting.empty()
 
 
 def await_cam_maps(

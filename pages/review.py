@@ -109,8 +109,10 @@ def _strip(ctx, sample_ids: list[str], title: str) -> None:
 
 def _cam_overlays(ctx, sample_id: str, path: str, classes: list[int]) -> list:
     """Grad-CAM overlays of `sample_id` for each model class index in `classes` (None where unavailable)."""
+    from pages._cam import CamMaps, await_cam_maps, await_cam_module
+
+    await_cam_module()  # torch's first import, interruptible by the next key press
     from models.cam import CamError, render_overlay
-    from pages._cam import CamMaps, await_cam_maps
 
     try:  # computed on the prefetch thread (usually done already); a key press meanwhile reruns at once
         maps = await_cam_maps(ctx, [sample_id] * len(classes), [path] * len(classes), classes, method="gradcam")

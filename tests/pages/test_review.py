@@ -199,3 +199,39 @@ def _settle(prefetcher) -> None:
     deadline = time.monotonic() + 120
     while prefetcher.pending() and time.monotonic() < deadline:
         time.sleep(0.05)
+
+
+def test_the_first_grad_cam_import_runs_on_its_own_thread_while_the_page_waits(monkeypatch) -> None:
+    """A server's first Grad-CAM imports torch (seconds): `await_cam_module` runs that import on a background thread
+    and waits for it by touching the page every poll (so a key press reruns at once), once per server."""
+    import threading
+    from types import SimpleNamespace
+
+    import pages._cam as cam
+
+    release = threading.Event()
+    imported: list[tuple[str, str]] = []  # (module, thread name) per import
+
+    def slow_import(name: str):
+        imported.append((name, threading.current_thread().name))
+        release.wait(10)
+
+    monkeypatch.setattr(cam.importlib, "import_module", slow_import)
+    cam._cam_module_import.clear()
+    polls: list[float] = []
+    def poll(seconds: float) -> None:
+        polls.append(seconds)
+        if len(polls) == 3:
+            release.set()
+
+    monkeypatch.setattr(cam, "time", SimpleNamespace(sleep=poll))  # this module's clock only
+    try:
+        cam.await_cam_module(poll_s=0.01)
+        assert imported == [("models.cam", "taxalens-cam-import")]  # on its own thread, not the script's
+        assert len(polls) >= 3  # the page was touched while the import ran
+        assert not cam._cam_module_import().is_alive()
+        cam.await_cam_module(poll_s=0.01)  # the server's next first visit: no second import, no wait
+        assert len(imported) == 1
+    finally:
+        release.set()
+        cam._cam_module_import.clear()
