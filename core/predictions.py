@@ -213,11 +213,17 @@ def load_predictions(path: str | Path) -> PredictionTable:
         pred_probs[start:start + len(values)] = values
         start += len(values)
     del probs_column
+    frame, embeddings = read_frame_and_embeddings(path, n, d)
+    return PredictionTable(frame, pred_probs, embeddings, class_names, meta)
+
+
+def read_frame_and_embeddings(path: str | Path, n: int, d: int) -> tuple[pd.DataFrame, np.ndarray]:
+    """The scalar columns and the `(n, d)` float32 embeddings of the predictions file `path` (its probabilities
+    are not read)."""
     arrow = pq.read_table(path, columns=[*SCALAR_COLUMNS, "embedding"])
     if d:
         flat = arrow.column("embedding").combine_chunks().flatten().to_numpy(zero_copy_only=False)
         embeddings = flat.reshape(n, d).astype(np.float32, copy=False)
     else:
         embeddings = np.zeros((n, 0), dtype=np.float32)
-    frame = arrow.select(list(SCALAR_COLUMNS)).to_pandas()
-    return PredictionTable(frame, pred_probs, embeddings, class_names, meta)
+    return arrow.select(list(SCALAR_COLUMNS)).to_pandas(), embeddings

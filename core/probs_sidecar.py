@@ -25,7 +25,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from core.predictions import SCALAR_COLUMNS, PredictionTable, load_predictions
+from core.predictions import PredictionTable, load_predictions, read_frame_and_embeddings
 
 logger = logging.getLogger(__name__)
 
@@ -186,13 +186,7 @@ def load_table(path: str | Path) -> PredictionTable:
         compact = compact_columns(probs, table.frame["label_idx"].to_numpy())
         found = (probs, compact)
     probs, compact = found
-    arrow = pq.read_table(path, columns=[*SCALAR_COLUMNS, "embedding"])
-    if d:
-        flat = arrow.column("embedding").combine_chunks().flatten().to_numpy(zero_copy_only=False)
-        embeddings = flat.reshape(n, d).astype(np.float32, copy=False)
-    else:
-        embeddings = np.zeros((n, 0), dtype=np.float32)
-    frame = arrow.select(list(SCALAR_COLUMNS)).to_pandas()
+    frame, embeddings = read_frame_and_embeddings(path, n, d)
     frame["pred_idx"] = compact.pred_idx
     frame["pred"] = pd.Series(np.asarray(class_names, dtype=object)[compact.pred_idx], dtype=frame["label"].dtype)
     frame["confidence"] = compact.confidence

@@ -159,13 +159,18 @@ CODECS: dict[type, _Codec] = {
 }
 
 
+def source_digest(modules: tuple) -> str:
+    """sha256 (16 hex) of the source files of `modules`, in order."""
+    digest = hashlib.sha256()
+    for module in modules:
+        digest.update(Path(module.__file__).read_bytes())
+    return digest.hexdigest()[:16]
+
+
 @cache
 def code_version() -> str:
     """sha256 (16 hex) of the source of the modules that compute cached results."""
-    digest = hashlib.sha256()
-    for module in _CODE_MODULES:
-        digest.update(Path(module.__file__).read_bytes())
-    return digest.hexdigest()[:16]
+    return source_digest(_CODE_MODULES)
 
 
 def grouping_digest(table_frame: pd.DataFrame) -> str:
@@ -304,10 +309,7 @@ _CALIBRATION_MODULES = (calibration, thresholds, conformal)  # their source is p
 @cache
 def calibration_code_version() -> str:
     """sha256 (16 hex) of the source of the calibration, threshold and prediction-set modules."""
-    digest = hashlib.sha256()
-    for module in _CALIBRATION_MODULES:
-        digest.update(Path(module.__file__).read_bytes())
-    return digest.hexdigest()[:16]
+    return source_digest(_CALIBRATION_MODULES)
 
 
 def _scaled(table: PredictionTable, temperature: float) -> PredictionTable:
@@ -472,10 +474,7 @@ ROLLUP_DEFAULT = "sum"  # the Taxonomy page's first view (and the rule of its mi
 @cache
 def taxonomy_code_version() -> str:
     """sha256 (16 hex) of the source of the taxonomy, taxonomy-metrics, metrics and scores modules."""
-    digest = hashlib.sha256()
-    for module in _TAXONOMY_MODULES:
-        digest.update(Path(module.__file__).read_bytes())
-    return digest.hexdigest()[:16]
+    return source_digest(_TAXONOMY_MODULES)
 
 
 def taxonomy_token(tree: Taxonomy) -> str:
