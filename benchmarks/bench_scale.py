@@ -291,36 +291,25 @@ print(f"{n} results in {time.perf_counter() - start:.1f}s ({time.process_time() 
       f"peak RSS {peak:.2f} GB")
 """
 
-# The review page's ranking and prediction-set thresholds, stored under the keys the page computes (the split's table
-# token with the predictions file as its key, the training rows' token, no cross-validated table; the val rows'
-# token and the default set settings), in a child process so that its memory does not count towards the server's
-# peak RSS.
+# The review page's ranking and prediction-set thresholds, stored by the function `predict --workspace` calls
+# (core.review_cache.warm_review_results: the keys the page computes), in a child process so that its memory does not
+# count towards the server's peak RSS.
 _WARM_RANKING = """
 import resource, sys, time
 from core.prediction_paths import predictions_path
-from core.predictions import table_token
 from core.probs_sidecar import open_table
-from core.ranking import cached_label_issues, label_issue_key
 from core.result_cache import RESULTS_DIR
+from core.review_cache import warm_review_results
 from core.workspace import load_workspace
 workspace = load_workspace(sys.argv[1])
 dataset = workspace.load_dataset()
 path = predictions_path(workspace, "synthetic", dataset=dataset)
-full = open_table(path, dataset.samples)
-table, reference = full.for_split(sys.argv[2]), full.for_split("train")
-key = label_issue_key(table_token(table, sys.argv[2], str(path)), table_token(reference, "train"), "")
 start, cpu = time.perf_counter(), time.process_time()
-ranking = cached_label_issues(workspace.cache_dir / "predictions" / RESULTS_DIR, key, table, reference=reference)
-ranked = f"{len(ranking):,} rows ranked in {time.perf_counter() - start:.1f}s ({time.process_time() - cpu:.1f}s CPU)"
-from core.conformal import ConformalConfig
-from pages._review_support import stored_set_calibration
-start, cpu = time.perf_counter(), time.process_time()
-val = full.for_split("val")
-stored_set_calibration(workspace.cache_dir / "predictions" / RESULTS_DIR, table_token(val, "val", "synthetic"),
-                       ConformalConfig(), val)
+n = warm_review_results(open_table(path, dataset.samples), workspace.cache_dir / "predictions" / RESULTS_DIR,
+                        predictions_key=str(path), checkpoint="synthetic", splits=(sys.argv[2],))
 peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
-print(f"{ranked}; prediction-set thresholds on {len(val):,} val rows in {time.perf_counter() - start:.1f}s "
-      f"({time.process_time() - cpu:.1f}s CPU); peak RSS {peak:.2f} GB")
+print(f"{n} ranking(s) and the prediction-set thresholds (as `predict --workspace` stores them) in "
+      f"{time.perf_counter() - start:.1f}s ({time.process_time() - cpu:.1f}s CPU); peak RSS {peak:.2f} GB")
 """
 
 

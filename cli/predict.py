@@ -33,9 +33,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--device", help="cuda, cuda:1, mps or cpu (default: the best available)")
     parser.add_argument("--no-intervals", action="store_true",
                         help="with --workspace: skip bootstrapping the evaluation pages' confidence intervals for "
-                        "every split and searching for near-duplicate images (the Overview's leak check) now (by "
-                        "default both are computed once here and cached beside the predictions, so no page has to "
-                        "on its first visit)")
+                        "every split, searching for near-duplicate images (the Overview's leak check) and ranking "
+                        "likely label errors (the Review queue) now (by default all are computed once here and "
+                        "cached beside the predictions, so no page has to on its first visit)")
     parser.add_argument("--no-pools", action="store_true",
                         help="with --workspace: do not predict the workspace's unlabelled pools ([[pools]]); by "
                         "default each pool's new or changed images are predicted after the dataset")
@@ -89,6 +89,21 @@ def _warm_taxonomy(workspace: Workspace, table: PredictionTable, folder: Path) -
         print(f"{computed} taxonomy result(s) computed for the Taxonomy page in {folder}")
 
 
+def _warm_review(workspace: Workspace, checkpoint: str, folder: Path) -> None:
+    """The Review queue's label-issue ranking of every split and its prediction-set thresholds
+    (`core.review_cache.warm_review_results`), on the table opened as the pages open it (a float16 table memory-mapped:
+    the keys hash its probabilities as the pages hold them)."""
+    from core.prediction_paths import predictions_path
+    from core.probs_sidecar import open_table
+    from core.review_cache import warm_review_results
+
+    dataset = workspace.load_dataset()
+    path = predictions_path(workspace, checkpoint, dataset=dataset)
+    ranked = warm_review_results(open_table(path, dataset.samples), folder, predictions_key=str(path),
+                                 checkpoint=checkpoint)
+    print(f"{ranked} label-issue ranking(s) and the prediction-set thresholds stored for the Review queue in {folder}")
+
+
 def _run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
@@ -122,6 +137,7 @@ def _run(args: argparse.Namespace) -> int:
                 if warm_near_duplicates(table, folder, checkpoint=args.checkpoint, cache_dir=workspace.cache_dir):
                     print(f"near-duplicate pairs (the Overview's leak check) computed in {folder}")
                 _warm_taxonomy(workspace, table, folder)
+                _warm_review(workspace, args.checkpoint, folder)
         return 0
     if not args.data or not args.out:
         raise ValueError("give --data PATH and --out DIR (or --workspace DIR --checkpoint NAME)")

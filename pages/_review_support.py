@@ -3,12 +3,8 @@ actor: the signed-in account, or the local name typed in the sidebar)."""
 
 from __future__ import annotations
 
-import hashlib
-import json
-from dataclasses import asdict, dataclass
-from pathlib import Path
+from dataclasses import dataclass
 
-import numpy as np
 import pandas as pd
 import streamlit as st
 
@@ -17,9 +13,9 @@ from core.agreement import DISPUTED_STATUS, format_votes, is_disputed
 from core.conformal import ConformalCalibration, ConformalConfig
 from core.errors import USER_ERRORS, user_message
 from core.labelstore import LabelStore, SampleState, open_label_store
-from core.predictions import PredictionTable, table_token
-from core.ranking import LabelIssueRanking, cached_label_issues, label_issue_key, typical_examples
-from core.result_cache import cached_result
+from core.predictions import PredictionTable
+from core.ranking import LabelIssueRanking, typical_examples
+from core.review_cache import set_calibration_token, stored_review_ranking, stored_set_calibration
 from core.workspace import Workspace
 from pages._access import current_actor, explain_hidden
 from pages._cached import PageContext, dataset_key, get_predictions, predictions_key
@@ -71,14 +67,13 @@ def label_store_or_problem(ctx: PageContext) -> tuple[LabelStore | None, str | N
 @st.cache_resource(show_spinner="Ranking likely label errors…", max_entries=8)
 def _ranking(predictions_key: str, split: str, crossval_key: str, _table: PredictionTable,
              _full: PredictionTable | None, _cv_table: PredictionTable | None) -> LabelIssueRanking:
-    # On disk beside the predictions too: a restarted server reads it instead of running cleanlab again. The kNN
-    # reference (the training rows: 700,000 at 1M images) is sliced here, on a miss, never on a rerun.
+    # On disk beside the predictions too (`python -m cli predict --workspace` stores it): a restarted server reads it
+    # instead of running cleanlab again. The kNN reference (the training rows: 700,000 at 1M images) is keyed by
+    # `core.ranking.reference_token` and sliced only when the ranking is computed, never to read it.
     from pages._evaluation import results_dir
 
-    reference = _full.for_split("train") if _full is not None else None
-    key = label_issue_key(table_token(_table, split, predictions_key),
-                          table_token(reference, "train") if reference is not None else "-", crossval_key)
-    return cached_label_issues(results_dir(), key, _table, reference=reference, cv_table=_cv_table)
+    return stored_review_ranking(results_dir(), _table, _full, split=split, predictions_key=predictions_key,
+                                 crossval_key=crossval_key, cv_table=_cv_table)
 
 
 def label_issue_ranking(ctx: PageContext, table: PredictionTable) -> LabelIssueRanking:
@@ -87,24 +82,6 @@ def label_issue_ranking(ctx: PageContext, table: PredictionTable) -> LabelIssueR
     full = get_predictions(ctx.workspace, ctx.checkpoint)
     cv_table, cv_key = crossval_table(ctx)
     return _ranking(predictions_key(ctx.workspace, ctx.checkpoint), ctx.split, cv_key, table, full, cv_table)
-
-
-def stored_set_calibration(folder: Path | None, calibration_token: str, config: ConformalConfig,
-                           calibration: PredictionTable) -> ConformalCalibration:
-    """`core.conformal.calibrate_on_table(calibration, config)`, read from `folder` when stored there (per-class
-    thresholds as Parquet through `core.result_cache`, keyed by `calibration_token` (the calibration rows' content),
-    the settings and the conformal code), else computed and stored: scoring every class of 200,000 validation rows
-    takes most of a minute at 1M x 1,000, so a restarted server reads the thresholds instead."""
-    def compute() -> pd.DataFrame:
-        fit = conformal.calibrate_on_table(calibration, config)
-        return pd.DataFrame({"threshold": fit.thresholds, "n_calibration": fit.n_calibration})
-
-    digest = hashlib.sha256(Path(conformal.__file__).read_bytes())  # the conformal code, not the interval code
-    digest.update(json.dumps([calibration_token, sorted(asdict(config).items())]).encode())
-    key = f"set-calibration-{digest.hexdigest()[:24]}"
-    stored = cached_result(folder, key, compute)
-    return ConformalCalibration(stored["threshold"].to_numpy(dtype=np.float64), stored["n_calibration"].to_numpy(),
-                                config)
 
 
 @st.cache_resource(show_spinner="Calibrating prediction sets…", max_entries=8)
@@ -128,7 +105,8 @@ def sample_prediction_set(ctx: PageContext, table: PredictionTable, sample_id: s
     row = (table.frame["sample_id"] == sample_id).to_numpy(dtype=bool)
     if not row.any():
         return None
-    fit = _set_calibration(table_token(calibration, "val", ctx.checkpoint or ""), conformal_config(), calibration)
+    fit = _set_calibration(set_calibration_token(calibration, ctx.checkpoint or ""), conformal_config(),
+                           calibration)
     return tuple(conformal.set_frame(table.subset(row), fit)["prediction_set"].iloc[0])
 
 

@@ -286,3 +286,54 @@ def test_a_stored_ranking_reads_back_equal_and_is_not_computed_again(tmp_path: P
     assert again.messages == expected.messages and again.class_names == expected.class_names
     with pytest.raises(AssertionError, match="ranked again"):  # another key is computed, not served the stored one
         cached_label_issues(tmp_path, label_issue_key("token-b", "reference-a", ""), table)
+
+
+def _two_splits() -> PredictionTable:
+    """Training rows (seed 1) and validation rows (seed 0) of the synthetic model in one table, as a predictions file
+    holds them."""
+    val, _ = _synthetic(0, split="val")
+    train, _ = _synthetic(1, split="train", prefix="tr")
+    return PredictionTable(pd.concat([val.frame, train.frame], ignore_index=True),
+                           np.concatenate([val.pred_probs, train.pred_probs]),
+                           np.concatenate([val.embeddings, train.embeddings]), val.class_names, val.meta)
+
+
+def test_the_reference_token_changes_with_the_table_and_the_split_and_slices_nothing(tmp_path: Path,
+                                                                                     monkeypatch) -> None:
+    from core.ranking import cached_label_issues, reference_token
+
+    full = _two_splits()
+    token = reference_token(full, "train")
+    assert reference_token(_two_splits(), "train") == token  # same content, another object: the same key
+    assert reference_token(full, "val") != token
+    relabelled = full.frame.copy()
+    row = int(np.flatnonzero(relabelled["split"] == "train")[0])
+    relabelled.loc[row, "label_idx"] = (relabelled.loc[row, "label_idx"] + 1) % len(CLASSES)
+    assert reference_token(PredictionTable(relabelled, full.pred_probs, full.embeddings, full.class_names,
+                                           full.meta), "train") != token
+    moved = full.frame.copy()  # one validation row moved into the training split, nothing else changed
+    moved.loc[int(np.flatnonzero(moved["split"] == "val")[0]), "split"] = "train"
+    assert reference_token(PredictionTable(moved, full.pred_probs, full.embeddings, full.class_names, full.meta),
+                           "train") != token
+
+    sliced: list[str] = []
+    original_subset = PredictionTable.subset
+    monkeypatch.setattr(PredictionTable, "subset", lambda self, mask: sliced.append("subset")
+                        or original_subset(self, mask))
+    reference_token(full, "train")
+    assert sliced == []  # keyed without slicing the training rows out
+
+    val = full.for_split("val")
+    calls: list[int] = []
+
+    def reference() -> PredictionTable:
+        calls.append(1)
+        return full.for_split("train")
+
+    sliced.clear()
+    first = cached_label_issues(tmp_path, "label-issues-x", val, reference=reference)
+    pd.testing.assert_frame_equal(first.frame, rank_label_issues(val, reference=full.for_split("train")).frame)
+    assert calls == [1]
+    again = cached_label_issues(tmp_path, "label-issues-x", val, reference=reference)
+    pd.testing.assert_frame_equal(again.frame, first.frame)
+    assert calls == [1]  # read back: the reference was never sliced
