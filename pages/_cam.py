@@ -333,6 +333,38 @@ def await_cam_module(*, message: str = "Loading Grad-CAM (its first use on this 
         waiting.empty()
 
 
+def cam_module_pending() -> bool:
+    """Whether the server's first import of `models.cam` (started here on its own thread when it has not been) is
+    still running; never waits for it."""
+    return _cam_module_import().is_alive()
+
+
+def cam_maps_if_ready(
+    ctx: PageContext,
+    sample_ids: Sequence[str],
+    paths: Sequence[str | None],
+    class_indices: Sequence[int],
+    *,
+    method: str,
+) -> list[CamMaps | str] | None:
+    """`cam_maps` when they can be had at once, else None without waiting: the server's first import of
+    `models.cam` (torch) is still running on its thread, or the maps are being computed on the prefetch thread
+    (queued here when they were not). A page shows a caption then and asks again later (`st.fragment(run_every=...)`);
+    the script run ends at once, so a key press is never held up by Grad-CAM. Without a prefetch thread for them
+    (an ensemble, a model that cannot be loaded), the same as `cam_maps`, which raises or computes."""
+    if cam_module_pending():
+        return None
+    prefetch_cam_maps(ctx, sample_ids, paths, class_indices, method=method)
+    try:
+        keys = _cam_keys(_checkpoint_sha(ctx, ctx.checkpoint), sample_ids, paths, class_indices, method, None)
+    except USER_ERRORS:
+        keys = None
+    prefetcher = cam_prefetcher()
+    if keys is not None and prefetcher.known(keys) and not prefetcher.ready(keys):
+        return None
+    return cam_maps(ctx, sample_ids, paths, class_indices, method=method)
+
+
 def await_cam_maps(
     ctx: PageContext,
     sample_ids: Sequence[str],

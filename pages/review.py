@@ -21,7 +21,7 @@ from pages._annotate import KIND as ANNOTATE_KIND
 from pages._annotate import TITLE as ANNOTATE_TITLE
 from pages._annotate import render_annotation
 from pages._cached import require_table, start_page
-from pages._cam import prefetch_cam_maps
+from pages._cam import cam_module_pending, prefetch_cam_maps
 from pages._confidence import conformal_config, novelty_scores
 from pages._crossval_job import render_crossval_job
 from pages._gallery import sample_paths, sample_thumbnail, show_image
@@ -107,20 +107,53 @@ def _strip(ctx, sample_ids: list[str], title: str) -> None:
             cell.image(data, width="stretch")
 
 
-def _cam_overlays(ctx, sample_id: str, path: str, classes: list[int]) -> list:
-    """Grad-CAM overlays of `sample_id` for each model class index in `classes` (None where unavailable)."""
-    from pages._cam import CamMaps, await_cam_maps, await_cam_module
+CAM_POLL_S = 0.5  # how often the pending Grad-CAM panel asks whether its maps are ready
 
-    await_cam_module()  # torch's first import, interruptible by the next key press
-    from models.cam import CamError, render_overlay
 
-    try:  # computed on the prefetch thread (usually done already); a key press meanwhile reruns at once
-        maps = await_cam_maps(ctx, [sample_id] * len(classes), [path] * len(classes), classes, method="gradcam")
+def _cam_overlays(maps: list, wanted: list[tuple[str, int]]) -> None:
+    """The Grad-CAM overlays of `maps` (one per `wanted` (title, class index)) side by side."""
+    from models.cam import render_overlay
+    from pages._cam import CamMaps
+
+    for column, (title, _), entry in zip(st.columns(len(wanted)), wanted, maps, strict=True):
+        if isinstance(entry, CamMaps):
+            column.image(render_overlay(entry.view, entry.cam, opacity=0.45, display_size=256),
+                         caption=f"Grad-CAM · {md(title)}", width="stretch")
+
+
+def _ready_maps(ctx, sample_id: str, path: str, wanted: list[tuple[str, int]]) -> list | None:
+    """This sample's maps when ready; None while torch imports or the prefetch thread computes them. A caption says
+    why there are none when they cannot be computed."""
+    from pages._cam import cam_maps_if_ready
+
+    if cam_module_pending():  # the server's first use: torch imports on its own thread
+        return None
+    from models.cam import CamError  # imported already: no wait
+
+    classes = [i for _, i in wanted]
+    try:
+        return cam_maps_if_ready(ctx, [sample_id] * len(classes), [path] * len(classes), classes, method="gradcam")
     except CamError as exc:
         st.caption(f"Grad-CAM unavailable: {md(exc)}")
         return [None] * len(classes)
-    return [render_overlay(m.view, m.cam, opacity=0.45, display_size=256) if isinstance(m, CamMaps) else None
-            for m in maps]
+
+
+def _await_cam(ctx, sample_id: str, path: str, wanted: list[tuple[str, int]]) -> None:
+    """The pending Grad-CAM panel (an `st.fragment` rerun every `CAM_POLL_S` while it shows): a caption until the
+    maps are ready, then a rerun of the page, which draws them and stops asking."""
+    st.caption("Computing Grad-CAM…")
+    if _ready_maps(ctx, sample_id, path, wanted) is not None:
+        st.rerun()
+
+
+def _cam_panel(ctx, sample_id: str, path: str, wanted: list[tuple[str, int]]) -> None:
+    """Grad-CAM of this sample for each of `wanted`, never waiting: drawn when the maps are ready, else a caption
+    that a polling fragment replaces once the prefetch thread is done (the script run ends at once)."""
+    maps = _ready_maps(ctx, sample_id, path, wanted)
+    if maps is None:
+        st.fragment(_await_cam, run_every=CAM_POLL_S)(ctx, sample_id, path, wanted)
+    else:
+        _cam_overlays(maps, wanted)
 
 
 @st.fragment
@@ -227,11 +260,9 @@ def sample_view(ctx, table, store, ranking, spec: QueueSpec, reviewer: str | Non
             wanted = [(f"suggested: {suggested}", names.index(suggested))]
             if given in names:
                 wanted.append((f"given: {given}", names.index(given)))
-            overlays = _cam_overlays(ctx, sample_id, path, [i for _, i in wanted])
-            for column, (title, _), overlay in zip(st.columns(len(wanted)), wanted, overlays, strict=True):
-                if overlay is not None:
-                    column.image(overlay, caption=f"Grad-CAM · {md(title)}", width="stretch")
-    if next_id is not None and st.session_state.get("rv-cam", True):  # queued after this sample's maps
+            _cam_panel(ctx, sample_id, path, wanted)
+    # queued after this sample's maps; not while torch imports (the import lock would hold this script run)
+    if next_id is not None and st.session_state.get("rv-cam", True) and not cam_module_pending():
         next_path = sample_paths(ctx, [next_id])[0]
         if next_path:
             wanted = [names.index(str(queue.iloc[position + 1]["suggested"]))]

@@ -165,8 +165,9 @@ def test_review_buttons_carry_shortcuts_that_streamlit_does_not_bind(review_work
 
 
 def test_the_next_samples_grad_cam_is_computed_in_the_background(review_workspace: Path, monkeypatch) -> None:
-    """Grad-CAM maps are computed on the prefetch thread, never in the page's script run, and a move to the next
-    sample finds its maps there already."""
+    """Grad-CAM maps are computed on the prefetch thread, never in the page's script run, which does not wait for
+    them either: the panel says they are being computed and shows them on a later run (in the browser, its polling
+    fragment's); a move to the next sample finds its maps there already."""
     import threading
 
     import streamlit as st
@@ -184,9 +185,14 @@ def test_the_next_samples_grad_cam_is_computed_in_the_background(review_workspac
 
     monkeypatch.setattr(models.cam, "explain_images", spy)
     app = _open("pages/review.py", review_workspace, tl_reviewer="ann")
+    assert "Computing Grad-CAM…" in [c.value for c in app.caption]  # the run ended without the maps
+    assert not [c for image in app.image for c in image.captions if c.startswith("Grad-CAM")]
     _settle(cam_prefetcher())
-    # this sample's maps and the next one's, both on the prefetch thread (the page waits for the first, not the next)
+    # this sample's maps and the next one's, both on the prefetch thread (the page waits for neither)
     assert [(name.split("_")[0], images) for name, images in calls] == [("taxalens-cam-prefetch", 2)] * 2, calls
+    app.run()  # what the pending panel's fragment does once they are ready: the maps are shown, nothing is computed
+    assert [c for image in app.image for c in image.captions if c.startswith("Grad-CAM")]
+    assert "Computing Grad-CAM…" not in [c.value for c in app.caption]
     seen = len(calls)
     _click(app, "rv-next")  # its maps are ready: the one new batch is the sample after it, in the background
     _settle(cam_prefetcher())
