@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 
@@ -22,6 +23,7 @@ from core.result_cache import SPLITS, cached_result
 logger = logging.getLogger(__name__)
 
 REFERENCE_SPLIT = "train"  # the kNN reference of the ranking: the labelled training rows
+CALIBRATION_SPLIT = "val"  # the rows the prediction-set thresholds are calibrated on
 
 
 def review_ranking_key(table: PredictionTable, full: PredictionTable | None, *, split: str, predictions_key: str,
@@ -43,13 +45,14 @@ def stored_review_ranking(folder: Path | None, table: PredictionTable, full: Pre
 
 
 def stored_set_calibration(folder: Path | None, calibration_token: str, config: ConformalConfig,
-                           calibration: PredictionTable) -> ConformalCalibration:
+                           calibration: PredictionTable | Callable[[], PredictionTable]) -> ConformalCalibration:
     """`core.conformal.calibrate_on_table(calibration, config)`, read from `folder` when stored there (per-class
     thresholds as Parquet through `core.result_cache`, keyed by `calibration_token` (the calibration rows' content),
     the settings and the conformal code), else computed and stored: scoring every class of 200,000 validation rows
-    takes most of a minute at 1M x 1,000, so a restarted server reads the thresholds instead."""
+    takes most of a minute at 1M x 1,000, so a restarted server reads the thresholds instead. `calibration` may be
+    a function returning the rows, called only when the thresholds are computed."""
     def compute() -> pd.DataFrame:
-        fit = conformal.calibrate_on_table(calibration, config)
+        fit = conformal.calibrate_on_table(calibration() if callable(calibration) else calibration, config)
         return pd.DataFrame({"threshold": fit.thresholds, "n_calibration": fit.n_calibration})
 
     digest = hashlib.sha256(Path(conformal.__file__).read_bytes())  # the conformal code, not the interval code
@@ -60,10 +63,18 @@ def stored_set_calibration(folder: Path | None, calibration_token: str, config: 
                                 config)
 
 
-def set_calibration_token(calibration: PredictionTable, checkpoint: str) -> str:
-    """The key part of the prediction-set thresholds calibrated on `calibration` (the validation rows of checkpoint
-    `checkpoint`'s predictions), as the review page computes it."""
-    return table_token(calibration, "val", checkpoint)
+def set_calibration_token(full: PredictionTable, checkpoint: str) -> str:
+    """The key part of the prediction-set thresholds calibrated on the validation rows of `full` (checkpoint
+    `checkpoint`'s predictions, all splits), as the review page computes it: keyed without slicing the rows
+    (`core.ranking.reference_token`)."""
+    return f"{reference_token(full, CALIBRATION_SPLIT)}|{checkpoint}"
+
+
+def has_labelled_calibration_rows(full: PredictionTable) -> bool:
+    """Whether `full` has validation rows whose label is a model class (what prediction sets are calibrated on)."""
+    frame = full.frame
+    return bool(((frame["split"] == CALIBRATION_SPLIT).to_numpy(dtype=bool)
+                 & (frame["label_idx"].to_numpy() >= 0)).any())
 
 
 def warm_review_results(full: PredictionTable, folder: Path, *, predictions_key: str, checkpoint: str,
@@ -77,10 +88,9 @@ def warm_review_results(full: PredictionTable, folder: Path, *, predictions_key:
         table = full if split == "all" else full.for_split(split)
         stored_review_ranking(folder, table, full, split=split, predictions_key=predictions_key)
         done += 1
-    calibration = full.for_split("val")
-    if len(calibration) and (calibration.frame["label_idx"].to_numpy() >= 0).any():
-        stored_set_calibration(folder, set_calibration_token(calibration, checkpoint), config or ConformalConfig(),
-                               calibration)
+    if has_labelled_calibration_rows(full):
+        stored_set_calibration(folder, set_calibration_token(full, checkpoint), config or ConformalConfig(),
+                               lambda: full.for_split(CALIBRATION_SPLIT))
     else:
         logger.info("no labelled validation rows: no prediction-set thresholds stored")
     return done

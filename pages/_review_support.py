@@ -15,7 +15,13 @@ from core.errors import USER_ERRORS, user_message
 from core.labelstore import LabelStore, SampleState, open_label_store
 from core.predictions import PredictionTable
 from core.ranking import LabelIssueRanking, typical_examples
-from core.review_cache import set_calibration_token, stored_review_ranking, stored_set_calibration
+from core.review_cache import (
+    CALIBRATION_SPLIT,
+    has_labelled_calibration_rows,
+    set_calibration_token,
+    stored_review_ranking,
+    stored_set_calibration,
+)
 from core.workspace import Workspace
 from pages._access import current_actor, explain_hidden
 from pages._cached import PageContext, dataset_key, get_predictions, predictions_key
@@ -85,11 +91,16 @@ def label_issue_ranking(ctx: PageContext, table: PredictionTable) -> LabelIssueR
 
 
 @st.cache_resource(show_spinner="Calibrating prediction sets…", max_entries=8)
-def _set_calibration(calibration_token: str, config: ConformalConfig, _calibration: PredictionTable
-                     ) -> ConformalCalibration:
+def _set_calibration(predictions_key: str, dataset_key: str, table_id: int, checkpoint: str, config: ConformalConfig,
+                     _full: PredictionTable) -> ConformalCalibration | None:
+    # Keyed as `_split_of` keys a split (file, dataset load, table object): the validation rows' token is computed and
+    # the rows sliced (200,000 x 1,000 at 1M images: a second) only on a miss, and then only when not stored on disk.
     from pages._evaluation import results_dir
 
-    return stored_set_calibration(results_dir(), calibration_token, config, _calibration)
+    if not has_labelled_calibration_rows(_full):
+        return None
+    return stored_set_calibration(results_dir(), set_calibration_token(_full, checkpoint), config,
+                                  lambda: _full.for_split(CALIBRATION_SPLIT))
 
 
 def sample_prediction_set(ctx: PageContext, table: PredictionTable, sample_id: str) -> tuple[str, ...] | None:
@@ -99,14 +110,16 @@ def sample_prediction_set(ctx: PageContext, table: PredictionTable, sample_id: s
     probabilities are read: the sets of a million rows are never built for one review."""
     from pages._confidence import conformal_config
 
-    calibration = ctx.table(split="val")
-    if calibration is None or not (calibration.frame["label_idx"] >= 0).any():
+    full = ctx.table(split="all")  # the confidences the sidebar chose (calibrated or not), all splits
+    if full is None:
         return None
     row = (table.frame["sample_id"] == sample_id).to_numpy(dtype=bool)
     if not row.any():
         return None
-    fit = _set_calibration(set_calibration_token(calibration, ctx.checkpoint or ""), conformal_config(),
-                           calibration)
+    fit = _set_calibration(predictions_key(ctx.workspace, ctx.checkpoint), dataset_key(ctx.dataset), id(full),
+                           ctx.checkpoint or "", conformal_config(), full)
+    if fit is None:
+        return None
     return tuple(conformal.set_frame(table.subset(row), fit)["prediction_set"].iloc[0])
 
 
