@@ -219,8 +219,10 @@ def annotate_view(ctx: PageContext, store: LabelStore, pool: Pool, predictions: 
     names = list(predictions.class_names)
     with cam_slot:
         if st.toggle("Grad-CAM of the suggestion", value=True, key="an-cam"):
+            from pages._cam import CamMaps, await_cam_maps, await_cam_module
+
+            await_cam_module()  # torch's first import on its own thread: a key press meanwhile reruns at once
             from models.cam import CamError, render_overlay
-            from pages._cam import CamMaps, await_cam_maps
 
             try:
                 maps = await_cam_maps(ctx, [sample_id], [str(row["path"])], [names.index(classes[0])],
