@@ -48,6 +48,16 @@ CHECKPOINT = "synthetic"
 BASE_IMAGES = 600
 
 
+def settle_background_work(limit_s: float = 600.0) -> None:
+    """Wait for the pages' background threads: the review page's Grad-CAM (torch's first import, the maps of this
+    and the next sample) runs on after its script run ends, and would otherwise be timed with the next page."""
+    from pages._cam import cam_module_pending, cam_prefetcher
+
+    deadline = time.monotonic() + limit_s
+    while (cam_module_pending() or cam_prefetcher().pending()) and time.monotonic() < deadline:
+        time.sleep(0.1)
+
+
 def build_workspace(root: Path, *, n: int, k: int, seed: int = 0) -> Path:
     """The synthetic workspace described in the module docstring (skipped when `root` already has predictions)."""
     if (root / "taxalens.toml").is_file() and list((root / ".taxalens" / "predictions").glob("*.parquet")):
@@ -221,6 +231,7 @@ def main(argv: list[str] | None = None) -> int:
     # also reads the predictions table again.
     import streamlit as st
 
+    settle_background_work()  # a real restart ends the old server's threads; here they would run on into it
     st.cache_data.clear()
     st.cache_resource.clear()
     app.switch_page("pages/home.py")  # where a browser lands after a restart: the dataset loads there (issue 16.1)
@@ -232,6 +243,7 @@ def main(argv: list[str] | None = None) -> int:
         row.append(timed_run(app, 900))
         print(f"  {row[0]} after a restart: {row[-1]:.2f}s (cpu {cpu_of(row[-1]):.2f}s)", flush=True)
 
+    settle_background_work()
     # Cell click -> gallery: new off-diagonal cells, largest first (24 thumbnails each, never opened before).
     from core.confusion import confusion_counts
     from core.workspace import load_workspace
