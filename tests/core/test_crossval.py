@@ -17,6 +17,7 @@ from core.crossval import (
     crossval_folds,
     crossval_path,
     find_crossval,
+    labels_digest,
     probe_crossval,
 )
 from core.predictions import build_prediction_table
@@ -159,3 +160,36 @@ def test_cache_path_is_keyed_by_mode_folds_and_labels_and_finetune_is_preferred(
     assert find_crossval(predictions, samples, mode="probe") == probe5
     with pytest.raises(CrossvalError, match="unknown"):
         crossval_path(predictions, samples, mode="knn", n_folds=5)
+
+
+def test_labels_digest_is_still_the_one_cached_tables_are_named_by() -> None:
+    """The faster digest (sample ids hashed without factorising them) names the same files as before: the value
+    below is what `labels_digest` returned when the tables were cached (pandas' default `categorize=True`), for
+    Python strings and Arrow strings alike; any changed column changes it."""
+    samples = _frame()
+    assert labels_digest(samples) == "cbd879f6e3e5"
+    assert labels_digest(samples.astype({"sample_id": object, "label": object})) == "cbd879f6e3e5"
+    assert labels_digest(samples.astype("string[pyarrow]")) == "cbd879f6e3e5"
+    for column in ("sample_id", "label", "split", "specimen_id"):
+        changed = samples.copy()
+        changed.loc[3, column] = "val" if column == "split" else "Zygnema-0"
+        assert labels_digest(changed) != "cbd879f6e3e5", column
+
+
+def test_find_crossval_hashes_no_labels_while_none_is_cached_for_these_predictions(tmp_path: Path,
+                                                                                  monkeypatch) -> None:
+    """A million labels take most of a second to hash: with no cross-validated table beside the predictions (the
+    usual first visit) there is nothing to match, so none are hashed; once one is there they are, and it is found."""
+    import core.crossval
+
+    predictions = tmp_path / "tiny-0123abcd.parquet"
+    samples = _frame()
+    other = tmp_path / f"other-99.cv-probe-5f-s0-{labels_digest(samples)}.parquet"  # another checkpoint's table
+    other.write_bytes(b"")
+    calls = []
+    real = core.crossval.labels_digest
+    monkeypatch.setattr(core.crossval, "labels_digest", lambda s: calls.append(len(s)) or real(s))
+    assert find_crossval(predictions, samples) is None and calls == []
+    probe5 = crossval_path(predictions, samples, mode="probe", n_folds=5)
+    probe5.write_bytes(b"")
+    assert find_crossval(predictions, samples) == probe5 and len(calls) == 2  # the path's digest, then the search's
