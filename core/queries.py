@@ -79,6 +79,21 @@ def first_positions(values: np.ndarray, n: int, *, ascending: bool = True) -> np
     return candidates[order][:n].astype(np.int64)
 
 
+def rows_of_samples(frame: pd.DataFrame, sample_ids: Sequence[str], *,
+                    columns: Sequence[str] = ()) -> pd.DataFrame:
+    """The rows of `frame` (a dataset's samples or a predictions frame) whose `sample_id` is one of `sample_ids`,
+    indexed by sample id (the first row of an id listed twice; ids not in `frame` left out), with `columns` (default
+    all) and `row`, the position in `frame`. One vectorised comparison of the id column per call (about 10 ms at a
+    million Arrow strings), where a sample_id -> row index of the whole column takes 0.6 s to build: for the few
+    samples a page shows at a time."""
+    wanted = list(dict.fromkeys(str(s) for s in sample_ids))
+    mask = frame["sample_id"].isin(wanted).to_numpy(dtype=bool) if wanted else np.zeros(len(frame), dtype=bool)
+    positions = np.flatnonzero(mask)
+    rows = frame.iloc[positions][list(columns)] if columns else frame.iloc[positions]
+    rows = rows.assign(row=positions).set_index(frame["sample_id"].iloc[positions].astype(str).to_numpy())
+    return rows[~rows.index.duplicated(keep="first")]
+
+
 def top_predictions(table: PredictionTable, row: int, *, k: int = 5) -> pd.DataFrame:
     """The `k` most probable classes for table row `row`: class, probability (highest first)."""
     probs = table.pred_probs[row]

@@ -24,7 +24,7 @@ from pages._cached import require_table, start_page
 from pages._cam import cam_module_pending, prefetch_cam_maps
 from pages._confidence import conformal_config, novelty_scores
 from pages._crossval_job import render_crossval_job
-from pages._gallery import sample_paths, sample_thumbnail, show_image
+from pages._gallery import sample_thumbnail, show_image
 from pages._links import (
     PARAM_CLASS,
     PARAM_PRED,
@@ -38,11 +38,12 @@ from pages._links import (
 from pages._review_support import (
     SHORTCUTS,
     current_reviewer,
-    given_labels,
+    given_label,
     label_issue_ranking,
     label_store,
     now_line,
     queue_position,
+    review_paths,
     sample_prediction_set,
     typical_example_ids,
 )
@@ -101,7 +102,7 @@ def _strip(ctx, sample_ids: list[str], title: str) -> None:
         st.caption("no correctly classified example in this split")
         return
     cells = st.columns(STRIP)
-    for cell, path in zip(cells, sample_paths(ctx, sample_ids), strict=False):
+    for cell, path in zip(cells, review_paths(ctx, sample_ids), strict=False):
         data = sample_thumbnail(path)
         if data is not None:
             cell.image(data, width="stretch")
@@ -161,7 +162,6 @@ def sample_view(ctx, table, store, ranking, spec: QueueSpec, reviewer: str | Non
     """The sample under review and the decision buttons: a decision or a move reruns only this fragment, not the
     sidebar, the queue pickers, the ranking or the cross-validation panel (the key press -> next sample path)."""
     names = list(table.class_names)
-    given_of = given_labels(ctx)
     queue = build_queue(ranking, spec, reviewed_by_me=store.reviewed_by(reviewer) if reviewer else set(),
                         novelty=novelty)
     if queue.empty:
@@ -172,7 +172,8 @@ def sample_view(ctx, table, store, ranking, spec: QueueSpec, reviewer: str | Non
     row = queue.iloc[position]
     set_page_params("review", queue=spec.kind, **{PARAM_CLASS: spec.class_name, PARAM_TRUE: spec.true_label,
                                                   PARAM_PRED: spec.pred_label, PARAM_SAMPLE: sample_id})
-    given = given_of.get(sample_id, str(row["label"]))
+    given = given_label(ctx, sample_id)
+    given = str(row["label"]) if given is None else given
     suggested = str(row["suggested"])
     state = store.state(sample_id)
     if st.session_state.get(PICK_FOR) != sample_id:  # the picker starts on this sample's suggestion, not the last pick
@@ -192,7 +193,7 @@ def sample_view(ctx, table, store, ranking, spec: QueueSpec, reviewer: str | Non
         st.caption(f"Sample {position + 1} of {place.total} · queue rank {int(row['rank'])} · {md(sample_id)}")
         copy_link_control("rv-link")
 
-    path = sample_paths(ctx, [sample_id])[0]
+    path = review_paths(ctx, [sample_id])[0]
     image_col, facts_col = st.columns([3, 2])
     with image_col:
         show_image(path, sample_id)
@@ -263,11 +264,12 @@ def sample_view(ctx, table, store, ranking, spec: QueueSpec, reviewer: str | Non
             _cam_panel(ctx, sample_id, path, wanted)
     # queued after this sample's maps; not while torch imports (the import lock would hold this script run)
     if next_id is not None and st.session_state.get("rv-cam", True) and not cam_module_pending():
-        next_path = sample_paths(ctx, [next_id])[0]
+        next_path = review_paths(ctx, [next_id])[0]
         if next_path:
             wanted = [names.index(str(queue.iloc[position + 1]["suggested"]))]
-            if given_of.get(next_id) in names:
-                wanted.append(names.index(given_of[next_id]))
+            next_given = given_label(ctx, next_id)
+            if next_given in names:
+                wanted.append(names.index(next_given))
             prefetch_cam_maps(ctx, [next_id] * len(wanted), [next_path] * len(wanted), wanted, method="gradcam")
 
 
@@ -275,7 +277,6 @@ ctx = start_page("Review queue")
 table = require_table(ctx)
 store = label_store(ctx)
 names = list(table.class_names)
-given_of = given_labels(ctx)
 
 # A link or a reload: the queue and the sample come from the URL while this session has chosen none.
 if "rv-kind" not in st.session_state and url_param(PARAM_QUEUE) in KINDS:

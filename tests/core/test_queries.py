@@ -5,7 +5,7 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from core.queries import class_taxa, filter_predictions, top_predictions
+from core.queries import class_taxa, filter_predictions, rows_of_samples, top_predictions
 from tests.core.tables import hand_table as _table
 
 
@@ -53,3 +53,24 @@ def test_first_positions_equal_a_stable_sort_with_ties_and_nan_last(ascending, n
     got = first_positions(values, n, ascending=ascending)
     assert got.tolist() == expected.tolist()
     assert len(got) == min(n, len(values))
+
+
+def test_rows_of_samples_are_the_rows_an_id_index_finds(bccd_root):
+    """The review page's lookup of the few samples it shows: the same rows and positions as an index of every id
+    (what it replaces), for Arrow and Python strings; ids not in the frame left out, an id listed twice once."""
+    from core.dataset import load_dataset
+
+    samples = load_dataset(bccd_root, verify="none").samples
+    ids = samples["sample_id"].astype(str)
+    wanted = [ids.iloc[300], "no/such/image.jpg", ids.iloc[7], ids.iloc[300], ids.iloc[len(ids) - 1]]
+    expected = samples.set_index(ids.to_numpy())[["path", "label"]].reindex(wanted).dropna()
+    expected = expected[~expected.index.duplicated()]
+    for frame in (samples, samples.astype({"sample_id": object, "path": object, "label": object})):
+        rows = rows_of_samples(frame, wanted, columns=("path", "label"))
+        assert sorted(rows.index) == sorted(expected.index) and len(rows) == 3
+        assert rows.loc[expected.index, ["path", "label"]].astype(str).equals(expected.astype(str))
+        assert [ids.iloc[p] for p in rows["row"]] == list(rows.index)  # `row`: the position in the frame
+    duplicated = pd.concat([samples.iloc[:3], samples.iloc[:1].assign(label="other")], ignore_index=True)
+    first = rows_of_samples(duplicated, [duplicated["sample_id"].iloc[0]])
+    assert first["label"].tolist() == [samples["label"].iloc[0]] and first["row"].tolist() == [0]
+    assert rows_of_samples(samples, []).empty and rows_of_samples(samples, ["missing"]).empty

@@ -173,6 +173,8 @@ def test_the_next_samples_grad_cam_is_computed_in_the_background(review_workspac
     import streamlit as st
 
     import models.cam
+    import models.inference
+    from pages._cached import load_model
     from pages._cam import cam_prefetcher
 
     st.cache_data.clear()
@@ -184,12 +186,23 @@ def test_the_next_samples_grad_cam_is_computed_in_the_background(review_workspac
         return original(model, card, images, *args, **kwargs)
 
     monkeypatch.setattr(models.cam, "explain_images", spy)
+    loads: list[str] = []  # thread name per model load (models.inference.load_workspace_model, under load_model)
+    real_load = models.inference.load_workspace_model
+
+    def load_spy(*args, **kwargs):
+        loads.append(threading.current_thread().name)
+        return real_load(*args, **kwargs)
+
+    monkeypatch.setattr(models.inference, "load_workspace_model", load_spy)
+    load_model.clear()
     app = _open("pages/review.py", review_workspace, tl_reviewer="ann")
     assert "Computing Grad-CAM…" in [c.value for c in app.caption]  # the run ended without the maps
     assert not [c for image in app.image for c in image.captions if c.startswith("Grad-CAM")]
     _settle(cam_prefetcher())
-    # this sample's maps and the next one's, both on the prefetch thread (the page waits for neither)
+    # this sample's maps and the next one's, both on the prefetch thread (the page waits for neither), and the
+    # model they need loaded there too, once (seconds at 1,000 classes: never in a script run)
     assert [(name.split("_")[0], images) for name, images in calls] == [("taxalens-cam-prefetch", 2)] * 2, calls
+    assert [name.split("_")[0] for name in loads] == ["taxalens-cam-prefetch"], loads
     app.run()  # what the pending panel's fragment does once they are ready: the maps are shown, nothing is computed
     assert [c for image in app.image for c in image.captions if c.startswith("Grad-CAM")]
     assert "Computing Grad-CAM…" not in [c.value for c in app.caption]
@@ -241,3 +254,33 @@ def test_the_first_grad_cam_import_runs_on_its_own_thread_while_the_page_waits(m
     finally:
         release.set()
         cam._cam_module_import.clear()
+
+
+def test_the_shown_samples_given_label_and_path_come_from_a_cached_lookup_of_those_ids(bccd_root, monkeypatch):
+    """The review page looks up the label and path of the samples it shows (`given_label`, `review_paths`) instead
+    of a dict and an index of every id (1.3 s at a million images): the same answers, one lookup per dataset load
+    and ids (a rerun on the same sample looks nothing up), a new one for a reloaded (e.g. relabelled) dataset."""
+    from types import SimpleNamespace
+
+    import pages._review_support as support
+    from pages._gallery import sample_paths
+
+    lookups: list[tuple[str, ...]] = []
+    real = support.rows_of_samples
+    monkeypatch.setattr(support, "rows_of_samples", lambda frame, ids, **kw: lookups.append(tuple(ids)) or
+                        real(frame, ids, **kw))
+    dataset = load_dataset(bccd_root, verify="none")
+    ctx = SimpleNamespace(dataset=dataset)
+    ids = dataset.samples["sample_id"].astype(str).tolist()
+    shown = [ids[5], ids[-1], "gone/never.jpg", ids[0]]
+    everyone = support.given_labels(ctx)
+    assert [support.given_label(ctx, s) for s in shown] == [everyone.get(s) for s in shown]
+    assert support.given_label(ctx, "gone/never.jpg") is None
+    assert support.review_paths(ctx, shown) == sample_paths(ctx, shown)
+    assert support.review_paths(ctx, shown)[2] is None
+    seen = len(lookups)
+    assert support.given_label(ctx, ids[5]) == everyone[ids[5]] and len(lookups) == seen  # cached: no new lookup
+    relabelled = load_dataset(bccd_root, verify="none")
+    relabelled.samples.loc[5, "label"] = "relabelled-class"
+    assert support.given_label(SimpleNamespace(dataset=relabelled), ids[5]) == "relabelled-class"
+    assert len(lookups) == seen + 1  # another dataset load: looked up again
