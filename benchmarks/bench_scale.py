@@ -10,9 +10,11 @@ probabilities (`save_predictions(probs_dtype="float16")`'s format: the full vect
 where the app's prediction cache looks, and beside it the float16 memory map and compact columns
 (`core.probs_sidecar`, written once per table as the app's first open would). The intervals of split "all" are
 computed once, as `predict --workspace` does after predicting (timed apart). Then, in this process (the "server":
-AppTest runs the app in-process), each page is opened on split "all": first visit, then `--repeats` warm reruns
-(median), wall and this process's CPU time, and the process's peak RSS so far. Targets: first visit <= 3 s, warm
-<= 0.5 s, peak RSS <= 8 GB. Needs about 12 GB of free memory at 1M x 1,000 (check `free -g`); the build takes long
+AppTest runs the app in-process), each page is opened on split "all": first visit, one rerun at once (a key press
+while the page's background work, the review page's first Grad-CAM: torch's import, the model, the maps, still runs
+in this process and is counted in its CPU time), then, once that work is done, `--repeats` warm reruns (median):
+wall and this process's CPU time, and the process's peak RSS so far. Targets: first visit <= 3 s, warm <= 0.5 s,
+peak RSS <= 8 GB. Needs about 12 GB of free memory at 1M x 1,000 (check `free -g`); the build takes long
 on a busy machine (hard links and 1,000 probabilities per image).
 """
 
@@ -155,6 +157,16 @@ def _timed(app, timeout: float) -> tuple[float, float]:
     return wall, time.process_time() - cpu
 
 
+def _settle_background_work(limit_s: float = 600.0) -> None:
+    """Wait for the page's background Grad-CAM work (`pages._cam.cam_work_pending`), starting none: the review page's
+    first Grad-CAM (torch's import, the model, the maps) runs on after its script run ends."""
+    from pages._cam import cam_work_pending
+
+    deadline = time.monotonic() + limit_s
+    while cam_work_pending() and time.monotonic() < deadline:
+        time.sleep(0.1)
+
+
 def _rss_gb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2  # ru_maxrss is in KiB on Linux
 
@@ -245,13 +257,16 @@ def main(argv: list[str] | None = None) -> int:
             app.switch_page(page)
         try:
             first, first_cpu = _timed(app, 1800)
+            at_once, at_once_cpu = _timed(app, 600)  # the page's background work may still run meanwhile
+            _settle_background_work()
             warm = [_timed(app, 600) for _ in range(args.repeats)]
             warm_s, warm_cpu = statistics.median(w for w, _ in warm), statistics.median(c for _, c in warm)
-            results.append((title, first, first_cpu, warm_s, warm_cpu, _rss_gb()))
-            print(f"  {title}: first {first:.2f}s ({first_cpu:.2f}s CPU), warm {warm_s:.2f}s ({warm_cpu:.2f}s CPU), "
-                  f"peak RSS {_rss_gb():.2f} GB, load {os.getloadavg()[0]:.1f}", flush=True)
+            results.append((title, first, first_cpu, at_once, at_once_cpu, warm_s, warm_cpu, _rss_gb()))
+            print(f"  {title}: first {first:.2f}s ({first_cpu:.2f}s CPU), rerun at once {at_once:.2f}s "
+                  f"({at_once_cpu:.2f}s CPU), warm {warm_s:.2f}s ({warm_cpu:.2f}s CPU), peak RSS {_rss_gb():.2f} GB, "
+                  f"load {os.getloadavg()[0]:.1f}", flush=True)
         except RuntimeError as exc:
-            results.append((title, float("nan"), float("nan"), float("nan"), float("nan"), _rss_gb()))
+            results.append((title, *[float("nan")] * 6, _rss_gb()))
             print(f"{title}: {exc}")
 
     _print_table(args, results)
@@ -264,12 +279,15 @@ def _print_table(args: argparse.Namespace, results: list, note: str = "") -> Non
         print(note)
     print(f"{args.samples:,} images x {args.classes:,} classes, split '{args.split}', float16 probabilities on disk; "
           f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores; {args.repeats} warm runs (median)")
-    print(f"{'page':<22} {'first (s)':>10} {'CPU (s)':>8} {'warm (s)':>9} {'CPU (s)':>8} {'peak RSS (GB)':>14}  "
-          f"ok (<= {TARGET_FIRST_S:g} s, <= {TARGET_WARM_S:g} s, <= {TARGET_RSS_GB:g} GB)")
-    for title, first, first_cpu, warm_s, warm_cpu, rss in results:
+    print("rerun at once: the next rerun, while the page's background work (the review page's first Grad-CAM) may "
+          "still run in this process; warm: once it is done")
+    print(f"{'page':<22} {'first (s)':>10} {'CPU (s)':>8} {'at once (s)':>12} {'CPU (s)':>8} {'warm (s)':>9} "
+          f"{'CPU (s)':>8} {'peak RSS (GB)':>14}  ok (<= {TARGET_FIRST_S:g} s, <= {TARGET_WARM_S:g} s, "
+          f"<= {TARGET_RSS_GB:g} GB)")
+    for title, first, first_cpu, at_once, at_once_cpu, warm_s, warm_cpu, rss in results:
         ok = first <= TARGET_FIRST_S and warm_s <= TARGET_WARM_S and rss <= TARGET_RSS_GB
-        print(f"{title:<22} {first:>10.2f} {first_cpu:>8.2f} {warm_s:>9.2f} {warm_cpu:>8.2f} {rss:>14.2f}  "
-              f"{'yes' if ok else 'NO'}", flush=True)
+        print(f"{title:<22} {first:>10.2f} {first_cpu:>8.2f} {at_once:>12.2f} {at_once_cpu:>8.2f} {warm_s:>9.2f} "
+              f"{warm_cpu:>8.2f} {rss:>14.2f}  {'yes' if ok else 'NO'}", flush=True)
 
 
 # Run in a child process so its memory does not count towards the server's peak RSS.

@@ -26,6 +26,7 @@ from pages._text import md
 logger = logging.getLogger(__name__)
 
 PREFETCH_NICE = 10  # the prefetch thread's niceness above the server's (Linux)
+CAM_IMPORT_THREAD = "taxalens-cam-import"  # the thread of the server's first import of models.cam
 MAX_ENTRIES = 4096  # cached maps (a 64 px map and view take ~16 kB; a 224 px pair ~200 kB)
 
 
@@ -321,7 +322,7 @@ def gallery_overlays(ctx: PageContext, rows, paths: Sequence[str | None], settin
 @st.cache_resource(show_spinner=False)
 def _cam_module_import() -> threading.Thread:
     """The server's one import of `models.cam` (torch, timm, grad-cam: seconds on a first use), on its own thread."""
-    thread = threading.Thread(target=importlib.import_module, args=("models.cam",), name="taxalens-cam-import",
+    thread = threading.Thread(target=importlib.import_module, args=("models.cam",), name=CAM_IMPORT_THREAD,
                               daemon=True)
     thread.start()
     return thread
@@ -339,6 +340,13 @@ def await_cam_module(*, message: str = "Loading Grad-CAM (its first use on this 
             waiting.caption(message)
             time.sleep(poll_s)
         waiting.empty()
+
+
+def cam_work_pending() -> bool:
+    """Whether Grad-CAM work runs in the background (the first import of `models.cam`, prefetched maps); unlike
+    `cam_module_pending`, starts nothing (for benchmarks that wait for it before timing the next run)."""
+    importing = any(t.name == CAM_IMPORT_THREAD and t.is_alive() for t in threading.enumerate())
+    return importing or cam_prefetcher().pending() > 0
 
 
 def cam_module_pending() -> bool:

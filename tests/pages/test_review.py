@@ -284,3 +284,33 @@ def test_the_shown_samples_given_label_and_path_come_from_a_cached_lookup_of_tho
     relabelled.samples.loc[5, "label"] = "relabelled-class"
     assert support.given_label(SimpleNamespace(dataset=relabelled), ids[5]) == "relabelled-class"
     assert len(lookups) == seen + 1  # another dataset load: looked up again
+
+
+def test_cam_work_pending_sees_the_import_and_the_prefetch_without_starting_either(monkeypatch) -> None:
+    """What the scale benchmark waits for before its warm reruns: the first import's thread and queued maps; asking
+    must not start the import (a page that never shows Grad-CAM would pay torch's import for it)."""
+    import threading
+
+    import pages._cam as cam
+
+    monkeypatch.setattr(cam, "_cam_module_import", lambda: pytest.fail("asking started the import"))
+    prefetcher = cam.cam_prefetcher()
+    _settle(prefetcher)
+    assert not cam.cam_work_pending()
+    release = threading.Event()
+    importing = threading.Thread(target=release.wait, args=(10,), name=cam.CAM_IMPORT_THREAD, daemon=True)
+    importing.start()
+    try:
+        assert cam.cam_work_pending()
+    finally:
+        release.set()
+        importing.join()
+    assert not cam.cam_work_pending()
+    queued = threading.Event()
+    prefetcher.submit([("sha", "pending-sample", "", 0, "gradcam", 0, "")], lambda: [queued.wait(10) and "done"])
+    try:
+        assert cam.cam_work_pending()
+    finally:
+        queued.set()
+        _settle(prefetcher)
+    assert not cam.cam_work_pending()
