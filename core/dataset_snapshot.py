@@ -44,7 +44,7 @@ SNAPSHOT_NAME = "dataset-snapshot.arrow"  # in the workspace cache folder (`.tax
 QUICK_OPEN_ENV = "TAXALENS_QUICK_OPEN_MIN_IMAGES"
 DEFAULT_QUICK_OPEN_MIN_IMAGES = 50_000  # below it a full load takes well under a second: no snapshot is kept
 _META = b"taxalens-dataset-snapshot"
-_VERSION = 1  # bump when what a snapshot holds (or `core.dataset` puts in a dataset) changes
+_VERSION = 2  # bump when what a snapshot holds (or `core.dataset` puts in a dataset) changes
 _SIZE, _MTIME = "__snapshot_file_size", "__snapshot_file_mtime_ns"
 REPO_ROOT = Path(__file__).resolve().parents[1]
 CHECK_STATES = ("running", "unchanged", "changed", "failed")
@@ -76,10 +76,32 @@ def snapshot_key(source: str | Path, root: str | Path, *, taxonomy: tuple[str, .
             "taxonomy": list(taxonomy), "val_fraction": float(val_fraction), "seed": int(seed), "verify": verify}
 
 
+@dataclass(frozen=True)
+class SnapshotStamps(FileStamps):
+    """A snapshot's file stamps with their fingerprint (`Dataset.fingerprint` of them), as the load that took them
+    computed it: the pages' predictions key needs no second pass over a million stamps (`dataset_fingerprint`)."""
+
+    fingerprint: str = ""
+
+
+def dataset_fingerprint(dataset: Dataset, *, max_age_s: float | None = None) -> str:
+    """`dataset.fingerprint(max_age_s=...)`, taken from a snapshot's stamps when they are those of its samples and
+    any age will do (the same digest, without hashing every stamp again)."""
+    stamps = dataset.file_stamps
+    if isinstance(stamps, SnapshotStamps) and stamps.fingerprint and max_age_s is None \
+            and stamps.matches(dataset.samples["sample_id"]):
+        return stamps.fingerprint
+    return dataset.fingerprint(max_age_s=max_age_s)
+
+
 def content_digest(dataset: Dataset) -> str:
     """sha256 of what a load found: the usable images and their stamps (`Dataset.fingerprint`), the skipped files
     and the warnings. Two loads of one configuration with the same digest gave the same dataset."""
-    digest = hashlib.sha256(dataset.fingerprint().encode())
+    return _content_digest(dataset, dataset_fingerprint(dataset))
+
+
+def _content_digest(dataset: Dataset, fingerprint: str) -> str:
+    digest = hashlib.sha256(fingerprint.encode())
     digest.update(json.dumps([_skipped_rows(dataset), list(dataset.warnings)], ensure_ascii=False).encode())
     return digest.hexdigest()
 
@@ -96,11 +118,12 @@ def write_snapshot(path: str | Path, key: dict, dataset: Dataset) -> bool:
         except OSError as exc:
             logger.warning("cannot remove the old dataset snapshot %s (%s)", path, exc)
         return False
-    digest = content_digest(dataset)
+    fingerprint = dataset_fingerprint(dataset)
+    digest = _content_digest(dataset, fingerprint)
     old = _read_meta(path)
     if old is not None and old.get("key") == key and old.get("digest") == digest:
         return True
-    meta = {"key": key, "digest": digest, "images": len(dataset), "written_at": time.time(),
+    meta = {"key": key, "digest": digest, "fingerprint": fingerprint, "images": len(dataset), "written_at": time.time(),
             "root": str(dataset.root), "source": dataset.source, "class_names": list(dataset.class_names),
             "taxonomy_columns": list(dataset.taxonomy_columns), "extra_columns": list(dataset.extra_columns),
             "skipped": _skipped_rows(dataset), "warnings": list(dataset.warnings)}
@@ -151,8 +174,9 @@ def read_snapshot(path: str | Path, key: dict) -> Snapshot | None:
         logger.warning("ignoring the dataset snapshot %s, which cannot be read (%s)", path, exc)
         return None
     age = max(0.0, time.time() - float(meta["written_at"]))
-    stamps = FileStamps(table.column("sample_id").combine_chunks().cast(pa.large_string()), np.asarray(sizes, np.int64),
-                        np.asarray(mtimes, np.int64), time.monotonic() - age)
+    stamps = SnapshotStamps(table.column("sample_id").combine_chunks().cast(pa.large_string()),
+                            np.asarray(sizes, np.int64), np.asarray(mtimes, np.int64), time.monotonic() - age,
+                            fingerprint=str(meta.get("fingerprint") or ""))
     dataset = Dataset(root=Path(meta["root"]), samples=samples, class_names=tuple(meta["class_names"]),
                       taxonomy_columns=tuple(meta["taxonomy_columns"]), extra_columns=tuple(meta["extra_columns"]),
                       skipped=pd.DataFrame([tuple(row) for row in meta["skipped"]],

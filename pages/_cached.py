@@ -69,15 +69,19 @@ def open_workspace(path: str) -> Workspace:
 def _load_dataset(path: str, stamp: int, manifest_stamp: int) -> Dataset:
     workspace = load_workspace(path)
     snapshot = workspace.quick_dataset()
-    if snapshot is None:
-        return workspace.load_dataset()
     with _CHECKS_LOCK:
-        verified = _VERIFIED.get(path) == snapshot.digest
+        # a snapshot a check found out of date (it could not write the new one: a read-only cache folder) is not
+        # shown again: the dataset is loaded fully instead
+        stale = snapshot is not None and _STALE.get(path) == snapshot.digest
+        verified = snapshot is not None and _VERIFIED.get(path) == snapshot.digest
+    if snapshot is None or stale:
+        return workspace.load_dataset()
     if not verified:
         def done(check: DatasetCheck) -> None:
             with _CHECKS_LOCK:
                 if check.state == "changed" and check.found_digest:
                     _VERIFIED[path] = check.found_digest  # the new snapshot the check wrote: no second check of it
+                    _STALE[path] = check.expected_digest
             if check.state == "changed":
                 _load_dataset.clear(path, stamp, manifest_stamp)  # every page's next run reads the new dataset
 
@@ -91,6 +95,7 @@ def _load_dataset(path: str, stamp: int, manifest_stamp: int) -> Dataset:
 # already confirmed in this server (a snapshot just rewritten by a check is not checked twice).
 _CHECKS: dict[str, DatasetCheck] = {}
 _VERIFIED: dict[str, str] = {}
+_STALE: dict[str, str] = {}
 _CHECKS_LOCK = threading.Lock()
 
 

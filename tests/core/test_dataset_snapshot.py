@@ -4,6 +4,7 @@ dataset from a changed one (rewriting the snapshot) or says why it could not che
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -18,6 +19,7 @@ from core.dataset_snapshot import (
     DEFAULT_QUICK_OPEN_MIN_IMAGES,
     QUICK_OPEN_ENV,
     content_digest,
+    dataset_fingerprint,
     quick_open_min_images,
     read_snapshot,
     start_check,
@@ -81,6 +83,9 @@ def test_a_snapshot_reopens_exactly_what_the_full_load_found_without_touching_th
     assert (quick.taxonomy_columns, quick.extra_columns, quick.warnings) == \
         (full.taxonomy_columns, full.extra_columns, full.warnings)
     assert quick.fingerprint() == full.fingerprint()  # from the stored stamps: no stat
+    assert dataset_fingerprint(quick) == full.fingerprint() == quick.file_stamps.fingerprint  # stored, not hashed
+    relabelled = dataclasses.replace(quick, samples=quick.samples.iloc[::-1].reset_index(drop=True))
+    assert dataset_fingerprint(relabelled) == relabelled.fingerprint() != full.fingerprint()  # other rows: hashed
     assert snapshot.digest == content_digest(full)
 
 
