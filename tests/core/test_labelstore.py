@@ -37,6 +37,29 @@ def store(store_url: str):
 # ---------------------------------------------------------------------------------------------- schema
 
 
+def test_a_store_at_the_newest_schema_opens_without_importing_alembic(store_url: str) -> None:
+    """Opening checks the schema: a store at the newest revision (the usual case) is recognised with one query and
+    the version files' `revision` lines, without Alembic's 0.3 s import on a first page visit; a store behind it
+    still migrates through Alembic (and a store two revisions behind too: test_label_integrity)."""
+    import subprocess
+    import sys
+
+    from core.labelstore import _alembic_scripts, _head_from_files
+
+    assert _head_from_files() == _alembic_scripts()[2] == HEAD
+    reopen = ("import sys; from core.labelstore import LabelStore; store = LabelStore(sys.argv[1]); "
+              "print(store.migrate(), store.count_events(), 'alembic' in sys.modules)")
+    repo = Path(__file__).resolve().parents[2]
+    with LabelStore(store_url, migrate=False) as behind:
+        assert behind.migrate("0003") == "0003"
+    opened = subprocess.run([sys.executable, "-c", reopen, store_url], cwd=repo, capture_output=True, text=True)
+    assert opened.stdout.split() == [HEAD, "0", "True"], opened.stderr[-2000:]  # behind: Alembic migrated it
+    with LabelStore(store_url) as store:
+        store.record("a.png", "confirm", reviewer="ann", given_label="Daphnia")
+    opened = subprocess.run([sys.executable, "-c", reopen, store_url], cwd=repo, capture_output=True, text=True)
+    assert opened.stdout.split() == [HEAD, "1", "False"], opened.stderr[-2000:]  # at head: no Alembic
+
+
 def test_open_migrates_to_head_and_reopen_is_a_no_op(store_url: str) -> None:
     with LabelStore(store_url) as first:
         assert first.schema_revision() == HEAD
