@@ -230,28 +230,20 @@ def prefetch_cam_maps(
     checkpoint: str | None = None,
 ) -> bool:
     """Start computing the maps a later `cam_maps` call with the same arguments will ask for, on the background
-    thread, and return at once (True when a batch was queued). The model is loaded there too (`load_model`'s cache,
-    shared with the pages): its first load (seconds at 1,000 classes) never holds a script run. Maps the page cache
-    holds already are recomputed only once: a key is queued at most once until `cam_maps` takes it. Does nothing for
-    an ensemble; a model that cannot be loaded fails the batch, and `cam_maps` then raises its error on the page."""
+    thread, and return at once (True when a batch was queued). Maps the page cache holds already are recomputed
+    only once: a key is queued at most once until `cam_maps` takes it. Does nothing for an ensemble."""
     from models.cam import CamError
 
     name = checkpoint or ctx.checkpoint
     try:
         sha = _checkpoint_sha(ctx, name)
+        model, card = ctx.model(name)
     except (CamError, *USER_ERRORS):
         return False
     keys = _cam_keys(sha, sample_ids, paths, class_indices, method, layer)
     paths, class_indices = list(paths), [int(c) for c in class_indices]
-    return cam_prefetcher().submit(keys, functools.partial(_load_and_compute, ctx, name, paths, class_indices,
+    return cam_prefetcher().submit(keys, functools.partial(compute_cam_maps, model, card, paths, class_indices,
                                                            method=method, layer=layer))
-
-
-def _load_and_compute(ctx: PageContext, name: str, paths: list[str | None], class_indices: list[int], *,
-                      method: str, layer: str | None) -> list[CamMaps | str]:
-    """The prefetch thread's batch: the model from the shared cache (loaded here on a first use), then the maps."""
-    model, card = ctx.model(name)
-    return compute_cam_maps(model, card, paths, class_indices, method=method, layer=layer)
 
 
 @st.cache_data(show_spinner=False, max_entries=64)

@@ -173,8 +173,6 @@ def test_the_next_samples_grad_cam_is_computed_in_the_background(review_workspac
     import streamlit as st
 
     import models.cam
-    import models.inference
-    from pages._cached import load_model
     from pages._cam import cam_prefetcher
 
     st.cache_data.clear()
@@ -186,23 +184,12 @@ def test_the_next_samples_grad_cam_is_computed_in_the_background(review_workspac
         return original(model, card, images, *args, **kwargs)
 
     monkeypatch.setattr(models.cam, "explain_images", spy)
-    loads: list[str] = []  # thread name per model load (models.inference.load_workspace_model, under load_model)
-    real_load = models.inference.load_workspace_model
-
-    def load_spy(*args, **kwargs):
-        loads.append(threading.current_thread().name)
-        return real_load(*args, **kwargs)
-
-    monkeypatch.setattr(models.inference, "load_workspace_model", load_spy)
-    load_model.clear()
     app = _open("pages/review.py", review_workspace, tl_reviewer="ann")
     assert "Computing Grad-CAM…" in [c.value for c in app.caption]  # the run ended without the maps
     assert not [c for image in app.image for c in image.captions if c.startswith("Grad-CAM")]
     _settle(cam_prefetcher())
-    # this sample's maps and the next one's, both on the prefetch thread (the page waits for neither), and the
-    # model they need loaded there too, once (seconds at 1,000 classes: never in a script run)
+    # this sample's maps and the next one's, both on the prefetch thread (the page waits for neither)
     assert [(name.split("_")[0], images) for name, images in calls] == [("taxalens-cam-prefetch", 2)] * 2, calls
-    assert [name.split("_")[0] for name in loads] == ["taxalens-cam-prefetch"], loads
     app.run()  # what the pending panel's fragment does once they are ready: the maps are shown, nothing is computed
     assert [c for image in app.image for c in image.captions if c.startswith("Grad-CAM")]
     assert "Computing Grad-CAM…" not in [c.value for c in app.caption]
