@@ -105,6 +105,12 @@ def load_dataset(workspace: Workspace) -> Dataset:
     return _load_dataset(str(workspace.root), _config_stamp(str(workspace.root)), _manifest_stamp(workspace))
 
 
+def dataset_checks_running() -> bool:
+    """Whether a background check of a dataset's files is running in this server (benchmarks wait for it)."""
+    with _CHECKS_LOCK:
+        return any(check.running for check in _CHECKS.values())
+
+
 def dataset_check(workspace: Workspace) -> DatasetCheck | None:
     """The latest background check of the workspace's files in this server (`core.dataset_snapshot.DatasetCheck`),
     None when its dataset was loaded fully (small, or no snapshot yet)."""
