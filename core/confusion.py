@@ -76,7 +76,7 @@ def order_classes(
         similarity = (rates + rates.T) / 2.0
         distance = 1.0 - similarity
         np.fill_diagonal(distance, 0.0)
-        # scipy.cluster takes half a second to import: only for this order, not on every page that draws a figure
+        # imported here: scipy.cluster (with scipy.spatial) costs about a second of a server's first page otherwise
         from scipy.cluster.hierarchy import leaves_list, linkage
         from scipy.spatial.distance import squareform
 

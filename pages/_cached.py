@@ -105,6 +105,12 @@ def load_dataset(workspace: Workspace) -> Dataset:
     return _load_dataset(str(workspace.root), _config_stamp(str(workspace.root)), _manifest_stamp(workspace))
 
 
+def dataset_checks_running() -> bool:
+    """Whether a background check of a dataset's files is running in this server (benchmarks wait for it)."""
+    with _CHECKS_LOCK:
+        return any(check.running for check in _CHECKS.values())
+
+
 def dataset_check(workspace: Workspace) -> DatasetCheck | None:
     """The latest background check of the workspace's files in this server (`core.dataset_snapshot.DatasetCheck`),
     None when its dataset was loaded fully (small, or no snapshot yet)."""
@@ -140,10 +146,10 @@ def _manifest_stamp(workspace: Workspace) -> int:
 # Tables are held with cache_resource, not cache_data: cache_data would pickle a copy of a 100k x 300 probability
 # matrix on every rerun of every session. They are made read-only instead, so no page can mutate the shared copy.
 @st.cache_resource(show_spinner="Reading predictions…", max_entries=16)
-def _cached_table(workspace_path: str, name: str, cache_file: str, dataset_id: int) -> PredictionTable | None:
+def _cached_table(workspace_path: str, name: str, cache_file: str, load_key: str) -> PredictionTable | None:
     # `cache_file` is `predictions_file(...)`: read it directly (models.inference.cached_predictions would find the
     # path again, one stat per image). Labels and splits come from the dataset, as in cached_predictions; a relabelled
-    # manifest keeps the file (same images) but is a new dataset object, hence `dataset_id` in the key.
+    # manifest keeps the file (same images) but is a new dataset load, hence `load_key` (`dataset_key`) in the key.
     if not Path(cache_file).is_file():
         return None
     # open_table: a float16 table memory-maps its probabilities and reads its compact columns (sidecars beside the
@@ -250,8 +256,8 @@ def _has_predictions(workspace: Workspace, name: str) -> bool:
 
 @st.cache_resource(show_spinner="Combining the ensemble…", max_entries=8)
 def _cached_ensemble(workspace_path: str, name: str, members: tuple[str, ...], method: str, weights_split: str,
-                     member_files: tuple[str, ...], dataset_id: int) -> PredictionTable:
-    tables = [_cached_table(workspace_path, m, f, dataset_id) for m, f in zip(members, member_files, strict=True)]
+                     member_files: tuple[str, ...], load_key: str) -> PredictionTable:
+    tables = [_cached_table(workspace_path, m, f, load_key) for m, f in zip(members, member_files, strict=True)]
     gone = [m for m, t in zip(members, tables, strict=True) if t is None]
     if gone:
         raise FileNotFoundError(f"the predictions of {gone} disappeared while ensemble {name!r} was being combined")
@@ -283,7 +289,7 @@ def get_predictions(workspace: Workspace, name: str) -> PredictionTable | None:
     path = predictions_file(workspace, name)
     if not path.is_file():
         return None
-    return _cached_table(str(workspace.root), name, str(path), id(load_dataset(workspace)))
+    return _cached_table(str(workspace.root), name, str(path), dataset_key(load_dataset(workspace)))
 
 
 def compute_predictions(workspace: Workspace, name: str) -> None:
