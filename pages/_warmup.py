@@ -1,0 +1,137 @@
+"""The server's one background warm-up: once the first page of a process has rendered, a daemon thread imports what
+the evaluation pages load on their first visit and the landing page does not, so the first of them a user opens
+does not pay it (100,000 x 300: the Overview's first visit in a fresh server falls by the imports' share).
+
+The thread only imports modules (and warms plotly's validators, which load on a first figure): results and caches
+are filled by the pages as before, so nothing a page shows changes. A page that needs a module while the thread is
+importing it waits for that import (Python's per-module import lock) instead of importing it twice. A step that fails
+is logged and skipped; nothing raises into a page.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+logger = logging.getLogger(__name__)
+
+
+def _import(name: str) -> Callable[[], object]:
+    return lambda: importlib.import_module(name)
+
+
+def _plotly_validators() -> object:
+    """A throwaway bar chart: plotly builds its validators on a first figure (about 0.05 s), not on import."""
+    import plotly.graph_objects as go
+
+    return go.Figure(go.Bar(x=["a"], y=[1], marker=dict(color=[0.0], colorscale="Viridis", colorbar=dict(title="x"))),
+                     layout=dict(barmode="group", xaxis=dict(title="x"), yaxis=dict(title="y", type="log")))
+
+
+# The label store's libraries: every evaluation page asks the store whether reviews exist (curated labels); opening it
+# loads SQLAlchemy and, for its schema check, Alembic (with mako and pygments): 0.4-0.6 s together at first.
+LABEL_STORE_MODULES = ("sqlalchemy", "sqlalchemy.dialects.sqlite", "alembic.command", "alembic.runtime.migration")
+# What pages/_evaluation.py imports (and the core modules under them: metrics, scores, result cache, curation,
+# leakage, figures, ...), but not that module itself: it waits for this warm-up when a page imports it first (see
+# `await_import_warmup`), so no step may import it or a module that does (tests/pages/test_warmup.py checks both).
+EVALUATION_MODULES = (
+    "core.confusion", "core.figures", "core.leakage", "core.metrics", "core.queries", "core.specimens",
+    "core.curation", "core.labelstore", "core.predictions", "core.result_cache", "core.scores",
+    "pages._cached", "pages._review_support",
+)
+
+# Each step: a name (logged, reported) and what it runs, in the order the Overview needs them; a new one is one entry.
+EVALUATION_WARMUP: tuple[tuple[str, Callable[[], object]], ...] = (
+    *((name, _import(name)) for name in LABEL_STORE_MODULES),
+    *((name, _import(name)) for name in EVALUATION_MODULES),
+    ("plotly validators", _plotly_validators),
+)
+PAGE_WAIT_S = 30.0  # at most this long a page's first import of pages._evaluation waits for a running warm-up
+SWITCH_ENV = "TAXALENS_IMPORT_WARMUP"  # "0" turns the warm-up off (a test of what a page imports by itself)
+
+
+@dataclass(frozen=True)
+class WarmupReport:
+    """What one warm-up did."""
+
+    done: tuple[str, ...]  # steps that ran to the end, in order
+    failed: tuple[tuple[str, str], ...]  # (step, "ErrorType: message") of those that raised
+    wall_s: float  # seconds from the first step's start to the last one's end
+    cpu_s: float  # CPU seconds of the thread that ran it
+    thread: str  # name of that thread
+
+
+def run_warmup(steps: tuple[tuple[str, Callable[[], object]], ...] = EVALUATION_WARMUP) -> WarmupReport:
+    """Run `steps` in order on the calling thread; a step that raises is logged and recorded, and the next runs."""
+    wall, cpu = time.perf_counter(), time.thread_time()
+    done: list[str] = []
+    failed: list[tuple[str, str]] = []
+    for name, step in steps:
+        try:
+            step()
+        except Exception as exc:  # noqa: BLE001 (a warm-up must never fail the server: the page imports it again)
+            logger.warning("warm-up step %s failed (the page that needs it will import it itself): %s: %s", name,
+                           type(exc).__name__, exc)
+            failed.append((name, f"{type(exc).__name__}: {exc}"))
+        else:
+            done.append(name)
+    report = WarmupReport(done=tuple(done), failed=tuple(failed), wall_s=time.perf_counter() - wall,
+                          cpu_s=time.thread_time() - cpu, thread=threading.current_thread().name)
+    logger.debug("warm-up: %d steps in %.2f s (%.2f s CPU), %d failed", len(done), report.wall_s, report.cpu_s,
+                 len(failed))
+    return report
+
+
+class _Warmup:
+    """The process's one warm-up thread and its report."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.thread: threading.Thread | None = None
+        self.report: WarmupReport | None = None
+
+    def run(self) -> None:
+        self.report = run_warmup(EVALUATION_WARMUP)  # read when the thread runs (a test may put a step in)
+
+
+_WARMUP = _Warmup()
+
+
+def start_import_warmup() -> threading.Thread | None:
+    """Start the warm-up thread unless this process has one already (it runs once per server); returns it at once
+    (None when `TAXALENS_IMPORT_WARMUP=0` turns it off).
+
+    Call it after a page's script has rendered (the end of app.py): it must not compete with that run."""
+    if os.environ.get(SWITCH_ENV, "").strip() == "0":
+        return None
+    with _WARMUP.lock:
+        if _WARMUP.thread is None:
+            _WARMUP.thread = threading.Thread(target=_WARMUP.run, name="taxalens-import-warmup", daemon=True)
+            _WARMUP.thread.start()
+        return _WARMUP.thread
+
+
+def import_warmup_pending() -> bool:
+    """Whether the warm-up thread is still running (False before it starts and after it ends)."""
+    thread = _WARMUP.thread
+    return thread is not None and thread.is_alive()
+
+
+def await_import_warmup(timeout: float | None = None) -> WarmupReport | None:
+    """Wait up to `timeout` seconds (None: until it ends) for the warm-up; its report, or None when it has not started
+    or is still running. On the warm-up's own thread it returns at once.
+
+    A page that needs what the warm-up imports waits for it rather than racing it: two threads importing at once
+    take about as long as both imports one after the other (they share one interpreter lock), and the page would
+    wait on the warm-up's module locks anyway. Call it only where no step of the warm-up can need a module the caller
+    is importing (pages/_evaluation.py, which no step imports), or it waits out `timeout`."""
+    thread = _WARMUP.thread
+    if thread is None or thread is threading.current_thread():
+        return None
+    thread.join(timeout)
+    return None if thread.is_alive() else _WARMUP.report
