@@ -33,24 +33,28 @@ def _plotly_validators() -> object:
                      layout=dict(barmode="group", xaxis=dict(title="x"), yaxis=dict(title="y", type="log")))
 
 
-# The label store's libraries: every evaluation page asks the store whether reviews exist (curated labels); opening it
-# loads SQLAlchemy and, for its schema check, Alembic (with mako and pygments): 0.4-0.6 s together at first.
-LABEL_STORE_MODULES = ("sqlalchemy", "sqlalchemy.dialects.sqlite", "alembic.command", "alembic.runtime.migration")
-# What pages/_evaluation.py imports (and the core modules under them: metrics, scores, result cache, curation,
-# leakage, figures, ...), but not that module itself: it waits for this warm-up when a page imports it first (see
-# `await_import_warmup`), so no step may import it or a module that does (tests/pages/test_warmup.py checks both).
+# What pages/_evaluation.py imports (and the core modules under them: metrics, scores, result cache, curation with the
+# label store's SQLAlchemy, leakage, figures, ...), but not that module itself: it waits for these when a page imports
+# it during the warm-up (`await_page_modules`), so no step may import it or a module that does
+# (tests/pages/test_warmup.py checks both).
 EVALUATION_MODULES = (
-    "core.confusion", "core.figures", "core.leakage", "core.metrics", "core.queries", "core.specimens",
+    "sqlalchemy", "core.confusion", "core.figures", "core.leakage", "core.metrics", "core.queries", "core.specimens",
     "core.curation", "core.labelstore", "core.predictions", "core.result_cache", "core.scores",
     "pages._cached", "pages._review_support",
 )
+# Opening the label store (the Overview asks it whether reviews exist; the review pages, curated labels): SQLAlchemy's
+# SQLite dialect and, for the schema check, Alembic (with mako and pygments): 0.4-0.6 s at first. Last, and not
+# waited for by pages/_evaluation.py: the other evaluation pages never open the store, and a page that does waits
+# on the import lock of what is still being imported.
+LABEL_STORE_MODULES = ("sqlalchemy.dialects.sqlite", "alembic.command", "alembic.runtime.migration")
 
-# Each step: a name (logged, reported) and what it runs, in the order the Overview needs them; a new one is one entry.
-EVALUATION_WARMUP: tuple[tuple[str, Callable[[], object]], ...] = (
-    *((name, _import(name)) for name in LABEL_STORE_MODULES),
+# Each step: a name (logged, reported) and what it runs; a new one is one entry. PAGE_STEPS are what
+# pages/_evaluation.py waits for, LATER_STEPS run after them.
+PAGE_STEPS: tuple[tuple[str, Callable[[], object]], ...] = (
     *((name, _import(name)) for name in EVALUATION_MODULES),
     ("plotly validators", _plotly_validators),
 )
+LATER_STEPS: tuple[tuple[str, Callable[[], object]], ...] = tuple((name, _import(name)) for name in LABEL_STORE_MODULES)
 PAGE_WAIT_S = 30.0  # at most this long a page's first import of pages._evaluation waits for a running warm-up
 SWITCH_ENV = "TAXALENS_IMPORT_WARMUP"  # "0" turns the warm-up off (a test of what a page imports by itself)
 
@@ -66,7 +70,7 @@ class WarmupReport:
     thread: str  # name of that thread
 
 
-def run_warmup(steps: tuple[tuple[str, Callable[[], object]], ...] = EVALUATION_WARMUP) -> WarmupReport:
+def run_warmup(steps: tuple[tuple[str, Callable[[], object]], ...]) -> WarmupReport:
     """Run `steps` in order on the calling thread; a step that raises is logged and recorded, and the next runs."""
     wall, cpu = time.perf_counter(), time.thread_time()
     done: list[str] = []
@@ -74,7 +78,7 @@ def run_warmup(steps: tuple[tuple[str, Callable[[], object]], ...] = EVALUATION_
     for name, step in steps:
         try:
             step()
-        except Exception as exc:  # noqa: BLE001 (a warm-up must never fail the server: the page imports it again)
+        except Exception as exc:  # any error: a warm-up must never fail the server (the page imports it again)
             logger.warning("warm-up step %s failed (the page that needs it will import it itself): %s: %s", name,
                            type(exc).__name__, exc)
             failed.append((name, f"{type(exc).__name__}: {exc}"))
@@ -93,10 +97,18 @@ class _Warmup:
     def __init__(self) -> None:
         self.lock = threading.Lock()
         self.thread: threading.Thread | None = None
+        self.page_steps_done = threading.Event()
         self.report: WarmupReport | None = None
 
     def run(self) -> None:
-        self.report = run_warmup(EVALUATION_WARMUP)  # read when the thread runs (a test may put a step in)
+        try:  # the step tuples are read when the thread runs (a test may put a step in)
+            first = run_warmup(PAGE_STEPS)
+        finally:
+            self.page_steps_done.set()
+        later = run_warmup(LATER_STEPS)
+        self.report = WarmupReport(done=first.done + later.done, failed=first.failed + later.failed,
+                                   wall_s=first.wall_s + later.wall_s, cpu_s=first.cpu_s + later.cpu_s,
+                                   thread=first.thread)
 
 
 _WARMUP = _Warmup()
@@ -123,15 +135,24 @@ def import_warmup_pending() -> bool:
 
 
 def await_import_warmup(timeout: float | None = None) -> WarmupReport | None:
-    """Wait up to `timeout` seconds (None: until it ends) for the warm-up; its report, or None when it has not started
-    or is still running. On the warm-up's own thread it returns at once.
-
-    A page that needs what the warm-up imports waits for it rather than racing it: two threads importing at once
-    take about as long as both imports one after the other (they share one interpreter lock), and the page would
-    wait on the warm-up's module locks anyway. Call it only where no step of the warm-up can need a module the caller
-    is importing (pages/_evaluation.py, which no step imports), or it waits out `timeout`."""
+    """Wait up to `timeout` seconds (None: until it ends) for the whole warm-up; its report, or None when it has not
+    started or is still running. On the warm-up's own thread it returns at once."""
     thread = _WARMUP.thread
     if thread is None or thread is threading.current_thread():
         return None
     thread.join(timeout)
     return None if thread.is_alive() else _WARMUP.report
+
+
+def await_page_modules(timeout: float | None = None) -> bool:
+    """Wait up to `timeout` seconds for the warm-up's `PAGE_STEPS` (the modules pages/_evaluation.py imports); True
+    when they are done or no warm-up runs, False on a timeout. On the warm-up's own thread it returns at once.
+
+    A page that needs those modules waits for them rather than racing the warm-up: two threads importing at once
+    take about as long as both imports one after the other (they share one interpreter lock), and the page would
+    wait on the warm-up's module locks anyway. Call it only where no step can need a module the caller is importing
+    (pages/_evaluation.py, which no step imports), or it waits out `timeout`."""
+    thread = _WARMUP.thread
+    if thread is None or thread is threading.current_thread():
+        return True
+    return _WARMUP.page_steps_done.wait(timeout)

@@ -77,7 +77,8 @@ def test_it_imports_what_it_lists_on_its_own_thread_once_and_covers_the_evaluati
     result = _run_fresh(code)
     assert result["same"] and result["daemon"]
     assert result["thread"] == "taxalens-import-warmup" != result["main"]
-    assert result["done"] == [name for name, _ in _warmup.EVALUATION_WARMUP] and result["failed"] == []
+    assert result["done"] == [name for name, _ in _warmup.PAGE_STEPS + _warmup.LATER_STEPS]
+    assert result["failed"] == []
     assert result["missing"] == []
     assert not result["evaluation_by_warmup"]
     assert result["new_after"] == ["pages._evaluation"]
@@ -90,18 +91,26 @@ def test_no_step_imports_the_module_that_waits_for_it(module):
     assert "pages._evaluation" not in _module_level_imports(module)
 
 
-def test_a_page_opened_during_the_warmup_waits_for_it_and_never_sees_its_errors(drawn_workspace):
-    """The Overview opened at once after the landing page, while a warm-up with a slow failing last step runs: the
-    page's import of pages._evaluation waits for the whole warm-up (so it has ended when the page's run has), and the
-    page renders without an exception."""
+def test_a_page_opened_during_the_warmup_waits_for_its_modules_and_never_sees_its_errors(drawn_workspace):
+    """The Overview opened at once after the landing page, while the warm-up runs a slow failing step among the
+    modules pages/_evaluation.py waits for: that module's import resumes only after the step has ended, the failure is
+    reported, and the page renders without an exception."""
     code = (
         "import json, time\n"
         "from streamlit.testing.v1 import AppTest\n"
         "from pages import _warmup as w\n"
+        "order = []\n"
         "def slow_failure():\n"
-        "    time.sleep(2.0)\n"
+        "    time.sleep(1.0)\n"
+        "    order.append('slow step ended')\n"
         "    raise RuntimeError('warm-up step failed')\n"
-        "w.EVALUATION_WARMUP = w.EVALUATION_WARMUP + (('slow failure', slow_failure),)\n"
+        "w.PAGE_STEPS = w.PAGE_STEPS + (('slow failure', slow_failure),)\n"
+        "wait = w.await_page_modules\n"
+        "def recorded_wait(timeout=None):\n"
+        "    ready = wait(timeout)\n"
+        "    order.append(f'page resumed (ready: {ready})')\n"
+        "    return ready\n"
+        "w.await_page_modules = recorded_wait  # what pages/_evaluation.py imports and calls\n"
         f"app = AppTest.from_file({str(REPO / 'app.py')!r}, default_timeout=180)\n"
         f"app.session_state['tl_workspace'] = {str(drawn_workspace)!r}\n"
         "app.session_state['tl_split'] = 'val'\n"
@@ -109,13 +118,13 @@ def test_a_page_opened_during_the_warmup_waits_for_it_and_never_sees_its_errors(
         "assert not app.exception, [e.value for e in app.exception]\n"
         "w.start_import_warmup()  # what app.py does after a page has rendered (a no-op when it has already)\n"
         "app.switch_page('pages/overview.py').run()\n"
-        "report = w.await_import_warmup(0)  # no waiting here: None if the warm-up were still running\n"
-        "print(json.dumps({'exceptions': [e.value for e in app.exception], 'ended': report is not None,\n"
-        "    'failed': report.failed if report else None, 'metrics': [m.label for m in app.metric]}))\n"
+        "report = w.await_import_warmup(300)\n"
+        "print(json.dumps({'exceptions': [e.value for e in app.exception], 'order': order,\n"
+        "    'failed': report.failed, 'metrics': [m.label for m in app.metric]}))\n"
     )
     result = _run_fresh(code)
     assert result["exceptions"] == []
-    assert result["ended"]
+    assert result["order"] == ["slow step ended", "page resumed (ready: True)"]
     assert result["failed"] == [["slow failure", "RuntimeError: warm-up step failed"]]
     assert "Accuracy" in result["metrics"]
 
