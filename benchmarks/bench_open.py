@@ -12,6 +12,8 @@ counts, checkpoint rows, whether predictions are cached), after the test harness
 shared: wall time, the whole process's CPU time and the load average are printed beside it). Each landing process
 then reruns the page (`--warm` times: the median; a warm rerun reads cached results only, target <= 0.5 s), once
 more after `--idle-s` seconds without a rerun (past any short cache lifetime), and reports its peak RSS.
+A dataset of at least 50,000 images (`TAXALENS_QUICK_OPEN_MIN_IMAGES`) opens from the snapshot its last full load
+left (`core.dataset_snapshot`) while a child process checks its files: the table says how that check ended.
 `--workspace DIR` measures an existing workspace as it is (nothing built or deleted; only the caches a first visit
 writes when they are missing or stale go into its `.taxalens/`).
 """
@@ -58,7 +60,9 @@ def _child(mode: str, root: str, *, warm: int = 0, idle_s: float = 0.0) -> dict:
         if idle_s > 0:
             time.sleep(idle_s)
         idle = _timed_rerun(app) if idle_s > 0 else None
-        return {"seconds": seconds, "cpu": cpu, "imports": imported - started, "load": os.getloadavg()[0],
+        check = _background_check(root)
+        return {"check": check, "seconds": seconds, "cpu": cpu, "imports": imported - started,
+                "load": os.getloadavg()[0],
                 "torch": "torch" in sys.modules, "script_cpu": first_script_cpu,
                 "warm": statistics.median(reruns) if reruns else None, "idle": idle,
                 "rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2,
@@ -72,6 +76,19 @@ def _child(mode: str, root: str, *, warm: int = 0, idle_s: float = 0.0) -> dict:
                                      manifest_cache=workspace.manifest_cache_path if cached else None)
     return {"seconds": time.perf_counter() - imported, "cpu": time.process_time() - cpu_imported,
             "samples": len(dataset), "load": os.getloadavg()[0]}
+
+
+def _background_check(root: str) -> str:
+    """What the background check of a dataset shown from its snapshot found, and when (`pages._cached.dataset_check`;
+    waited for here, after the page's measurements); "-" when the dataset was loaded fully."""
+    from core.workspace import load_workspace
+    from pages._cached import dataset_check
+
+    check = dataset_check(load_workspace(root))
+    if check is None:
+        return "-"
+    check.wait(1800)
+    return f"{check.state} in {(check.finished_at or time.time()) - check.started_at:.1f} s"
 
 
 def _timed_rerun(app) -> float:
@@ -174,6 +191,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{name:<48} {result['seconds']:>8.2f} {result['cpu']:>7.2f} {script:>12.2f} {result['load']:>5.1f} "
               f"{shown:>7}  {verdict:>3}{extra}")
     landing = [result for name, result, _ in rows if name.startswith("landing")]
+    for name, result, _ in rows:
+        if result.get("check", "-") != "-":
+            print(f"{name}: opened from the dataset snapshot; the background check of the files (a child process, "
+                  f"`python -m cli index`) ended {result['check']} after the page")
     print(f"landing page: torch imported: {'yes' if any(r['torch'] for r in landing) else 'no'}; predictions "
           f"found: {landing[-1]['predictions'] or '(no checkpoint)'}; ok: the first visit's script CPU s <= "
           f"{TARGET_LANDING_S:g}")

@@ -25,6 +25,7 @@ COMMAND_MODULES = (
     "cli.crossval",
     "cli.demo",
     "cli.export",
+    "cli.index",
     "cli.predict",
     "cli.taxonomy",
     "cli.thresholds",

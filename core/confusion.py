@@ -81,6 +81,10 @@ def order_classes(
         similarity = (rates + rates.T) / 2.0
         distance = 1.0 - similarity
         np.fill_diagonal(distance, 0.0)
+        # imported here: scipy.cluster (with scipy.spatial) costs about a second of a server's first page otherwise
+        from scipy.cluster.hierarchy import leaves_list, linkage
+        from scipy.spatial.distance import squareform
+
         tree = linkage(squareform(np.clip(distance, 0.0, None), checks=False), method="average")
         return leaves_list(tree).astype(np.int64)
     raise ValueError(f"order must be one of frequency, name, taxonomy, similarity; got {order!r}")

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from core.checkpoint_header import file_sha256, read_class_names, stored_preprocessing_key, timm_version
 from core.dataset import Dataset
+from core.dataset_snapshot import dataset_fingerprint
 from core.prediction_store import model_cache_key, store_folder
 from core.predictions import PredictionTable, load_predictions, prediction_cache_key, relabel_table
 from core.workspace import CheckpointSpec, Workspace
@@ -55,7 +56,7 @@ def predictions_path(workspace: Workspace, name: str, *, dataset: Dataset | None
     stamps taken when the dataset was loaded, re-read when older than `max_stamp_age_s`)."""
     dataset = dataset if dataset is not None else workspace.load_dataset()
     identity = model_identity(workspace, workspace.checkpoint(name), dataset)
-    key = prediction_cache_key(identity["checkpoint"], dataset.fingerprint(max_age_s=max_stamp_age_s),
+    key = prediction_cache_key(identity["checkpoint"], dataset_fingerprint(dataset, max_age_s=max_stamp_age_s),
                                identity["preprocessing"])
     return predictions_dir(workspace) / f"{safe_file_name(name)}-{key}.parquet"
 

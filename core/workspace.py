@@ -21,6 +21,7 @@ from filelock import FileLock, Timeout
 
 from core.dataset import Dataset, load_dataset
 from core.dataset_index import INDEX_NAME, MANIFEST_CACHE_NAME
+from core.dataset_snapshot import SNAPSHOT_NAME, Snapshot, read_snapshot, snapshot_key, write_snapshot
 from core.errors import TaxaLensError
 
 if TYPE_CHECKING:
@@ -114,14 +115,44 @@ class Workspace:
         """The parsed manifest (`core.dataset_index.read_manifest_cache`), under the manifest's size and mtime."""
         return self.cache_dir / MANIFEST_CACHE_NAME
 
+    @property
+    def dataset_snapshot_path(self) -> Path:
+        """The dataset snapshot (`core.dataset_snapshot`): a large dataset's last full load, for a quick reopen."""
+        return self.cache_dir / SNAPSHOT_NAME
+
     def load_dataset(self, **kwargs) -> Dataset:
         """The workspace dataset (`core.dataset.load_dataset` keyword arguments); images are checked through the
         workspace's dataset index, so a reopen opens only the new or changed ones, and an unchanged manifest is read
-        from its parsed copy in the cache folder."""
+        from its parsed copy in the cache folder. A load with the workspace's own settings (`verify` aside) also
+        keeps the dataset snapshot of a large dataset up to date (`core.dataset_snapshot.write_snapshot`)."""
+        own = set(kwargs) <= {"verify"}
         kwargs.setdefault("index", self.dataset_index_path)
         kwargs.setdefault("manifest_cache", self.manifest_cache_path)
-        return load_dataset(self.dataset_source, root=self.dataset_root, taxonomy=self.taxonomy,
-                            val_fraction=self.val_fraction, seed=self.seed, **kwargs)
+        dataset = load_dataset(self.dataset_source, root=self.dataset_root, taxonomy=self.taxonomy,
+                               val_fraction=self.val_fraction, seed=self.seed, **kwargs)
+        if own:
+            try:
+                key = self.snapshot_key(verify=kwargs.get("verify", "header"))
+            except OSError:  # the manifest went away since the load read it: the next load says so
+                return dataset
+            write_snapshot(self.dataset_snapshot_path, key, dataset)
+        return dataset
+
+    def snapshot_key(self, *, verify: str = "header") -> dict:
+        """What this workspace's dataset snapshot is valid for (`core.dataset_snapshot.snapshot_key`)."""
+        return snapshot_key(self.dataset_source, self.dataset_root or self.dataset_source,
+                            taxonomy=tuple(self.taxonomy or ()), val_fraction=self.val_fraction, seed=self.seed,
+                            verify=verify)
+
+    def quick_dataset(self, *, verify: str = "header") -> Snapshot | None:
+        """The dataset as the last full load left it (`core.dataset_snapshot.read_snapshot`), its files not looked
+        at: None when there is no snapshot for the current settings and manifest (or the dataset is below the
+        quick-open size). Check it against the files (`core.dataset_snapshot.start_check`) before trusting it."""
+        try:
+            key = self.snapshot_key(verify=verify)
+        except OSError:
+            return None
+        return read_snapshot(self.dataset_snapshot_path, key)
 
 
 def load_workspace(path: str | Path) -> Workspace:

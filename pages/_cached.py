@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+import threading
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -12,6 +13,7 @@ import streamlit as st
 
 from core.checkpoint_header import file_sha256
 from core.dataset import Dataset
+from core.dataset_snapshot import DatasetCheck, start_check
 from core.ensemble import EnsembleSpec, ensemble_tables, read_ensemble_specs
 from core.errors import USER_ERRORS, TaxaLensError, user_message
 from core.modes import CONFIDENCE_MODES, LABEL_MODES
@@ -65,12 +67,55 @@ def open_workspace(path: str) -> Workspace:
 
 @st.cache_resource(show_spinner="Reading the dataset…")
 def _load_dataset(path: str, stamp: int, manifest_stamp: int) -> Dataset:
-    return load_workspace(path).load_dataset()
+    workspace = load_workspace(path)
+    snapshot = workspace.quick_dataset()
+    with _CHECKS_LOCK:
+        # a snapshot a check found out of date (it could not write the new one: a read-only cache folder) is not
+        # shown again: the dataset is loaded fully instead
+        stale = snapshot is not None and _STALE.get(path) == snapshot.digest
+        verified = snapshot is not None and _VERIFIED.get(path) == snapshot.digest
+    if snapshot is None or stale:
+        return workspace.load_dataset()
+    if not verified:
+        def done(check: DatasetCheck) -> None:
+            with _CHECKS_LOCK:
+                if check.state == "changed" and check.found_digest:
+                    _VERIFIED[path] = check.found_digest  # the new snapshot the check wrote: no second check of it
+                    _STALE[path] = check.expected_digest
+            if check.state == "changed":
+                _load_dataset.clear(path, stamp, manifest_stamp)  # every page's next run reads the new dataset
+
+        with _CHECKS_LOCK:
+            _CHECKS[path] = start_check(path, snapshot, on_done=done)
+    return snapshot.dataset
+
+
+# Quick open (`core.dataset_snapshot`): a large dataset is shown from its snapshot while a child process checks its
+# files; the latest check of each workspace (by root) for the pages' notice, and the snapshot digests a check has
+# already confirmed in this server (a snapshot just rewritten by a check is not checked twice).
+_CHECKS: dict[str, DatasetCheck] = {}
+_VERIFIED: dict[str, str] = {}
+_STALE: dict[str, str] = {}
+_CHECKS_LOCK = threading.Lock()
 
 
 def load_dataset(workspace: Workspace) -> Dataset:
-    """The workspace dataset (shared across sessions, treated as read-only), re-read when the manifest changes."""
+    """The workspace dataset (shared across sessions, treated as read-only), re-read when the manifest changes. A
+    large one opens from its snapshot while its files are checked in the background (`dataset_check`)."""
     return _load_dataset(str(workspace.root), _config_stamp(str(workspace.root)), _manifest_stamp(workspace))
+
+
+def dataset_checks_running() -> bool:
+    """Whether a background check of a dataset's files is running in this server (benchmarks wait for it)."""
+    with _CHECKS_LOCK:
+        return any(check.running for check in _CHECKS.values())
+
+
+def dataset_check(workspace: Workspace) -> DatasetCheck | None:
+    """The latest background check of the workspace's files in this server (`core.dataset_snapshot.DatasetCheck`),
+    None when its dataset was loaded fully (small, or no snapshot yet)."""
+    with _CHECKS_LOCK:
+        return _CHECKS.get(str(workspace.root))
 
 
 @st.cache_resource(show_spinner=False, max_entries=4)
@@ -101,10 +146,10 @@ def _manifest_stamp(workspace: Workspace) -> int:
 # Tables are held with cache_resource, not cache_data: cache_data would pickle a copy of a 100k x 300 probability
 # matrix on every rerun of every session. They are made read-only instead, so no page can mutate the shared copy.
 @st.cache_resource(show_spinner="Reading predictions…", max_entries=16)
-def _cached_table(workspace_path: str, name: str, cache_file: str, dataset_id: int) -> PredictionTable | None:
+def _cached_table(workspace_path: str, name: str, cache_file: str, load_key: str) -> PredictionTable | None:
     # `cache_file` is `predictions_file(...)`: read it directly (models.inference.cached_predictions would find the
     # path again, one stat per image). Labels and splits come from the dataset, as in cached_predictions; a relabelled
-    # manifest keeps the file (same images) but is a new dataset object, hence `dataset_id` in the key.
+    # manifest keeps the file (same images) but is a new dataset load, hence `load_key` (`dataset_key`) in the key.
     if not Path(cache_file).is_file():
         return None
     # open_table: a float16 table memory-maps its probabilities and reads its compact columns (sidecars beside the
@@ -151,6 +196,8 @@ def recheck_images(workspace: Workspace) -> None:
     """Load the workspace's dataset again on the next run: every image stat-ed, new or changed ones checked again
     (through the dataset index), and every cache keyed by the dataset load (predictions path, class counts) renewed."""
     root = str(workspace.root)
+    with _CHECKS_LOCK:
+        _VERIFIED.pop(root, None)  # a snapshot is checked against the files again
     _load_dataset.clear(root, _config_stamp(root), _manifest_stamp(workspace))
 
 
@@ -209,8 +256,8 @@ def _has_predictions(workspace: Workspace, name: str) -> bool:
 
 @st.cache_resource(show_spinner="Combining the ensemble…", max_entries=8)
 def _cached_ensemble(workspace_path: str, name: str, members: tuple[str, ...], method: str, weights_split: str,
-                     member_files: tuple[str, ...], dataset_id: int) -> PredictionTable:
-    tables = [_cached_table(workspace_path, m, f, dataset_id) for m, f in zip(members, member_files, strict=True)]
+                     member_files: tuple[str, ...], load_key: str) -> PredictionTable:
+    tables = [_cached_table(workspace_path, m, f, load_key) for m, f in zip(members, member_files, strict=True)]
     gone = [m for m, t in zip(members, tables, strict=True) if t is None]
     if gone:
         raise FileNotFoundError(f"the predictions of {gone} disappeared while ensemble {name!r} was being combined")
@@ -242,7 +289,7 @@ def get_predictions(workspace: Workspace, name: str) -> PredictionTable | None:
     path = predictions_file(workspace, name)
     if not path.is_file():
         return None
-    return _cached_table(str(workspace.root), name, str(path), id(load_dataset(workspace)))
+    return _cached_table(str(workspace.root), name, str(path), dataset_key(load_dataset(workspace)))
 
 
 def compute_predictions(workspace: Workspace, name: str) -> None:
@@ -410,10 +457,13 @@ def page_context() -> PageContext | None:
 
 def start_page(title: str) -> PageContext:
     """Title the page and return the sidebar's selection; when no workspace can be opened, say why and stop."""
+    from pages._dataset_check import dataset_check_notice  # it imports this module
+
     st.title(title)
     ctx = page_context()
     if ctx is None:
         st.stop()
+    dataset_check_notice(ctx.workspace)
     return ctx
 
 

@@ -20,7 +20,7 @@ _SEEN_ACTIVE = "cv-seen-active"  # session: run folders this session saw running
 
 
 @st.cache_resource(show_spinner="Reading cross-validated probabilities…", max_entries=8)
-def _cached_crossval(path: str, mtime_ns: int, dataset_id: int, _samples) -> PredictionTable:
+def _cached_crossval(path: str, mtime_ns: int, load_key: str, _samples) -> PredictionTable:
     table = load_crossval(path, _samples)
     table.pred_probs.setflags(write=False)
     table.embeddings.setflags(write=False)
@@ -55,7 +55,7 @@ def crossval_table(ctx: PageContext, name: str | None = None) -> tuple[Predictio
         return None, ""
     mtime = path.stat().st_mtime_ns
     dataset = load_dataset(ctx.workspace)
-    return _cached_crossval(str(path), mtime, id(dataset), dataset.samples), f"{path}|{mtime}"
+    return _cached_crossval(str(path), mtime, dataset_key(dataset), dataset.samples), f"{path}|{mtime}"
 
 
 def render_crossval_job(ctx: PageContext) -> None:

@@ -16,7 +16,7 @@ from core import leakage, quality
 from core.errors import USER_ERRORS, user_message
 from core.predictions import PredictionTable
 from core.result_cache import embedding_token, hash_file, leak_report_result, read_hashes
-from pages._cached import PageContext, get_predictions, predictions_key, table_token
+from pages._cached import PageContext, dataset_key, get_predictions, predictions_key, table_token
 from pages._evaluation import results_dir
 from pages._gallery import sample_paths
 
@@ -150,7 +150,7 @@ def quality_flags(ctx: PageContext, thresholds: quality.QualityThresholds = qual
                   ) -> pd.DataFrame:
     """Per image of the dataset: statistics, one flag per check and `issues`, plus label and split."""
     samples = ctx.dataset.samples
-    key = f"{ctx.workspace.root}|{id(ctx.dataset)}|{len(samples)}"
+    key = f"{ctx.workspace.root}|{dataset_key(ctx.dataset)}|{len(samples)}"
     stats = _stats(key, tuple(samples["sample_id"]), tuple(samples["path"].astype(str)))
     flagged = quality.flag_quality_issues(stats, thresholds=thresholds)
     return flagged.merge(samples[["sample_id", "label", "split"]], on="sample_id", how="left")

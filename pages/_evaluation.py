@@ -49,6 +49,7 @@ from pages._cached import (
     start_page,
     table_token,
 )
+from pages._cached import dataset_key as dataset_load_key
 from pages._review_support import label_store
 from pages._state import KEY_WORKSPACE
 from pages._text import md, md_list
@@ -77,14 +78,14 @@ class _NoPredictions(TaxaLensError, LookupError):
     """Raised inside the cached lookup so that "not computed yet" is never cached (Streamlit caches no exception)."""
 
 
-# Finding the cached table means hashing the dataset's file list (one stat per image: about 1 s at 100,000 images),
-# so the lookup is held for a short time per (workspace, checkpoint file, dataset object). A new manifest or new
-# weights change the key at once; images edited in place are noticed within FULL_TABLE_TTL_S.
+# The lookup of the cached table is held for a short time per (workspace, checkpoint, dataset load): a new manifest, a
+# reload or new weights change the key at once. Images edited in place are noticed when the dataset is loaded again
+# (a server restart, "Check the images again", a background check of a snapshot), not by this lifetime.
 FULL_TABLE_TTL_S = 30
 
 
 @st.cache_resource(show_spinner=False, ttl=FULL_TABLE_TTL_S, max_entries=16)
-def _full_table(workspace_root: str, name: str, dataset_id: int, weights_stamp: tuple, confidence_stamp: tuple,
+def _full_table(workspace_root: str, name: str, load_key: str, weights_stamp: tuple, confidence_stamp: tuple,
                 _ctx: PageContext) -> PredictionTable:
     table = _ctx.table(name, split="all")
     if table is None:
@@ -123,8 +124,8 @@ def require_eval_data(ctx: PageContext, *, label_mode: str | None = None) -> Eva
     full = None
     if ctx.checkpoint:
         try:
-            full = _full_table(str(ctx.workspace.root), ctx.checkpoint, id(ctx.dataset), _weights_stamp(ctx),
-                              ctx.confidence_stamp, ctx)
+            full = _full_table(str(ctx.workspace.root), ctx.checkpoint, dataset_load_key(ctx.dataset),
+                               _weights_stamp(ctx), ctx.confidence_stamp, ctx)
         except (_NoPredictions, ValueError, FileNotFoundError):  # ValueError: an ensemble that cannot be combined
             full = None
     if full is None:

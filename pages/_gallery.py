@@ -12,7 +12,7 @@ import streamlit as st
 from core.images import ImageError, load_image_rgb
 from core.predictions import PredictionTable
 from core.queries import first_positions, top_predictions
-from pages._cached import PageContext, file_mtime_ns
+from pages._cached import PageContext, dataset_key, file_mtime_ns
 from pages._cam import gallery_cam_controls, gallery_overlays
 from pages._text import md
 
@@ -27,13 +27,13 @@ SORTS = {
 
 
 @st.cache_resource(show_spinner=False, max_entries=8)
-def _path_index(dataset_id: int, _samples: pd.DataFrame) -> pd.Series:
+def _path_index(load_key: str, _samples: pd.DataFrame) -> pd.Series:
     return _samples.set_index("sample_id")["path"]
 
 
 def sample_paths(ctx: PageContext, sample_ids: list[str]) -> list[str | None]:
     """Absolute image paths of `sample_ids` (None for ids no longer in the dataset)."""
-    index = _path_index(id(ctx.dataset), ctx.dataset.samples)
+    index = _path_index(dataset_key(ctx.dataset), ctx.dataset.samples)
     return [None if p is None or (isinstance(p, float) and math.isnan(p)) else str(p)
             for p in index.reindex(sample_ids).tolist()]
 

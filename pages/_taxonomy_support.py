@@ -16,7 +16,7 @@ from core.predictions import PredictionTable
 from core.result_cache import rank_bootstrap_result, rank_per_class_result, taxonomy_token  # noqa: F401 (re-exported)
 from core.taxonomy import Taxonomy, load_taxonomy
 from pages import _evaluation as ev
-from pages._cached import PageContext
+from pages._cached import PageContext, dataset_key
 from pages._text import md
 
 N_BOOT = ev.INTERVALS.n_boot  # the evaluation pages' bootstrap size
@@ -28,7 +28,7 @@ def _file_stamp(ctx: PageContext) -> float:
 
 
 @st.cache_resource(show_spinner=False, max_entries=8)
-def _workspace_taxonomy(root: str, dataset_id: int, file_stamp: float, _ctx: PageContext) -> Taxonomy | None:
+def _workspace_taxonomy(root: str, load_key: str, file_stamp: float, _ctx: PageContext) -> Taxonomy | None:
     return load_taxonomy(_ctx.workspace, _ctx.dataset)
 
 
@@ -36,7 +36,7 @@ def page_taxonomy(ctx: PageContext, class_names: tuple[str, ...], *, quiet: bool
     """The workspace taxonomy when it places every model class; otherwise None, after saying why (an error for a
     broken taxonomy, the how-to note when there is none; with `quiet`, only a caption for a broken one)."""
     try:
-        taxonomy = _workspace_taxonomy(str(ctx.workspace.root), id(ctx.dataset), _file_stamp(ctx), ctx)
+        taxonomy = _workspace_taxonomy(str(ctx.workspace.root), dataset_key(ctx.dataset), _file_stamp(ctx), ctx)
         if taxonomy is not None:
             taxonomy.require_classes(class_names)
     except TaxaLensError as exc:

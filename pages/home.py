@@ -23,8 +23,8 @@ dataset = ctx.dataset
 st.caption(f"Workspace {md(ctx.workspace.root)} · dataset {md(dataset.source)}")
 if st.button("Check the images again", key="home-recheck", icon=":material/refresh:",
              help="The images were checked when the server opened this dataset (new or changed files opened, the "
-             "others known by size and modification time); pages reuse that check. Check again after editing images "
-             "in place"):
+             "others known by size and modification time; a large dataset in the background, see the sidebar); pages "
+             "reuse that check. Check again after editing images in place"):
     recheck_images(ctx.workspace)
     st.rerun()
 counts, n_specimens = class_counts(dataset)

@@ -172,3 +172,18 @@ def test_export_command(bccd_root: Path, tmp_path: Path, monkeypatch: pytest.Mon
     loaded = load_dataset(out, root=bccd_root)
     assert Counter(loaded.samples["label"])["Basophil"] == 2 and Counter(loaded.samples["label"])["Eosinophil"] == 89
     assert cli_main(["export", "--workspace", str(tmp_path / "nowhere"), "--out", str(out)]) == 2
+
+
+def test_top_k_classes_is_the_stable_full_sort_in_blocks_with_ties(monkeypatch):
+    import numpy as np
+
+    import core.export as export
+
+    rng = np.random.default_rng(11)
+    probs = rng.dirichlet(np.ones(40), size=500).astype(np.float16)  # float16: many exact ties
+    probs[:50] = np.round(probs[:50] * 20) / 20  # coarser still: ties at every rank
+    probs[50] = 1 / 40  # a row that is one tie
+    monkeypatch.setattr(export, "TOP_K_BLOCK_VALUES", 40 * 37)  # 37 rows a block: a short last block
+    for k in (1, 3, 39, 40, 55):
+        expected = np.argsort(-probs.astype(np.float32), axis=1, kind="stable")[:, :min(k, 40)]
+        np.testing.assert_array_equal(export.top_k_classes(probs, k), expected)

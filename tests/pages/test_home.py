@@ -88,3 +88,52 @@ def test_a_rerun_reuses_the_image_check_and_check_again_sees_an_edited_image(tmp
     assert not app.exception, [e.value for e in app.exception]
     assert predictions() == ["not computed"]
     assert {m.label: m.value for m in app.metric}["Images"] == f"{len(load_workspace(root).load_dataset()):,}"
+
+
+def test_a_large_dataset_opens_from_its_snapshot_and_a_background_check_reloads_what_changed(tmp_path, open_app,
+                                                                                             monkeypatch):
+    """A dataset at the quick-open size (lowered here from 50,000 to 5) is shown from the snapshot its last full
+    load left, with no image stat-ed, while a child process checks the files; a removed image is then noticed: the
+    next run shows the new dataset. A snapshot the check itself wrote is not checked again; "Check the images again"
+    starts a new check, which finds nothing changed."""
+    import streamlit as st
+
+    from core.dataset_snapshot import QUICK_OPEN_ENV
+    from pages._cached import dataset_check
+    from tests.pages.eval_workspaces import build_drawn_workspace
+
+    monkeypatch.setenv(QUICK_OPEN_ENV, "5")
+    root = build_drawn_workspace(tmp_path / "ws", scale=0.05)
+    workspace = load_workspace(root)
+    full = workspace.load_dataset()  # what `predict --workspace` or `index` leaves behind: a snapshot
+    assert workspace.dataset_snapshot_path.is_file()
+    old_snapshot = workspace.dataset_snapshot_path.read_bytes()
+    Path(full.samples["path"].iloc[0]).unlink()
+
+    app = open_app(root)
+    images = lambda: {m.label: m.value for m in app.metric}["Images"]  # noqa: E731
+    assert images() == f"{len(full):,}"  # the snapshot, before any file was looked at
+    assert any("Checking the" in c.value and "in the background" in c.value for c in app.sidebar.caption)
+    check = dataset_check(workspace)
+    assert check is not None and check.wait(300) and check.state == "changed", check.detail
+
+    app.run()
+    assert not app.exception, [e.value for e in app.exception]
+    assert images() == f"{len(full) - 1:,}"  # the snapshot the check wrote
+    assert any("read again" in i.value for i in app.sidebar.info)
+    assert any(s.value.startswith("Skipped files (1)") for s in app.subheader)
+    app.run()
+    assert dataset_check(workspace) is check  # that snapshot is not checked a second time
+
+    # as if the check could not have replaced the snapshot (a read-only cache folder): the out-of-date one is not
+    # shown again, nor checked again in a loop; the dataset is loaded fully
+    workspace.dataset_snapshot_path.write_bytes(old_snapshot)
+    st.cache_resource.clear()
+    app.run()
+    assert images() == f"{len(full) - 1:,}" and dataset_check(workspace) is check
+
+    app.button(key="home-recheck").click().run()
+    again = dataset_check(workspace)
+    assert again is not check and again.wait(300) and again.state == "unchanged", again.detail
+    app.run()
+    assert any(c.value.startswith(":material/check: All") and "unchanged" in c.value for c in app.sidebar.caption)
