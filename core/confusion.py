@@ -72,11 +72,6 @@ def order_classes(
     if order == "similarity":
         if k < 3:
             return np.arange(k, dtype=np.int64)
-        # imported here: scipy's clustering (about 0.3 s) is needed by this order only, and this module loads with
-        # every evaluation page
-        from scipy.cluster.hierarchy import leaves_list, linkage
-        from scipy.spatial.distance import squareform
-
         rates = normalise_confusion(counts, by="true")
         similarity = (rates + rates.T) / 2.0
         distance = 1.0 - similarity
