@@ -1,6 +1,8 @@
 """The server's one background warm-up: once the first page of a process has rendered, a daemon thread imports what
 the evaluation pages load on their first visit and the landing page does not, so the first of them a user opens
-does not pay it (100,000 x 300: the Overview's first visit in a fresh server falls by the imports' share).
+does not pay it. At 100,000 x 300 (results on disk, 2 shared cores) the warm-up takes about 1 s of CPU while the
+landing page is read, and the Overview's first visit in a fresh server falls from 1.7-2.2 s of CPU to 0.6-0.8 s
+(benchmarks/bench_pages.py --keep-results; --click-at-once for a page opened before the warm-up has ended).
 
 The thread only imports modules (and warms plotly's validators, which load on a first figure): results and caches
 are filled by the pages as before, so nothing a page shows changes. A page that needs a module while the thread is
