@@ -29,6 +29,7 @@ from pages._state import (
     KEY_WORKSPACE,
 )
 from pages._text import md
+from pages._warmup import start_import_warmup
 
 # A Material icon: an emoji here would load Streamlit's emoji catalogue (0.1-0.2 s) on every server start's first page.
 st.set_page_config(page_title="TaxaLens", page_icon=":material/biotech:", layout="wide")
@@ -163,3 +164,4 @@ try:
     page.run()
 except TaxaLensError as exc:  # a page that let one through: its message says what to do; never a traceback
     st.error(md(user_message(exc)))
+start_import_warmup()  # once per server, after its first page: the evaluation pages' imports, on a daemon thread

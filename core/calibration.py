@@ -31,8 +31,6 @@ from typing import Literal
 
 import numpy as np
 import pandas as pd
-from scipy import sparse
-from scipy.special import log_softmax
 
 from core.errors import TaxaLensError
 from core.modes import CONFIDENCE_MODES  # noqa: F401 (re-exported: the switch's names live in core.modes)
@@ -152,6 +150,8 @@ def apply_temperature(pred_probs: np.ndarray, temperature: float) -> np.ndarray:
     scaling the logits; see the module docstring). T > 1 softens, T < 1 sharpens; the argmax never changes."""
     if not temperature > 0:
         raise CalibrationError(f"temperature must be > 0, got {temperature}")
+    from scipy.special import log_softmax  # here, not at the top: every evaluation page loads this module
+
     logp = np.log(np.clip(np.asarray(pred_probs, dtype=np.float64), _EPS, None))
     return np.exp(log_softmax(logp / temperature, axis=1)).astype(np.float32)
 
@@ -409,6 +409,8 @@ class _Contributions:
         g = int(groups.max()) + 1
         self.k, self.n_bins = k, n_bins
         self.group_rows = np.bincount(groups, minlength=g).astype(np.float64)
+        from scipy import sparse  # here, not at the top: every evaluation page loads this module
+
         to_group = sparse.csr_matrix((np.ones(n, dtype=np.float32), (groups, np.arange(n))), shape=(g, n))
         probs = np.ascontiguousarray(rows.pred_probs, dtype=np.float32)
         confidence = rows.frame["confidence"].to_numpy(dtype=np.float64)

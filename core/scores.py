@@ -127,10 +127,12 @@ from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
-from scipy import sparse
-from scipy.special import ndtr, ndtri
 
 from core.errors import TaxaLensError
+
+# scipy (sparse maps, the normal quantile) is imported where a plan is built or an interval computed, not here: this
+# module loads with every evaluation page, and scipy's import (about 0.25 s) would land on the first page a fresh
+# server shows even when every interval it needs is already on disk (core.result_cache).
 
 logger = logging.getLogger(__name__)
 
@@ -429,6 +431,8 @@ class ResamplingPlan:
         rep_unit[type_of_unit[::-1]] = np.arange(n_units)[::-1]  # first unit of each type
         stratum_of_type = stratum_of_unit[rep_unit]
         n_cells = len(cells)
+        from scipy import sparse
+
         unit_cells = sparse.csr_matrix((np.ones(n), (unit_of_row, cell_of_row)), shape=(n_units, n_cells))
         type_cells = unit_cells[rep_unit]  # (T, cells) images of each cell in one unit of the type
 
@@ -527,6 +531,8 @@ class ResamplingPlan:
         k, c, f = self.k, len(self.columns), len(self.flag_names)
         strata = np.unique(stratum_of_type)
         h = len(strata)
+        from scipy import sparse
+
         one = np.ones(h)
         rows, cols = [], []
 
@@ -770,6 +776,8 @@ def interval(draws: np.ndarray, value: np.ndarray, confidence_level: float, *,
     shape = draws.shape[1:]
     levels = np.broadcast_to(np.array([alpha, 1.0 - alpha]).reshape((2,) + (1,) * len(shape)), (2,) + shape)
     if acceleration is not None:
+        from scipy.special import ndtr, ndtri
+
         value = np.asarray(value, dtype=np.float64)
         share = ((draws < value).sum(axis=0) + 0.5 * (draws == value).sum(axis=0)) / n_boot
         z0 = ndtri(np.clip(share, 0.5 / n_boot, 1.0 - 0.5 / n_boot))
@@ -792,6 +800,8 @@ def wilson_interval(successes: np.ndarray, n: np.ndarray, confidence_level: floa
     """Wilson score interval of a proportion (elementwise); (0, 1) where `n` is 0."""
     successes = np.asarray(successes, dtype=np.float64)
     n = np.asarray(n, dtype=np.float64)
+    from scipy.special import ndtri
+
     z = float(ndtri(1.0 - (1.0 - confidence_level) / 2.0))
     safe = np.where(n > 0, n, 1.0)
     p = successes / safe

@@ -7,7 +7,15 @@ mutated: `st.plotly_chart` copies the figure to a dict), because unpickling a co
 building the page.
 """
 
+# ruff: noqa: E402 (the imports below follow the wait for the import warm-up, on purpose)
 from __future__ import annotations
+
+from pages._warmup import PAGE_WAIT_S, await_page_modules
+
+# A server's first evaluation page: while the import warm-up (pages._warmup, started after the first page rendered)
+# still imports the modules below, let it finish them instead of racing it for the interpreter lock. No warm-up step
+# imports this module or one that does, so the wait cannot block the warm-up; once they are imported it returns at once.
+await_page_modules(PAGE_WAIT_S)
 
 from dataclasses import dataclass, replace
 from pathlib import Path

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from core.curation import LABEL_MODES
+from core.modes import LABEL_MODES
 from core.scores import METRIC_LABELS
 from pages import _evaluation as ev
 from pages._text import md, md_list
