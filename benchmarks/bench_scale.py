@@ -202,6 +202,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="comma-separated page titles to measure after the landing page (default: all)")
     parser.add_argument("--skip-intervals", action="store_true",
                         help="do not compute the split's intervals in a child process first")
+    parser.add_argument("--click-at-once", action="store_true",
+                        help="open the next page straight after the landing page's first run, while its background "
+                        "dataset check (a child process) and the import warm-up still run; by default the landing page "
+                        "is rerun and the check waited for, as a reader who spends those seconds on it")
     parser.add_argument("--skip-ranking", action="store_true",
                         help="do not store the review page's label-issue ranking in a child process first")
     parser.add_argument("--max-rss-gb", type=float, default=12.0,
@@ -257,6 +261,11 @@ def main(argv: list[str] | None = None) -> int:
             app.switch_page(page)
         try:
             first, first_cpu = _timed(app, 1800)
+            if args.click_at_once and page == PAGES["Workspace (landing)"]:
+                # the next page at once: the dataset check and the import warm-up still run beside it
+                results.append((title, first, first_cpu, *[float("nan")] * 4, _rss_gb()))
+                print(f"  {title}: first {first:.2f}s ({first_cpu:.2f}s CPU); the next page opened at once", flush=True)
+                continue
             at_once, at_once_cpu = _timed(app, 600)  # the page's background work may still run meanwhile
             _settle_background_work()
             warm = [_timed(app, 600) for _ in range(args.repeats)]
@@ -271,6 +280,8 @@ def main(argv: list[str] | None = None) -> int:
             results.append((title, *[float("nan")] * 6, _rss_gb()))
             print(f"{title}: {exc}")
 
+    if args.click_at_once:
+        _report_dataset_check(root)
     _print_table(args, results)
     return 0
 
@@ -302,7 +313,7 @@ def _print_table(args: argparse.Namespace, results: list, note: str = "") -> Non
           f"{'CPU (s)':>8} {'peak RSS (GB)':>14}  ok (<= {TARGET_FIRST_S:g} s, <= {TARGET_WARM_S:g} s, "
           f"<= {TARGET_RSS_GB:g} GB)")
     for title, first, first_cpu, at_once, at_once_cpu, warm_s, warm_cpu, rss in results:
-        ok = first <= TARGET_FIRST_S and warm_s <= TARGET_WARM_S and rss <= TARGET_RSS_GB
+        ok = first <= TARGET_FIRST_S and (warm_s != warm_s or warm_s <= TARGET_WARM_S) and rss <= TARGET_RSS_GB
         print(f"{title:<22} {first:>10.2f} {first_cpu:>8.2f} {at_once:>12.2f} {at_once_cpu:>8.2f} {warm_s:>9.2f} "
               f"{warm_cpu:>8.2f} {rss:>14.2f}  {'yes' if ok else 'NO'}", flush=True)
 
