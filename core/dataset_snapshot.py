@@ -47,7 +47,6 @@ _META = b"taxalens-dataset-snapshot"
 _VERSION = 2  # bump when what a snapshot holds (or `core.dataset` puts in a dataset) changes
 _SIZE, _MTIME = "__snapshot_file_size", "__snapshot_file_mtime_ns"
 REPO_ROOT = Path(__file__).resolve().parents[1]
-CHECK_STATES = ("running", "unchanged", "changed", "failed")
 
 
 def quick_open_min_images() -> int:
