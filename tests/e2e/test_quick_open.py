@@ -39,11 +39,14 @@ def test_the_landing_page_shows_the_snapshot_then_the_checked_dataset_by_itself(
             page.set_default_timeout(TIMEOUT_MS)
             page.goto(url, wait_until="domcontentloaded")
             metric = page.locator('[data-testid="stMetric"]').filter(has_text="Images")
-            metric.filter(has_text=f"{len(full):,}").wait_for()  # the snapshot's count
+            metric.wait_for()
+            # The first run shows the snapshot's count while the check runs; how long that stays on screen depends
+            # on the machine (the check takes a few seconds), so it is not waited for here (the AppTest test in
+            # tests/pages/test_home.py pins it). "read again" is shown only after a check found the snapshot out of
+            # date: the page was shown from the snapshot, and, with no click or key, the poll brought the result.
             sidebar = page.locator('[data-testid="stSidebar"]')
-            assert re.search(r"Checking the \d+ images in the background", sidebar.inner_text()) or \
-                "read again" in sidebar.inner_text()  # the check may already have ended on a fast machine
-            sidebar.get_by_text("read again").wait_for()  # no click, no key: the poll brought the check's result
+            sidebar.get_by_text(re.compile(r"read again at .*\(" + str(len(full) - 1) + r" usable images, "
+                                           + str(len(full)) + r" before\)")).wait_for()
             metric.filter(has_text=f"{len(full) - 1:,}").wait_for()
         finally:
             browser.close()
