@@ -285,7 +285,7 @@ def get_predictions(workspace: Workspace, name: str) -> PredictionTable | None:
         if not all(f.is_file() for f in files):
             return None
         return _cached_ensemble(str(workspace.root), spec.name, spec.members, spec.method, spec.weights_split,
-                                tuple(str(f) for f in files), id(load_dataset(workspace)))
+                                tuple(str(f) for f in files), dataset_key(load_dataset(workspace)))
     path = predictions_file(workspace, name)
     if not path.is_file():
         return None
